@@ -1,0 +1,165 @@
+"""The command line: a thin skin over the library.
+
+Each command resolves its input into typed specs (refusing bad input with exit code 2 before
+anything is written), calls the library, and ends by saying where the results are.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from harness.errors import UserError
+from harness.store import DEFAULT_DB
+
+EXIT_BAD_INPUT = 2
+
+
+class HarnessGroup(click.Group):
+    """Turns a UserError anywhere below into one message and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(EXIT_BAD_INPUT)
+
+
+@click.group(cls=HarnessGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """harness: which training recipe does this architecture need, and how much does it matter?"""
+
+
+def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
+    """--set key=value (value parsed as YAML: 3e-4, true, adamw, null)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError("--set", item, "Expected KEY=VALUE, e.g. --set lr=3e-4.")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"--set {key}", value, "Not a value; write a number, true/false, a name or null.") from None
+    return out
+
+
+def data_options(f):
+    f = click.option("--data", "data_name", default="digits", show_default=True,
+                     help="digits | synthetic | cifar10 | cifar100 | tinyimagenet | imagefolder")(f)
+    f = click.option("--data-root", type=click.Path(path_type=Path), default=None,
+                     help="folder of the dataset (cifar*, tinyimagenet, imagefolder)")(f)
+    f = click.option("--download", is_flag=True, help="cifar*: download into --data-root (needs internet)")(f)
+    f = click.option("--image-size", type=int, default=32, show_default=True, help="pixels per side")(f)
+    return f
+
+
+def make_data_spec(data_name: str, data_root: Path | None, download: bool, image_size: int):
+    from pydantic import ValidationError
+
+    from harness.data import DataSpec
+    from harness.specs import _user_error
+
+    try:
+        return DataSpec(name=data_name, root=data_root, download=download, image_size=image_size)
+    except ValidationError as e:
+        raise _user_error(e, DataSpec, prefix="--data.") from None
+
+
+@main.command()
+@click.option("--model", required=True, help="registry name (see `harness models`)")
+@click.option("--recipe", default="tuned", show_default=True, help="registry name, or 'tuned' for the model family's own")
+@data_options
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a recipe field (repeatable)")
+@click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLAlchemy URL of the results database")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model")
+@click.option("--pretrained", is_flag=True, help="start from timm's hub weights (needs internet)")
+@click.option("--pretrained-file", type=click.Path(path_type=Path), default=None, help="start from local weights")
+@click.option("--checkpoint-dir", type=click.Path(path_type=Path), default=None,
+              help="default: checkpoints/run-<id>/")
+@click.option("--checkpoint-every", type=int, default=0, show_default=True, help="keep epoch_N.pt every N epochs; 0 = only last/best")
+@click.option("--max-hours", type=float, default=None, help="stop with a checkpoint after this much wall time")
+@click.option("--resume", type=click.Path(path_type=Path), default=None, help="continue from a checkpoint (its config is used)")
+@click.option("--threads", type=int, default=None, help="torch CPU threads")
+def train(model: str, recipe: str, data_name: str, data_root: Path | None, download: bool, image_size: int,
+          epochs: int, seed: int, sets: tuple[str, ...], db: str, device: str, compile_: bool, pretrained: bool,
+          pretrained_file: Path | None, checkpoint_dir: Path | None, checkpoint_every: int, max_hours: float | None,
+          resume: Path | None, threads: int | None) -> None:
+    """Train one model with one recipe; every epoch goes to the results database."""
+    from harness.runner import run_and_record
+    from harness.specs import RunSpec, resolve_run
+    from harness.store import check_url
+    from harness.train import load_checkpoint, resolve_device
+
+    check_url(db)
+    if resume is not None:
+        config = load_checkpoint(resume)["config"]
+        spec = RunSpec.model_validate({**config, "epochs": max(epochs, config["epochs"]) if epochs != 10 else config["epochs"]})
+    else:
+        data = make_data_spec(data_name, data_root, download, image_size)
+        spec = resolve_run(model=model, recipe=recipe, data=data, overrides=parse_sets(sets), epochs=epochs, seed=seed,
+                           device=device, compile=compile_, pretrained=pretrained, pretrained_file=pretrained_file,
+                           checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, max_hours=max_hours,
+                           threads=threads)
+    resolve_device(spec.device)
+    run_and_record(spec, db=db, resume=resume, echo=click.echo)
+
+
+@main.command()
+@click.option("--image-size", type=int, default=32, show_default=True, help="size the params/GFLOPs are counted at")
+def models(image_size: int) -> None:
+    """The model registry: name, family, parameters, forward GFLOPs at --image-size."""
+    import pandas as pd
+
+    from harness.models import CPU_VARIANT, MODELS, build_model, count_params, forward_gflops
+
+    stand_in = {v: k for k, v in CPU_VARIANT.items()}
+    rows = []
+    for name, entry in MODELS.items():
+        try:
+            m = build_model(name, num_classes=10, image_size=image_size)
+            params, gflops = f"{count_params(m) / 1e6:.1f}M", f"{forward_gflops(m, image_size):.3f}"
+            shape = entry.describe(image_size)
+        except UserError as e:
+            params, gflops, shape = "-", "-", f"not at {image_size} px: {e.fix}"
+        rows.append({"name": name, "family": entry.family, "params": params, f"GFLOPs@{image_size}": gflops,
+                     "built as": shape, "note": f"CPU stand-in for {stand_in[name]}" if name in stand_in else entry.description})
+    click.echo(pd.DataFrame(rows).to_string(index=False))
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def recipes(ctx: click.Context) -> None:
+    """Every recipe's settings side by side (`harness recipes show NAME` for one, with its source)."""
+    if ctx.invoked_subcommand is None:
+        import pandas as pd
+
+        from harness.recipes import RECIPES
+
+        table = pd.DataFrame({n: r.model_dump(exclude={"name", "source"}) for n, r in RECIPES.items()})
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            click.echo(table.to_string())
+
+
+@recipes.command("show")
+@click.argument("name")
+def recipes_show(name: str) -> None:
+    """One recipe, field by field, with its source and the lr at its batch size."""
+    from harness.recipes import get_recipe
+
+    r = get_recipe(name)
+    click.echo(f"# {r.name}: {r.source}")
+    click.echo(yaml.safe_dump(r.model_dump(exclude={"name", "source"}), sort_keys=False).rstrip())
+    click.echo(f"# effective lr at batch {r.batch_size}: {r.scaled_lr():.3g}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

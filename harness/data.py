@@ -1,0 +1,320 @@
+"""Dataset registry and the batch pipeline.
+
+Small sets (digits, synthetic, CIFAR) are held whole as uint8 tensors on the training device and
+batched by index permutation, with augmentation applied to whole batches there: no DataLoader
+workers and no host-to-device copy per step (airbench's design). Folder sets (imagefolder,
+tinyimagenet) stream through a DataLoader with workers and pinned memory, decoded to uint8 at the
+run's image size, and get the same on-device augmentation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.errors import UserError, unknown
+from harness.recipes import parse_randaugment
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "digits"
+    image_size: int = Field(32, ge=8, le=1024, description="images are resized to this many pixels per side")
+    root: Path | None = Field(None, description="folder holding the dataset (cifar*, tinyimagenet, imagefolder)")
+    download: bool = Field(False, description="cifar*: download into root when missing (needs internet)")
+    num_classes: int = Field(10, ge=2, le=1000, description="synthetic only")
+    train_size: int | None = Field(None, ge=2, description="synthetic: images to generate (default 1000); others: cap")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share where the set has no split of its own")
+    split_seed: int = Field(0, description="the train/val split is fixed by this, not by the run seed")
+    workers: int | None = Field(None, ge=0, description="folder sets: DataLoader workers (None = half the cores, at most 8)")
+
+
+class Split(Protocol):
+    def __len__(self) -> int: ...
+    def batches(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None,
+                drop_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+@dataclass
+class TensorSplit:
+    """A whole split as uint8 images [N, C, H, W] and int64 labels, on one device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device: torch.device) -> TensorSplit:
+        return TensorSplit(self.x.to(device), self.y.to(device))
+
+    def batches(self, batch_size, *, shuffle, generator, drop_last):
+        n = len(self.y)
+        order = (torch.randperm(n, generator=generator, device=generator.device).to(self.x.device)
+                 if shuffle else torch.arange(n, device=self.x.device))
+        stop = n - n % batch_size if drop_last and n >= batch_size else n
+        for i in range(0, stop, batch_size):
+            idx = order[i:i + batch_size]
+            yield self.x[idx], self.y[idx]
+
+
+@dataclass
+class FolderSplit:
+    """Images decoded from files by DataLoader workers, moved to the device per batch."""
+
+    dataset: torch.utils.data.Dataset
+    device: torch.device
+    workers: int
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def batches(self, batch_size, *, shuffle, generator, drop_last):
+        cpu_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator, device=generator.device)))
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=batch_size, shuffle=shuffle, generator=cpu_gen, drop_last=drop_last,
+            num_workers=self.workers, pin_memory=self.device.type == "cuda",
+            persistent_workers=False, prefetch_factor=4 if self.workers else None)
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+@dataclass
+class Dataset:
+    name: str
+    num_classes: int
+    class_names: list[str]
+    image_size: int
+    train: Split
+    val: Split
+    hflip: bool  # False where mirroring changes the class (digits)
+    description: str
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+
+# --- loaders ------------------------------------------------------------------------------------
+
+def _resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
+    """[N, C, h, w] uint8 -> [N, C, size, size] uint8 (bilinear, antialiased when shrinking)."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    out = []
+    for chunk in x.split(1024):
+        out.append(F.interpolate(chunk.float(), size=(size, size), mode="bilinear", align_corners=False,
+                                 antialias=chunk.shape[-1] > size).round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def _split(x: torch.Tensor, y: torch.Tensor, spec: DataSpec) -> tuple[TensorSplit, TensorSplit]:
+    g = torch.Generator().manual_seed(spec.split_seed)
+    order = torch.randperm(len(y), generator=g)
+    n_val = max(1, int(round(len(y) * spec.val_fraction)))
+    val, train = order[:n_val], order[n_val:]
+    if spec.train_size is not None:
+        train = train[: spec.train_size]
+    return TensorSplit(x[train], y[train]), TensorSplit(x[val], y[val])
+
+
+def load_digits(spec: DataSpec) -> Dataset:
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()  # 1,797 8x8 images, values 0..16, shipped inside scikit-learn
+    x = torch.from_numpy(d.images).float().mul_(255 / 16).round_().to(torch.uint8)[:, None]
+    x = _resize_uint8(x, spec.image_size).expand(-1, 3, -1, -1).contiguous()
+    y = torch.from_numpy(d.target).long()
+    train, val = _split(x, y, spec)
+    return Dataset("digits", 10, [str(i) for i in range(10)], spec.image_size, train, val, hflip=False,
+                   description=f"digits (scikit-learn, 8x8 upsampled to {spec.image_size} px): "
+                               f"{len(train)} train / {len(val)} val")
+
+
+def load_synthetic(spec: DataSpec) -> Dataset:
+    """Learnable generated classes: each a random smooth pattern, seen through noise and shifts."""
+    k, n = spec.num_classes, (spec.train_size or 1000)
+    n_total = int(round(n / (1 - spec.val_fraction)))
+    g = torch.Generator().manual_seed(spec.split_seed + 12345)
+    protos = F.interpolate(torch.rand(k, 3, 4, 4, generator=g), size=(spec.image_size,) * 2, mode="bilinear")
+    y = torch.arange(n_total) % k
+    y = y[torch.randperm(n_total, generator=g)]
+    shift = torch.randint(-2, 3, (2,), generator=g).tolist()
+    x = 0.6 * protos[y].roll(shifts=shift, dims=(2, 3)) + 0.4 * torch.rand(n_total, 3, spec.image_size, spec.image_size, generator=g)
+    x = x.mul_(255).round_().to(torch.uint8)
+    train, val = _split(x, y, spec.model_copy(update={"train_size": None}))
+    return Dataset("synthetic", k, [f"class {i}" for i in range(k)], spec.image_size, train, val, hflip=True,
+                   description=f"synthetic ({k} classes, {spec.image_size} px): {len(train)} train / {len(val)} val")
+
+
+def load_cifar(spec: DataSpec) -> Dataset:
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if spec.name == "cifar10" else datasets.CIFAR100
+    try:
+        parts = [cls(str(spec.root), train=t, download=spec.download) for t in (True, False)]
+    except RuntimeError as e:
+        raise UserError("data.root", str(spec.root),
+                        f"{spec.name} is not there ({e}). Point --data-root at the folder holding "
+                        f"{'cifar-10-batches-py' if spec.name == 'cifar10' else 'cifar-100-python'}, "
+                        "or add --download when online.") from None
+    splits = []
+    for p in parts:
+        x = _resize_uint8(torch.from_numpy(p.data).permute(0, 3, 1, 2).contiguous(), spec.image_size)
+        y = torch.tensor(p.targets, dtype=torch.long)
+        if spec.train_size is not None and p.train:
+            x, y = x[: spec.train_size], y[: spec.train_size]
+        splits.append(TensorSplit(x, y))
+    return Dataset(spec.name, len(parts[0].classes), list(parts[0].classes), spec.image_size, splits[0], splits[1],
+                   hflip=True, description=f"{spec.name} ({spec.root}, {spec.image_size} px): "
+                                           f"{len(splits[0])} train / {len(splits[1])} val")
+
+
+class _Files(torch.utils.data.Dataset):
+    """(path, label) pairs decoded to uint8 [3, size, size]."""
+
+    def __init__(self, samples: list[tuple[str, int]], image_size: int) -> None:
+        from torchvision.transforms import v2
+
+        self.samples = samples
+        self.transform = v2.Compose([v2.PILToTensor(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        path, label = self.samples[i]
+        with Image.open(path) as im:
+            return self.transform(im.convert("RGB")), label
+
+
+def _folder_classes(root: Path, field: str) -> tuple[list[tuple[str, int]], list[str]]:
+    from torchvision.datasets import ImageFolder
+
+    try:
+        folder = ImageFolder(str(root))
+    except (FileNotFoundError, RuntimeError) as e:
+        raise UserError(field, str(root), f"not an image folder ({e}). Expected one sub-folder of images per class.") from None
+    return list(folder.samples), list(folder.classes)
+
+
+def load_folder(spec: DataSpec, device: torch.device) -> Dataset:
+    root = Path(spec.root)  # type: ignore[arg-type]
+    workers = spec.workers if spec.workers is not None else min(8, (os.cpu_count() or 2) // 2)
+    if spec.name == "tinyimagenet":
+        if (root / "tiny-imagenet-200").is_dir():
+            root = root / "tiny-imagenet-200"
+        train, classes = _folder_classes(root / "train", "data.root")
+        index = {c: i for i, c in enumerate(classes)}
+        ann = root / "val" / "val_annotations.txt"
+        if not ann.is_file():
+            raise UserError("data.root", str(spec.root), "no val/val_annotations.txt: expected the tiny-imagenet-200 layout.")
+        val = []
+        for line in ann.read_text().splitlines():
+            fname, wnid = line.split("\t")[:2]
+            val.append((str(root / "val" / "images" / fname), index[wnid]))
+    elif (root / "train").is_dir() and (root / "val").is_dir():
+        train, classes = _folder_classes(root / "train", "data.root")
+        val, val_classes = _folder_classes(root / "val", "data.root")
+        if val_classes != classes:
+            raise UserError("data.root", str(root), "train/ and val/ must hold the same class folders.")
+    else:
+        samples, classes = _folder_classes(root, "data.root")
+        g = torch.Generator().manual_seed(spec.split_seed)
+        order = torch.randperm(len(samples), generator=g).tolist()
+        n_val = max(1, int(round(len(samples) * spec.val_fraction)))
+        val, train = [samples[i] for i in order[:n_val]], [samples[i] for i in order[n_val:]]
+    if spec.train_size is not None:
+        train = train[: spec.train_size]
+    return Dataset(spec.name, len(classes), classes, spec.image_size,
+                   FolderSplit(_Files(train, spec.image_size), device, workers),
+                   FolderSplit(_Files(val, spec.image_size), device, workers), hflip=True,
+                   description=f"{spec.name} ({root}, {spec.image_size} px): {len(train)} train / {len(val)} val, "
+                               f"{len(classes)} classes, {workers} loader workers")
+
+
+DATASETS = {"digits": load_digits, "synthetic": load_synthetic, "cifar10": load_cifar, "cifar100": load_cifar,
+            "tinyimagenet": load_folder, "imagefolder": load_folder}
+NEEDS_ROOT = ("cifar10", "cifar100", "tinyimagenet", "imagefolder")
+
+
+def check_spec(spec: DataSpec, field: str = "data") -> None:
+    """Refuse what cannot load, before anything is written."""
+    if spec.name not in DATASETS:
+        raise unknown(f"{field}.name", spec.name, DATASETS)
+    if spec.name in NEEDS_ROOT:
+        if spec.root is None:
+            raise UserError(f"{field}.root", None, f"{spec.name} needs the folder it lives in: pass --data-root PATH.")
+        if not spec.root.exists() and not (spec.download and spec.name.startswith("cifar")):
+            raise UserError(f"{field}.root", str(spec.root), "No such folder. Check the path"
+                            + (", or add --download to fetch it." if spec.name.startswith("cifar") else "."))
+
+
+def load(spec: DataSpec, device: torch.device) -> Dataset:
+    check_spec(spec)
+    if spec.name in ("tinyimagenet", "imagefolder"):
+        return load_folder(spec, device)
+    ds = DATASETS[spec.name](spec)
+    ds.train, ds.val = ds.train.to(device), ds.val.to(device)  # type: ignore[attr-defined]
+    return ds
+
+
+# --- augmentation on whole batches --------------------------------------------------------------
+
+class BatchAugment:
+    """uint8 batch -> normalised float batch, augmented on its own device.
+
+    RandAugment (torchvision v2, on uint8, one op draw per chunk of 8 images), random crop with
+    reflect padding of 1/8 of the side and horizontal flip per image, then normalisation and
+    timm's RandomErasing per image.
+    """
+
+    def __init__(self, ds: Dataset, *, randaugment: str | None, random_erasing: float, device: torch.device) -> None:
+        self.hflip, self.pad = ds.hflip, max(1, ds.image_size // 8)
+        self.mean = torch.tensor(ds.mean, device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(ds.std, device=device).view(1, -1, 1, 1) * 255
+        self.randaugment = None
+        if randaugment:
+            from torchvision.transforms import v2
+
+            magnitude, ops = parse_randaugment(randaugment)
+            self.randaugment = v2.RandAugment(num_ops=ops, magnitude=magnitude)
+        self.erase = None
+        if random_erasing > 0:
+            from timm.data.random_erasing import RandomErasing
+
+            self.erase = RandomErasing(probability=random_erasing, mode="pixel", device=str(device))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if self.randaugment is not None:
+            x = torch.cat([self.randaugment(c) for c in x.split(8)])
+        n, c, h, w = x.shape
+        p, dev = self.pad, x.device
+        xp = F.pad(x.float(), (p, p, p, p), mode="reflect")
+        dy = torch.randint(0, 2 * p + 1, (n,), generator=g, device=g.device).to(dev)
+        dx = torch.randint(0, 2 * p + 1, (n,), generator=g, device=g.device).to(dev)
+        rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=dev))
+        if self.hflip:
+            flip = (torch.rand(n, generator=g, device=g.device) < 0.5).to(dev)
+            cols = torch.where(flip[:, None], cols.flip(1), cols)
+        x = xp[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
+               rows, cols[:, None, None, :]]
+        x = (x - self.mean) / self.std
+        if self.erase is not None:
+            x = self.erase(x)
+        return x

@@ -1,0 +1,81 @@
+"""One run in this process, recorded: `fit()` with a report callable that writes the store.
+
+Used by `harness train` (and the doctor). Sweeps and benchmarks go through Ray instead
+(harness/sweep.py), whose driver writes the same rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from harness.models import get_model_entry
+from harness.specs import RunSpec
+from harness.store import Store
+from harness.train import EpochReport, RunResult, fit, resolve_device
+
+
+def describe_device(spec: RunSpec) -> str:
+    import torch
+
+    dev = resolve_device(spec.device)
+    if dev.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(dev)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def format_epoch(r: EpochReport, epochs: int) -> str:
+    m = r.metrics
+    return (f"epoch {r.epoch:>3}/{epochs}  train loss {m['train_loss']:.4f} acc {m['train_acc']:.3f}  "
+            f"val loss {m['val_loss']:.4f} acc {m['val_acc']:.3f}  lr {m['lr']:.2e}  "
+            f"grad {m['grad_norm']:.2f}  {m['epoch_s']:.1f}s  {m['images_per_s']:.0f} img/s")
+
+
+def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
+                   echo: Callable[[str], None] = print, kind: str = "train") -> RunResult:
+    entry = get_model_entry(spec.model)
+    device = describe_device(spec)
+    store = Store(db)
+    exp = store.create_experiment(kind=kind, name=f"{spec.model}/{spec.recipe.name}", device=device,
+                                  spec=yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    run = store.create_run(exp, model=spec.model, recipe=spec.recipe.name, params=spec.model_dump(mode="json"),
+                           seed=spec.seed, stands_for=spec.stands_for)
+    if spec.checkpoint_dir is None:
+        spec = spec.model_copy(update={"checkpoint_dir": Path("checkpoints") / f"run-{run}"})
+    echo(f"harness {kind}: {entry.describe(spec.data.image_size)} with recipe {spec.recipe.name} "
+         f"(lr {spec.recipe.scaled_lr():.3g} at batch {spec.recipe.batch_size}) on {spec.data.name}, "
+         f"{spec.epochs} epochs, seed {spec.seed}, {device}")
+
+    def report(r: EpochReport) -> None:
+        store.log_epoch(run, r.epoch, r.metrics)
+        if r.evaluation is not None:
+            store.save_evaluation(run, r.evaluation)
+        echo(format_epoch(r, spec.epochs))
+
+    try:
+        if resume is not None:
+            from harness.train import load_checkpoint
+
+            for i, m in enumerate(load_checkpoint(resume)["history"], start=1):
+                store.log_epoch(run, i, m)
+        result = fit(spec, report, resume=resume, log=echo)
+    except KeyboardInterrupt:
+        store.finish_run(run, status="interrupted", error="interrupted by the user")
+        store.finish_experiment(exp, "interrupted")
+        echo(f"interrupted; epochs so far are in {db} (run {run}); resume with "
+             f"`harness train --resume {spec.checkpoint_dir}/last.pt`")
+        raise SystemExit(130) from None
+    except Exception as e:
+        store.finish_run(run, status="failed", error=f"{type(e).__name__}: {e}")
+        store.finish_experiment(exp, "failed")
+        raise
+    store.finish_run(run, status=result.status, wall_s=result.wall_s)
+    store.finish_experiment(exp, "completed")
+    best = f"{result.best_val_acc:.3f} at epoch {result.best_epoch}" if result.best_val_acc is not None else "none"
+    echo(f"{result.status}: best val acc {best}, final {result.final_val_acc:.3f}, {result.wall_s:.0f}s")
+    echo(f"results: run {run} (experiment {exp}) in {db}; checkpoints in {spec.checkpoint_dir}/; "
+         f"dashboards: `harness report --db {db}`")
+    store.close()
+    return result

@@ -1,0 +1,254 @@
+"""Typed specs for a run, a study and a benchmark, resolved once at the edge.
+
+YAML and CLI input becomes these pydantic objects before anything starts; every error carries
+the path of the field (`search.lr.low`), the value received and the fix, as a `UserError`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from harness.data import DataSpec, check_spec
+from harness.errors import UserError, close_matches, unknown
+from harness.models import get_model_entry
+from harness.recipes import TUNABLE, Recipe, get_recipe, tuned_recipe_name, with_overrides
+
+MAX_YAML_BYTES = 256 * 1024
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FaultSpec(Strict):
+    """Faults injected into the loop for the reliability tests (never set by a study file)."""
+
+    raise_at_epoch: int | None = None  # raise RuntimeError at the start of this epoch (1-based)
+    raise_once_file: Path | None = None  # with raise_at_epoch: raise only if this file is absent, then create it
+    nan_at_step: int | None = None  # the loss becomes NaN at this global step (1-based)
+    oom_at_epoch: int | None = None  # raise torch.cuda.OutOfMemoryError at the start of this epoch
+    sleep_per_epoch: float = 0.0  # seconds, so a test can kill a process mid-run
+
+
+class RunSpec(Strict):
+    """Everything one training run needs; `fit()` takes nothing else."""
+
+    model: str
+    recipe: Recipe
+    data: DataSpec = DataSpec()
+    epochs: int = Field(10, ge=1)
+    seed: int = 0
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU, where bf16 is slower)")
+    compile: bool = Field(False, description="torch.compile the model (once per run; reused every epoch)")
+    channels_last: bool | None = Field(None, description="None = on for CNNs on CUDA")
+    pretrained: bool = False
+    pretrained_file: Path | None = None
+    checkpoint_dir: Path | None = Field(None, description="None = no checkpoints")
+    checkpoint_every: int = Field(0, ge=0, description="also keep epoch_N.pt every N epochs; 0 = only last and best")
+    max_hours: float | None = Field(None, gt=0, description="stop (with a checkpoint) after this much wall time")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch's default")
+    eval_samples: int = Field(36, ge=0, description="validation images kept with their predictions")
+    stands_for: str | None = Field(None, description="the full model this CPU stand-in replaces, for labels")
+    fault: FaultSpec | None = None
+
+    def label(self) -> str:
+        """What ran, honestly: 'vit_tiny (CPU stand-in for vit_base)'."""
+        return f"{self.model} (CPU stand-in for {self.stands_for})" if self.stands_for else self.model
+
+
+def resolve_run(*, model: str, recipe: str, data: DataSpec, overrides: dict[str, Any] | None = None,
+                **fields: Any) -> RunSpec:
+    """Check names and values, apply overrides, return the typed spec. Raises UserError."""
+    entry = get_model_entry(model, "--model")
+    if recipe == "tuned":
+        recipe = tuned_recipe_name(entry.family, bool(fields.get("pretrained") or fields.get("pretrained_file")))
+    base = get_recipe(recipe, "--recipe")
+    resolved = with_overrides(base, overrides or {})
+    check_spec(data)
+    entry.size_kwargs(data.image_size)
+    try:
+        return RunSpec(model=model, recipe=resolved, data=data, **fields)
+    except ValidationError as e:
+        raise _user_error(e, RunSpec, prefix="--") from None
+
+
+# --- studies and benchmarks -----------------------------------------------------------------------
+
+class ParamSpec(Strict):
+    type: Literal["uniform", "loguniform", "int", "logint", "choice"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ParamSpec:
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("values: a choice needs a non-empty list, e.g. values: [adam, adamw]")
+            if self.low is not None or self.high is not None:
+                raise ValueError("low/high: a choice takes only values")
+            return self
+        if self.values is not None:
+            raise ValueError(f"values: only a choice takes values; a {self.type} takes low and high")
+        if self.low is None or self.high is None:
+            raise ValueError(f"low/high: a {self.type} parameter needs both, e.g. {{type: {self.type}, low: 1, high: 10}}")
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError("low/high must be finite numbers")
+        if self.low > self.high:
+            raise ValueError(f"low: {self.low} is greater than high {self.high}; swap them")
+        if self.type.startswith("log") and self.low <= 0:
+            raise ValueError(f"low: a log scale needs low > 0, got {self.low}; use e.g. 1e-5, or type: uniform")
+        if self.type in ("int", "logint") and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError(f"low/high: an int parameter needs whole numbers, got {self.low}..{self.high}")
+        return self
+
+
+class SamplerSpec(Strict):
+    type: Literal["tpe", "random", "cmaes", "gp", "grid"] = "tpe"
+    seed: int | None = 0
+
+
+class SchedulerSpec(Strict):
+    type: Literal["asha", "none"] = "asha"
+    max_epochs: int = Field(10, ge=1, description="epochs a trial trains if not stopped")
+    grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial may be stopped")
+    reduction_factor: float = Field(3, gt=1)
+
+    @model_validator(mode="after")
+    def _grace(self) -> SchedulerSpec:
+        if self.grace_period > self.max_epochs:
+            raise ValueError(f"grace_period: {self.grace_period} is more than max_epochs {self.max_epochs}; "
+                             f"use at most {self.max_epochs}")
+        return self
+
+
+class ResourcesSpec(Strict):
+    cpu: float = Field(1, gt=0, description="CPU cores per trial")
+    gpu: float = Field(0, ge=0, description="GPUs per trial; fractions pack small trials on one card")
+
+
+class StudySpec(Strict):
+    name: str = Field(min_length=1, max_length=20000)
+    description: str = Field("", max_length=20000)
+    model: str
+    recipe: str
+    data: DataSpec = DataSpec()
+    metric: Literal["val_acc", "val_loss", "train_loss", "train_acc"] = "val_acc"
+    mode: Literal["max", "min"] = "max"
+    search: dict[str, ParamSpec] = Field(min_length=1)
+    fixed: dict[str, Any] = Field(default_factory=dict, description="recipe overrides shared by every trial")
+    sampler: SamplerSpec = SamplerSpec()
+    scheduler: SchedulerSpec = SchedulerSpec()
+    trials: int = Field(ge=1)
+    concurrency: int = Field(1, ge=1)
+    resources: ResourcesSpec = ResourcesSpec()
+    seed: int = 0
+
+    def base_recipe(self) -> Recipe:
+        return with_overrides(get_recipe(self.recipe, "recipe"), self.fixed, "fixed")
+
+
+class BenchmarkSpec(Strict):
+    name: str = Field("naive_vs_recipe", min_length=1, max_length=20000)
+    description: str = Field("", max_length=20000)
+    models: list[str] = Field(min_length=1)
+    recipes: list[str] = Field(["naive", "tuned"], min_length=1, description="recipe names; 'tuned' = each model's own")
+    epochs: int = Field(10, ge=1)
+    seeds: int = Field(1, ge=1)
+    data: DataSpec = DataSpec()
+    scale: Literal["auto", "tiny", "full"] = "auto"
+    concurrency: int = Field(2, ge=1)
+    resources: ResourcesSpec = ResourcesSpec()
+    set: dict[str, Any] = Field(default_factory=dict, description="recipe overrides for every run")
+
+
+# --- YAML loading with field paths --------------------------------------------------------------
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from `path`; refuses missing, huge, empty, aliased (bomb) and non-mapping files."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(str(path), None, "No such file. Check the path (studies ship in studies/, grids in benchmarks/).")
+    if p.stat().st_size > MAX_YAML_BYTES:
+        raise UserError(str(path), f"{p.stat().st_size} bytes", f"File too large (limit {MAX_YAML_BYTES // 1024} KiB); a study is a few dozen lines.")
+    text = p.read_text(errors="replace")
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                # Aliases are how a "billion laughs" file expands to gigabytes; studies need none.
+                raise UserError(str(path), event.anchor, "YAML aliases (*name) are not allowed; write the values out.")
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(str(path), "not YAML", f"Fix the YAML syntax{where}: {getattr(e, 'problem', e)}.") from None
+    if data is None:
+        raise UserError(str(path), "empty file", "The file is empty; see studies/vit_lr.yaml for a complete example.")
+    if not isinstance(data, dict):
+        raise UserError(str(path), type(data).__name__, "Expected a mapping of keys (name:, model:, ...) at the top level.")
+    return data
+
+
+def _fields_at(model_cls: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the model found by walking `loc` (for 'did you mean' on unknown keys)."""
+    cls: Any = model_cls
+    for part in loc[:-1]:
+        if isinstance(cls, type) and issubclass(cls, BaseModel) and part in cls.model_fields:
+            ann = cls.model_fields[part].annotation
+            # dict[str, ParamSpec] -> ParamSpec; Optional[X] -> X
+            args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+            cls = args[-1] if args else ann
+        elif isinstance(cls, type) and issubclass(cls, BaseModel) and not isinstance(part, str):
+            continue
+        else:
+            continue
+    return list(cls.model_fields) if isinstance(cls, type) and issubclass(cls, BaseModel) else []
+
+
+def _user_error(e: ValidationError, model_cls: type[BaseModel], prefix: str = "") -> UserError:
+    err = e.errors()[0]
+    loc = tuple(err["loc"])
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return UserError(prefix + path, err.get("input"), "Unknown key. " + close_matches(str(loc[-1]), _fields_at(model_cls, loc)))
+    if err["type"] == "missing":
+        return UserError(prefix + path, None, "Required key is missing; add it.")
+    msg = err["msg"].removeprefix("Value error, ")
+    if msg.split(":")[0] in ("low", "high", "low/high", "values", "grace_period"):
+        # Our own validators name the sub-field first: attach it to the path.
+        sub, _, rest = msg.partition(": ")
+        return UserError(prefix + path + "." + sub.split("/")[0], err.get("input") if not isinstance(err.get("input"), dict)
+                         else err["input"].get(sub.split("/")[0]), rest[:1].upper() + rest[1:] + ".")
+    return UserError(prefix + path, err.get("input"), msg[:1].upper() + msg[1:] + ".")
+
+
+def parse_spec(model_cls: type[BaseModel], data: dict[str, Any], source: str = "") -> Any:
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as e:
+        err = _user_error(e, model_cls)
+        raise UserError(f"{source}: {err.field}" if source else err.field, err.value, err.fix) from None
+
+
+def load_study(path: Path) -> StudySpec:
+    """Study file -> StudySpec, with names and search keys checked against the registries."""
+    spec: StudySpec = parse_spec(StudySpec, read_yaml(path), str(path))
+    where = f"{path}: "
+    entry = get_model_entry(spec.model, where + "model")
+    get_recipe(spec.recipe, where + "recipe")
+    for key in spec.search:
+        if key not in TUNABLE:
+            raise unknown(f"{where}search.{key}", key, TUNABLE)
+    for key in spec.fixed:
+        if key not in TUNABLE:
+            raise unknown(f"{where}fixed.{key}", key, TUNABLE)
+    spec.base_recipe()
+    check_spec(spec.data, where + "data")
+    entry.size_kwargs(spec.data.image_size)
+    return spec

@@ -1,0 +1,264 @@
+"""results.db: the harness's tables and its one writer.
+
+Tables `experiments` -> `runs` -> `epochs`, plus `evaluations` (per-class accuracy, confusion
+matrix and sample predictions of a run's best checkpoint) and `checks` (doctor results). Optuna
+keeps its own tables (`studies`, `trials`, ...) in the same database; the names do not collide.
+
+Only one process writes (the CLI process: `harness train`, or the sweep driver's Tune callback).
+SQLite runs in WAL mode with a busy timeout so readers (report, optuna-dashboard) never block it,
+and every write is its own committed transaction: a kill loses at most the epoch in flight.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from harness.errors import UserError
+
+SCHEMA_VERSION = 1
+DEFAULT_DB = "sqlite:///results.db"
+
+metadata = sa.MetaData()
+
+meta = sa.Table(
+    "harness_meta", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+experiments = sa.Table(
+    "experiments", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # train | sweep | benchmark | doctor
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("description", sa.Text, nullable=False, default=""),
+    sa.Column("spec", sa.Text, nullable=False, default=""),  # the resolved spec as YAML
+    sa.Column("code_version", sa.String(64), nullable=False, default=""),
+    sa.Column("device", sa.Text, nullable=False, default=""),
+    sa.Column("status", sa.String(16), nullable=False, default="running"),  # running | completed | interrupted | failed
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("finished_at", sa.DateTime),
+)
+
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("experiment_id", sa.Integer, sa.ForeignKey("experiments.id"), nullable=False, index=True),
+    sa.Column("model", sa.String(64), nullable=False),  # what ran (e.g. vit_tiny)
+    sa.Column("stands_for", sa.String(64)),  # the full model a CPU stand-in replaces (e.g. vit_base)
+    sa.Column("recipe", sa.String(64), nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),  # the resolved RunSpec
+    sa.Column("seed", sa.Integer, nullable=False),
+    # running | completed | stopped (by ASHA) | diverged (NaN/Inf) | failed (exception) | interrupted | time_limit
+    sa.Column("status", sa.String(16), nullable=False, default="running"),
+    sa.Column("error", sa.Text),
+    sa.Column("best_val_acc", sa.Float),
+    sa.Column("best_epoch", sa.Integer),
+    sa.Column("final_val_acc", sa.Float),
+    sa.Column("epochs_done", sa.Integer, nullable=False, default=0),
+    sa.Column("wall_s", sa.Float),
+    sa.Column("images_per_s", sa.Float),
+    sa.Column("trial_id", sa.String(64)),  # Ray Tune trial id
+    sa.Column("optuna_trial", sa.Integer),  # Optuna trial number
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("finished_at", sa.DateTime),
+)
+
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "grad_norm", "epoch_s", "images_per_s")
+
+epochs = sa.Table(
+    "epochs", metadata,
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id"), primary_key=True),
+    sa.Column("epoch", sa.Integer, primary_key=True),  # 1-based; a retried epoch replaces its row
+    *(sa.Column(m, sa.Float) for m in EPOCH_METRICS),
+)
+
+evaluations = sa.Table(
+    "evaluations", metadata,
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id"), primary_key=True),
+    sa.Column("epoch", sa.Integer),  # the best checkpoint's epoch
+    sa.Column("class_names", sa.JSON, nullable=False),
+    sa.Column("per_class_acc", sa.JSON, nullable=False),
+    sa.Column("confusion", sa.JSON, nullable=False),  # rows = true class, columns = predicted
+    sa.Column("samples", sa.JSON, nullable=False),  # [{"png": base64, "true": i, "pred": j}], mistakes first
+)
+
+checks = sa.Table(
+    "checks", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("experiment_id", sa.Integer, sa.ForeignKey("experiments.id"), nullable=False, index=True),
+    sa.Column("check", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(8), nullable=False),  # PASS | WARN | FAIL
+    sa.Column("detail", sa.Text, nullable=False, default=""),
+    sa.Column("fix", sa.Text, nullable=False, default=""),
+    sa.Column("data", sa.JSON),
+)
+
+HARNESS_TABLES = ("harness_meta", "experiments", "runs", "epochs", "evaluations", "checks")
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _finite(v: Any) -> Any:
+    """NaN/Inf -> None: JSON and some databases refuse them, and a dashboard cannot plot them."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def make_engine(url: str) -> sa.Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn, _record):  # noqa: ANN001
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def sqlite_path(url: str) -> Path | None:
+    u = sa.engine.make_url(url)
+    if u.drivername.startswith("sqlite") and u.database and u.database != ":memory:":
+        return Path(u.database)
+    return None
+
+
+def check_url(url: str, *, must_exist: bool = False, field: str = "--db") -> None:
+    """Refuse a URL that does not parse, a missing database (for readers) or a foreign database."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise UserError(field, url, "Not a database URL; use e.g. sqlite:///results.db or postgresql://user@host/db.") from None
+    path = sqlite_path(url)
+    if path is not None:
+        if path.exists() and path.is_dir():
+            raise UserError(field, url, "That path is a folder; name a file, e.g. sqlite:///results.db.")
+        if not path.exists():
+            if must_exist:
+                raise UserError(field, url, "No such database yet; run `harness train`, `benchmark` or `sweep` first, or fix the path.")
+            return
+        with open(path, "rb") as f:
+            if f.read(16) not in (b"SQLite format 3\x00", b""):
+                raise UserError(field, url, "Not an SQLite database; name a results database written by harness.")
+    elif parsed.drivername.startswith("sqlite") is False and must_exist is False:
+        pass
+    engine = make_engine(url)
+    try:
+        names = set(sa.inspect(engine).get_table_names())
+    except sa.exc.DatabaseError as e:
+        raise UserError(field, url, f"Cannot open it as a database ({str(e).splitlines()[0][:120]}).") from None
+    finally:
+        engine.dispose()
+    if names and "harness_meta" not in names and names & {"experiments", "runs", "epochs"}:
+        raise UserError(field, url, "This database has tables named like harness's but is not a harness database; use another file.")
+    if must_exist and "harness_meta" not in names:
+        raise UserError(field, url, "Not a harness results database (no harness_meta table); name one written by harness.")
+
+
+class Store:
+    """The writer (and a convenient reader) of one results database."""
+
+    def __init__(self, url: str = DEFAULT_DB, *, create: bool = True) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        if create:
+            metadata.create_all(self.engine)
+            with self.engine.begin() as c:
+                row = c.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).first()
+                if row is None:
+                    c.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- experiments ---
+    def create_experiment(self, *, kind: str, name: str, description: str = "", spec: str = "", device: str = "") -> int:
+        from harness import __version__
+
+        with self.engine.begin() as c:
+            return c.execute(experiments.insert().values(
+                kind=kind, name=name, description=description, spec=spec, code_version=__version__,
+                device=device, status="running", created_at=now())).inserted_primary_key[0]
+
+    def finish_experiment(self, experiment_id: int, status: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(experiments.update().where(experiments.c.id == experiment_id)
+                      .values(status=status, finished_at=now()))
+
+    def find_experiment(self, *, kind: str, name: str) -> dict | None:
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(experiments).where(experiments.c.kind == kind, experiments.c.name == name)
+                            .order_by(experiments.c.id.desc())).mappings().first()
+            return dict(row) if row else None
+
+    # --- runs ---
+    def create_run(self, experiment_id: int, *, model: str, recipe: str, params: dict, seed: int,
+                   stands_for: str | None = None, trial_id: str | None = None, optuna_trial: int | None = None) -> int:
+        with self.engine.begin() as c:
+            return c.execute(runs.insert().values(
+                experiment_id=experiment_id, model=model, stands_for=stands_for, recipe=recipe, params=params,
+                seed=seed, status="running", epochs_done=0, trial_id=trial_id, optuna_trial=optuna_trial,
+                created_at=now())).inserted_primary_key[0]
+
+    def log_epoch(self, run_id: int, epoch: int, metrics: dict[str, float]) -> None:
+        """Insert or replace one epoch (a trial retried from a checkpoint re-reports later epochs)."""
+        values = {m: _finite(metrics.get(m)) for m in EPOCH_METRICS}
+        with self.engine.begin() as c:
+            c.execute(epochs.delete().where(epochs.c.run_id == run_id, epochs.c.epoch == epoch))
+            c.execute(epochs.insert().values(run_id=run_id, epoch=epoch, **values))
+            summary = c.execute(sa.select(
+                sa.func.max(epochs.c.val_acc), sa.func.count()).where(epochs.c.run_id == run_id)).one()
+            best = c.execute(sa.select(epochs.c.epoch).where(epochs.c.run_id == run_id, epochs.c.val_acc == summary[0])
+                             .order_by(epochs.c.epoch).limit(1)).scalar()
+            c.execute(runs.update().where(runs.c.id == run_id).values(
+                epochs_done=summary[1], best_val_acc=summary[0], best_epoch=best,
+                final_val_acc=values["val_acc"], images_per_s=values["images_per_s"]))
+
+    def finish_run(self, run_id: int, *, status: str, error: str | None = None, wall_s: float | None = None) -> None:
+        with self.engine.begin() as c:
+            c.execute(runs.update().where(runs.c.id == run_id).values(
+                status=status, error=error, wall_s=wall_s, finished_at=now()))
+
+    def save_evaluation(self, run_id: int, evaluation: dict[str, Any]) -> None:
+        with self.engine.begin() as c:
+            c.execute(evaluations.delete().where(evaluations.c.run_id == run_id))
+            c.execute(evaluations.insert().values(run_id=run_id, **evaluation))
+
+    def save_check(self, experiment_id: int, *, check: str, status: str, detail: str = "", fix: str = "",
+                   data: Any = None) -> None:
+        with self.engine.begin() as c:
+            c.execute(checks.insert().values(experiment_id=experiment_id, check=check, status=status,
+                                             detail=detail, fix=fix, data=data))
+
+    def mark_unfinished(self, experiment_id: int, status: str = "interrupted") -> int:
+        """Runs still 'running' when their experiment ends get `status` (e.g. after Ctrl-C)."""
+        with self.engine.begin() as c:
+            return c.execute(runs.update().where(runs.c.experiment_id == experiment_id, runs.c.status == "running")
+                             .values(status=status, finished_at=now())).rowcount
+
+    # --- reading ---
+    def read_sql(self, query: str | sa.Select, **params: Any):
+        import pandas as pd
+
+        with self.engine.connect() as c:
+            return pd.read_sql(sa.text(query) if isinstance(query, str) else query, c, params=params or None)
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, default=str)

@@ -1,0 +1,333 @@
+"""The one training loop. No Ray, no Optuna, no database: a resolved `RunSpec` in, one
+`EpochReport` per epoch out through the `report` callable, a `RunResult` back.
+
+`harness train`, every benchmark run and every sweep trial call `fit()`; so do the tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness import data as data_mod
+from harness.errors import UserError
+from harness.models import build_model, get_model_entry
+from harness.recipes import build_loss, build_mixup, build_optimizer, build_scheduler
+from harness.specs import RunSpec
+
+NAN_CHECK_EVERY = 20  # steps between loss finiteness checks (each check is one device sync)
+
+
+@dataclass
+class EpochReport:
+    epoch: int  # 1-based
+    metrics: dict[str, float]  # the store's EPOCH_METRICS
+    checkpoint: Path | None  # last.pt as of this epoch, when checkpointing
+    status: str  # running, or the final status on the last report: completed | diverged | time_limit
+    evaluation: dict[str, Any] | None = None  # on the last report: the best checkpoint's evaluation
+
+
+@dataclass
+class RunResult:
+    status: str
+    best_val_acc: float | None
+    best_epoch: int | None
+    final_val_acc: float | None
+    epochs_done: int
+    wall_s: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    evaluation: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device", name, "CUDA is not available on this machine; use --device cpu (or auto).")
+    return dev
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save is not atomic: write a temp file in the same folder, fsync, then os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def clean_stale_temps(folder: Path) -> None:
+    """Remove temp files left by a process killed mid-save (the real files are intact)."""
+    for p in folder.glob(".*.tmp-*"):
+        p.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path, field_name: str = "--resume") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(field_name, str(path), "No such checkpoint file; runs write last.pt and best.pt in their checkpoint folder.")
+    clean_stale_temps(path.parent)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to unpickle means the file is unusable
+        raise UserError(field_name, str(path), "Not a loadable harness checkpoint (corrupt, truncated or tampered with; "
+                        f"weights-only loading refused it: {str(e).splitlines()[0][:160]}).") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "epoch" not in ckpt:
+        raise UserError(field_name, str(path), "Not a harness checkpoint (no model/epoch entries).")
+    return ckpt
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, split: data_mod.Split, augment: data_mod.BatchAugment, *, batch_size: int,
+             autocast: Any) -> tuple[float, float]:
+    """Plain cross-entropy and accuracy on a split (no smoothing, so recipes compare fairly)."""
+    model.eval()
+    loss_sum = torch.zeros((), device=augment.mean.device)
+    correct = torch.zeros((), device=augment.mean.device, dtype=torch.long)
+    n = 0
+    for x, y in split.batches(batch_size, shuffle=False, generator=None, drop_last=False):
+        with autocast():
+            out = model(augment.normalize(x))
+        loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+        n += len(y)
+    return float(loss_sum) / max(n, 1), float(correct) / max(n, 1)
+
+
+def _png(img: torch.Tensor) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img.permute(1, 2, 0).cpu().numpy()).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@torch.no_grad()
+def evaluate_classes(model: torch.nn.Module, ds: data_mod.Dataset, augment: data_mod.BatchAugment, *, batch_size: int,
+                     autocast: Any, samples: int) -> dict[str, Any]:
+    """Per-class accuracy, confusion matrix and a grid of validation predictions (mistakes first)."""
+    model.eval()
+    k = ds.num_classes
+    confusion = torch.zeros(k, k, dtype=torch.long)
+    wrong: list[tuple[torch.Tensor, int, int]] = []
+    right: list[tuple[torch.Tensor, int, int]] = []
+    for x, y in ds.val.batches(batch_size, shuffle=False, generator=None, drop_last=False):
+        with autocast():
+            pred = model(augment.normalize(x)).argmax(1)
+        confusion += torch.bincount((y * k + pred).cpu(), minlength=k * k).view(k, k)
+        for img, t, p in zip(x, y.tolist(), pred.tolist()):
+            bucket = wrong if t != p else right
+            if len(bucket) < samples:
+                bucket.append((img, t, p))
+    per_class = (confusion.diag().float() / confusion.sum(1).clamp(min=1).float()).tolist()
+    grid = (wrong + right)[:samples]
+    return {"class_names": ds.class_names, "per_class_acc": per_class, "confusion": confusion.tolist(),
+            "samples": [{"png": _png(img), "true": t, "pred": p} for img, t, p in grid]}
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+def _seed_epoch(seed: int, epoch: int) -> int:
+    """Every epoch reseeds all RNGs from (seed, epoch): a resumed run replays the same batches,
+    augmentations and mixup draws as an uninterrupted one, without saving RNG state."""
+    s = (seed * 1_000_003 + epoch) % 2**31
+    torch.manual_seed(s)
+    np.random.seed(s)  # timm's Mixup draws from numpy
+    random.seed(s)
+    return s
+
+
+def fit(spec: RunSpec, report: Callable[[EpochReport], None] = lambda r: None, *,
+        resume: Path | None = None, log: Callable[[str], None] = lambda s: None) -> RunResult:
+    t_start = time.monotonic()
+    device = resolve_device(spec.device)
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    recipe = spec.recipe
+    entry = get_model_entry(spec.model)
+    _seed_epoch(spec.seed, 0)
+
+    ds = data_mod.load(spec.data, device)
+    model = build_model(spec.model, num_classes=ds.num_classes, image_size=spec.data.image_size,
+                        drop_path_rate=recipe.drop_path_rate, drop_rate=recipe.drop_rate,
+                        pretrained=spec.pretrained, pretrained_file=spec.pretrained_file).to(device)
+    cuda = device.type == "cuda"
+    channels_last = spec.channels_last if spec.channels_last is not None else (cuda and entry.family in ("resnet", "efficientnet"))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
+
+    batch_size = min(recipe.batch_size, len(ds.train))
+    steps_per_epoch = max(1, len(ds.train) // batch_size)
+    optimizer = build_optimizer(model, recipe, fused=cuda)
+    scheduler = build_scheduler(optimizer, recipe, epochs=spec.epochs, steps_per_epoch=steps_per_epoch)
+    mixup = build_mixup(recipe, ds.num_classes)
+    criterion = build_loss(recipe)
+    augment = data_mod.BatchAugment(ds, randaugment=recipe.randaugment, random_erasing=recipe.random_erasing, device=device)
+    ema = None
+    if recipe.ema_decay:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=recipe.ema_decay, use_warmup=True)
+    use_amp = spec.amp and cuda
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp)
+
+    train_model = torch.compile(model) if spec.compile else model  # compiled once, reused every epoch
+    params = [p for p in model.parameters() if p.requires_grad]
+    max_norm = recipe.grad_clip if recipe.grad_clip > 0 else math.inf
+
+    start_epoch, global_step, history = 0, 0, []
+    best_acc, best_epoch, best_state = -1.0, None, None
+    if spec.checkpoint_dir is not None:
+        spec.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(spec.checkpoint_dir)
+    if resume is not None:
+        ckpt = load_checkpoint(resume)
+        if ckpt["config"].get("model") != spec.model:
+            raise UserError("--resume", str(resume), f"checkpoint is of {ckpt['config'].get('model')}, not {spec.model}; "
+                            "resume with the same model.")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ema is not None and ckpt.get("ema") is not None:
+            ema.load_state_dict(ckpt["ema"])
+        start_epoch, global_step, history = ckpt["epoch"], ckpt["global_step"], list(ckpt["history"])
+        best_acc, best_epoch = ckpt["best_val_acc"], ckpt.get("best_epoch")
+        best_path = Path(resume).with_name("best.pt")
+        best_state = (torch.load(best_path, map_location="cpu", weights_only=True)["model"]
+                      if best_path.is_file() else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        log(f"resumed from {resume} at epoch {start_epoch}")
+
+    def checkpoint(epoch: int) -> dict[str, Any]:
+        return {"epoch": epoch, "global_step": global_step, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": None,  # bf16 autocast needs no loss scaling
+                "ema": ema.state_dict() if ema is not None else None,
+                "best_val_acc": best_acc, "best_epoch": best_epoch,
+                "config": spec.model_dump(mode="json"), "history": history}
+
+    status, evaluation = "running", None
+    fault = spec.fault
+    for epoch in range(start_epoch + 1, spec.epochs + 1):
+        t0 = time.monotonic()
+        if fault is not None:
+            _inject(fault, epoch)
+        seed = _seed_epoch(spec.seed, epoch)
+        g = torch.Generator(device=device).manual_seed(seed)
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        gn_sum = torch.zeros((), device=device)
+        seen, steps, diverged = 0, 0, False
+        for x, y in ds.train.batches(batch_size, shuffle=True, generator=g, drop_last=True):
+            x = augment(x, g)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            target = y
+            if mixup is not None:
+                x, target = mixup(x, y)
+            with autocast():
+                out = train_model(x)
+                loss = criterion(out, target)
+            if fault is not None and fault.nan_at_step == global_step + 1:
+                loss = loss * float("nan")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            # The global norm before clipping is what tells a healthy run from an exploding one.
+            gn_sum += torch.nn.utils.clip_grad_norm_(params, max_norm=max_norm, foreach=cuda).float()
+            optimizer.step()
+            global_step += 1
+            scheduler.step_update(num_updates=global_step)
+            if ema is not None:
+                ema.update(model, step=global_step)
+            loss_sum += loss.detach().float() * len(y)
+            correct += (out.argmax(1) == y).sum()  # against the unmixed labels
+            seen += len(y)
+            steps += 1
+            if steps % NAN_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
+                diverged = True
+                break
+        train_s = time.monotonic() - t0
+        train_loss = float(loss_sum) / max(seen, 1)
+        diverged = diverged or not math.isfinite(train_loss)
+        eval_model = ema.module if ema is not None else model
+        val_loss, val_acc = evaluate(eval_model, ds.val, augment, batch_size=2 * batch_size, autocast=autocast)
+        if not math.isfinite(val_loss):
+            diverged = True
+        metrics = {"train_loss": train_loss, "train_acc": float(correct) / max(seen, 1), "val_loss": val_loss,
+                   "val_acc": val_acc, "lr": max(g_["lr"] for g_ in optimizer.param_groups),
+                   "grad_norm": float(gn_sum) / max(steps, 1), "epoch_s": time.monotonic() - t0,
+                   "images_per_s": seen / train_s if train_s > 0 else 0.0}
+        history.append(metrics)
+        improved = not diverged and val_acc > best_acc
+        if improved:
+            best_acc, best_epoch = val_acc, epoch
+            best_state = {k: v.detach().cpu().clone() for k, v in eval_model.state_dict().items()}
+        ckpt_path = None
+        if spec.checkpoint_dir is not None and not diverged:
+            state = checkpoint(epoch)
+            ckpt_path = spec.checkpoint_dir / "last.pt"
+            save_atomic(state, ckpt_path)
+            if improved:
+                save_atomic({**state, "model": best_state}, spec.checkpoint_dir / "best.pt")
+            if spec.checkpoint_every and epoch % spec.checkpoint_every == 0:
+                save_atomic(state, spec.checkpoint_dir / f"epoch_{epoch}.pt")
+        out_of_time = spec.max_hours is not None and (time.monotonic() - t_start) / 3600 >= spec.max_hours
+        if diverged:
+            status = "diverged"
+        elif out_of_time and epoch < spec.epochs:
+            status = "time_limit"
+        elif epoch == spec.epochs:
+            status = "completed"
+        if status != "running" and best_state is not None and spec.eval_samples >= 0:
+            eval_model.load_state_dict(best_state)
+            evaluation = {"epoch": best_epoch, **evaluate_classes(eval_model, ds, augment, batch_size=2 * batch_size,
+                                                                 autocast=autocast, samples=spec.eval_samples)}
+        report(EpochReport(epoch, metrics, ckpt_path, status, evaluation))
+        if status != "running":
+            break
+    if status == "running":  # resumed at or past the last epoch: nothing left to train
+        status = "completed"
+    final = history[-1]["val_acc"] if history else None
+    return RunResult(status, best_acc if best_epoch is not None else None, best_epoch, final, len(history),
+                     time.monotonic() - t_start, history, evaluation)
+
+
+def _inject(fault: Any, epoch: int) -> None:
+    """Test hooks: real exceptions raised from inside the loop (see tests/test_faults.py)."""
+    if fault.sleep_per_epoch:
+        time.sleep(fault.sleep_per_epoch)
+    if fault.oom_at_epoch == epoch:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected by the fault spec)")
+    if fault.raise_at_epoch == epoch:
+        if fault.raise_once_file is not None:
+            if Path(fault.raise_once_file).exists():
+                return
+            Path(fault.raise_once_file).touch()
+        raise RuntimeError(f"injected failure at epoch {epoch}")
