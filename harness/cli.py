@@ -72,10 +72,10 @@ def make_data_spec(data_name: str, data_root: Path | None, download: bool, image
 
 
 @main.command()
-@click.option("--model", required=True, help="registry name (see `harness models`)")
+@click.option("--model", default=None, help="registry name (see `harness models`); required unless --resume")
 @click.option("--recipe", default="tuned", show_default=True, help="registry name, or 'tuned' for the model family's own")
 @data_options
-@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--epochs", type=int, default=None, help="[default: 10; with --resume: the checkpoint's]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a recipe field (repeatable)")
 @click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLAlchemy URL of the results database")
@@ -90,7 +90,7 @@ def make_data_spec(data_name: str, data_root: Path | None, download: bool, image
 @click.option("--resume", type=click.Path(path_type=Path), default=None, help="continue from a checkpoint (its config is used)")
 @click.option("--threads", type=int, default=None, help="torch CPU threads")
 def train(model: str, recipe: str, data_name: str, data_root: Path | None, download: bool, image_size: int,
-          epochs: int, seed: int, sets: tuple[str, ...], db: str, device: str, compile_: bool, pretrained: bool,
+          epochs: int | None, seed: int, sets: tuple[str, ...], db: str, device: str, compile_: bool, pretrained: bool,
           pretrained_file: Path | None, checkpoint_dir: Path | None, checkpoint_every: int, max_hours: float | None,
           resume: Path | None, threads: int | None) -> None:
     """Train one model with one recipe; every epoch goes to the results database."""
@@ -101,11 +101,14 @@ def train(model: str, recipe: str, data_name: str, data_root: Path | None, downl
 
     check_url(db)
     if resume is not None:
+        # The checkpoint holds the resolved spec: resuming needs no other flag (--epochs may extend it).
         config = load_checkpoint(resume)["config"]
-        spec = RunSpec.model_validate({**config, "epochs": max(epochs, config["epochs"]) if epochs != 10 else config["epochs"]})
+        spec = RunSpec.model_validate({**config, "epochs": config["epochs"] if epochs is None else epochs})
+    elif model is None:
+        raise UserError("--model", None, "Name a model (see `harness models`), or pass --resume CHECKPOINT.")
     else:
         data = make_data_spec(data_name, data_root, download, image_size)
-        spec = resolve_run(model=model, recipe=recipe, data=data, overrides=parse_sets(sets), epochs=epochs, seed=seed,
+        spec = resolve_run(model=model, recipe=recipe, data=data, overrides=parse_sets(sets), epochs=10 if epochs is None else epochs, seed=seed,
                            device=device, compile=compile_, pretrained=pretrained, pretrained_file=pretrained_file,
                            checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, max_hours=max_hours,
                            threads=threads)
