@@ -95,7 +95,7 @@ def train(model: str, recipe: str, data_name: str, data_root: Path | None, downl
           resume: Path | None, threads: int | None) -> None:
     """Train one model with one recipe; every epoch goes to the results database."""
     from harness.runner import run_and_record
-    from harness.specs import RunSpec, resolve_run
+    from harness.specs import RunSpec, parse_spec, resolve_run
     from harness.store import check_url
     from harness.train import load_checkpoint, resolve_device
 
@@ -103,7 +103,7 @@ def train(model: str, recipe: str, data_name: str, data_root: Path | None, downl
     if resume is not None:
         # The checkpoint holds the resolved spec: resuming needs no other flag (--epochs may extend it).
         config = load_checkpoint(resume)["config"]
-        spec = RunSpec.model_validate({**config, "epochs": config["epochs"] if epochs is None else epochs})
+        spec = parse_spec(RunSpec, {**config, "epochs": config["epochs"] if epochs is None else epochs}, "--resume")
     elif model is None:
         raise UserError("--model", None, "Name a model (see `harness models`), or pass --resume CHECKPOINT.")
     else:
