@@ -164,5 +164,91 @@ def recipes_show(name: str) -> None:
     click.echo(f"# effective lr at batch {r.batch_size}: {r.scaled_lr():.3g}")
 
 
+@main.command()
+@click.argument("grid", required=False, type=click.Path(path_type=Path))
+@click.option("--models", default=None, help="all | comma list (resnet50,vit_base,...) [default: the grid file's]")
+@click.option("--recipes", default=None, help="comma list of recipe names; 'tuned' = each model's own [default: naive,tuned]")
+@click.option("--epochs", type=int, default=None, help="[default: the grid file's]")
+@click.option("--seeds", type=int, default=None, help="seeds per model x recipe (0..K-1) [default: the grid file's]")
+@click.option("--data", "data_name", default=None, help="dataset name [default: the grid file's, digits]")
+@click.option("--image-size", type=int, default=None, help="pixels per side [default: the grid file's]")
+@click.option("--scale", type=click.Choice(["auto", "tiny", "full"]), default=None,
+              help="auto: full models on CUDA, same-family CPU stand-ins otherwise [default: the grid file's, auto]")
+@click.option("--concurrency", type=int, default=None, help="trials at once [default: the grid file's]")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a recipe field in every run (repeatable)")
+@click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLAlchemy URL of the results database")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("dashboards"), show_default=True,
+              help="folder for the dashboards and the before/after table")
+@click.option("--address", default=None, help="attach to an existing Ray cluster (ray.init(address=...))")
+def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs: int | None, seeds: int | None,
+              data_name: str | None, image_size: int | None, scale: str | None, concurrency: int | None,
+              sets: tuple[str, ...], db: str, out: Path, address: str | None) -> None:
+    """Models x recipes x seeds through Ray Tune, then the before/after table and dashboards.
+
+    GRID is a benchmark YAML (default benchmarks/naive_vs_recipe.yaml); flags override its fields.
+    """
+    from harness.benchmark import load_grid, run_benchmark
+
+    spec = load_grid(grid, models=models, recipes=recipes, epochs=epochs, seeds=seeds, data=data_name,
+                     image_size=image_size, scale=scale, concurrency=concurrency, sets=parse_sets(sets))
+    run_benchmark(spec, db=db, out=out, address=address, echo=click.echo)
+
+
+@main.command()
+@click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLAlchemy URL of the results database")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("dashboards"), show_default=True,
+              help="folder for the HTML pages")
+@click.option("--compare", type=int, multiple=True, metavar="RUN_ID",
+              help="also overlay these runs in compare.html (repeatable; `--compare 3 --compare 7` or `--compare 3 7`)")
+@click.argument("more_ids", nargs=-1, type=int, metavar="[RUN_ID]...")
+def report(db: str, out: Path, compare: tuple[int, ...], more_ids: tuple[int, ...]) -> None:
+    """Dashboards (Plotly HTML, offline) and before/after tables from the results database."""
+    from harness.dashboards import write_dashboards
+
+    ids = [*compare, *more_ids]
+    if more_ids and not compare:
+        raise UserError("RUN_ID", list(more_ids), "Run ids go after --compare, e.g. `harness report --compare 3 7`.")
+    path = write_dashboards(db, out, compare=ids or None)
+    index = out / "index.html"
+    if ids:
+        click.echo(f"compare: {path} (runs {', '.join(map(str, ids))})")
+    click.echo(f"dashboards: {index} (open it in a browser; works offline)")
+
+
+@main.command()
+@click.argument("study", type=click.Path(path_type=Path))
+@click.option("--validate", is_flag=True, help="check the study file (names, bounds, resources) and exit")
+@click.option("--resume", is_flag=True, help="continue the study of this name: finished trials are kept, unfinished ones continue")
+@click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLAlchemy URL of the results database (the Optuna study lives there too)")
+@click.option("--address", default=None, help="attach to this Ray cluster (e.g. ray://head:10001 or auto); default: start Ray here")
+@click.option("--storage-path", type=click.Path(path_type=Path), default=Path("ray_results"), show_default=True,
+              help="where Ray keeps trial checkpoints and experiment state (<path>/<study name>); shared storage on a cluster")
+@click.option("--max-failures", type=int, default=1, show_default=True, help="retries of a crashing trial, from its last checkpoint")
+@click.option("--top", type=int, default=10, show_default=True, help="trials shown in the final table")
+@click.option("--fault", default=None, hidden=True, help="tests: FaultSpec as JSON, injected into trials")
+@click.option("--fault-trials", default=None, hidden=True, help="tests: comma-separated trial numbers the fault applies to")
+def sweep(study: Path, validate: bool, resume: bool, db: str, address: str | None, storage_path: Path, max_failures: int,
+          top: int, fault: str | None, fault_trials: str | None) -> None:
+    """Run an Optuna study through Ray Tune with ASHA; every trial and epoch goes to the database."""
+    from harness.sweep import run_sweep, validate_study
+
+    if validate:
+        s = validate_study(study)
+        click.echo(f"{study}: ok — study {s.name!r}: {s.trials} trials of {s.model} ({s.recipe} recipe) on {s.data.name} "
+                   f"{s.data.image_size}px, searching {', '.join(s.search)}; sampler {s.sampler.type}, "
+                   f"scheduler {s.scheduler.type} (max {s.scheduler.max_epochs} epochs)")
+        return
+    fault_spec = None
+    if fault is not None:
+        from harness.specs import FaultSpec, parse_spec
+
+        fault_spec = parse_spec(FaultSpec, yaml.safe_load(fault), "--fault")
+    trials = tuple(int(t) for t in fault_trials.split(",")) if fault_trials else None
+    result = run_sweep(study, db=db, resume=resume, address=address, storage_path=storage_path, max_failures=max_failures,
+                       echo=click.echo, fault=fault_spec, fault_trials=trials, top=top)
+    if result.status == "interrupted":
+        sys.exit(130)
+
+
 if __name__ == "__main__":
     sys.exit(main())

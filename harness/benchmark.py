@@ -1,0 +1,192 @@
+"""`harness benchmark`: the models x recipes x seeds grid, run through the sweep's Ray Tune path,
+then the before/after table and the dashboards.
+
+The grid file (benchmarks/naive_vs_recipe.yaml by default) is a `BenchmarkSpec`; command-line
+flags override its fields. Resolution happens here, once, before anything runs: model and recipe
+names are checked against the registries, 'all' and 'tuned' are expanded, and `--scale` decides
+whether the full models or their same-family CPU stand-ins run (every label says which).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import UserError, unknown
+from harness.models import ALL, CPU_VARIANT, MODELS, get_model_entry
+from harness.recipes import RECIPES, get_recipe
+from harness.specs import BenchmarkSpec, RunSpec, parse_spec, read_yaml, resolve_run
+
+DEFAULT_GRID = Path("benchmarks/naive_vs_recipe.yaml")
+REPO_GRID = Path(__file__).resolve().parent.parent / DEFAULT_GRID  # when run from another folder
+
+
+def default_grid() -> Path:
+    return DEFAULT_GRID if DEFAULT_GRID.is_file() else REPO_GRID
+
+
+def split_names(value: str | list[Any] | None) -> list[str] | None:
+    """'a,b' or ['a', 'b'] -> ['a', 'b'] (YAML may give either)."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    return [s.strip() for s in items if s.strip()]
+
+
+def load_grid(path: Path | None, *, models: str | None = None, recipes: str | None = None, epochs: int | None = None,
+              seeds: int | None = None, data: str | None = None, image_size: int | None = None, scale: str | None = None,
+              concurrency: int | None = None, sets: dict[str, Any] | None = None) -> BenchmarkSpec:
+    """The grid file with the command line's overrides applied, validated (UserError on bad input)."""
+    for flag, v, least in (("--epochs", epochs, "Train at least 1 epoch"), ("--seeds", seeds, "Run at least 1 seed"),
+                           ("--concurrency", concurrency, "Run at least 1 trial at a time")):
+        if v is not None and v < 1:
+            raise UserError(flag, v, f"{least}, e.g. {flag} {2 if flag == '--concurrency' else 3}.")
+    for flag, v in (("--models", models), ("--recipes", recipes)):
+        if v is not None and not split_names(v):
+            raise UserError(flag, v, "Give at least one name, comma-separated (e.g. resnet50,vit_base or all).")
+    source = Path(path) if path is not None else default_grid()
+    raw = read_yaml(source)
+    for key in ("models", "recipes"):
+        if isinstance(raw.get(key), str):
+            raw[key] = split_names(raw[key])
+    if models is not None:
+        raw["models"] = split_names(models)
+    if recipes is not None:
+        raw["recipes"] = split_names(recipes)
+    for key, v in (("epochs", epochs), ("seeds", seeds), ("scale", scale), ("concurrency", concurrency)):
+        if v is not None:
+            raw[key] = v
+    if data is not None or image_size is not None:
+        d = dict(raw.get("data") or {}) if isinstance(raw.get("data"), dict) else {}
+        if data is not None and data != d.get("name"):
+            d = {k: v for k, v in d.items() if k not in ("root", "num_classes", "train_size")} | {"name": data}
+        if image_size is not None:
+            d["image_size"] = image_size
+        raw["data"] = d
+    if sets:
+        raw["set"] = {**(raw.get("set") or {}), **sets}
+    spec: BenchmarkSpec = parse_spec(BenchmarkSpec, raw, str(source))
+    where = f"{source}: "
+    for name in spec.models:
+        if name != "all":
+            get_model_entry(name, "--models" if models is not None else where + "models")
+    for name in spec.recipes:
+        if name != "tuned" and name not in RECIPES:
+            raise unknown("--recipes" if recipes is not None else where + "recipes", name, [*RECIPES, "tuned"])
+    return spec
+
+
+@dataclass(frozen=True)
+class Grid:
+    runs: list[RunSpec]
+    scale: str  # tiny | full (auto resolved)
+    note: str | None  # the one line saying which stand-ins run, or None
+
+
+def expand_models(names: list[str]) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        out += list(ALL) if name == "all" else [name]
+    return list(dict.fromkeys(out))
+
+
+def resolve_grid(spec: BenchmarkSpec, *, cuda: bool) -> Grid:
+    """Every RunSpec of the grid, model-major (model, then recipe, then seed)."""
+    from harness.data import check_spec
+
+    check_spec(spec.data, "data")
+    scale = spec.scale if spec.scale != "auto" else ("full" if cuda else "tiny")
+    pairs: list[tuple[str, str | None]] = []  # (model that runs, full model it stands for)
+    for name in expand_models(spec.models):
+        ran = CPU_VARIANT.get(name, name) if scale == "tiny" else name
+        pairs.append((ran, name if ran != name else None))
+    seen: set[str] = set()
+    pairs = [p for p in pairs if not (p[0] in seen or seen.add(p[0]))]  # one per model that runs, first wins
+    runs: list[RunSpec] = []
+    for ran, stands_for in pairs:
+        for recipe in spec.recipes:
+            if recipe != "tuned":
+                get_recipe(recipe, "recipes")
+            for seed in range(spec.seeds):
+                runs.append(resolve_run(model=ran, recipe=recipe, data=spec.data, overrides=spec.set, epochs=spec.epochs,
+                                        seed=seed, stands_for=stands_for,
+                                        # one torch thread per CPU a trial holds: concurrent trials do not oversubscribe
+                                        threads=max(1, int(spec.resources.cpu)) if not cuda else None))
+    swapped = [f"{ran} for {sf}" for ran, sf in pairs if sf]
+    note = None
+    if swapped:
+        where = "CPU" if not cuda else "--scale tiny"
+        note = f"{where}: running {', '.join(swapped)}; use --scale full to run the full models" + (
+            " (slow on CPU)" if not cuda else "")
+    return Grid(runs, scale, note)
+
+
+def resolved_yaml(spec: BenchmarkSpec, grid: Grid) -> str:
+    """The experiment's spec as stored: the grid after overrides, with the scale and runs resolved."""
+    doc = spec.model_dump(mode="json")
+    doc["scale"] = grid.scale
+    doc["runs"] = [f"{r.label()} / {r.recipe.name} / seed {r.seed}" for r in grid.runs]
+    return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
+
+
+def check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError("--out", str(out), "That path is a file; name a folder for the dashboards, e.g. dashboards/.")
+
+
+def run_benchmark(spec: BenchmarkSpec, *, db: str, out: Path, address: str | None = None,
+                  echo: Callable[[str], None] = print, cuda: bool | None = None) -> int:
+    """Validate everything, run the grid through Ray Tune (harness.sweep.run_grid), then print the
+    before/after table and write it (Markdown, CSV) with the dashboards into `out`. Returns the
+    experiment id."""
+    from harness.store import check_url
+
+    check_url(db)
+    check_out(Path(out))
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    grid = resolve_grid(spec, cuda=cuda)
+    if grid.note:
+        echo(grid.note)
+    resources = spec.resources
+    if cuda and resources.gpu == 0:
+        # A grid file written for CPU asks for no GPU; on a GPU machine share the card between the
+        # concurrent trials instead of training the full models on the CPU.
+        resources = resources.model_copy(update={"gpu": round(1 / spec.concurrency, 3)})
+    from harness.sweep import run_grid
+
+    exp = run_grid(grid.runs, db=db, experiment_name=spec.name, kind="benchmark", description=spec.description,
+                   spec_yaml=resolved_yaml(spec, grid), concurrency=spec.concurrency, resources=resources,
+                   address=address, echo=echo)
+    finish(db, exp, Path(out), echo=echo)
+    return exp
+
+
+def finish(db: str, experiment_id: int, out: Path, *, echo: Callable[[str], None] = print) -> Path:
+    """The table in the terminal, its Markdown/CSV and the dashboards in `out`."""
+    from harness import report as rep
+    from harness.dashboards import write_dashboards
+
+    index = write_dashboards(db, out)
+    store = rep.open_reader(db)
+    try:
+        table = rep.before_after(store, experiment_id)
+    finally:
+        store.close()
+    echo("")
+    echo("before/after (val acc %, mean ± std over seeds; Δ in points):")
+    echo(rep.to_text(rep.format_before_after(table)))
+    echo("")
+    echo(f"table: {out / f'before_after-{experiment_id}.md'} and .csv")
+    echo(f"dashboards: {out / f'before_after-{experiment_id}.html'} (before/after), {index} (everything)")
+    echo(f"results: experiment {experiment_id} in {db}")
+    return index
+
+
+__all__ = ["load_grid", "resolve_grid", "run_benchmark", "finish", "default_grid", "MODELS"]

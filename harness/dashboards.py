@@ -1,0 +1,478 @@
+"""Plotly dashboards: HTML pages written from the results database, and nothing else.
+
+`write_dashboards(db, out)` is a pure function of the database: it reads the rows, builds Plotly
+figures and writes simple pages around them (`fig.to_html(full_html=False)`), with plotly.js
+written once into the folder (`plotly.min.js`) so every page opens offline from file://.
+
+Pages: index.html (every experiment), experiment-<id>.html (its runs, curves overlaid),
+before_after-<id>.html (benchmarks: grouped bars + the table), sweep-<id>.html (Optuna's figures
+from the study in the same database + a trial table), run-<id>.html (seed 003's four panels,
+seed 002's per-class accuracy, confusion matrix and prediction grid), compare.html (--compare).
+
+Every string that came from a user (experiment names, descriptions, class names, errors) goes
+through `esc()` before it reaches HTML or a Plotly label: names may hold markup or scripts.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from harness import report as rep
+from harness.errors import UserError
+from harness.store import Store
+
+PLOTLY_JS = "plotly.min.js"
+GAP_OK, GAP_WARN = 5.0, 10.0  # train-val gap in points: < 5 good (green), 5-10 slight (orange), > 10 overfit (red)
+GAP_COLORS = {"ok": "#2ca02c", "warn": "#ff7f0e", "bad": "#d62728"}
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
+MAX_SHOWN = 300  # characters of a user string shown in a table cell (the full text is on the experiment page)
+CONFIG = {"displaylogo": False, "responsive": True}
+
+
+class Raw(str):
+    """HTML we built ourselves (already escaped): table cells that must not be escaped again."""
+
+
+def esc(value: Any, limit: int | None = None) -> str:
+    text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "…"
+    return html.escape(text, quote=True)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, Raw):
+        return v
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.4g}"
+    return esc(v, MAX_SHOWN)
+
+
+def table(headers: Iterable[str], rows: Iterable[Iterable[Any]], cls: str = "") -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def link(href: str, text: Any) -> Raw:
+    return Raw(f'<a href="{esc(href)}">{esc(text, MAX_SHOWN)}</a>')
+
+
+def fig_html(fig: go.Figure, div_id: str) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=CONFIG)
+
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5rem auto;max-width:1400px;padding:0 1rem;color:#222}
+nav{margin-bottom:1rem;font-size:.9rem} nav a{margin-right:1rem}
+h1{font-size:1.5rem;word-break:break-word} h2{font-size:1.2rem;margin-top:2rem}
+table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0} th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top;max-width:40rem;word-break:break-word}
+th{background:#f4f4f4} .muted{color:#777} .note{background:#fff8e1;border-left:4px solid #ffb300;padding:.5rem 1rem}
+.empty{font-size:1.2rem;padding:2rem;background:#f4f4f4;border-radius:6px}
+.grid{display:flex;flex-wrap:wrap;gap:.5rem} .grid figure{margin:0;text-align:center;font-size:.75rem;border:3px solid #2ca02c;padding:2px}
+.grid figure.wrong{border-color:#d62728} .grid img{width:64px;height:64px;image-rendering:pixelated;display:block}
+pre{background:#f7f7f7;padding:.5rem;overflow:auto;max-height:20rem;white-space:pre-wrap;word-break:break-word}
+.status-completed{color:#2ca02c}.status-diverged,.status-failed{color:#d62728}.status-stopped,.status-interrupted,.status-time_limit{color:#ff7f0e}
+"""
+
+
+def page(title: str, body: str, *, plots: bool = True) -> str:
+    script = f'<script src="{PLOTLY_JS}" charset="utf-8"></script>' if plots else ""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title, 200)}</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">{script}<style>{STYLE}</style></head>'
+            f'<body><nav><a href="index.html">← all experiments</a></nav>{body}</body></html>\n')
+
+
+def _write(path: Path, text: str) -> Path:
+    # Temp file + rename: a browser (or a test) reading while a report is rewritten never sees half a page.
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def write_plotlyjs(out: Path) -> None:
+    """plotly.js once per folder (3.5 MB) instead of inside every page."""
+    from plotly.offline import get_plotlyjs
+
+    target = out / PLOTLY_JS
+    js = get_plotlyjs()
+    if not target.is_file() or target.stat().st_size != len(js.encode("utf-8")):
+        _write(target, js)
+
+
+def status(s: Any) -> Raw:
+    return Raw(f'<span class="status-{esc(s)}">{esc(s)}</span>')
+
+
+def pct(v: Any) -> str:
+    return "" if v is None or pd.isna(v) else f"{100 * float(v):.1f}"
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+def _warmup(params: Any) -> float:
+    try:
+        return float(params["recipe"]["warmup_epochs"])
+    except (KeyError, TypeError, ValueError):
+        return 0.0
+
+
+def gap_color(gap: float) -> str:
+    return GAP_COLORS["ok"] if gap < GAP_OK else GAP_COLORS["warn"] if gap <= GAP_WARN else GAP_COLORS["bad"]
+
+
+def curves_figure(runs: pd.DataFrame, epochs: pd.DataFrame, title: str) -> go.Figure:
+    """Seed 003's four panels. One run: train/val curves, best epoch marked, warmup end marked, gap
+    bars coloured by size. Several runs: one colour per run, val solid, train dotted, gap lines
+    over green/orange/red bands."""
+    single = len(runs) == 1
+    fig = make_subplots(rows=2, cols=2, horizontal_spacing=0.08, vertical_spacing=0.14, subplot_titles=(
+        "loss (train dotted, val solid)" if not single else "loss", "accuracy % (★ best epoch)",
+        "learning rate (| warmup end)", "train − val accuracy gap (points)"))
+    warmups = set()
+    for i, (_, run) in enumerate(runs.iterrows()):
+        ep = epochs[epochs["run_id"] == run["id"]].sort_values("epoch")
+        name = esc(f"#{run['id']} {run['label']} / {run['recipe']} / seed {run['seed']}")
+        color = PALETTE[i % len(PALETTE)]
+        group = f"run{run['id']}"
+        x = ep["epoch"].tolist()
+        common = dict(legendgroup=group, mode="lines+markers", marker=dict(size=4))
+        if single:
+            fig.add_scatter(x=x, y=ep["train_loss"], name="train loss", line=dict(color=PALETTE[0], dash="dot"), row=1, col=1, **common)
+            fig.add_scatter(x=x, y=ep["val_loss"], name="val loss", line=dict(color=PALETTE[1]), row=1, col=1, **common)
+            fig.add_scatter(x=x, y=100 * ep["train_acc"], name="train acc", line=dict(color=PALETTE[0], dash="dot"), row=1, col=2, **common)
+            fig.add_scatter(x=x, y=100 * ep["val_acc"], name="val acc", line=dict(color=PALETTE[1]), row=1, col=2, **common)
+        else:
+            fig.add_scatter(x=x, y=ep["val_loss"], name=name, line=dict(color=color), row=1, col=1, **common)
+            fig.add_scatter(x=x, y=ep["train_loss"], name=name, line=dict(color=color, dash="dot"), showlegend=False, row=1, col=1, **common)
+            fig.add_scatter(x=x, y=100 * ep["val_acc"], name=name, line=dict(color=color), showlegend=False, row=1, col=2, **common)
+            fig.add_scatter(x=x, y=100 * ep["train_acc"], name=name, line=dict(color=color, dash="dot"), showlegend=False,
+                            row=1, col=2, opacity=0.5, **common)
+        valid = ep.dropna(subset=["val_acc"])
+        if not valid.empty:
+            best = valid.loc[valid["val_acc"].idxmax()]
+            fig.add_scatter(x=[best["epoch"]], y=[100 * best["val_acc"]], mode="markers+text" if single else "markers",
+                            marker=dict(symbol="star", size=14, color="gold", line=dict(color="black", width=1)),
+                            text=[f"best {100 * best['val_acc']:.1f}% @ {int(best['epoch'])}"], textposition="bottom right",
+                            name=f"best epoch {int(best['epoch'])}" if single else name, legendgroup=group, showlegend=single,
+                            row=1, col=2)
+        fig.add_scatter(x=x, y=ep["lr"], name="lr" if single else name, line=dict(color=PALETTE[2] if single else color),
+                        showlegend=single, row=2, col=1, **common)
+        gap = 100 * (ep["train_acc"] - ep["val_acc"])
+        if single:
+            fig.add_bar(x=x, y=gap, marker_color=[gap_color(g) if pd.notna(g) else "#999" for g in gap],
+                        name="gap (green < 5, orange 5–10, red > 10)", row=2, col=2)
+        else:
+            fig.add_scatter(x=x, y=gap, name=name, line=dict(color=color), showlegend=False, row=2, col=2, **common)
+        w = _warmup(run["params"])
+        if w > 0:
+            warmups.add(w)
+    for w in sorted(warmups):
+        fig.add_vline(x=w, line=dict(color="#555", dash="dash", width=1), row=2, col=1,
+                      annotation_text=f"warmup end ({w:g})" if len(warmups) == 1 else f"{w:g}", annotation_font_size=10)
+    if not single:
+        for lo, hi, key in ((-100, GAP_OK, "ok"), (GAP_OK, GAP_WARN, "warn"), (GAP_WARN, 100, "bad")):
+            fig.add_hrect(y0=lo, y1=hi, fillcolor=GAP_COLORS[key], opacity=0.08, line_width=0, row=2, col=2)
+    else:
+        for y, key in ((GAP_OK, "warn"), (GAP_WARN, "bad")):
+            fig.add_hline(y=y, line=dict(color=GAP_COLORS[key], dash="dot", width=1), row=2, col=2)
+    fig.update_yaxes(type="log", row=2, col=1)
+    fig.update_xaxes(title_text="epoch", row=2)
+    fig.update_xaxes(tickformat="d")  # epochs are whole numbers
+    fig.update_layout(title=esc(title, 200), height=720, legend=dict(font=dict(size=10)), margin=dict(t=80, r=20),
+                      barmode="overlay")
+    return fig
+
+
+def before_after_figure(table: pd.DataFrame, title: str) -> go.Figure:
+    """Grouped bars per model: before (naive) vs after (its recipe), best and final val acc, error bars = std over seeds."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("best val accuracy %", "final val accuracy %"), horizontal_spacing=0.08)
+    x = [esc(f"{m} · {a or '-'}") for m, a in zip(table["model"], table["after_recipe"])]
+    for col, metric in ((1, "best"), (2, "final")):
+        for side, color, label in (("before", "#9e9e9e", "before"), ("after", "#1f77b4", "after")):
+            recipes = table[f"{side}_recipe"].fillna("-").astype(str)
+            fig.add_bar(x=x, y=table[f"{side}_{metric}_mean"], name=f"{label}: " + ", ".join(esc(r) for r in dict.fromkeys(recipes)),
+                        error_y=dict(type="data", array=table[f"{side}_{metric}_std"].fillna(0), visible=True),
+                        marker_color=color, text=[esc(r) for r in recipes], textposition="inside",
+                        hovertemplate="%{x}<br>%{text}: %{y:.1f}%<extra></extra>", legendgroup=side, showlegend=col == 1,
+                        row=1, col=col)
+    fig.update_layout(barmode="group", title=esc(title, 200), height=480, yaxis=dict(range=[0, 100]), yaxis2=dict(range=[0, 100]))
+    return fig
+
+
+def evaluation_figures(ev: dict) -> tuple[go.Figure, go.Figure]:
+    names = [esc(n, 40) for n in ev["class_names"]]
+    acc = [100 * float(a) for a in ev["per_class_acc"]]
+    bar = go.Figure(go.Bar(x=names, y=acc, marker_color=[PALETTE[1] if a < 50 else PALETTE[0] for a in acc],
+                           text=[f"{a:.0f}" for a in acc], textposition="outside"))
+    bar.update_layout(title=f"per-class accuracy % (best checkpoint, epoch {ev.get('epoch')})", yaxis=dict(range=[0, 105]),
+                      xaxis=dict(type="category", title="class"), height=380)
+    z = ev["confusion"]
+    heat = go.Figure(go.Heatmap(z=z, x=names, y=names, colorscale="Blues", text=z, texttemplate="%{text}",
+                                hovertemplate="true %{y}<br>predicted %{x}<br>%{z} images<extra></extra>"))
+    heat.update_layout(title="confusion matrix (rows: true class, columns: predicted)", height=520,
+                       xaxis=dict(title="predicted", type="category"),
+                       yaxis=dict(title="true", type="category", autorange="reversed"))
+    return bar, heat
+
+
+def samples_grid(ev: dict) -> str:
+    names = ev["class_names"]
+
+    def name(i: Any) -> str:
+        return str(names[i]) if isinstance(i, int) and 0 <= i < len(names) else str(i)
+
+    samples = sorted(ev["samples"], key=lambda s: s.get("true") == s.get("pred"))  # mistakes first (stable)
+    cells = []
+    for s in samples:
+        wrong = s.get("true") != s.get("pred")
+        png = "".join(ch for ch in str(s.get("png", "")) if ch.isalnum() or ch in "+/=")  # base64 alphabet only
+        cells.append(f'<figure class="{"wrong" if wrong else "right"}"><img alt="validation image" src="data:image/png;base64,{png}">'
+                     f'<figcaption>pred {esc(name(s.get("pred")), 20)}<br>true {esc(name(s.get("true")), 20)}</figcaption></figure>')
+    n_wrong = sum(s.get("true") != s.get("pred") for s in samples)
+    return (f"<p>{len(samples)} validation images, {n_wrong} mistakes first (red border), then correct ones (green).</p>"
+            f'<div class="grid">{"".join(cells)}</div>')
+
+
+# --- pages --------------------------------------------------------------------------------------
+
+def runs_table(runs: pd.DataFrame, summary: pd.DataFrame | None = None) -> str:
+    rows = []
+    for _, r in runs.iterrows():
+        rows.append([link(f"run-{int(r['id'])}.html", f"#{int(r['id'])}"), r["label"], r["recipe"], r["seed"], status(r["status"]),
+                     pct(r["best_val_acc"]), r["best_epoch"] if pd.notna(r["best_epoch"]) else "", pct(r["final_val_acc"]),
+                     r["epochs_done"], "" if pd.isna(r["wall_s"]) else f"{r['wall_s']:.0f}", r["error"] or ""])
+    return table(["run", "model (what ran)", "recipe", "seed", "status", "best val %", "best epoch", "final val %",
+                  "epochs", "wall s", "error"], rows)
+
+
+def experiment_header(exp: pd.Series, runs: pd.DataFrame) -> str:
+    counts = runs["status"].value_counts().to_dict() if not runs.empty else {}
+    summary = ", ".join(f"{v} {esc(k)}" for k, v in counts.items()) or "no runs yet"
+    desc = f"<p>{esc(exp['description'])}</p>" if exp["description"] else ""
+    stand_ins = sorted({f"{m} for {s}" for m, s in zip(runs.get("model", []), runs.get("stands_for", [])) if isinstance(s, str) and s})
+    note = (f'<p class="note">CPU stand-ins ran: {esc(", ".join(stand_ins))} (same family, smaller; not the full models).</p>'
+            if stand_ins else "")
+    return (f"<h1>{esc(exp['kind'])} #{int(exp['id'])}: {esc(exp['name'])}</h1>{desc}"
+            f"<p class='muted'>status {status(exp['status'])} · {summary} · device {esc(exp['device'])} · "
+            f"started {esc(exp['created_at'])} · harness {esc(exp['code_version'])}</p>{note}")
+
+
+def experiment_page(exp: pd.Series, runs: pd.DataFrame, epochs: pd.DataFrame) -> str:
+    links = []
+    if exp["kind"] == "benchmark":
+        links.append(link(f"before_after-{int(exp['id'])}.html", "before/after table and bars"))
+    if exp["kind"] == "sweep":
+        links.append(link(f"sweep-{int(exp['id'])}.html", "Optuna figures and trial table"))
+    body = experiment_header(exp, runs)
+    if links:
+        body += "<p>" + " · ".join(links) + "</p>"
+    body += "<h2>Runs</h2>" + runs_table(runs)
+    if not epochs.empty:
+        body += "<h2>Training curves, overlaid</h2>" + fig_html(
+            curves_figure(runs, epochs, f"{exp['name']}: all runs"), f"curves-exp-{int(exp['id'])}")
+    else:
+        body += "<p class='empty'>No epoch recorded yet.</p>"
+    body += f"<h2>Spec</h2><pre>{esc(exp['spec'])}</pre>"
+    return page(f"{exp['kind']} #{exp['id']}: {exp['name']}", body)
+
+
+def before_after_page(exp: pd.Series, runs: pd.DataFrame, table_df: pd.DataFrame) -> str:
+    eid = int(exp["id"])
+    body = experiment_header(exp, runs)
+    if table_df.empty:
+        body += "<p class='empty'>No runs recorded yet.</p>"
+    else:
+        body += fig_html(before_after_figure(table_df, f"{exp['name']}: before → after"), f"before-after-{eid}")
+        shown = rep.format_before_after(table_df)
+        body += ("<h2>Before/after table</h2><p class='muted'>Validation accuracy in %, mean ± sample std over seeds; "
+                 "Δ = after − before (points); gap = train − val accuracy at the last epoch (train accuracy is measured on "
+                 "augmented/mixed batches, so a regularised recipe can show a negative gap).</p>"
+                 + table(shown.columns, shown.itertuples(index=False), cls="before-after")
+                 + f"<p>Also as {link(f'before_after-{eid}.md', 'Markdown')} and {link(f'before_after-{eid}.csv', 'CSV')}; "
+                 f"curves of every run: {link(f'experiment-{eid}.html', 'experiment page')}.</p>")
+    return page(f"before/after: {exp['name']}", body)
+
+
+def sweep_page(db: str, exp: pd.Series, runs: pd.DataFrame) -> str:
+    """optuna.visualization figures from the study named like the experiment, plus a trial table."""
+    import yaml
+
+    eid = int(exp["id"])
+    body = experiment_header(exp, runs)
+    try:
+        spec = yaml.safe_load(exp["spec"] or "") or {}
+    except yaml.YAMLError:
+        spec = {}
+    keys = list((spec.get("search") or {}).keys()) if isinstance(spec, dict) else []
+    study, why = None, ""
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.load_study(study_name=exp["name"], storage=db)
+    except Exception as e:  # noqa: BLE001 - a missing/foreign study is shown, not fatal
+        why = f"{type(e).__name__}: {e}"
+    if study is None:
+        body += f"<p class='note'>No Optuna study named like this experiment in the database ({esc(why, 300)}).</p>"
+    else:
+        from optuna import visualization as vis
+
+        figures = (("optimization history", vis.plot_optimization_history),
+                   ("intermediate values (where ASHA stopped trials)", vis.plot_intermediate_values),
+                   ("parallel coordinates", vis.plot_parallel_coordinate),
+                   ("hyperparameter importances", vis.plot_param_importances),
+                   ("slice", vis.plot_slice))
+        for i, (title, make) in enumerate(figures):
+            try:
+                fig = make(study)
+                fig.update_layout(title=f"{title}: {esc(exp['name'], 100)}", height=460)
+                body += f"<h2>{esc(title)}</h2>" + fig_html(fig, f"optuna-{eid}-{i}")
+            except Exception as e:  # noqa: BLE001 - e.g. importances need >= 2 finished trials with varied params
+                body += f"<h2>{esc(title)}</h2><p class='muted'>not available yet: {esc(e, 300)}</p>"
+    rows = []
+    for _, r in runs.sort_values("best_val_acc", ascending=False, na_position="last").iterrows():
+        recipe = (r["params"] or {}).get("recipe", {}) if isinstance(r["params"], dict) else {}
+        rows.append([link(f"run-{int(r['id'])}.html", f"#{int(r['id'])}"),
+                     "" if pd.isna(r["optuna_trial"]) else int(r["optuna_trial"]), status(r["status"]),
+                     pct(r["best_val_acc"]), r["best_epoch"] if pd.notna(r["best_epoch"]) else "", r["epochs_done"],
+                     *[recipe.get(k, "") for k in keys], r["error"] or ""])
+    body += "<h2>Trials (best first)</h2>" + table(["run", "optuna trial", "status", "best val %", "best epoch", "epochs",
+                                                    *keys, "error"], rows)
+    body += f"<p>{link(f'experiment-{eid}.html', 'training curves of every trial')}</p>"
+    return page(f"sweep: {exp['name']}", body)
+
+
+def run_page(store: Store, run: pd.Series, epochs: pd.DataFrame, exp_name: str) -> str:
+    rid = int(run["id"])
+    title = f"run #{rid}: {run['label']} / {run['recipe']} / seed {run['seed']}"
+    exp_link = link(f"experiment-{int(run['experiment_id'])}.html", exp_name)
+    body = (f"<h1>{esc(title)}</h1><p class='muted'>experiment {exp_link} · "
+            f"status {status(run['status'])} · best val {pct(run['best_val_acc'])}% at epoch "
+            f"{'' if pd.isna(run['best_epoch']) else int(run['best_epoch'])} · final {pct(run['final_val_acc'])}% · "
+            f"{int(run['epochs_done'])} epochs</p>")
+    if isinstance(run["stands_for"], str) and run["stands_for"]:
+        body += f"<p class='note'>{esc(run['model'])} ran as a CPU stand-in for {esc(run['stands_for'])}.</p>"
+    if run["error"]:
+        body += f"<pre>{esc(run['error'])}</pre>"
+    if epochs.empty:
+        body += "<p class='empty'>No epoch recorded yet.</p>"
+    else:
+        one = run.to_frame().T
+        body += fig_html(curves_figure(one, epochs, title), f"curves-run-{rid}")
+        last = epochs.sort_values("epoch").iloc[-1]
+        gap = 100 * (last["train_acc"] - last["val_acc"]) if pd.notna(last["train_acc"]) and pd.notna(last["val_acc"]) else math.nan
+        if not math.isnan(gap):
+            verdict = ("good fit (gap < 5 points)" if gap < GAP_OK else "slight overfitting (gap 5–10 points)"
+                       if gap <= GAP_WARN else "overfitting (gap > 10 points): add regularisation")
+            body += f"<p>Final train − val gap: <b style='color:{gap_color(gap)}'>{gap:+.1f} points</b>, {verdict}.</p>"
+    ev = rep.read_evaluation(store, rid)
+    if ev is None:
+        body += "<p class='muted'>No evaluation stored (it is computed on the best checkpoint when a run ends).</p>"
+    else:
+        bar, heat = evaluation_figures(ev)
+        body += "<h2>Evaluation of the best checkpoint</h2>" + fig_html(bar, f"per-class-{rid}") + fig_html(heat, f"confusion-{rid}")
+        body += "<h2>Validation predictions</h2>" + samples_grid(ev)
+    params = run["params"]
+    if isinstance(params, dict):
+        import yaml
+
+        body += f"<h2>Resolved run spec</h2><pre>{esc(yaml.safe_dump(params, sort_keys=False))}</pre>"
+    return page(title, body)
+
+
+def index_page(db: str, exps: pd.DataFrame, runs: pd.DataFrame, made: dict[int, list[Raw]]) -> str:
+    body = f"<h1>harness results</h1><p class='muted'>database {esc(db)}</p>"
+    if exps.empty:
+        body += ("<div class='empty'><b>Nothing yet.</b> This database holds no experiments. Run "
+                 "<code>harness benchmark</code>, <code>harness sweep STUDY.yaml</code> or <code>harness train --model …</code>, "
+                 "then <code>harness report</code> again.</div>")
+        return page("harness results: nothing yet", body, plots=False)
+    rows = []
+    for _, e in exps.sort_values("id", ascending=False).iterrows():
+        eid = int(e["id"])
+        er = runs[runs["experiment_id"] == eid]
+        counts = ", ".join(f"{v} {k}" for k, v in er["status"].value_counts().items()) or "none"
+        best = er["best_val_acc"].max() if not er.empty else math.nan
+        rows.append([eid, e["kind"], link(f"experiment-{eid}.html", e["name"]), e["description"], status(e["status"]),
+                     counts, pct(best), str(e["created_at"])[:19], Raw(" · ".join(made.get(eid, [])))])
+    body += (f"<p>{len(exps)} experiments, {len(runs)} runs.</p>"
+             + table(["id", "kind", "name", "description", "status", "runs", "best val %", "started", "pages"], rows))
+    if not runs.empty:
+        body += "<h2>Best validation accuracy of every run</h2>" + fig_html(overview_figure(exps, runs), "overview")
+    return page("harness results", body)
+
+
+def overview_figure(exps: pd.DataFrame, runs: pd.DataFrame) -> go.Figure:
+    """One point per run (best val acc), one row per experiment: where every result stands at a glance."""
+    names = {int(e["id"]): esc(f"#{int(e['id'])} {e['kind']}: {e['name']}", 60) for _, e in exps.iterrows()}
+    fig = go.Figure()
+    for status_, group in runs.groupby("status", sort=True):
+        fig.add_scatter(x=100 * group["best_val_acc"].astype(float), y=[names.get(int(i), str(i)) for i in group["experiment_id"]],
+                        mode="markers", name=esc(status_), marker=dict(size=10, opacity=0.8),
+                        text=[esc(f"run #{int(r['id'])}: {r['label']} / {r['recipe']} / seed {r['seed']}") for _, r in group.iterrows()],
+                        hovertemplate="%{text}<br>best val %{x:.1f}%<extra></extra>")
+    fig.update_layout(xaxis=dict(title="best val accuracy %", range=[0, 100]), yaxis=dict(type="category"),
+                      height=max(260, 60 + 40 * len(exps)), margin=dict(l=20, t=30))
+    return fig
+
+
+def compare_page(runs: pd.DataFrame, epochs: pd.DataFrame) -> str:
+    ids = ", ".join(f"#{int(i)}" for i in runs["id"])
+    body = f"<h1>Compare runs {esc(ids)}</h1>" + runs_table(runs)
+    if epochs.empty:
+        body += "<p class='empty'>No epoch recorded yet for these runs.</p>"
+    else:
+        body += fig_html(curves_figure(runs, epochs, f"runs {ids}"), "curves-compare")
+    return page(f"compare {ids}", body)
+
+
+def write_dashboards(db: str, out: Path | str = "dashboards", *, compare: list[int] | None = None) -> Path:
+    """Every page for the database at `db` into `out`; returns the path of index.html (or of
+    compare.html when `compare` run ids are given). UserError, before writing, for a database that
+    does not exist or is not harness's, and for a missing run id."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError("--out", str(out), "That path is a file; name a folder for the dashboards, e.g. dashboards/.")
+    store = rep.open_reader(db)
+    try:
+        if compare:
+            rep.check_runs_exist(store, compare)
+        exps = rep.read_experiments(store)
+        runs = rep.read_runs(store)
+        epochs = rep.read_epochs(store)
+        out.mkdir(parents=True, exist_ok=True)
+        write_plotlyjs(out)
+        made: dict[int, list[Raw]] = {}
+        for _, exp in exps.iterrows():
+            eid = int(exp["id"])
+            er = runs[runs["experiment_id"] == eid]
+            ee = epochs[epochs["run_id"].isin(er["id"])]
+            _write(out / f"experiment-{eid}.html", experiment_page(exp, er, ee))
+            made[eid] = [link(f"experiment-{eid}.html", "curves")]
+            if exp["kind"] == "benchmark":
+                _, _, tbl = rep.save_before_after(store, eid, out)
+                _write(out / f"before_after-{eid}.html", before_after_page(exp, er, tbl))
+                made[eid] += [link(f"before_after-{eid}.html", "before/after"), link(f"before_after-{eid}.md", "md"),
+                              link(f"before_after-{eid}.csv", "csv")]
+            if exp["kind"] == "sweep":
+                _write(out / f"sweep-{eid}.html", sweep_page(db, exp, er))
+                made[eid].append(link(f"sweep-{eid}.html", "sweep"))
+            for _, run in er.iterrows():
+                _write(out / f"run-{int(run['id'])}.html", run_page(store, run, ee[ee["run_id"] == run["id"]], exp["name"]))
+        index = _write(out / "index.html", index_page(db, exps, runs, made))
+        if compare:
+            chosen = runs[runs["id"].isin(compare)].set_index("id").loc[list(dict.fromkeys(compare))].reset_index()
+            return _write(out / "compare.html", compare_page(chosen, epochs[epochs["run_id"].isin(compare)]))
+        return index
+    finally:
+        store.close()

@@ -1,0 +1,270 @@
+"""Tables over the results database (pandas): the before/after table of a benchmark, and the
+per-run summaries the dashboards draw.
+
+Everything here is a pure function of the rows in `experiments`, `runs`, `epochs` and
+`evaluations`: the same database always gives the same table, whoever wrote it (a finished
+benchmark, a sweep killed halfway, a single `harness train`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from harness.errors import UserError
+from harness.store import Store, check_url
+
+# A run "never beat chance" when its best validation accuracy stays below this multiple of
+# 1/num_classes: a collapsed model predicting one class scores about 1/k on a balanced set, and
+# the val split's class shares wobble a little around 1/k.
+CHANCE_MARGIN = 1.2
+# Number of classes of the registered datasets whose size the run spec does not state.
+DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "tinyimagenet": 200}
+
+
+def open_reader(db: str) -> Store:
+    """A reader on an existing harness database (UserError if missing or foreign); creates nothing."""
+    check_url(db, must_exist=True)
+    return Store(db, create=False)
+
+
+def model_label(model: str, stands_for: str | None) -> str:
+    """What ran, honestly: 'vit_tiny (for vit_base)' for a CPU stand-in."""
+    return f"{model} (for {stands_for})" if isinstance(stands_for, str) and stands_for else model
+
+
+def read_experiments(store: Store) -> pd.DataFrame:
+    return store.read_sql("SELECT * FROM experiments ORDER BY id")
+
+
+def read_runs(store: Store, experiment_id: int | None = None, run_ids: list[int] | None = None) -> pd.DataFrame:
+    if run_ids is not None:
+        if not run_ids:
+            return store.read_sql("SELECT * FROM runs WHERE 0")
+        ids = ",".join(str(int(i)) for i in run_ids)
+        df = store.read_sql(f"SELECT * FROM runs WHERE id IN ({ids}) ORDER BY id")
+    elif experiment_id is not None:
+        df = store.read_sql("SELECT * FROM runs WHERE experiment_id = :e ORDER BY id", e=int(experiment_id))
+    else:
+        df = store.read_sql("SELECT * FROM runs ORDER BY id")
+    df["params"] = df["params"].map(_json)
+    df["label"] = [model_label(m, s) for m, s in zip(df["model"], df["stands_for"])]
+    return df
+
+
+def read_epochs(store: Store, run_ids: list[int] | None = None) -> pd.DataFrame:
+    if run_ids is None:
+        return store.read_sql("SELECT * FROM epochs ORDER BY run_id, epoch")
+    if not run_ids:
+        return store.read_sql("SELECT * FROM epochs WHERE 0")
+    ids = ",".join(str(int(i)) for i in run_ids)
+    return store.read_sql(f"SELECT * FROM epochs WHERE run_id IN ({ids}) ORDER BY run_id, epoch")
+
+
+def read_evaluation(store: Store, run_id: int) -> dict | None:
+    df = store.read_sql("SELECT * FROM evaluations WHERE run_id = :r", r=int(run_id))
+    if df.empty:
+        return None
+    row = df.iloc[0].to_dict()
+    for k in ("class_names", "per_class_acc", "confusion", "samples"):
+        row[k] = _json(row[k])
+    return row
+
+
+def _json(v):
+    """JSON columns come back as str from SQLite through pandas; decode once here."""
+    import json
+
+    if isinstance(v, (bytes, str)):
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    return v
+
+
+def num_classes(store: Store, run: pd.Series) -> int | None:
+    """From the run's stored evaluation, else the dataset's known size, else the spec's field."""
+    ev = store.read_sql("SELECT class_names FROM evaluations WHERE run_id = :r", r=int(run["id"]))
+    if not ev.empty:
+        names = _json(ev.iloc[0]["class_names"])
+        if isinstance(names, list) and names:
+            return len(names)
+    data = (run["params"] or {}).get("data", {}) if isinstance(run["params"], dict) else {}
+    name = data.get("name")
+    if name in DATASET_CLASSES:
+        return DATASET_CLASSES[name]
+    k = data.get("num_classes")
+    return int(k) if isinstance(k, (int, float)) and k >= 2 else None
+
+
+# --- per-run summary ----------------------------------------------------------------------------
+
+def run_summary(store: Store, runs: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: best/final val acc, epochs to reach 90% of the best, final train-val gap
+    (points), chance level and whether the run beat it."""
+    rows = []
+    for _, run in runs.iterrows():
+        ep = epochs[epochs["run_id"] == run["id"]].sort_values("epoch")
+        best, final = run["best_val_acc"], run["final_val_acc"]
+        to90 = math.nan
+        if pd.notna(best) and best > 0:
+            reached = ep[ep["val_acc"] >= 0.9 * best]
+            to90 = float(reached["epoch"].iloc[0]) if not reached.empty else math.nan
+        gap = math.nan
+        if not ep.empty:
+            last = ep.iloc[-1]
+            if pd.notna(last["train_acc"]) and pd.notna(last["val_acc"]):
+                gap = 100.0 * (last["train_acc"] - last["val_acc"])
+        k = num_classes(store, run)
+        chance = 1.0 / k if k else math.nan
+        rows.append({"run_id": int(run["id"]), "label": run["label"], "model": run["model"],
+                     "stands_for": run["stands_for"], "recipe": run["recipe"], "seed": run["seed"],
+                     "status": run["status"], "best": best, "final": final, "epochs_to_90": to90,
+                     "gap": gap, "chance": chance,
+                     # A run with no finished epoch has no accuracy to judge (its status says why).
+                     "at_chance": bool(pd.notna(best) and k and best < CHANCE_MARGIN * chance)})
+    return pd.DataFrame(rows, columns=["run_id", "label", "model", "stands_for", "recipe", "seed", "status", "best",
+                                       "final", "epochs_to_90", "gap", "chance", "at_chance"])
+
+
+# --- the before/after table ---------------------------------------------------------------------
+
+TABLE_COLUMNS = [
+    "model", "ran", "stands_for", "before_recipe", "after_recipe", "before_runs", "after_runs",
+    "before_best_mean", "before_best_std", "after_best_mean", "after_best_std", "delta_best",
+    "before_final_mean", "before_final_std", "after_final_mean", "after_final_std", "delta_final",
+    "before_epochs_to_90", "after_epochs_to_90", "before_gap", "after_gap", "flags",
+]
+
+
+def _flags(side: pd.DataFrame, recipe: str) -> list[str]:
+    out = []
+    n = len(side)
+    for status in ("diverged", "failed", "interrupted", "running", "time_limit", "stopped"):
+        k = int((side["status"] == status).sum())
+        if k:
+            out.append(f"{recipe}: {k}/{n} {status}")
+    k = int(side["at_chance"].sum())
+    if k:
+        out.append(f"{recipe}: {k}/{n} never beat chance")
+    return out
+
+
+def before_after(store: Store, experiment_id: int) -> pd.DataFrame:
+    """Per model of one experiment: the baseline recipe (naive, when present) against each other
+    recipe, accuracies in percent as mean and sample std over seeds. Raw numbers (CSV-ready)."""
+    runs = read_runs(store, experiment_id)
+    if runs.empty:
+        return pd.DataFrame(columns=TABLE_COLUMNS)
+    summary = run_summary(store, runs, read_epochs(store, runs["id"].tolist()))
+    rows = []
+    # Models in the order their first run was created (the grid's order).
+    for (model, stands_for), group in summary.groupby(["model", summary["stands_for"].fillna("")], sort=False):
+        recipes = list(dict.fromkeys(group["recipe"]))
+        baseline = "naive" if "naive" in recipes else recipes[0]
+        others = [r for r in recipes if r != baseline] or [None]
+        before = group[group["recipe"] == baseline]
+        for other in others:
+            after = group[group["recipe"] == other] if other else group.iloc[0:0]
+            row = {"model": model_label(model, stands_for or None), "ran": model, "stands_for": stands_for or None,
+                   "before_recipe": baseline, "after_recipe": other,
+                   "before_runs": len(before), "after_runs": len(after)}
+            for side, df in (("before", before), ("after", after)):
+                for metric in ("best", "final"):
+                    vals = 100.0 * df[metric].astype(float)
+                    row[f"{side}_{metric}_mean"] = vals.mean() if vals.notna().any() else math.nan
+                    row[f"{side}_{metric}_std"] = vals.std(ddof=1) if vals.notna().sum() > 1 else math.nan
+                row[f"{side}_epochs_to_90"] = df["epochs_to_90"].astype(float).mean() if len(df) else math.nan
+                row[f"{side}_gap"] = df["gap"].astype(float).mean() if len(df) else math.nan
+            row["delta_best"] = row["after_best_mean"] - row["before_best_mean"]
+            row["delta_final"] = row["after_final_mean"] - row["before_final_mean"]
+            row["flags"] = "; ".join(_flags(before, baseline) + (_flags(after, other) if other else []))
+            rows.append(row)
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def _pm(mean: float, std: float) -> str:
+    if pd.isna(mean):
+        return "-"
+    return f"{mean:.1f}" if pd.isna(std) else f"{mean:.1f} ± {std:.1f}"
+
+
+def _num(v: float, fmt: str = "{:.1f}") -> str:
+    return "-" if pd.isna(v) else fmt.format(v)
+
+
+def format_before_after(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as people read it: 'naive → vit', 'a ± s → b ± s', signed differences."""
+    rows = []
+    for _, r in table.iterrows():
+        arrow = lambda a, b: f"{a} → {b}"  # noqa: E731
+        rows.append({
+            "model": r["model"],
+            "recipes": arrow(r["before_recipe"], r["after_recipe"] or "-"),
+            "seeds": arrow(r["before_runs"], r["after_runs"]),
+            "best val acc %": arrow(_pm(r["before_best_mean"], r["before_best_std"]), _pm(r["after_best_mean"], r["after_best_std"])),
+            "Δ best": _num(r["delta_best"], "{:+.1f}"),
+            "final val acc %": arrow(_pm(r["before_final_mean"], r["before_final_std"]), _pm(r["after_final_mean"], r["after_final_std"])),
+            "Δ final": _num(r["delta_final"], "{:+.1f}"),
+            "epochs to 90% of best": arrow(_num(r["before_epochs_to_90"]), _num(r["after_epochs_to_90"])),
+            "final train–val gap (pts)": arrow(_num(r["before_gap"], "{:+.1f}"), _num(r["after_gap"], "{:+.1f}")),
+            "flags": r["flags"] or "",
+        })
+    return pd.DataFrame(rows)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub pipe table (pandas' to_markdown needs the optional tabulate package)."""
+    def cell(v: object) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def to_text(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "(no runs)"
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 80):
+        return df.to_string(index=False)
+
+
+def save_before_after(store: Store, experiment_id: int, out: Path) -> tuple[Path, Path, pd.DataFrame]:
+    """before_after-<id>.md (readable) and .csv (raw numbers) in `out`."""
+    table = before_after(store, experiment_id)
+    out.mkdir(parents=True, exist_ok=True)
+    exp = store.read_sql("SELECT name, description FROM experiments WHERE id = :e", e=int(experiment_id))
+    name = exp.iloc[0]["name"] if not exp.empty else f"experiment {experiment_id}"
+    md, csv = out / f"before_after-{experiment_id}.md", out / f"before_after-{experiment_id}.csv"
+    text = (f"# Before/after: {name} (experiment {experiment_id})\n\n"
+            "Validation accuracy in %, mean ± sample std over seeds; Δ = after − before in points; "
+            "gap = train acc − val acc at the last epoch (train acc is measured on augmented/mixed batches).\n\n"
+            + (to_markdown(format_before_after(table)) if not table.empty else "No runs recorded yet.\n"))
+    _write_atomic(md, text)
+    _write_atomic(csv, table.to_csv(index=False))
+    return md, csv, table
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def check_runs_exist(store: Store, run_ids: list[int], field: str = "--compare") -> None:
+    found = set(read_runs(store, run_ids=run_ids)["id"].astype(int)) if run_ids else set()
+    missing = [i for i in run_ids if i not in found]
+    if missing:
+        have = store.read_sql("SELECT min(id) AS lo, max(id) AS hi, count(*) AS n FROM runs").iloc[0]
+        where = f"this database has runs {int(have['lo'])}..{int(have['hi'])}" if have["n"] else "this database has no runs yet"
+        raise UserError(field, missing[0] if len(missing) == 1 else missing,
+                        f"No such run id; {where} (see index.html or `harness report`).")
+
+
+__all__ = ["before_after", "format_before_after", "save_before_after", "open_reader", "run_summary", "to_markdown",
+           "to_text", "model_label", "read_runs", "read_epochs", "read_experiments", "read_evaluation",
+           "check_runs_exist", "UserError"]
