@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -71,21 +71,36 @@ class TensorSplit:
 
 @dataclass
 class FolderSplit:
-    """Images decoded from files by DataLoader workers, moved to the device per batch."""
+    """Images decoded from files by DataLoader workers, moved to the device per batch.
+
+    One DataLoader per batch shape, kept for the run: its workers persist across epochs (no
+    process start-up per epoch), and its sampler's generator is reseeded from the run's generator
+    each epoch, so the order stays a function of (seed, epoch)."""
 
     dataset: torch.utils.data.Dataset
     device: torch.device
     workers: int
+    _loaders: dict = field(default_factory=dict, repr=False)  # (batch_size, shuffle, drop_last) -> (loader, generator)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def batches(self, batch_size, *, shuffle, generator, drop_last):
-        cpu_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator, device=generator.device)))
-        loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=batch_size, shuffle=shuffle, generator=cpu_gen, drop_last=drop_last,
-            num_workers=self.workers, pin_memory=self.device.type == "cuda",
-            persistent_workers=False, prefetch_factor=4 if self.workers else None)
+        key = (batch_size, shuffle, drop_last)
+        if key not in self._loaders:
+            # The sampler owns its generator: the order then does not depend on whether the
+            # loader's iterator is new (first epoch, or a resumed run) or a persistent one reused.
+            cpu_gen = torch.Generator()
+            sampler = torch.utils.data.RandomSampler(self.dataset, generator=cpu_gen) if shuffle else None
+            self._loaders[key] = (torch.utils.data.DataLoader(
+                self.dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                num_workers=self.workers, pin_memory=self.device.type == "cuda",
+                persistent_workers=self.workers > 0, prefetch_factor=4 if self.workers else None), cpu_gen)
+        loader, cpu_gen = self._loaders[key]
+        seed = 0
+        if shuffle and generator is not None:  # one draw per epoch, not a sync per step
+            seed = int(torch.randint(0, 2**31, (1,), generator=generator, device=generator.device))
+        cpu_gen.manual_seed(seed)
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 

@@ -160,47 +160,155 @@ def _seed_epoch(seed: int, epoch: int) -> int:
     return s
 
 
+@dataclass
+class Training:
+    """What one run trains with, built once by `build_training`. fit() and
+    benchmarks/throughput.py both step through it, so the benchmark times the real path."""
+
+    model: torch.nn.Module  # the module whose weights are evaluated and saved
+    step_model: Callable[[torch.Tensor], torch.Tensor]  # the same module, torch.compile'd when spec.compile
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # timm scheduler, stepped per update
+    criterion: torch.nn.Module
+    mixup: Any  # timm Mixup or None
+    augment: data_mod.BatchAugment
+    ema: Any  # timm ModelEmaV3 or None
+    params: list[torch.nn.Parameter]
+    max_norm: float  # inf = measure the gradient norm, clip nothing
+    channels_last: bool
+    use_amp: bool
+    device: torch.device
+    batch_size: int
+    steps_per_epoch: int
+
+    def autocast(self) -> Any:
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp)
+
+
+@dataclass
+class EpochSums:
+    """One epoch's training totals, still on the device (reading them is the epoch's one sync)."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    grad_norm_sum: torch.Tensor
+    seen: int
+    steps: int
+    diverged: bool  # a finiteness check failed mid-epoch
+
+
+def build_training(spec: RunSpec, ds: data_mod.Dataset, device: torch.device) -> Training:
+    recipe = spec.recipe
+    entry = get_model_entry(spec.model)
+    model = build_model(spec.model, num_classes=ds.num_classes, image_size=spec.data.image_size,
+                        drop_path_rate=recipe.drop_path_rate, drop_rate=recipe.drop_rate,
+                        pretrained=spec.pretrained, pretrained_file=spec.pretrained_file).to(device)
+    cuda = device.type == "cuda"
+    channels_last = spec.channels_last if spec.channels_last is not None else (cuda and entry.family in ("resnet", "efficientnet"))
+    if channels_last:  # NHWC: what cuDNN's tensor-core convolutions want; no effect on transformers
+        model = model.to(memory_format=torch.channels_last)
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls left outside autocast use tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+    batch_size = min(recipe.batch_size, len(ds.train))
+    steps_per_epoch = max(1, len(ds.train) // batch_size)
+    optimizer = build_optimizer(model, recipe, fused=cuda)  # fused Adam/AdamW: one kernel for the whole update
+    ema = None
+    if recipe.ema_decay:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=recipe.ema_decay, use_warmup=True)
+    return Training(
+        model=model, step_model=torch.compile(model) if spec.compile else model,  # compiled once, reused every epoch
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, recipe, epochs=spec.epochs, steps_per_epoch=steps_per_epoch),
+        criterion=build_loss(recipe), mixup=build_mixup(recipe, ds.num_classes),
+        augment=data_mod.BatchAugment(ds, randaugment=recipe.randaugment, random_erasing=recipe.random_erasing, device=device),
+        ema=ema, params=[p for p in model.parameters() if p.requires_grad],
+        max_norm=recipe.grad_clip if recipe.grad_clip > 0 else math.inf, channels_last=channels_last,
+        use_amp=spec.amp and cuda, device=device, batch_size=batch_size, steps_per_epoch=steps_per_epoch)
+
+
+def train_epoch(t: Training, split: data_mod.Split, g: torch.Generator, global_step: int, *,
+                nan_at_step: int | None = None) -> tuple[EpochSums, int]:
+    """One pass over `split`: uint8 batches -> on-device augmentation -> one update each.
+
+    Nothing here waits for the device: totals stay device tensors, and the finiteness check
+    (every NAN_CHECK_EVERY steps) is read one check late on CUDA, when the device is long past it.
+    Returns the epoch's totals and the new global step."""
+    t.model.train()
+    cuda = t.device.type == "cuda"
+    loss_sum = torch.zeros((), device=t.device)
+    correct = torch.zeros((), device=t.device, dtype=torch.long)
+    gn_sum = torch.zeros((), device=t.device)
+    seen, steps, diverged = 0, 0, False
+    checks: list[tuple[torch.Tensor, Any]] = []
+    for x, y in split.batches(t.batch_size, shuffle=True, generator=g, drop_last=True):
+        x = t.augment(x, g)
+        if t.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        target = y
+        if t.mixup is not None:
+            x, target = t.mixup(x, y)
+        with t.autocast():
+            out = t.step_model(x)
+            loss = t.criterion(out, target)
+        if nan_at_step == global_step + 1:
+            loss = loss * float("nan")
+        t.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        # The global norm before clipping is what tells a healthy run from an exploding one.
+        if math.isinf(t.max_norm):  # no clipping: measure only (clip_grad_norm_ would rescale every grad by 1)
+            gn = torch.nn.utils.get_total_norm([p.grad for p in t.params if p.grad is not None], foreach=cuda or None)
+        else:
+            gn = torch.nn.utils.clip_grad_norm_(t.params, max_norm=t.max_norm, foreach=cuda or None)
+        gn_sum += gn.float()
+        t.optimizer.step()
+        global_step += 1
+        t.scheduler.step_update(num_updates=global_step)
+        if t.ema is not None:
+            t.ema.update(t.model, step=global_step)
+        loss_sum += loss.detach().float() * len(y)
+        correct += (out.argmax(1) == y).sum()  # against the unmixed labels
+        seen += len(y)
+        steps += 1
+        if steps % NAN_CHECK_EVERY == 0:
+            checks.append(_finite_on_host(loss_sum))
+            if len(checks) > (1 if cuda else 0) and not _host_value(checks.pop(0)):
+                diverged = True
+                break
+    return EpochSums(loss_sum, correct, gn_sum, seen, steps, diverged), global_step
+
+
+def _finite_on_host(x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """Start copying isfinite(x) to the host without waiting (pinned, non-blocking on CUDA)."""
+    flag = torch.isfinite(x).to("cpu", non_blocking=True)
+    event = None
+    if x.device.type == "cuda":
+        event = torch.cuda.Event()
+        event.record()
+    return flag, event
+
+
+def _host_value(check: tuple[torch.Tensor, Any]) -> bool:
+    flag, event = check
+    if event is not None:
+        event.synchronize()  # waits only for the device to reach the check's step, not for the queue
+    return bool(flag)
+
+
 def fit(spec: RunSpec, report: Callable[[EpochReport], None] = lambda r: None, *,
         resume: Path | None = None, log: Callable[[str], None] = lambda s: None) -> RunResult:
     t_start = time.monotonic()
     device = resolve_device(spec.device)
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    recipe = spec.recipe
-    entry = get_model_entry(spec.model)
     _seed_epoch(spec.seed, 0)
 
     ds = data_mod.load(spec.data, device)
-    model = build_model(spec.model, num_classes=ds.num_classes, image_size=spec.data.image_size,
-                        drop_path_rate=recipe.drop_path_rate, drop_rate=recipe.drop_rate,
-                        pretrained=spec.pretrained, pretrained_file=spec.pretrained_file).to(device)
-    cuda = device.type == "cuda"
-    channels_last = spec.channels_last if spec.channels_last is not None else (cuda and entry.family in ("resnet", "efficientnet"))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if cuda:
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
-
-    batch_size = min(recipe.batch_size, len(ds.train))
-    steps_per_epoch = max(1, len(ds.train) // batch_size)
-    optimizer = build_optimizer(model, recipe, fused=cuda)
-    scheduler = build_scheduler(optimizer, recipe, epochs=spec.epochs, steps_per_epoch=steps_per_epoch)
-    mixup = build_mixup(recipe, ds.num_classes)
-    criterion = build_loss(recipe)
-    augment = data_mod.BatchAugment(ds, randaugment=recipe.randaugment, random_erasing=recipe.random_erasing, device=device)
-    ema = None
-    if recipe.ema_decay:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(model, decay=recipe.ema_decay, use_warmup=True)
-    use_amp = spec.amp and cuda
-
-    def autocast():
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp)
-
-    train_model = torch.compile(model) if spec.compile else model  # compiled once, reused every epoch
-    params = [p for p in model.parameters() if p.requires_grad]
-    max_norm = recipe.grad_clip if recipe.grad_clip > 0 else math.inf
+    t = build_training(spec, ds, device)
+    model, optimizer, scheduler, ema, augment = t.model, t.optimizer, t.scheduler, t.ema, t.augment
 
     start_epoch, global_step, history = 0, 0, []
     best_acc, best_epoch, best_state = -1.0, None, None
@@ -240,49 +348,19 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] = lambda r: None, *
             _inject(fault, epoch)
         seed = _seed_epoch(spec.seed, epoch)
         g = torch.Generator(device=device).manual_seed(seed)
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        gn_sum = torch.zeros((), device=device)
-        seen, steps, diverged = 0, 0, False
-        for x, y in ds.train.batches(batch_size, shuffle=True, generator=g, drop_last=True):
-            x = augment(x, g)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            target = y
-            if mixup is not None:
-                x, target = mixup(x, y)
-            with autocast():
-                out = train_model(x)
-                loss = criterion(out, target)
-            if fault is not None and fault.nan_at_step == global_step + 1:
-                loss = loss * float("nan")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            # The global norm before clipping is what tells a healthy run from an exploding one.
-            gn_sum += torch.nn.utils.clip_grad_norm_(params, max_norm=max_norm, foreach=cuda).float()
-            optimizer.step()
-            global_step += 1
-            scheduler.step_update(num_updates=global_step)
-            if ema is not None:
-                ema.update(model, step=global_step)
-            loss_sum += loss.detach().float() * len(y)
-            correct += (out.argmax(1) == y).sum()  # against the unmixed labels
-            seen += len(y)
-            steps += 1
-            if steps % NAN_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
-                diverged = True
-                break
+        sums, global_step = train_epoch(t, ds.train, g, global_step,
+                                        nan_at_step=fault.nan_at_step if fault is not None else None)
+        seen = sums.seen
+        train_loss = float(sums.loss_sum) / max(seen, 1)  # the epoch's sync: every queued step has run
         train_s = time.monotonic() - t0
-        train_loss = float(loss_sum) / max(seen, 1)
-        diverged = diverged or not math.isfinite(train_loss)
+        diverged = sums.diverged or not math.isfinite(train_loss)
         eval_model = ema.module if ema is not None else model
-        val_loss, val_acc = evaluate(eval_model, ds.val, augment, batch_size=2 * batch_size, autocast=autocast)
+        val_loss, val_acc = evaluate(eval_model, ds.val, augment, batch_size=2 * t.batch_size, autocast=t.autocast)
         if not math.isfinite(val_loss):
             diverged = True
-        metrics = {"train_loss": train_loss, "train_acc": float(correct) / max(seen, 1), "val_loss": val_loss,
+        metrics = {"train_loss": train_loss, "train_acc": float(sums.correct) / max(seen, 1), "val_loss": val_loss,
                    "val_acc": val_acc, "lr": max(g_["lr"] for g_ in optimizer.param_groups),
-                   "grad_norm": float(gn_sum) / max(steps, 1), "epoch_s": time.monotonic() - t0,
+                   "grad_norm": float(sums.grad_norm_sum) / max(sums.steps, 1), "epoch_s": time.monotonic() - t0,
                    "images_per_s": seen / train_s if train_s > 0 else 0.0}
         history.append(metrics)
         improved = not diverged and val_acc > best_acc
@@ -307,8 +385,8 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] = lambda r: None, *
             status = "completed"
         if status != "running" and best_state is not None and spec.eval_samples >= 0:
             eval_model.load_state_dict(best_state)
-            evaluation = {"epoch": best_epoch, **evaluate_classes(eval_model, ds, augment, batch_size=2 * batch_size,
-                                                                 autocast=autocast, samples=spec.eval_samples)}
+            evaluation = {"epoch": best_epoch, **evaluate_classes(eval_model, ds, augment, batch_size=2 * t.batch_size,
+                                                                 autocast=t.autocast, samples=spec.eval_samples)}
         report(EpochReport(epoch, metrics, ckpt_path, status, evaluation))
         if status != "running":
             break

@@ -1,0 +1,91 @@
+"""benchmarks/throughput.py: the speed benchmark runs end to end and writes its table.
+
+On CPU it runs the stand-ins at tiny sizes (the numbers only prove it works); the GPU test runs
+the same path on CUDA and skips without it.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def throughput():
+    spec = importlib.util.spec_from_file_location("throughput", REPO / "benchmarks" / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["throughput"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_cpu_run_writes_table(throughput, tmp_path):
+    """Two CPU stand-ins at 16 px: a CSV with every column, positive rates, and a Markdown table
+    that marks the targets and says the run is on CPU."""
+    lines: list[str] = []
+    rc = throughput.main(["--tiny", "--models", "resnet50,vit_base", "--image-sizes", "16", "--batch-size", "8",
+                          "--steps", "2", "--repeats", "2", "--threads", "1", "--out", str(tmp_path)], log=lines.append)
+    assert rc == 0
+    csv_path, md_path = tmp_path / "throughput-cpu-tiny.csv", tmp_path / "throughput-cpu-tiny.md"
+    rows = read_rows(csv_path)
+    assert list(rows[0]) == throughput.COLUMNS
+    assert [(r["model"], r["runs_as"]) for r in rows] == [("resnet50", "resnet18"), ("vit_base", "vit_tiny")]
+    for r in rows:
+        assert r["error"] == ""
+        for col in ("reference_img_s", "harness_img_s", "harness_full_img_s", "fwd_gflops", "ratio"):
+            assert float(r[col]) > 0, (col, r)
+        assert float(r["ratio"]) == pytest.approx(float(r["harness_img_s"]) / float(r["reference_img_s"]), rel=0.01)
+        assert r["reference_mfu_pct"] == ""  # no peak on a CPU: MFU left empty, not invented
+    md = md_path.read_text()
+    assert "targets are for one H100 and were not measured here" in md
+    assert "resnet50 16px: harness/reference >= 0.95" in md
+    assert any(str(md_path) in line for line in lines)  # ends by printing where the results are
+
+
+def test_failing_model_becomes_a_row(throughput, tmp_path):
+    """A model that cannot run at the size is recorded with its error; the others still run."""
+    rc = throughput.main(["--tiny", "--models", "swin_tiny", "--image-sizes", "24", "--batch-size", "4", "--steps", "1",
+                          "--repeats", "1", "--threads", "1", "--out", str(tmp_path)], log=lambda s: None)
+    assert rc == 1  # every row failed
+    (row,) = read_rows(tmp_path / "throughput-cpu-tiny.csv")
+    assert row["runs_as"] == "swin_nano" and "divisible by 8" in row["error"]
+
+
+def test_packing_needs_a_gpu(throughput, tmp_path):
+    lines: list[str] = []
+    assert throughput.main(["--packing", "--device", "cpu", "--out", str(tmp_path)], log=lines.append) == 0
+    assert "needs a CUDA GPU" in lines[0]
+
+
+def test_peak_lookup(throughput):
+    assert throughput.peak_tflops("NVIDIA H100 80GB HBM3") == pytest.approx(989.4)
+    assert throughput.peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert throughput.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert throughput.peak_tflops("NVIDIA L40S") == 362.0  # not L4's
+    assert throughput.peak_tflops("Some Future GPU") is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_run_reports_mfu(throughput, tmp_path):
+    """On a GPU: bf16, MFU filled in (peak known or passed), harness within the same order as the reference."""
+    rc = throughput.main(["--models", "resnet18,vit_tiny", "--image-sizes", "32", "--batch-size", "64", "--steps", "5",
+                          "--repeats", "3", "--peak-tflops", "100", "--out", str(tmp_path)], log=lambda s: None)
+    assert rc == 0
+    (csv_path,) = [p for p in tmp_path.glob("throughput-*.csv")]
+    for r in read_rows(csv_path):
+        assert r["amp"] == "bf16" and r["error"] == ""
+        assert float(r["harness_mfu_pct"]) > 0
+        assert float(r["ratio"]) > 0.5
