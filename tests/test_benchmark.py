@@ -1,0 +1,139 @@
+"""`harness benchmark`: grid resolution (all, tuned, scale), bad input refused before anything is
+written, and one real grid through Ray Tune to the table and the dashboards."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from harness.benchmark import default_grid, load_grid, resolve_grid
+from harness.cli import main
+from harness.errors import UserError
+from harness.models import ALL, CPU_VARIANT
+from harness.recipes import tuned_recipe_name
+from harness.models import MODELS
+
+
+def test_default_grid_is_all_models_naive_vs_tuned_on_cpu_stand_ins():
+    spec = load_grid(None)
+    assert default_grid().name == "naive_vs_recipe.yaml"
+    grid = resolve_grid(spec, cuda=False)
+    assert grid.scale == "tiny"
+    assert [(r.model, r.stands_for, r.recipe.name) for r in grid.runs] == [
+        (CPU_VARIANT[m], m, rec) for m in ALL for rec in ("naive", tuned_recipe_name(MODELS[m].family))]
+    assert all(r.epochs == spec.epochs and r.data == spec.data and r.threads == 1 for r in grid.runs)
+    assert grid.note.startswith("CPU: running resnet18 for resnet50, efficientnet_b0 for efficientnet_b3, "
+                                "vit_tiny for vit_base, swin_nano for swin_tiny; use --scale full")
+    assert all(r.label() == f"{r.model} (CPU stand-in for {r.stands_for})" for r in grid.runs)
+
+
+def test_cuda_runs_the_full_models_and_flags_override_the_file():
+    spec = load_grid(None, models="vit_base,resnet50", recipes="tuned", epochs=3, seeds=2, image_size=32)
+    grid = resolve_grid(spec, cuda=True)
+    assert grid.note is None and grid.scale == "full"
+    assert [(r.model, r.recipe.name, r.seed, r.stands_for) for r in grid.runs] == [
+        ("vit_base", "vit", 0, None), ("vit_base", "vit", 1, None), ("resnet50", "cnn", 0, None), ("resnet50", "cnn", 1, None)]
+    assert {r.epochs for r in grid.runs} == {3} and {r.data.image_size for r in grid.runs} == {32}
+    tiny = resolve_grid(load_grid(None, models="vit_base", scale="tiny"), cuda=True)
+    assert tiny.runs[0].model == "vit_tiny" and tiny.note.startswith("--scale tiny: running vit_tiny for vit_base")
+    full = resolve_grid(load_grid(None, models="swin_tiny", scale="full"), cuda=False)
+    assert full.runs[0].model == "swin_tiny" and full.note is None
+
+
+def test_grid_file_and_set_overrides(tmp_path):
+    f = tmp_path / "g.yaml"
+    f.write_text(yaml.safe_dump({"name": "mine", "models": "resnet18,vit_tiny", "recipes": ["naive", "vit"], "epochs": 1,
+                                 "data": {"name": "synthetic", "image_size": 16, "num_classes": 4}, "set": {"batch_size": 8}}))
+    spec = load_grid(f, sets={"lr": 0.01})
+    runs = resolve_grid(spec, cuda=False).runs
+    assert [(r.model, r.recipe.name) for r in runs] == [("resnet18", "naive"), ("resnet18", "vit"), ("vit_tiny", "naive"),
+                                                          ("vit_tiny", "vit")]
+    assert all(r.recipe.batch_size == 8 and r.recipe.lr == 0.01 and r.stands_for is None for r in runs)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", "vit_bas"], r"--models: got 'vit_bas'\. Unknown name\. Did you mean 'vit_base'"),
+    (["--models", "all,resnet5"], r"--models: got 'resnet5'\. Unknown name\. Did you mean 'resnet50'"),
+    (["--models", ","], r"--models: got ','\. Give at least one name"),
+    (["--recipes", "naive,tunned"], r"--recipes: got 'tunned'\. Unknown name\. Did you mean 'tuned'"),
+    (["--seeds", "0"], r"--seeds: got 0\. Run at least 1 seed"),
+    (["--epochs", "0"], r"--epochs: got 0\. Train at least 1 epoch"),
+    (["--epochs", "-3"], r"--epochs: got -3"),
+    (["--data", "mnist"], r"data\.name: got 'mnist'\. Unknown name"),
+    (["--image-size", "30", "--models", "swin_tiny"], r"image_size: got 30"),
+    (["--set", "lr=-1"], r"lr"),
+    (["--set", "nosuchknob=1"], r"nosuchknob"),
+    (["missing.yaml"], r"missing\.yaml: got None\. No such file"),
+])
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "results.db"
+    r = CliRunner().invoke(main, ["benchmark", *args, "--db", f"sqlite:///{db}", "--out", str(tmp_path / "dash")])
+    assert r.exit_code == 2, r.output
+    assert re.search(message, r.output), r.output
+    assert r.output.count("error:") == 1
+    assert not db.exists() and not (tmp_path / "dash").exists()
+
+
+def test_bad_grid_file_names_the_field(tmp_path):
+    f = tmp_path / "g.yaml"
+    f.write_text("models: [resnet18]\nrecipes: [naive]\nepochs: 2\nsedes: 3\n")
+    with pytest.raises(UserError, match=r"g\.yaml: sedes: .*Did you mean 'seeds'"):
+        load_grid(f)
+    f.write_text("models: [resnet18, vit_bsae]\n")
+    with pytest.raises(UserError, match=r"g\.yaml: models: got 'vit_bsae'.*vit_base"):
+        load_grid(f)
+
+
+def test_db_that_is_not_a_harness_database_is_refused(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    foreign = tmp_path / "foreign.db"
+    import sqlite3
+
+    with sqlite3.connect(foreign) as c:
+        c.execute("CREATE TABLE runs (x)")
+    for url in (f"sqlite:///{text}", f"sqlite:///{foreign}", "not a url", f"sqlite:///{tmp_path}"):
+        r = CliRunner().invoke(main, ["benchmark", "--models", "resnet50", "--db", url, "--out", str(tmp_path / "d")])
+        assert r.exit_code == 2 and "error: --db" in r.output, (url, r.output)
+    assert not (tmp_path / "d").exists()
+    (tmp_path / "afile").write_text("x")
+    r = CliRunner().invoke(main, ["benchmark", "--models", "resnet50", "--db", f"sqlite:///{tmp_path / 'r.db'}",
+                                  "--out", str(tmp_path / "afile")])
+    assert r.exit_code == 2 and "error: --out" in r.output and not (tmp_path / "r.db").exists()
+
+
+@pytest.mark.slow
+def test_benchmark_end_to_end_through_ray(tmp_path, monkeypatch):
+    """A real 2-run grid through Ray Tune: rows in the database, the table printed and saved, dashboards."""
+    monkeypatch.chdir(tmp_path)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"name": "e2e", "models": ["resnet50"], "recipes": ["naive", "tuned"], "epochs": 2,
+                                    "scale": "tiny", "data": {"name": "synthetic", "image_size": 16, "num_classes": 4,
+                                                              "train_size": 64}, "set": {"batch_size": 16}}))
+    db = f"sqlite:///{tmp_path / 'results.db'}"
+    r = CliRunner().invoke(main, ["benchmark", str(grid), "--db", db, "--out", str(tmp_path / "dash")])
+    assert r.exit_code == 0, r.output
+    assert "CPU: running resnet18 for resnet50" in r.output or "running resnet18 for resnet50" in r.output
+    assert "resnet18 (for resnet50)" in r.output and "naive → cnn" in r.output
+    from harness.store import Store
+
+    store = Store(db, create=False)
+    runs = store.read_sql("SELECT * FROM runs")
+    epochs = store.read_sql("SELECT * FROM epochs")
+    exp = store.read_sql("SELECT * FROM experiments").iloc[0]
+    store.close()
+    assert exp["kind"] == "benchmark" and exp["status"] == "completed"
+    assert sorted(runs["recipe"]) == ["cnn", "naive"] and set(runs["status"]) == {"completed"}
+    assert set(runs["stands_for"]) == {"resnet50"} and len(epochs) == 4
+    out = tmp_path / "dash"
+    eid = int(exp["id"])
+    for name in ("index.html", f"before_after-{eid}.html", f"before_after-{eid}.md", f"before_after-{eid}.csv"):
+        assert (out / name).is_file(), name
+    best = runs.set_index("recipe")["best_val_acc"] * 100
+    assert f"{best['naive']:.1f} → {best['cnn']:.1f}" in (out / f"before_after-{eid}.md").read_text()
+    assert str(out / "index.html") in r.output
