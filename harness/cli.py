@@ -203,6 +203,7 @@ def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs
 @click.argument("more_ids", nargs=-1, type=int, metavar="[RUN_ID]...")
 def report(db: str, out: Path, compare: tuple[int, ...], more_ids: tuple[int, ...]) -> None:
     """Dashboards (Plotly HTML, offline) and before/after tables from the results database."""
+    from harness import report as rep
     from harness.dashboards import write_dashboards
 
     ids = [*compare, *more_ids]
@@ -210,6 +211,15 @@ def report(db: str, out: Path, compare: tuple[int, ...], more_ids: tuple[int, ..
         raise UserError("RUN_ID", list(more_ids), "Run ids go after --compare, e.g. `harness report --compare 3 7`.")
     path = write_dashboards(db, out, compare=ids or None)
     index = out / "index.html"
+    store = rep.open_reader(db)
+    try:
+        latest = rep.latest_benchmark(store)
+        if latest is not None:
+            click.echo(f"latest benchmark (experiment {latest}), val acc %:")
+            click.echo(rep.to_text(rep.format_before_after(rep.before_after(store, latest))))
+            click.echo(f"before/after: {out / f'before_after-{latest}.html'} (+ .md, .csv)")
+    finally:
+        store.close()
     if ids:
         click.echo(f"compare: {path} (runs {', '.join(map(str, ids))})")
     click.echo(f"dashboards: {index} (open it in a browser; works offline)")

@@ -264,7 +264,7 @@ def experiment_header(exp: pd.Series, runs: pd.DataFrame) -> str:
             if stand_ins else "")
     return (f"<h1>{esc(exp['kind'])} #{int(exp['id'])}: {esc(exp['name'])}</h1>{desc}"
             f"<p class='muted'>status {status(exp['status'])} · {summary} · device {esc(exp['device'])} · "
-            f"started {esc(exp['created_at'])} · harness {esc(exp['code_version'])}</p>{note}")
+            f"started {esc(str(exp['created_at'])[:19])} UTC · harness {esc(exp['code_version'])}</p>{note}")
 
 
 def experiment_page(exp: pd.Series, runs: pd.DataFrame, epochs: pd.DataFrame) -> str:

@@ -255,6 +255,11 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def latest_benchmark(store: Store) -> int | None:
+    df = store.read_sql("SELECT max(id) AS id FROM experiments WHERE kind = 'benchmark'")
+    return None if df.empty or pd.isna(df.iloc[0]["id"]) else int(df.iloc[0]["id"])
+
+
 def check_runs_exist(store: Store, run_ids: list[int], field: str = "--compare") -> None:
     found = set(read_runs(store, run_ids=run_ids)["id"].astype(int)) if run_ids else set()
     missing = [i for i in run_ids if i not in found]
