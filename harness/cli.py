@@ -260,5 +260,75 @@ def sweep(study: Path, validate: bool, resume: bool, db: str, address: str | Non
         sys.exit(130)
 
 
+@main.command()
+@click.option("--model", required=True, help="registry name (see `harness models`)")
+@click.option("--recipe", default="tuned", show_default=True, help="registry name, or 'tuned' for the model family's own")
+@data_options
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a recipe field (repeatable)")
+@click.option("--scale", type=click.Choice(["auto", "tiny", "full"]), default="auto", show_default=True,
+              help="auto: the CPU stand-in on a CPU, the named model on a GPU; tiny: always the stand-in; full: the named model")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
+@click.option("--overfit-steps", type=click.IntRange(1, 10000), default=200, show_default=True, help="step budget of the overfit test")
+@click.option("--lr-steps", type=click.IntRange(10, 10000), default=100, show_default=True, help="steps of the lr range test")
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON (progress goes to stderr)")
+@click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLAlchemy URL of the results database")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("dashboards/doctor"), show_default=True,
+              help="folder for the lr range test's Plotly HTML")
+def doctor(model: str, recipe: str, data_name: str, data_root: Path | None, download: bool, image_size: int,
+           sets: tuple[str, ...], scale: str, device: str, seed: int, threads: int | None, overfit_steps: int,
+           lr_steps: int, as_json: bool, db: str, out: Path) -> None:
+    """Seed 004's pre-training checks (shapes, gradients, overfit 32 images, lr range test) and
+    seed 000's recipe lint. Exit 0: no FAIL; 1: a check FAILed; 2: bad input."""
+    import json
+
+    from harness import doctor as doc
+    from harness.specs import resolve_run
+    from harness.store import check_url
+    from harness.train import resolve_device
+
+    # Everything is validated before anything runs or is written.
+    check_url(db)
+    if out.exists() and not out.is_dir():
+        raise UserError("--out", str(out), "That is a file; name a folder for the HTML (default dashboards/doctor).")
+    if threads is not None and threads < 1:
+        raise UserError("--threads", threads, "Use 1 or more.")
+    dev = resolve_device(device)
+    run_model, stands_for = doc.resolve_scale(model, scale, dev)
+    data = make_data_spec(data_name, data_root, download, image_size)
+    spec = resolve_run(model=run_model, recipe=recipe, data=data, overrides=parse_sets(sets), seed=seed,
+                       device=str(dev), stands_for=stands_for)
+    if stands_for is not None:
+        resolve_run(model=model, recipe=recipe, data=data, overrides=parse_sets(sets))  # the named model must fit too
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    echo = (lambda s: click.echo(s, err=True)) if as_json else click.echo
+    echo(f"doctor: {spec.label()} with recipe {spec.recipe.name} on {data.name} {image_size}px, {dev}")
+    report = doc.run_doctor(model=run_model, recipe=spec.recipe, data_spec=data, device=dev, stands_for=stands_for,
+                            seed=seed, overfit_steps=overfit_steps, lr_steps=lr_steps, log=echo)
+    out.mkdir(parents=True, exist_ok=True)
+    html = out / f"lr_range_{run_model}_{spec.recipe.name}.html"
+    doc.lr_range_figure(report.lr_curve, f"lr range test: {spec.label()}, recipe {spec.recipe.name}").write_html(
+        html, include_plotlyjs="cdn")
+    exp = doc.record(report, db=db, spec_yaml=yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), html=html)
+    code = 1 if report.failed() else 0
+    if as_json:
+        click.echo(json.dumps(doc._json_safe({
+            "model": run_model, "stands_for": stands_for, "label": report.label(), "recipe": spec.recipe.name,
+            "data": report.data, "device": report.device, "exit_code": code, "experiment_id": exp, "db": db,
+            "lr_range_html": str(html), "seconds": report.seconds, "checks": [r.as_dict() for r in report.results]})))
+    else:
+        click.echo(doc.format_table(report))
+        counts = {s: sum(r.status == s for r in report.results) for s in ("PASS", "WARN", "FAIL")}
+        click.echo(f"{counts['FAIL']} FAIL, {counts['WARN']} WARN, {counts['PASS']} PASS "
+                   f"in {sum(report.seconds.values()):.0f}s of checks")
+        click.echo(f"results: experiment {exp} (kind doctor) in {db}; lr range curve: {html}")
+    if code:
+        raise SystemExit(code)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -131,9 +131,11 @@ register(Recipe(
     # eps 1e-3) 0.048 @ 768, warmup 3 epochs, step x0.97 every 2.4 epochs, wd 1e-5, smoothing 0.1
     # (timm default), drop 0.2, drop path 0.2, RandAugment m9, random erasing 0.2, EMA 0.9999.
     # EMA is 0.999 here: 0.9999 averages over ~10k steps, longer than a harness run on small data.
+    # Norms and biases get no weight decay, as in the source: timm's train.py never overrides
+    # create_optimizer_v2's filter_bias_and_bn=True (and TF EfficientNet excludes BN from decay).
     name="effnet", family="efficientnet", source="timm training_script.mdx, EfficientNet-B0 recipe",
     optimizer="rmsproptf", lr=0.048, lr_base_batch=768, batch_size=128, opt_eps=1e-3, weight_decay=1e-5,
-    no_decay_norm_bias=False, schedule="step", warmup_epochs=3, warmup_lr=1e-6, decay_epochs=2.4,
+    schedule="step", warmup_epochs=3, warmup_lr=1e-6, decay_epochs=2.4,
     decay_rate=0.97, label_smoothing=0.1, randaugment="m9-n2", random_erasing=0.2,
     drop_rate=0.2, drop_path_rate=0.2, ema_decay=0.999,
 ))
