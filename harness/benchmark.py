@@ -165,6 +165,18 @@ def run_benchmark(spec: BenchmarkSpec, *, db: str, out: Path, address: str | Non
                    spec_yaml=resolved_yaml(spec, grid), concurrency=spec.concurrency, resources=resources,
                    address=address, echo=echo)
     finish(db, exp, Path(out), echo=echo)
+    from harness.store import Store, experiments
+
+    store = Store(db, create=False)
+    try:
+        with store.engine.connect() as c:
+            status = c.execute(experiments.select().where(experiments.c.id == exp)).mappings().one()["status"]
+    finally:
+        store.close()
+    if status == "interrupted":
+        # The partial table and dashboards are written above; the exit code still says it was cut short.
+        echo(f"interrupted: re-run `harness benchmark` for the missing runs (experiment {exp} keeps what finished)")
+        raise SystemExit(130)
     return exp
 
 
