@@ -84,11 +84,12 @@ pre{background:#f7f7f7;padding:.5rem;overflow:auto;max-height:20rem;white-space:
 """
 
 
-def page(title: str, body: str, *, plots: bool = True) -> str:
+def page(title: str, body: str, *, plots: bool = True, nav: bool = True) -> str:
     script = f'<script src="{PLOTLY_JS}" charset="utf-8"></script>' if plots else ""
+    back = '<nav><a href="index.html">← all experiments</a></nav>' if nav else ""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title, 200)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">{script}<style>{STYLE}</style></head>'
-            f'<body><nav><a href="index.html">← all experiments</a></nav>{body}</body></html>\n')
+            f'<body>{back}{body}</body></html>\n')
 
 
 def _write(path: Path, text: str) -> Path:
@@ -396,7 +397,7 @@ def index_page(db: str, exps: pd.DataFrame, runs: pd.DataFrame, made: dict[int, 
         body += ("<div class='empty'><b>Nothing yet.</b> This database holds no experiments. Run "
                  "<code>harness benchmark</code>, <code>harness sweep STUDY.yaml</code> or <code>harness train --model …</code>, "
                  "then <code>harness report</code> again.</div>")
-        return page("harness results: nothing yet", body, plots=False)
+        return page("harness results: nothing yet", body, plots=False, nav=False)
     rows = []
     for _, e in exps.sort_values("id", ascending=False).iterrows():
         eid = int(e["id"])
@@ -409,7 +410,7 @@ def index_page(db: str, exps: pd.DataFrame, runs: pd.DataFrame, made: dict[int, 
              + table(["id", "kind", "name", "description", "status", "runs", "best val %", "started", "pages"], rows))
     if not runs.empty:
         body += "<h2>Best validation accuracy of every run</h2>" + fig_html(overview_figure(exps, runs), "overview")
-    return page("harness results", body)
+    return page("harness results", body, nav=False)
 
 
 def overview_figure(exps: pd.DataFrame, runs: pd.DataFrame) -> go.Figure:
