@@ -244,6 +244,10 @@ def sweep(study: Path, validate: bool, resume: bool, db: str, address: str | Non
 
     if validate:
         s = validate_study(study)
+        if address is None:
+            from harness.sweep import check_resources
+
+            check_resources(s.resources, field=f"{study}: resources", address=None)
         click.echo(f"{study}: ok — study {s.name!r}: {s.trials} trials of {s.model} ({s.recipe} recipe) on {s.data.name} "
                    f"{s.data.image_size}px, searching {', '.join(s.search)}; sampler {s.sampler.type}, "
                    f"scheduler {s.scheduler.type} (max {s.scheduler.max_epochs} epochs)")

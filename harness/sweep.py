@@ -33,8 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import optuna
-import ray
+# Under `uv run`, Ray's uv hook would re-create the project's environment for every worker from the
+# working folder (and refuses to start when the project is elsewhere, e.g. `uv run --project`). Local
+# workers run this very interpreter, and cluster nodes must have the harness installed anyway.
+# Set RAY_ENABLE_UV_RUN_RUNTIME_ENV=1 to get Ray's behaviour back.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+import optuna  # noqa: E402
+import ray  # noqa: E402
 import sqlalchemy as sa
 import yaml
 from optuna.trial import TrialState
@@ -50,6 +56,7 @@ from harness.specs import FaultSpec, ParamSpec, ResourcesSpec, RunSpec, StudySpe
 from harness.store import Store, check_url, experiments, now, runs, sqlite_path
 from harness.train import EpochReport, fit
 
+OPTUNA_KEY = "_optuna_trial"  # added to each sampled config by the searcher: the Optuna trial number
 FINAL = ("completed", "stopped", "diverged", "failed", "time_limit")
 DEFAULT_STORAGE = Path("ray_results")
 # Ray saves its experiment state (trials, searcher) at most this often (s). Tune's default ("auto",
@@ -160,15 +167,13 @@ def _existing(db: str, name: str) -> tuple[dict | None, bool]:
 # --- the trial ---------------------------------------------------------------------------------
 
 def _trial_name(trial: Any) -> str:
-    """'trial_7': Ray's 1-based trial counter (the experiment tag starts with it)."""
+    """'trial_7' (the Optuna trial number, as optuna-dashboard shows it) or 'run_3' (grid index)."""
+    c = trial.config or {}
+    if OPTUNA_KEY in c:
+        return f"trial_{c[OPTUNA_KEY]}"
+    if "run" in c:
+        return f"run_{c['run']}"
     return f"trial_{str(trial.experiment_tag).split('_')[0]}"
-
-
-def _trial_number(name: str) -> int | None:
-    try:
-        return int(name.rsplit("_", 1)[1])
-    except (IndexError, ValueError):
-        return None
 
 
 @dataclass(frozen=True)
@@ -176,16 +181,21 @@ class SweepSpecs:
     """config sampled by Optuna -> RunSpec (the study's base run with the sampled recipe fields)."""
 
     base: RunSpec
-    fault_trials: tuple[int, ...] | None = None  # trial numbers the base's fault applies to; None = all
+    fault_trials: tuple[int, ...] | None = None  # Optuna trial numbers the base's fault applies to; None = all
+    faults: tuple[tuple[int, FaultSpec], ...] = ()  # tests: (trial number, its own fault), overriding the base's
 
-    def __call__(self, config: dict[str, Any], trial_number: int | None = None) -> RunSpec:
-        spec = self.base.model_copy(update={"recipe": with_overrides(self.base.recipe, config, "search")})
-        if self.base.fault is not None and self.fault_trials is not None and trial_number not in self.fault_trials:
+    def __call__(self, config: dict[str, Any]) -> RunSpec:
+        params = {k: v for k, v in config.items() if not k.startswith("_")}
+        spec = self.base.model_copy(update={"recipe": with_overrides(self.base.recipe, params, "search")})
+        if self.base.fault is not None and self.fault_trials is not None and config.get(OPTUNA_KEY) not in self.fault_trials:
             spec = spec.model_copy(update={"fault": None})
+        own = dict(self.faults).get(config.get(OPTUNA_KEY))
+        if own is not None:
+            spec = spec.model_copy(update={"fault": own})
         return spec
 
     def label(self, config: dict[str, Any]) -> str:
-        return " ".join(f"{k}={_fmt(v)}" for k, v in config.items())
+        return " ".join(f"{k}={_fmt(v)}" for k, v in config.items() if not k.startswith("_"))
 
 
 @dataclass(frozen=True)
@@ -194,7 +204,7 @@ class GridSpecs:
 
     runs: tuple[RunSpec, ...]
 
-    def __call__(self, config: dict[str, Any], trial_number: int | None = None) -> RunSpec:
+    def __call__(self, config: dict[str, Any]) -> RunSpec:
         return self.runs[int(config["run"])]
 
     def label(self, config: dict[str, Any]) -> str:
@@ -208,8 +218,7 @@ def _fmt(v: Any) -> str:
 
 def _trainable(config: dict[str, Any], *, make_spec: Callable[..., RunSpec]) -> None:
     """One Ray trial: fit() reporting every epoch to Tune, with last.pt/best.pt as the checkpoint."""
-    name = tune.get_context().get_trial_name() or ""
-    spec = make_spec(config, _trial_number(name))
+    spec = make_spec(config)
     with tempfile.TemporaryDirectory(prefix="harness-trial-") as tmp:
         local = Path(tmp)
         spec = spec.model_copy(update={"checkpoint_dir": local})
@@ -270,7 +279,9 @@ class _HarnessOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict | None:
         params = super().suggest(trial_id)
         if params is not None:
-            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+            ot_trial = self._ot_trials[trial_id]
+            ot_trial.set_user_attr("ray_trial_id", trial_id)
+            params = {**params, OPTUNA_KEY: ot_trial.number}
         return params
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -332,6 +343,7 @@ class _Recorder(tune.Callback):
         self.last: dict[str, dict[str, Any]] = {}  # last result per trial seen in this session
         self.finished: dict[str, str] = {}  # trial_id -> final status (this session)
         self.started: set[str] = set()
+        self.known: set[str] = set()  # every trial Tune holds (finished, running, pending)
         self.best: tuple[float, str] | None = None
         self.t0 = time.monotonic()
         _LIVE[key] = self
@@ -341,7 +353,7 @@ class _Recorder(tune.Callback):
 
     # helpers
     def _name(self, trial: Any) -> str:
-        return _trial_name(trial).replace("_", " ")
+        return _trial_name(trial).replace("_", " #" if OPTUNA_KEY in trial.config else " ")
 
     def _counts(self) -> str:
         with self.store.engine.connect() as c:
@@ -351,22 +363,6 @@ class _Recorder(tune.Callback):
         done = sum(v for k, v in counts.items() if k in FINAL)
         return f"[{counts.get('running', 0)} running, {done}/{self.total} done]"
 
-    def _optuna_number(self, trial_id: str) -> int | None:
-        if self.study_name is None:
-            return None
-        storage = optuna_storage(self.db)
-        try:
-            study = optuna.load_study(study_name=self.study_name, storage=storage)
-            for t in reversed(study.get_trials(deepcopy=False)):
-                if t.user_attrs.get("ray_trial_id") == trial_id:
-                    return t.number
-        except KeyError:
-            return None
-        finally:
-            storage.remove_session()
-            storage.engine.dispose()
-        return None
-
     def _run_for(self, trial: Any) -> int:
         tid = trial.trial_id
         if tid in self.run_ids:
@@ -375,10 +371,10 @@ class _Recorder(tune.Callback):
             rid = c.execute(sa.select(runs.c.id).where(runs.c.experiment_id == self.experiment_id,
                                                        runs.c.trial_id == tid)).scalar()
         if rid is None:
-            spec = self.make_spec(trial.config, _trial_number(_trial_name(trial)))
+            spec = self.make_spec(trial.config)
             rid = self.store.create_run(self.experiment_id, model=spec.model, recipe=spec.recipe.name,
                                         params=spec.model_dump(mode="json"), seed=spec.seed, stands_for=spec.stands_for,
-                                        trial_id=tid, optuna_trial=self._optuna_number(tid))
+                                        trial_id=tid, optuna_trial=trial.config.get(OPTUNA_KEY))
         self.run_ids[tid] = rid
         return rid
 
@@ -404,6 +400,8 @@ class _Recorder(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         rid = self._run_for(trial)
         evaluation = result.pop("evaluation", None)  # large; only the database keeps it
+        if trial.trial_id not in self.last and int(result["epoch"]) > 1:
+            self.echo(f"{self._name(trial)} continued from its checkpoint at epoch {int(result['epoch'])}")
         self.store.log_epoch(rid, int(result["epoch"]), result)
         if evaluation is not None:
             self.store.save_evaluation(rid, evaluation)
@@ -432,6 +430,12 @@ class _Recorder(tune.Callback):
                 self.best = (value, self._name(trial))
         best = f"  best so far {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
         self.echo(f"{self._name(trial)} {what}: {shown}{best}  {self._counts()}")
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.known.update(t.trial_id for t in trials)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.known.update(t.trial_id for t in trials)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         err = _error_text(trial).splitlines()[0]
@@ -479,6 +483,8 @@ def _ray(address: str | None) -> Iterator[None]:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                  configure_logging=True)
     except (ConnectionError, ValueError, RuntimeError) as e:
+        if address is None:
+            raise
         raise UserError("--address", address, f"Cannot attach to a Ray cluster there ({str(e).splitlines()[0][:160]}); "
                         "start one with `ray start --head` and pass its address, or leave --address out.") from None
     try:
@@ -516,6 +522,7 @@ def _quiet_tune() -> None:
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "0")
     for name in ("ray", "ray.tune", "ray.train"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _run_config(name: str, storage: Path, recorder: _Recorder, max_failures: int) -> tune.RunConfig:
@@ -549,6 +556,8 @@ def run_grid(runs_: list[RunSpec], *, db: str, experiment_name: str, kind: str =
     check_url(db)
     if concurrency < 1:
         raise UserError("concurrency", concurrency, "Run at least 1 trial at a time.")
+    if address is None and not ray.is_initialized():  # before starting Ray, as run_sweep does
+        check_resources(resources, field="resources", address=None)
     _quiet_tune()
     with _ray(address):
         check_resources(resources, field="resources", address=address)
@@ -569,25 +578,44 @@ def run_grid(runs_: list[RunSpec], *, db: str, experiment_name: str, kind: str =
             run_config=_run_config(ray_name, storage, recorder, max_failures))
         echo(f"harness {kind} {experiment_name}: {len(runs_)} runs, {concurrency} at a time, "
              f"{resources.cpu:g} CPU + {resources.gpu:g} GPU each ({_describe_cluster()})")
-        status = _fit(tuner, store, exp, recorder, echo)
+        status = _fit(tuner, store, exp, recorder, storage / ray_name, echo)
         echo(f"{kind} {status}: experiment {exp} in {db}; Ray files in {storage / ray_name}")
         store.close()
         _LIVE.pop(recorder.key, None)
         return exp
 
 
-def _fit(tuner: tune.Tuner, store: Store, exp: int, recorder: _Recorder, echo: Callable[[str], None]) -> str:
-    """tuner.fit() with clean stops; returns the experiment's final status."""
+def _fit(tuner: tune.Tuner, store: Store, exp: int, recorder: _Recorder, exp_dir: Path,
+         echo: Callable[[str], None]) -> str:
+    """tuner.fit() with clean stops; returns the experiment's final status.
+
+    What finished is read back from the experiment state Tune saved last (its in-memory trials are
+    all marked TERMINATED by its cleanup after a Ctrl-C), and the runs rows are reconciled with it.
+    """
     interrupted = False
     with _sigterm_stops_tune():
         try:
             tuner.fit()
         except KeyboardInterrupt:  # a second Ctrl-C while Tune was stopping
             interrupted = True
+    try:
+        saved = tune.ExperimentAnalysis(str(exp_dir)).trials
+    except Exception:  # noqa: BLE001 - no state saved at all (stopped during start-up)
+        saved = []
+    unfinished_ids = {t.trial_id for t in saved if t.status not in ("TERMINATED", "ERROR")}
+    recorder.known.update(t.trial_id for t in saved)
+    with store.engine.begin() as c:
+        for t in saved:  # finished in Tune, not in the database (a driver killed between the two)
+            if t.trial_id in unfinished_ids or t.trial_id in recorder.finished:
+                continue
+            last = t.last_result or {}
+            status = "failed" if t.status == "ERROR" else {"running": "stopped"}.get(last.get("status"), last.get("status") or "completed")
+            c.execute(runs.update().where(runs.c.experiment_id == exp, runs.c.trial_id == t.trial_id,
+                                          runs.c.status.notin_(FINAL)).values(status=status, finished_at=now()))
     unfinished = store.mark_unfinished(exp, "interrupted")
     with store.engine.connect() as c:
         n_rows = c.execute(sa.select(sa.func.count()).where(runs.c.experiment_id == exp)).scalar()
-    interrupted = interrupted or unfinished > 0 or n_rows < recorder.total
+    interrupted = interrupted or bool(unfinished_ids) or unfinished > 0 or len(saved) < recorder.total
     status = "interrupted" if interrupted else "completed"
     store.finish_experiment(exp, status)
     if interrupted:
@@ -610,6 +638,7 @@ class SweepResult:
 def run_sweep(study_path: Path, *, db: str, resume: bool = False, address: str | None = None,
               storage_path: Path | str = DEFAULT_STORAGE, max_failures: int = 1, echo: Callable[[str], None] = print,
               fault: FaultSpec | None = None, fault_trials: tuple[int, ...] | None = None,
+              faults: dict[int, FaultSpec] | None = None,
               top: int = 10) -> SweepResult:
     """Run (or with `resume`, continue) the study in `study_path`. Bad input -> UserError, nothing written."""
     study = validate_study(study_path)
@@ -660,7 +689,7 @@ def run_sweep(study_path: Path, *, db: str, resume: bool = False, address: str |
             exp = store.create_experiment(kind="sweep", name=study.name, description=study.description,
                                           spec=_study_yaml(study), device=_describe_cluster())
         base = _base_run(study, fault)
-        make_spec = SweepSpecs(base, fault_trials)
+        make_spec = SweepSpecs(base, fault_trials, tuple((faults or {}).items()))
         recorder = _Recorder(key=f"{db}#{exp}", store=store, experiment_id=exp, make_spec=make_spec, metric=study.metric,
                              mode=study.mode, total=study.trials, echo=echo, db=db, study_name=study.name,
                              scheduler="ASHA" if study.scheduler.type == "asha" else "none")
@@ -693,15 +722,10 @@ def run_sweep(study_path: Path, *, db: str, resume: bool = False, address: str |
                  f"{study.data.image_size}px, up to {study.scheduler.max_epochs} epochs, {study.concurrency} at a time, "
                  f"{study.resources.cpu:g} CPU + {study.resources.gpu:g} GPU each, sampler {study.sampler.type}, "
                  f"scheduler {study.scheduler.type} ({_describe_cluster()})")
-        status = _fit(tuner, store, exp, recorder, echo)
+        status = _fit(tuner, store, exp, recorder, exp_dir, echo)
         # Optuna trials of unfinished Ray trials stay RUNNING while the sweep can be resumed;
         # anything else RUNNING (an orphan of a killed driver, a NaN the searcher could not tell) fails.
-        keep: set[str] = set()
-        if status == "interrupted":
-            with store.engine.connect() as c:
-                keep = set(c.execute(sa.select(runs.c.trial_id).where(runs.c.experiment_id == exp,
-                                                                      runs.c.status == "interrupted")).scalars())
-        settle_optuna(db, study.name, keep)
+        settle_optuna(db, study.name, keep=recorder.known if status == "interrupted" else set())
         result = summarize(store, exp, study, echo=echo, top=top)
         result.status, result.storage = status, exp_dir
         echo(f"results: experiment {exp} ({study.trials} trials) in {db} (tables experiments/runs/epochs; "

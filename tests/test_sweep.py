@@ -57,3 +57,221 @@ def test_run_grid_records_every_run_and_epoch(ray_local, tiny_spec, db_url, tmp_
     (e,) = rows(db_url, "SELECT kind, status FROM experiments WHERE id = :e", e=exp)
     assert e == {"kind": "benchmark", "status": "completed"}
     assert any("completed" in ln for ln in lines) and str(tmp_path / "ray") in lines[-1]
+
+
+STUDY = {
+    "name": "t_sweep",
+    "model": "resnet18",
+    "recipe": "naive",
+    "data": {"name": "synthetic", "image_size": 16, "num_classes": 4, "train_size": 64},
+    "metric": "val_acc",
+    # A wide lr range: the high end trains badly, so ASHA has something to stop.
+    "search": {"lr": {"type": "loguniform", "low": 1.0e-5, "high": 1.0}},
+    "fixed": {"batch_size": 16},
+    "sampler": {"type": "tpe", "seed": 0},
+    "scheduler": {"type": "asha", "max_epochs": 4, "grace_period": 1, "reduction_factor": 2},
+    "trials": 6,
+    "concurrency": 2,
+    "resources": {"cpu": 1},
+}
+
+
+def write_study(path: Path, **changes) -> Path:
+    path.write_text(yaml.safe_dump({**STUDY, **changes}, sort_keys=False))
+    return path
+
+
+def optuna_states(db_url: str, name: str) -> list[str]:
+    return [r["state"] for r in rows(db_url, "SELECT t.state FROM trials t JOIN studies s ON s.study_id = t.study_id "
+                                             "WHERE s.study_name = :n ORDER BY t.number", n=name)]
+
+
+def assert_study_settled(db_url: str, name: str, trials: int) -> list[dict]:
+    """Exactly `trials` runs, one per Ray trial and per Optuna trial, every epoch 1..n recorded,
+    final statuses only, and Optuna agreeing trial by trial."""
+    got = rows(db_url, "SELECT r.id, r.status, r.epochs_done, r.trial_id, r.optuna_trial FROM runs r "
+                       "JOIN experiments e ON e.id = r.experiment_id WHERE e.name = :n ORDER BY r.id", n=name)
+    assert len(got) == trials
+    assert len({r["trial_id"] for r in got}) == trials and len({r["optuna_trial"] for r in got}) == trials
+    for r in got:
+        assert r["status"] in ("completed", "stopped", "diverged"), r
+        epochs = [e["epoch"] for e in rows(db_url, "SELECT epoch FROM epochs WHERE run_id = :r ORDER BY epoch", r=r["id"])]
+        assert epochs == list(range(1, r["epochs_done"] + 1)), (r, epochs)
+        assert (r["epochs_done"] == STUDY["scheduler"]["max_epochs"]) == (r["status"] == "completed"), r
+    states = optuna_states(db_url, name)
+    assert len(states) == trials and "RUNNING" not in states
+    by_number = {r["optuna_trial"]: r["status"] for r in got}
+    expected = {"completed": "COMPLETE", "stopped": "PRUNED", "diverged": "FAIL"}
+    assert [expected[by_number[n]] for n in range(trials)] == states
+    return got
+
+
+@pytest.mark.slow
+def test_sweep_records_statuses_asha_stops_and_settles_optuna(ray_local, tmp_path, db_url):
+    """A real ASHA sweep: every trial and epoch in `runs`/`epochs`, ASHA stops some trials early
+    (recorded as `stopped`, PRUNED in Optuna, not COMPLETE), no Optuna trial left RUNNING."""
+    from harness.sweep import run_sweep
+
+    lines: list[str] = []
+    result = run_sweep(write_study(tmp_path / "s.yaml"), db=db_url, storage_path=tmp_path / "ray", echo=lines.append)
+    assert result.status == "completed"
+    got = assert_study_settled(db_url, "t_sweep", 6)
+    stopped = [r for r in got if r["status"] == "stopped"]
+    assert stopped and all(r["epochs_done"] < 4 for r in stopped)
+    assert any(r["status"] == "completed" for r in got)
+    (exp,) = rows(db_url, "SELECT kind, status, spec FROM experiments")
+    assert exp["kind"] == "sweep" and exp["status"] == "completed" and "lr:" in exp["spec"]
+    text = "\n".join(lines)
+    assert "stopped by ASHA after epoch" in text and "best so far" in text
+    assert "fixed:\n  batch_size: 16\n  lr: " in text  # the ready-to-use YAML snippet
+    assert str(tmp_path / "ray" / "t_sweep") in lines[-1]
+    assert result.best is not None and result.best["params"]["lr"] > 0
+
+    # The same name again: refused (with the fix), nothing new written.
+    from harness.errors import UserError
+
+    with pytest.raises(UserError, match="--resume"):
+        run_sweep(write_study(tmp_path / "s.yaml"), db=db_url, storage_path=tmp_path / "ray", echo=lines.append)
+    with pytest.raises(UserError, match="different search space"):
+        run_sweep(write_study(tmp_path / "s2.yaml", search={"lr": {"type": "uniform", "low": 0.1, "high": 0.2}}),
+                  db=db_url, storage_path=tmp_path / "ray", echo=lines.append)
+    assert len(rows(db_url, "SELECT id FROM runs")) == 6
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            raise AssertionError(f"sweep exited early:\n{proc.stdout.read()}")
+        try:
+            if predicate():
+                return
+        except sa.exc.OperationalError:  # tables not created yet
+            pass
+        time.sleep(0.5)
+    raise AssertionError("timed out waiting for the sweep")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM])
+def test_interrupted_sweep_resumes_to_exactly_trials(ray_local, tmp_path, db_url, sig):
+    """A driver stopped by a signal mid-trial leaves `interrupted` runs; --resume continues the unfinished
+    trial from its checkpoint (epochs 1..n, none lost), never re-runs a finished one, and the study
+    ends with exactly `trials` trials and no Optuna trial RUNNING."""
+    from harness.sweep import run_sweep
+
+    study = write_study(tmp_path / "s.yaml", trials=4, scheduler={"type": "none", "max_epochs": 4})
+    cmd = [sys.executable, "-m", "harness.cli", "sweep", str(study), "--db", db_url,
+           "--storage-path", str(tmp_path / "ray"), "--fault", '{sleep_per_epoch: 1.5}']
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    try:
+        # Stop it once a trial has finished and another is part-way through.
+        _wait_for(lambda: rows(db_url, "SELECT count(*) AS n FROM runs WHERE status = 'completed'")[0]["n"] >= 1
+                  and rows(db_url, "SELECT count(*) AS n FROM runs WHERE status = 'running' AND epochs_done >= 1")[0]["n"] >= 1,
+                  timeout=300, proc=proc)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert "continue with: harness sweep" in out
+    before = rows(db_url, "SELECT id, status, epochs_done, trial_id FROM runs ORDER BY id")
+    finished = {r["id"]: r for r in before if r["status"] == "completed"}
+    interrupted = [r for r in before if r["status"] == "interrupted"]
+    assert finished and interrupted and all(r["epochs_done"] >= 1 for r in interrupted)
+    epochs_before = {(e["run_id"], e["epoch"]) for e in rows(db_url, "SELECT run_id, epoch FROM epochs")}
+
+    lines: list[str] = []
+    result = run_sweep(study, db=db_url, resume=True, storage_path=tmp_path / "ray", echo=lines.append)
+    assert result.status == "completed"
+    got = assert_study_settled(db_url, "t_sweep", 4)
+    assert all(r["status"] == "completed" for r in got)
+    numbers = {r["id"]: r["optuna_trial"] for r in got}
+    for rid in finished:  # not re-run: no line about them this time
+        assert not any(ln.startswith(f"trial #{numbers[rid]} ") for ln in lines), lines
+    assert epochs_before <= {(e["run_id"], e["epoch"]) for e in rows(db_url, "SELECT run_id, epoch FROM epochs")}
+    for r in interrupted:  # continued at epoch k+1 from its checkpoint, not restarted at 1
+        k = r["epochs_done"]
+        assert any(ln.startswith(f"trial #{numbers[r['id']]} continued from its checkpoint at epoch {k + 1}")
+                   for ln in lines) or k == 4, lines
+    (exp,) = rows(db_url, "SELECT status FROM experiments")
+    assert exp["status"] == "completed"
+
+
+# --- bad input: one message with the YAML path, exit 2, nothing written, no Ray started ----------
+
+BAD = [
+    ({"nmae": "x"}, "nmae", "Did you mean 'name'"),
+    ({"search": {"lr": {"type": "loguniform", "low": 1e-3, "high": 1e-4}}}, "search.lr.low", "swap"),
+    ({"search": {"lr": {"type": "loguniform", "low": 0, "high": 1e-4}}}, "search.lr.low", "log scale"),
+    ({"search": {"lr": {"type": "uniform", "lw": 0, "high": 1e-4}}}, "search.lr.lw", "Unknown key"),
+    ({"search": {"optimizer": {"type": "choice", "values": []}}}, "search.optimizer.values", "non-empty"),
+    ({"search": {"optimizer": {"type": "choice", "values": ["adamw", "adamz"]}}}, "search.optimizer.values", "adamz"),
+    ({"search": {"lr": {"type": "uniform", "low": -1, "high": 1e-3}}}, "search.lr.low", "Not a valid lr"),
+    ({"search": {"learning_rate": {"type": "uniform", "low": 0.1, "high": 0.2}}}, "search.learning_rate", "Unknown name"),
+    ({"model": "vit_bsae"}, "model", "vit_base"),
+    ({"recipe": "deit"}, "recipe", "Unknown name"),
+    ({"sampler": {"type": "tpee"}}, "sampler.type", "tpe"),
+    ({"scheduler": {"type": "hyperband"}}, "scheduler.type", "asha"),
+    ({"scheduler": {"type": "asha", "max_epochs": 3, "grace_period": 5}}, "scheduler.grace_period", "at most 3"),
+    ({"trials": 0}, "trials", "greater than or equal to 1"),
+    ({"resources": {"cpu": 1, "gpu": 0.5}}, "resources.gpu", "no GPU"),
+    ({"resources": {"cpu": 512}}, "resources.cpu", "at most"),
+    ({"sampler": {"type": "grid"}}, "search.lr.type", "grid"),
+]
+
+
+@pytest.mark.parametrize("changes,field,fix", BAD, ids=[b[1] for b in BAD])
+def test_bad_study_refused_before_anything(tmp_path, changes, field, fix, monkeypatch):
+    from click.testing import CliRunner
+
+    import harness.sweep
+    from harness.cli import main
+
+    if "gpu" in str(changes):
+        monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    started = []
+    monkeypatch.setattr(harness.sweep.ray, "init", lambda *a, **k: started.append(1))
+    path = write_study(tmp_path / "bad.yaml", **changes)
+    monkeypatch.chdir(tmp_path)
+    for args in (["sweep", "--validate", str(path)], ["sweep", str(path), "--db", f"sqlite:///{tmp_path / 'r.db'}"]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 2, res.output
+        assert f"{path}: {field}" in res.output and fix in res.output, res.output
+    assert not started and not (tmp_path / "r.db").exists() and not (tmp_path / "ray_results").exists()
+
+
+def test_missing_empty_and_non_yaml_files(tmp_path):
+    from click.testing import CliRunner
+
+    from harness.cli import main
+
+    (tmp_path / "empty.yaml").write_text("")
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    for name, fix in (("missing.yaml", "No such file"), ("empty.yaml", "empty"), ("bad.yaml", "YAML syntax")):
+        res = CliRunner().invoke(main, ["sweep", str(tmp_path / name), "--db", f"sqlite:///{tmp_path / 'r.db'}"])
+        assert res.exit_code == 2 and fix in res.output, res.output
+    assert not (tmp_path / "r.db").exists()
+
+
+def test_resume_of_unknown_study_refused(tmp_path):
+    from click.testing import CliRunner
+
+    from harness.cli import main
+
+    res = CliRunner().invoke(main, ["sweep", str(write_study(tmp_path / "s.yaml")), "--resume",
+                                    "--db", f"sqlite:///{tmp_path / 'r.db'}"])
+    assert res.exit_code == 2 and "No sweep of that name" in res.output, res.output
+    assert not (tmp_path / "r.db").exists()
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("studies/*.yaml")), ids=lambda p: p.name)
+def test_shipped_studies_validate(path):
+    """Each shipped study is valid, runs on this CPU machine as shipped, and says how to scale it up."""
+    from harness.sweep import check_resources, validate_study
+
+    study = validate_study(path)
+    check_resources(study.resources, field="resources", address=None)
+    assert study.resources.gpu == 0 and study.model in ("vit_tiny", "swin_nano", "resnet18", "efficientnet_b0")
+    assert "Scale up" in path.read_text()
