@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import math
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -335,7 +336,9 @@ def sweep_page(db: str, exp: pd.Series, runs: pd.DataFrame) -> str:
                    ("slice", vis.plot_slice))
         for i, (title, make) in enumerate(figures):
             try:
-                fig = make(study)
+                with warnings.catch_warnings():  # "too few trials for importances" etc.: the figure says enough
+                    warnings.simplefilter("ignore")
+                    fig = make(study)
                 fig.update_layout(title=f"{title}: {esc(exp['name'], 100)}", height=460)
                 body += f"<h2>{esc(title)}</h2>" + fig_html(fig, f"optuna-{eid}-{i}")
             except Exception as e:  # noqa: BLE001 - e.g. importances need >= 2 finished trials with varied params
