@@ -77,6 +77,11 @@ def load_grid(path: Path | None, *, models: str | None = None, recipes: str | No
     for name in spec.recipes:
         if name != "tuned" and name not in RECIPES:
             raise unknown("--recipes" if recipes is not None else where + "recipes", name, [*RECIPES, "tuned"])
+    # The file's `set:` values, checked here so the error names the file and `set.<key>` (the command
+    # line's --set values are checked per run, as `--set <key>`).
+    from harness.recipes import get_recipe, with_overrides
+
+    with_overrides(get_recipe("naive"), {k: v for k, v in spec.set.items() if k not in (sets or {})}, where + "set")
     return spec
 
 

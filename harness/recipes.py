@@ -207,15 +207,17 @@ def with_overrides(recipe: Recipe, overrides: dict[str, object], field: str = "-
     """A copy of `recipe` with fields replaced, validated (bad key or value -> UserError)."""
     from pydantic import ValidationError
 
+    sep = " " if field.startswith("--") else "."  # `--set lr` on the command line, `fixed.lr` in a file
     for key in overrides:
         if key not in TUNABLE:
-            raise unknown(f"{field} {key}", key, TUNABLE)
+            raise unknown(f"{field}{sep}{key}", key, TUNABLE)
     try:
         return Recipe.model_validate({**recipe.model_dump(), **overrides})
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
-        raise UserError(f"{field} {key}", err.get("input"), f"{err['msg']}.") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise UserError(f"{field}{sep}{key}", err.get("input"), f"{msg[:1].upper()}{msg[1:]}.") from None
 
 
 # --- builders: recipe -> timm objects ---------------------------------------------------------

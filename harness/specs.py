@@ -7,11 +7,12 @@ the path of the field (`search.lr.low`), the value received and the fix, as a `U
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.data import DataSpec, check_spec
 from harness.errors import UserError, close_matches, unknown
@@ -134,7 +135,7 @@ class ResourcesSpec(Strict):
 
 
 class StudySpec(Strict):
-    name: str = Field(min_length=1, max_length=20000)
+    name: str = Field(min_length=1)  # see _name
     description: str = Field("", max_length=20000)
     model: str
     recipe: str
@@ -149,6 +150,16 @@ class StudySpec(Strict):
     concurrency: int = Field(1, ge=1)
     resources: ResourcesSpec = ResourcesSpec()
     seed: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        # The name is also a folder (<storage-path>/<name>) and the Optuna study name: no "/", "..",
+        # markup or 10 kB names there (free text goes in `description`).
+        if not re.fullmatch(r"\w[\w.-]{0,99}", v):
+            raise ValueError("Use letters, digits, '_', '-' and '.' (at most 100, first a letter or digit), "
+                             "e.g. vit_lr; free text goes in description")
+        return v
 
     def base_recipe(self) -> Recipe:
         return with_overrides(get_recipe(self.recipe, "recipe"), self.fixed, "fixed")
@@ -212,7 +223,9 @@ def _fields_at(model_cls: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def _user_error(e: ValidationError, model_cls: type[BaseModel], prefix: str = "") -> UserError:
-    err = e.errors()[0]
+    errs = e.errors()
+    # A typo in a required key shows up twice (unknown 'trails', missing 'trials'): name the typo.
+    err = next((x for x in errs if x["type"] == "extra_forbidden"), errs[0])
     loc = tuple(err["loc"])
     path = ".".join(str(p) for p in loc) or "(top level)"
     if err["type"] == "extra_forbidden":
@@ -248,7 +261,7 @@ def load_study(path: Path) -> StudySpec:
     for key in spec.fixed:
         if key not in TUNABLE:
             raise unknown(f"{where}fixed.{key}", key, TUNABLE)
-    spec.base_recipe()
+    with_overrides(get_recipe(spec.recipe, "recipe"), spec.fixed, where + "fixed")
     check_spec(spec.data, where + "data")
     entry.size_kwargs(spec.data.image_size)
     return spec

@@ -158,7 +158,12 @@ def check_url(url: str, *, must_exist: bool = False, field: str = "--db") -> Non
                 raise UserError(field, url, "Not an SQLite database; name a results database written by harness.")
     elif parsed.drivername.startswith("sqlite") is False and must_exist is False:
         pass
-    engine = make_engine(url)
+    # A plain engine: make_engine's WAL pragma would rewrite the header of a database we may refuse.
+    try:
+        engine = sa.create_engine(url)
+    except (sa.exc.NoSuchModuleError, ImportError) as e:
+        raise UserError(field, url, f"No database driver for it ({str(e)[:120]}); use sqlite:///results.db, "
+                        "or install the driver (e.g. `uv add psycopg` for postgresql://).") from None
     try:
         names = set(sa.inspect(engine).get_table_names())
     except sa.exc.DatabaseError as e:
