@@ -275,3 +275,38 @@ def test_shipped_studies_validate(path):
     check_resources(study.resources, field="resources", address=None)
     assert study.resources.gpu == 0 and study.model in ("vit_tiny", "swin_nano", "resnet18", "efficientnet_b0")
     assert "Scale up" in path.read_text()
+
+
+def test_optuna_outcomes_told_apart_and_nothing_left_running(tmp_path):
+    """The known OptunaSearch traps, without Ray: an ASHA-stopped trial (last status 'running') is
+    PRUNED, not COMPLETE with its truncated score; NaN, diverged and crashed trials are FAIL; a
+    completed one is COMPLETE with its final value; settle_optuna fails whatever is still RUNNING
+    except trials kept for --resume."""
+    import optuna
+
+    from harness.sweep import OPTUNA_KEY, _HarnessOptunaSearch, optuna_storage, settle_optuna
+
+    db = f"sqlite:///{tmp_path / 'o.db'}"
+    search = _HarnessOptunaSearch(space={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)},
+                                  metric="val_acc", mode="max", sampler=optuna.samplers.RandomSampler(seed=0),
+                                  study_name="s", storage=optuna_storage(db))
+    outcomes = {
+        "a": ({"val_acc": 0.9, "status": "completed", "training_iteration": 4}, False, "COMPLETE"),
+        "b": ({"val_acc": 0.4, "status": "running", "training_iteration": 1}, False, "PRUNED"),
+        "c": ({"val_acc": float("nan"), "status": "completed", "training_iteration": 4}, False, "FAIL"),
+        "d": ({"val_acc": 0.1, "status": "diverged", "training_iteration": 2}, False, "FAIL"),
+        "e": (None, True, "FAIL"),
+    }
+    for tid in [*outcomes, "keep", "orphan"]:
+        config = search.suggest(tid)
+        assert 1e-4 <= config["lr"] <= 1e-1 and isinstance(config[OPTUNA_KEY], int)
+    for tid, (result, error, _) in outcomes.items():
+        if result and result["status"] == "running":
+            search.on_trial_result(tid, result)
+        search.on_trial_complete(tid, result=result, error=error)
+    assert settle_optuna(db, "s", keep={"keep"}) == 1  # the orphan
+    study = optuna.load_study(study_name="s", storage=optuna_storage(db))
+    states = {t.user_attrs["ray_trial_id"]: t.state.name for t in study.get_trials()}
+    assert states == {**{tid: o[2] for tid, o in outcomes.items()}, "keep": "RUNNING", "orphan": "FAIL"}
+    assert study.best_value == 0.9  # the stopped trial's 0.4 is not a COMPLETE score
+    assert settle_optuna(db, "s") == 1 and "RUNNING" not in {t.state.name for t in study.get_trials()}
