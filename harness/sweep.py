@@ -598,6 +598,10 @@ def _fit(tuner: tune.Tuner, store: Store, exp: int, recorder: _Recorder, exp_dir
             tuner.fit()
         except KeyboardInterrupt:  # a second Ctrl-C while Tune was stopping
             interrupted = True
+        except Exception:
+            store.mark_unfinished(exp, "interrupted")
+            store.finish_experiment(exp, "failed")
+            raise
     try:
         saved = tune.ExperimentAnalysis(str(exp_dir)).trials
     except Exception:  # noqa: BLE001 - no state saved at all (stopped during start-up)
