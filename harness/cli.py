@@ -286,12 +286,14 @@ def doctor(model: str, recipe: str, data_name: str, data_root: Path | None, down
     """Seed 004's pre-training checks (shapes, gradients, overfit 32 images, lr range test) and
     seed 000's recipe lint. Exit 0: no FAIL; 1: a check FAILed; 2: bad input."""
     import json
+    import time
 
     from harness import doctor as doc
     from harness.specs import resolve_run
     from harness.store import check_url
     from harness.train import resolve_device
 
+    t0, cpu0 = time.monotonic(), time.process_time()
     # Everything is validated before anything runs or is written.
     check_url(db)
     if out.exists() and not out.is_dir():
@@ -323,12 +325,14 @@ def doctor(model: str, recipe: str, data_name: str, data_root: Path | None, down
         click.echo(json.dumps(doc._json_safe({
             "model": run_model, "stands_for": stands_for, "label": report.label(), "recipe": spec.recipe.name,
             "data": report.data, "device": report.device, "exit_code": code, "experiment_id": exp, "db": db,
-            "lr_range_html": str(html), "seconds": report.seconds, "checks": [r.as_dict() for r in report.results]})))
+            "lr_range_html": str(html), "seconds": report.seconds, "cpu_seconds": report.cpu_seconds,
+            "total_s": time.monotonic() - t0, "total_cpu_s": time.process_time() - cpu0,
+            "checks": [r.as_dict() for r in report.results]})))
     else:
         click.echo(doc.format_table(report))
         counts = {s: sum(r.status == s for r in report.results) for s in ("PASS", "WARN", "FAIL")}
-        click.echo(f"{counts['FAIL']} FAIL, {counts['WARN']} WARN, {counts['PASS']} PASS "
-                   f"in {sum(report.seconds.values()):.0f}s of checks")
+        click.echo(f"{counts['FAIL']} FAIL, {counts['WARN']} WARN, {counts['PASS']} PASS in "
+                   f"{time.monotonic() - t0:.0f}s ({time.process_time() - cpu0:.0f}s CPU)")
         click.echo(f"results: experiment {exp} (kind doctor) in {db}; lr range curve: {html}")
     if code:
         raise SystemExit(code)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.recipes import Recipe, build_loss, build_mixup, build_optimizer
+from harness.recipes import Recipe, build_loss, build_optimizer
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 TRANSFORMERS = ("vit", "swin")
@@ -134,7 +134,14 @@ def check_shapes(model: torch.nn.Module, *, family: str, image_size: int, num_cl
     bad = [r for r in rows if r["expected"] != r["got"]]
     finite = bool(torch.isfinite(out).all())
     staged = len(rows) - 2
-    summary = " -> ".join("x".join(map(str, r["got"][1:])) for r in rows)
+    shapes = ["x".join(map(str, r["got"][1:])) for r in rows]
+    runs: list[list[Any]] = []  # 12 identical ViT blocks print as "12x 192x4x4"
+    for sh in shapes:
+        if runs and runs[-1][0] == sh:
+            runs[-1][1] += 1
+        else:
+            runs.append([sh, 1])
+    summary = " -> ".join(f"{n}x {sh}" if n > 1 else sh for sh, n in runs)
     data = {"stages": rows}
     if bad:
         r = bad[0]
@@ -282,13 +289,17 @@ def check_overfit(model: torch.nn.Module, split: Any, *, normalize: Callable[[to
 # --- lr range test ------------------------------------------------------------------------------
 
 def lr_range_test(model: torch.nn.Module, split: Any, recipe: Recipe, *, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-                  num_classes: int, lr_min: float, lr_max: float, steps: int = 100, batch_size: int = 32, seed: int = 0,
+                  lr_min: float, lr_max: float, steps: int = 100, batch_size: int = 32, seed: int = 0,
                   diverge_factor: float = 4.0, beta: float = 0.9) -> dict[str, Any]:
     """Smith's lr range test (arXiv 1506.01186 sec. 3.3; fastai's lr_find): the recipe's
-    optimizer, loss, mixup, augmentation and clipping, with the lr raised exponentially from
+    optimizer (weight decay, no-decay groups, layer decay), loss, clipping and model
+    regularisation, with crop/flip augmentation, and the lr raised exponentially from
     `lr_min` to `lr_max` over `steps` updates. Stops when the smoothed loss exceeds
     `diverge_factor` x its minimum or the loss is not finite.
 
+    Mixup/cutmix, RandAugment and random erasing are left out: they add label and input noise
+    that hides the loss trend in a ~100-step sweep (measured: with DeiT's mixup the smoothed loss
+    of ViT-Tiny on digits stays flat to within noise across six decades of lr).
     The lr of each param group is set as lr x the group's `lr_scale` (timm's layer decay).
     Returns the curve and the suggestions; `check_lr_range` judges it against the recipe.
     The loss is smoothed by a bias-corrected moving average; `beta` 0.9 averages ~10 steps.
@@ -297,8 +308,7 @@ def lr_range_test(model: torch.nn.Module, split: Any, recipe: Recipe, *, augment
     model.train()
     dev = _device(model)
     optimizer = build_optimizer(model, recipe)
-    criterion = build_loss(recipe)
-    mixup = build_mixup(recipe, num_classes)
+    criterion = build_loss(recipe.model_copy(update={"mixup_alpha": 0.0, "cutmix_alpha": 0.0}))
     params = [p for p in model.parameters() if p.requires_grad]
     max_norm = recipe.grad_clip if recipe.grad_clip > 0 else math.inf
     g = torch.Generator(device=dev).manual_seed(seed)
@@ -311,11 +321,7 @@ def lr_range_test(model: torch.nn.Module, split: Any, recipe: Recipe, *, augment
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         x, y = next(batches)
-        x = augment(x, g)
-        target = y
-        if mixup is not None:
-            x, target = mixup(x, y)
-        loss = criterion(model(x), target)
+        loss = criterion(model(augment(x, g)), y)
         value = loss.item()
         lrs.append(lr)
         raw.append(value)
@@ -344,9 +350,11 @@ def lr_range_test(model: torch.nn.Module, split: Any, recipe: Recipe, *, augment
     if len(body) >= 3:
         b_lr = np.log10([p[0] for p in body])
         b_s = np.array([p[1] for p in body])
-        slope = np.gradient(b_s, b_lr)
-        suggested = float(10 ** b_lr[int(np.argmin(slope))])
-        min_loss_lr = float(10 ** b_lr[int(np.argmin(b_s))])
+        low = int(np.argmin(b_s))
+        min_loss_lr = float(10 ** b_lr[low])
+        if low >= 2:  # the steepest descent lies on the way down to the minimum, never past it
+            slope = np.gradient(b_s[: low + 1], b_lr[: low + 1])
+            suggested = float(10 ** b_lr[int(np.argmin(slope))])
     start_loss = float(np.mean([p[1] for p in finite[skip: skip + 5]])) if finite else float("nan")
     return {"lr": lrs, "loss": raw, "smoothed": smooth, "steps_done": len(lrs), "steps": steps, "batch_size": batch_size,
             "lr_min": lr_min, "lr_max": lr_max, "stopped": stopped, "diverged": diverged,
@@ -354,10 +362,10 @@ def lr_range_test(model: torch.nn.Module, split: Any, recipe: Recipe, *, augment
             "start_loss": start_loss, "min_loss": best if math.isfinite(best) else None}
 
 
-def check_lr_range(curve: dict[str, Any], recipe_lr: float) -> CheckResult:
+def check_lr_range(curve: dict[str, Any], recipe_lr: float, *, recipe_desc: str | None = None) -> CheckResult:
     """Judge the recipe's lr (at the test's batch size) against the curve.
 
-    WARN when the loss never fell (no lr in the sweep trains the model), when the recipe's lr is
+    WARN when the loss never fell by 3% (no lr in the sweep trains the model), when the recipe's lr is
     at or past the point where the loss stops improving (Smith: the usable maximum), or when it
     is more than 100x below the steepest descent (training would crawl). PASS otherwise.
     """
@@ -366,10 +374,13 @@ def check_lr_range(curve: dict[str, Any], recipe_lr: float) -> CheckResult:
     end = curve["stopped"] if curve["diverged"] else f"no divergence up to {curve['lr_max']:.3g}"
     head = (f"{curve['steps_done']}/{curve['steps']} steps at batch {curve['batch_size']}, "
             f"{curve['lr_min']:.2g}->{curve['lr'][-1]:.2g}; {end}")
-    if sug is None or curve["min_loss"] is None or not (curve["min_loss"] < 0.9 * curve["start_loss"]):
-        return CheckResult("lr_range", WARN, f"{head}; the loss never fell by 10% at any lr",
-                           "Nothing trained in the sweep: run the overfit check's advice, or widen the sweep.", data)
-    where = f"steepest descent at lr {sug:.2g}, lowest loss at {lo_best:.2g}; recipe lr {recipe_lr:.2g}"
+    # A 100-step sweep of a ViT on 10 classes lowers the smoothed loss by only ~8% (2.29 -> 2.11
+    # measured on digits), so "it trained" is a 3% drop; a sweep at lrs far too small moves <0.5%.
+    if sug is None or curve["min_loss"] is None or not (curve["min_loss"] < 0.97 * curve["start_loss"]):
+        return CheckResult("lr_range", WARN, f"{head}; the loss never fell by 3% at any lr",
+                           "No lr in the sweep trained the model: if the overfit check passed, sweep longer "
+                           "(--lr-steps 300) or from a higher lr (--set lr=...).", data)
+    where = f"steepest descent at lr {sug:.2g}, lowest loss at {lo_best:.2g}; {recipe_desc or f'recipe lr {recipe_lr:.2g}'}"
     if recipe_lr >= lo_best:
         return CheckResult("lr_range", WARN, f"{head}; {where}: the recipe's lr is past where the loss stops improving",
                            f"Lower the lr toward {sug:.2g} (--set lr=...), or add warmup so the early steps survive it.", data)
@@ -507,7 +518,8 @@ class DoctorReport:
     data: str
     device: str
     results: list[CheckResult]
-    seconds: dict[str, float]
+    seconds: dict[str, float]  # wall time per check
+    cpu_seconds: dict[str, float]  # this process's CPU time per check
     lr_curve: dict[str, Any] | None = None
 
     def label(self) -> str:
@@ -538,7 +550,19 @@ def run_doctor(*, model: str, recipe: Recipe, data_spec: Any, device: torch.devi
     ds = data_mod.load(data_spec, device)
     plain = data_mod.BatchAugment(ds, randaugment=None, random_erasing=0.0, device=device)
     seconds: dict[str, float] = {}
+    cpu_seconds: dict[str, float] = {}
     results: list[CheckResult] = []
+    clock: dict[str, float] = {}
+
+    def start() -> None:
+        clock["wall"], clock["cpu"] = time.monotonic(), time.process_time()
+
+    def done(name: str, status: str) -> None:
+        # CPU time beside wall time: on a shared machine the wall clock says more about the
+        # neighbours than about the check.
+        seconds[name] = time.monotonic() - clock["wall"]
+        cpu_seconds[name] = time.process_time() - clock["cpu"]
+        log(f"  {name:<10} {status}  ({seconds[name]:.1f}s wall, {cpu_seconds[name]:.1f}s CPU)")
 
     def fresh(**kw: float) -> torch.nn.Module:
         torch.manual_seed(seed)  # every probe starts from the same initialisation
@@ -548,44 +572,41 @@ def run_doctor(*, model: str, recipe: Recipe, data_spec: Any, device: torch.devi
     x32, y32 = next(ds.train.batches(OVERFIT_SAMPLES, shuffle=True, generator=g, drop_last=False))
     sample = data_mod.TensorSplit(x32, y32)
 
-    t = time.monotonic()
+    start()
     patch = entry.size_kwargs(size).get("patch_size")
     results.append(check_shapes(fresh(), family=entry.family, image_size=size, num_classes=ds.num_classes, patch_size=patch))
-    seconds["shapes"] = time.monotonic() - t
-    log(f"  shapes     {results[-1].status}  ({seconds['shapes']:.1f}s)")
+    done("shapes", results[-1].status)
 
-    t = time.monotonic()
+    start()
     results += check_gradients(fresh(), plain.normalize(x32), y32)
-    seconds["gradients"] = time.monotonic() - t
-    log(f"  gradients  {results[-2].status}/{results[-1].status}  ({seconds['gradients']:.1f}s)")
+    done("gradients", f"{results[-2].status}/{results[-1].status}")
+    seconds["grad_norm"], cpu_seconds["grad_norm"] = seconds["gradients"], cpu_seconds["gradients"]
 
-    t = time.monotonic()
+    start()
     lr = OVERFIT_LR.get(entry.family, 1e-3)
     results.append(check_overfit(fresh(), sample, normalize=plain.normalize, lr=lr, steps=overfit_steps, seed=seed))
-    seconds["overfit"] = time.monotonic() - t
-    log(f"  overfit    {results[-1].status}  ({seconds['overfit']:.1f}s)")
+    done("overfit", results[-1].status)
 
-    t = time.monotonic()
-    # On a CPU the sweep runs at batch <= 32 (a ViT-Tiny step at 32 images is ~1 s on 2 cores);
+    start()
+    # On a CPU the sweep runs at batch <= 32 (a ViT-Tiny step at 32 images costs ~0.3 s of CPU);
     # the recipe's lr is moved to that batch by the same linear rule recipes use (Goyal et al.).
     batch = min(recipe.batch_size, len(ds.train), probe_batch or (recipe.batch_size if device.type == "cuda" else 32))
-    if recipe.uses_mixup() and batch % 2:
-        batch -= 1
     recipe_lr = recipe.scaled_lr() * batch / recipe.batch_size
-    augment = data_mod.BatchAugment(ds, randaugment=recipe.randaugment, random_erasing=recipe.random_erasing, device=device)
+    augment = data_mod.BatchAugment(ds, randaugment=None, random_erasing=0.0, device=device)  # crop + flip
     # The sweep spans three decades either side of the recipe's lr: wide enough to see the flat
     # start and the divergence for any optimizer, without spending steps far from the recipe.
     curve = lr_range_test(fresh(drop_rate=recipe.drop_rate, drop_path_rate=recipe.drop_path_rate), ds.train, recipe,
-                          augment=augment, num_classes=ds.num_classes, lr_min=recipe_lr / 1e3, lr_max=recipe_lr * 1e3,
+                          augment=augment, lr_min=recipe_lr / 1e3, lr_max=recipe_lr * 1e3,
                           steps=lr_steps, batch_size=batch, seed=seed)
-    lr_result = check_lr_range(curve, recipe_lr)
+    lr_result = check_lr_range(curve, recipe_lr, recipe_desc=(
+        f"recipe lr {recipe.scaled_lr():.2g} at batch {recipe.batch_size} = {recipe_lr:.2g} at batch {batch}"
+        if batch != recipe.batch_size else f"recipe lr {recipe_lr:.2g}"))
     results.append(lr_result)
-    seconds["lr_range"] = time.monotonic() - t
-    log(f"  lr range   {results[-1].status}  ({seconds['lr_range']:.1f}s)")
+    done("lr_range", lr_result.status)
 
     results += lint_recipe(recipe, entry.family)
     return DoctorReport(model, stands_for, recipe, entry.family, ds.description, str(device), results, seconds,
-                        lr_curve=lr_result.data)
+                        cpu_seconds, lr_curve=lr_result.data)
 
 
 def format_table(report: DoctorReport) -> str:
@@ -617,7 +638,8 @@ def record(report: DoctorReport, *, db: str, spec_yaml: str, html: Path | None) 
             if r.check == "lr_range" and html is not None:
                 data["html"] = str(html)
             store.save_check(exp, check=r.check, status=r.status, detail=r.detail, fix=r.fix,
-                             data=_json_safe({**data, "seconds": report.seconds.get(r.check)}))
+                             data=_json_safe({**data, "seconds": report.seconds.get(r.check),
+                                              "cpu_seconds": report.cpu_seconds.get(r.check)}))
         store.finish_experiment(exp, "completed")
         return exp
     finally:
