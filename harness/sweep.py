@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -460,6 +461,7 @@ def _error_text(trial: Any) -> str:
         raw = Path(path).read_text(errors="replace")
         # The file accumulates one block per failure; keep the latest.
         raw = raw.rsplit("Failure # ", 1)[-1]
+    raw = re.sub(r"\x1b\[[0-9;]*m", "", raw)  # Ray colours its tracebacks
     lines = [ln for ln in raw.splitlines() if ln.strip()]
     summary = next((ln.strip() for ln in reversed(lines)
                     if ":" in ln and not ln.startswith((" ", "\t")) and "Error" in ln.split(":")[0]), None)
