@@ -274,10 +274,11 @@ def targets(rows: list[dict[str, Any]], compile: bool) -> list[tuple[str, str, s
     """(what, measured, met|missed) for each of the issue's targets the table can answer."""
     out = []
     for r in rows:
+        runs = r["runs_as"] if r["runs_as"] == r["model"] else f"{r['runs_as']} (stand-in for {r['model']})"
+        name = f"{runs} {r['image_size']}px"
         if r.get("error"):
-            out.append((f"{r['model']} {r['image_size']}px", "error", "missed"))
+            out.append((name, "error", "missed"))
             continue
-        name = f"{r['model']} {r['image_size']}px"
         out.append((f"{name}: harness/reference >= {TARGET_RATIO}", f"{r['ratio']:.3f}",
                     "met" if r["ratio"] >= TARGET_RATIO else "missed"))
         family = get_model_entry(r["runs_as"]).family
@@ -398,40 +399,78 @@ def run_trial(spec_json: str) -> int:
     return 0
 
 
+def packing_specs(args: argparse.Namespace, device: str = "cuda") -> list[Any]:
+    data = data_mod.DataSpec(name=args.packing_data, image_size=32,
+                             train_size=10_000 if args.packing_data == "synthetic" else None)
+    return [resolve_run(model=args.packing_model, recipe="tuned", data=data, epochs=args.packing_epochs, seed=i,
+                        device=device, compile=args.compile, eval_samples=0) for i in range(4)]
+
+
+def pack_with_ray(args: argparse.Namespace, mode: str, tmp: Path, log: Callable[[str], None], *,
+                  device: str = "cuda", gpu_per_trial: float | None = None) -> dict[str, Any]:
+    """4 trials through harness.sweep.run_grid, the sweeps' own path: 1 GPU each one at a time,
+    or 0.25 GPU each four at a time (Ray fractional resources)."""
+    import sqlite3
+
+    from harness.specs import ResourcesSpec
+    from harness.sweep import run_grid
+
+    cpus = max(1, (os.cpu_count() or 4) // 4)
+    concurrency, gpu = (1, 1.0) if mode == "sequential" else (4, 0.25)
+    gpu = gpu if gpu_per_trial is None else gpu_per_trial
+    db = tmp / f"{mode}.db"
+    exp = run_grid(packing_specs(args, device), db=f"sqlite:///{db}", experiment_name=f"packing-{mode}", kind="benchmark",
+                   concurrency=concurrency, resources=ResourcesSpec(cpu=cpus, gpu=gpu), storage_path=tmp / "ray",
+                   echo=log)
+    with sqlite3.connect(db) as c:
+        runs = c.execute("select status, wall_s, images_per_s, error from runs where experiment_id = ?", (exp,)).fetchall()
+    ok = [r for r in runs if r[0] == "completed"]
+    return {"fit_s": [r[1] for r in ok if r[1] is not None], "img_s": [r[2] for r in ok if r[2] is not None],
+            "errors": [f"{r[0]}: {r[3]}" for r in runs if r[0] != "completed"], "gpu_per_trial": gpu}
+
+
+def pack_with_processes(args: argparse.Namespace, mode: str, index: int) -> dict[str, Any]:
+    """Fallback without harness.sweep: each trial its own process, as a Ray worker would be."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", str(index))}
+    if mode == "sequential":
+        outputs = [subprocess.run(trial_command(args, i), capture_output=True, text=True, env=env) for i in range(4)]
+    else:
+        procs = [subprocess.Popen(trial_command(args, i), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for i in range(4)]
+        outputs = [subprocess.CompletedProcess(p.args, p.returncode, *p.communicate()) for p in procs]
+    fits = [json.loads(o.stdout.strip().splitlines()[-1]) for o in outputs if o.returncode == 0]
+    return {"fit_s": [f["fit_s"] for f in fits], "img_s": [f["images_per_s"] for f in fits],
+            "errors": [o.stderr.strip().splitlines()[-1] if o.stderr.strip() else f"exit {o.returncode}"
+                       for o in outputs if o.returncode != 0], "gpu_per_trial": "process"}
+
+
 def packing(args: argparse.Namespace, device: torch.device, dev_name: str, log: Callable[[str], None]) -> int:
     if device.type != "cuda":
         log("--packing needs a CUDA GPU: it measures 4 trials sharing one card against 4 in a row. "
             "Nothing measured on this device.")
         return 0
+    try:
+        import harness.sweep  # noqa: F401
+
+        how = "ray" if hasattr(harness.sweep, "run_grid") and not args.packing_processes else "processes"
+    except ImportError:
+        how = "processes"
     index = device.index or 0
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", str(index))}
     rows = []
     for mode in ("sequential", "concurrent"):
-        t0 = time.perf_counter()
-        outputs = []
-        with UtilSampler(index) as util:
-            if mode == "sequential":
-                for i in range(4):
-                    outputs.append(subprocess.run(trial_command(args, i), capture_output=True, text=True, env=env))
-            else:
-                procs = [subprocess.Popen(trial_command(args, i), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True, env=env) for i in range(4)]
-                for p in procs:
-                    out, err = p.communicate()
-                    outputs.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
-        wall = time.perf_counter() - t0
-        failed = [o.stderr.strip().splitlines()[-1] if o.stderr.strip() else f"exit {o.returncode}"
-                  for o in outputs if o.returncode != 0]
-        fits = [json.loads(o.stdout.strip().splitlines()[-1]) for o in outputs if o.returncode == 0]
-        rows.append({"mode": mode, "trials": 4, "wall_s": round(wall, 1),
-                     "mean_fit_s": round(statistics.mean(f["fit_s"] for f in fits), 1) if fits else None,
-                     "mean_trial_img_s": round(statistics.mean(f["images_per_s"] for f in fits), 1) if fits else None,
-                     "gpu_util_mean_pct": util.mean(), "util_samples": len(util.samples), "error": "; ".join(failed)})
+        with tempfile.TemporaryDirectory() as tmp, UtilSampler(index) as util:
+            t0 = time.perf_counter()
+            r = pack_with_ray(args, mode, Path(tmp), log) if how == "ray" else pack_with_processes(args, mode, index)
+            wall = time.perf_counter() - t0
+        rows.append({"mode": mode, "trials": 4, "via": how, "gpu_per_trial": r["gpu_per_trial"], "wall_s": round(wall, 1),
+                     "mean_fit_s": round(statistics.mean(r["fit_s"]), 1) if r["fit_s"] else None,
+                     "mean_trial_img_s": round(statistics.mean(r["img_s"]), 1) if r["img_s"] else None,
+                     "gpu_util_mean_pct": util.mean(), "util_samples": len(util.samples), "error": "; ".join(r["errors"])})
         log(f"  {mode}: {rows[-1]}")
     speedup = rows[0]["wall_s"] / rows[1]["wall_s"]
     stem = f"packing-{device_slug(device, dev_name)}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS / f"{stem}.csv", "w", newline="") as f:
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / f"{stem}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -441,15 +480,15 @@ def packing(args: argparse.Namespace, device: torch.device, dev_name: str, log: 
     text = "\n".join([
         f"# Packing 4 small trials on {dev_name}", "",
         f"- trial: {args.packing_model}, tuned recipe, {args.packing_data} at 32 px, {args.packing_epochs} epochs, "
-        f"{'torch.compile' if args.compile else 'eager'}; each trial a separate process (as a Ray worker is)",
+        f"{'torch.compile' if args.compile else 'eager'}; via {'harness.sweep.run_grid (Ray Tune)' if how == 'ray' else 'one process per trial'}",
         f"- {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; GPU utilisation from nvidia-smi every 0.5 s", "",
         md_table(rows, list(rows[0])), "",
         f"4 concurrent finish {speedup:.2f}x sooner than 4 in a row: {verdict}.",
         f"Target: a 32 px sweep keeps the GPU >= 85% busy: "
         f"{'n/a' if util_c is None else ('met' if util_c >= 85 else 'missed')} ({util_c}% packed).", ""])
-    (RESULTS / f"{stem}.md").write_text(text)
+    (args.out / f"{stem}.md").write_text(text)
     log(text)
-    log(f"results: {RESULTS / (stem + '.md')}, {RESULTS / (stem + '.csv')}")
+    log(f"results: {args.out / (stem + '.md')}, {args.out / (stem + '.csv')}")
     return 0
 
 
@@ -501,7 +540,7 @@ def loader(args: argparse.Namespace, device: torch.device, dev_name: str, log: C
     per_worker = max(r["img_s_per_worker"] for r in rows)
     # What the GPU eats at 224 px: this device's measured harness rates if the table exists, else timm's RTX 3090 rates.
     need, source = {}, "timm's RTX 3090 AMP figures"
-    table = RESULTS / f"throughput-{device_slug(device, dev_name)}.csv"
+    table = args.out / f"throughput-{device_slug(device, dev_name)}.csv"
     if table.is_file():
         with open(table) as f:
             for r in csv.DictReader(f):
@@ -518,7 +557,7 @@ def loader(args: argparse.Namespace, device: torch.device, dev_name: str, log: C
                          "default_workers": default_workers, "cores": cores,
                          "decoding": "would starve the GPU" if starve else "keeps up"})
     stem = f"loader-{device_slug(device, dev_name)}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     text = "\n".join([
         f"# JPEG decoding (imagefolder, {args.loader_size} px) on {dev_name}", "",
         f"- {args.loader_images} JPEGs of 500x375, quality 90; harness.data's FolderSplit (PIL decode, resize, "
@@ -527,9 +566,9 @@ def loader(args: argparse.Namespace, device: torch.device, dev_name: str, log: C
         md_table(rows, list(rows[0])), "",
         f"Training rates from {source}; workers needed = training img/s / best img/s per worker:", "",
         md_table(verdicts, list(verdicts[0])), ""])
-    (RESULTS / f"{stem}.md").write_text(text)
+    (args.out / f"{stem}.md").write_text(text)
     log(text)
-    log(f"results: {RESULTS / (stem + '.md')}")
+    log(f"results: {args.out / (stem + '.md')}")
     return 0
 
 
@@ -559,6 +598,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--packing-data", default="synthetic", choices=["synthetic", "digits"],
                    help="--packing: 32 px data (synthetic = 10,000 CIFAR-sized images) [default: synthetic]")
     p.add_argument("--packing-epochs", type=int, default=5, help="--packing: epochs per trial [default: 5]")
+    p.add_argument("--packing-processes", action="store_true",
+                   help="--packing: one plain process per trial instead of harness.sweep.run_grid (Ray)")
     p.add_argument("--loader", action="store_true", help="measure imagefolder JPEG decoding against training speed")
     p.add_argument("--loader-images", type=int, default=512, help="--loader: JPEGs to generate [default: 512]")
     p.add_argument("--loader-size", type=int, default=224, help="--loader: decoded size [default: 224]")
