@@ -2,6 +2,9 @@
 `EpochReport` per epoch out through the `report` callable, a `RunResult` back.
 
 `harness train`, every benchmark run and every sweep trial call `fit()`; so do the tests.
+`fit()` = `build_training()` once, then per epoch `train_epoch()` (the GPU path: data resident on
+the device, on-device augmentation, no host sync per step), evaluation, checkpoint, report.
+benchmarks/throughput.py times `train_epoch()` itself against a plain timm loop.
 """
 
 from __future__ import annotations
