@@ -749,6 +749,8 @@ def _base_run(study: StudySpec, fault: FaultSpec | None) -> RunSpec:
     data = study.data
     if data.root is not None:  # trials run in Ray workers whose working folder is not ours
         data = data.model_copy(update={"root": data.root.resolve()})
+    if fault is not None and fault.raise_once_file is not None:
+        fault = fault.model_copy(update={"raise_once_file": fault.raise_once_file.resolve()})
     return RunSpec(model=study.model, recipe=study.base_recipe(), data=data, epochs=study.scheduler.max_epochs,
                    seed=study.seed, threads=max(1, int(study.resources.cpu)), stands_for=stands_for, fault=fault)
 
