@@ -178,6 +178,7 @@ def check_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     named = list(model.named_parameters())
     frozen = [n for n, p in named if not p.requires_grad]
     trainable = [(n, p) for n, p in named if p.requires_grad]
+    by_name = dict(trainable)
     opt = torch.optim.SGD([p for _, p in trainable], lr=lr)
     never_nonzero = set()
     none, nonfinite = [], []
@@ -197,7 +198,7 @@ def check_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
             per_layer = {k: math.sqrt(v) for k, v in sq.items()}
             first_norm = math.sqrt(sum(sq.values()))
         else:
-            never_nonzero = {n for n in never_nonzero if not dict(trainable)[n].grad.any()}
+            never_nonzero = {n for n in never_nonzero if not by_name[n].grad.any()}
         if not never_nonzero or nonfinite:
             break
         opt.step()
@@ -352,8 +353,8 @@ def lr_range_test(model: torch.nn.Module, split: Any, recipe: Recipe, *, augment
         b_s = np.array([p[1] for p in body])
         low = int(np.argmin(b_s))
         min_loss_lr = float(10 ** b_lr[low])
-        if low >= 2:  # the steepest descent lies on the way down to the minimum, never past it
-            slope = np.gradient(b_s[: low + 1], b_lr[: low + 1])
+        if low >= 2:  # the steepest descent lies on the way down to the minimum, not at or past it
+            slope = np.gradient(b_s[: low + 1], b_lr[: low + 1])[:-1]
             suggested = float(10 ** b_lr[int(np.argmin(slope))])
     start_loss = float(np.mean([p[1] for p in finite[skip: skip + 5]])) if finite else float("nan")
     return {"lr": lrs, "loss": raw, "smoothed": smooth, "steps_done": len(lrs), "steps": steps, "batch_size": batch_size,
