@@ -145,7 +145,7 @@ def assert_resumed_study(db_url: str, db_file: Path, name: str, trials: int, epo
 
 
 def snapshot(db_url: str, name: str) -> tuple[list[dict], set]:
-    before = rows(db_url, "SELECT r.id, r.status, r.epochs_done FROM runs r JOIN experiments e ON e.id = r.experiment_id "
+    before = rows(db_url, "SELECT r.id, r.status, r.epochs_done, r.optuna_trial FROM runs r JOIN experiments e ON e.id = r.experiment_id "
                           "WHERE e.name = :n ORDER BY r.id", n=name)
     epochs = {(e["run_id"], e["epoch"]) for e in rows(db_url, "SELECT run_id, epoch FROM epochs")}
     return before, epochs
@@ -154,6 +154,7 @@ def snapshot(db_url: str, name: str) -> tuple[list[dict], set]:
 # --- 1 + 7: kill -9 of the driver while readers hold the database; then --resume -------------------
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # two Ray start-ups and a dozen report processes; minutes on a busy 2-core machine
 def test_kill9_driver_with_readers_then_resume(tmp_path):
     """kill -9 of the sweep driver mid-trial, while `harness report` runs and a raw sqlite3 reader holds a
     read transaction open the whole time: no "database is locked" anywhere, the reader's snapshot stays
@@ -161,10 +162,12 @@ def test_kill9_driver_with_readers_then_resume(tmp_path):
     `trials` trials, no Optuna trial RUNNING and `PRAGMA integrity_check` ok."""
     db_file = tmp_path / "results.db"
     db_url = f"sqlite:///{db_file}"
-    study = write_study(tmp_path / "s.yaml", name="kill9")
+    # One trial at a time: trial 0 finishes, trial 1 is killed after its 2nd epoch, trial 2 is still to come.
+    study = write_study(tmp_path / "s.yaml", name="kill9", trials=3, concurrency=1)
     storage = tmp_path / "ray"
-    proc = start(sweep_cmd(study, db_url, storage, "--fault", "{sleep_per_epoch: 1.0}"), tmp_path)
-    reports: list[subprocess.CompletedProcess] = []
+    proc = start(sweep_cmd(study, db_url, storage, "--fault", "{sleep_per_epoch: 1.5}"), tmp_path)
+    reports: list[tuple[int, str]] = []
+    report: subprocess.Popen | None = None
     try:
         wait_for(lambda: count(db_url, "SELECT count(*) AS n FROM epochs") >= 1, proc)
         # A raw reader (as a notebook or sqlite3 shell would be) with a read transaction held open
@@ -172,23 +175,32 @@ def test_kill9_driver_with_readers_then_resume(tmp_path):
         raw = sqlite3.connect(db_file, timeout=0.1)  # a short timeout: a lock would show up as an error
         raw.execute("BEGIN")
         seen = raw.execute("SELECT count(*) FROM epochs").fetchone()[0]
-        while proc.poll() is None and not finished_and_midway(db_url, "kill9", k=2)():
-            reports.append(subprocess.run([sys.executable, "-m", "harness.cli", "report", "--db", db_url,
-                                           "--out", str(tmp_path / f"dash{len(reports)}")],
-                                          capture_output=True, text=True, cwd=tmp_path, timeout=180))
+        ready = finished_and_midway(db_url, "kill9", k=2)
+        # `harness report` over and over (in the background, so the kill still lands mid-trial).
+        t0 = time.monotonic()
+        while not ready():
+            assert proc.poll() is None, f"sweep ended before the kill:\n{proc.stdout.read()}"
+            assert time.monotonic() - t0 < 400, "timed out waiting for the sweep"
+            if report is None or report.poll() is not None:
+                if report is not None:
+                    reports.append((report.returncode, report.stdout.read()))
+                report = start([sys.executable, "-m", "harness.cli", "report", "--db", db_url,
+                                "--out", str(tmp_path / f"dash{len(reports)}")], tmp_path)
             assert raw.execute("SELECT count(*) FROM epochs").fetchone()[0] == seen  # its snapshot holds
-        wait_for(finished_and_midway(db_url, "kill9", k=2), proc)
+            time.sleep(0.2)
         os.kill(proc.pid, signal.SIGKILL)
         out = finish(proc, 60)
         raw.execute("COMMIT")
         raw.close()
+        reports.append((report.wait(180), report.stdout.read()))
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        for p in (proc, report):
+            if p is not None and p.poll() is None:
+                p.kill()
     assert proc.returncode == -signal.SIGKILL
     assert reports, "no report ran while the sweep was writing"
-    for r in reports:
-        assert r.returncode == 0 and "database is locked" not in r.stdout + r.stderr, r.stdout + r.stderr
+    for rc, text in reports:
+        assert rc == 0 and "database is locked" not in text, text
     assert "database is locked" not in out, out
     before, epochs_before = snapshot(db_url, "kill9")
     finished_before = {r["id"]: r for r in before if r["status"] == "completed"}
@@ -199,7 +211,7 @@ def test_kill9_driver_with_readers_then_resume(tmp_path):
     res = subprocess.run(sweep_cmd(study, db_url, storage, "--resume"), capture_output=True, text=True, cwd=tmp_path,
                          timeout=400)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert_resumed_study(db_url, db_file, "kill9", STUDY["trials"], epochs_before, finished_before, res.stdout)
+    assert_resumed_study(db_url, db_file, "kill9", 3, epochs_before, finished_before, res.stdout)
     # The trial killed midway continued from a checkpoint (Ray saves its state every second), not from epoch 1.
     assert "continued from its checkpoint at epoch" in res.stdout, res.stdout
     (exp,) = rows(db_url, "SELECT status FROM experiments WHERE name = 'kill9'")
@@ -209,13 +221,15 @@ def test_kill9_driver_with_readers_then_resume(tmp_path):
 # --- 2: SIGINT, then SIGTERM of the resumed driver, then resume to the end -------------------------
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_sigint_and_sigterm_stop_cleanly_and_resume(tmp_path):
     """Ctrl-C (SIGINT) stops the driver cleanly (exit 130, unfinished runs `interrupted`, the resume command
     printed); the resumed driver stopped by SIGTERM does the same; the second resume finishes the study
     with exactly `trials` trials, every epoch kept, finished trials not re-run."""
     db_file = tmp_path / "results.db"
     db_url = f"sqlite:///{db_file}"
-    study = write_study(tmp_path / "s.yaml", name="signals")
+    # One trial at a time, so that each stop finds one trial finished since the last and one midway.
+    study = write_study(tmp_path / "s.yaml", name="signals", trials=4, concurrency=1)
     storage = tmp_path / "ray"
     slow = ("--fault", "{sleep_per_epoch: 1.0}")
     all_epochs: set = set()
@@ -244,13 +258,16 @@ def test_sigint_and_sigterm_stop_cleanly_and_resume(tmp_path):
         assert exp["status"] == "interrupted"
         assert integrity(db_file) == "ok"
         states = optuna_states(db_url, "signals")
-        # the unfinished trials stay RUNNING in Optuna only because --resume continues them
-        assert sum(s == "RUNNING" for s in states.values()) == sum(r["status"] == "interrupted" for r in before)
+        # the unfinished trials stay RUNNING in Optuna because --resume continues them (so may a trial Ray
+        # had suggested but not started yet); no finished trial is RUNNING
+        running = {n for n, st in states.items() if st == "RUNNING"}
+        assert {r["optuna_trial"] for r in before if r["status"] == "interrupted"} <= running, (states, before)
+        assert not running & {r["optuna_trial"] for r in before if r["status"] == "completed"}, (states, before)
 
     res = subprocess.run(sweep_cmd(study, db_url, storage, "--resume"), capture_output=True, text=True, cwd=tmp_path,
                          timeout=400)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert_resumed_study(db_url, db_file, "signals", STUDY["trials"], all_epochs, finished, res.stdout)
+    assert_resumed_study(db_url, db_file, "signals", 4, all_epochs, finished, res.stdout)
     (exp,) = rows(db_url, "SELECT status FROM experiments")
     assert exp["status"] == "completed"
 
@@ -326,6 +343,7 @@ LONG = HOSTILE + "é" * (10_000 - len(HOSTILE))
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_two_sweeps_on_one_database_at_once(tmp_path):
     """Two `harness sweep` processes (two Ray instances, each with its own temp dir) write one SQLite
     database at the same time: both complete, every run is attributed to its own study (experiment and
