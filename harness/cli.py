@@ -318,7 +318,7 @@ def doctor(model: str, recipe: str, data_name: str, data_root: Path | None, down
     out.mkdir(parents=True, exist_ok=True)
     html = out / f"lr_range_{run_model}_{spec.recipe.name}.html"
     doc.lr_range_figure(report.lr_curve, f"lr range test: {spec.label()}, recipe {spec.recipe.name}").write_html(
-        html, include_plotlyjs="cdn")
+        html, include_plotlyjs="directory")  # plotly.min.js beside it: opens offline
     exp = doc.record(report, db=db, spec_yaml=yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), html=html)
     code = 1 if report.failed() else 0
     if as_json:

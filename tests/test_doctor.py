@@ -302,6 +302,7 @@ def test_doctor_command_labels_stand_in_records_checks_and_writes_curve(db_url, 
     assert "lint.lr_not_scaled" in r.output and "fix: --set lr_base_batch=512" in r.output
     html = tmp_path / "dash" / "lr_range_resnet18_naive.html"
     assert html.is_file() and f"lr range curve: {html}" in r.output and f"in {db_url}" in r.output
+    assert (tmp_path / "dash" / "plotly.min.js").is_file()  # the page opens without internet
     (exp,) = rows(db_url, "select * from experiments")
     assert exp["kind"] == "doctor" and "resnet18 (CPU stand-in for resnet50)" in exp["name"]
     checks = {c["check"]: c for c in rows(db_url, "select * from checks")}
