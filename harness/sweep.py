@@ -791,6 +791,7 @@ def summarize(store: Store, exp: int, study: StudySpec, *, echo: Callable[[str],
         return result
     w = winner.iloc[0]
     params = {k: (v.item() if hasattr(v, "item") else v) for k, v in w[list(study.search)].items()}
+    params = {k: int(v) if study.search[k].type in ("int", "logint") else v for k, v in params.items()}
     result.best = {"run": int(w["run"]), "trial": w["trial"], "value": float(w[f"final {study.metric}"]), "params": params}
     snippet = yaml.safe_dump({"recipe": study.recipe, "fixed": {**study.fixed, **params}}, sort_keys=False)
     echo("")
