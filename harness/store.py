@@ -142,7 +142,7 @@ def sqlite_path(url: str) -> Path | None:
 def check_url(url: str, *, must_exist: bool = False, field: str = "--db") -> None:
     """Refuse a URL that does not parse, a missing database (for readers) or a foreign database."""
     try:
-        parsed = sa.engine.make_url(url)
+        sa.engine.make_url(url)
     except sa.exc.ArgumentError:
         raise UserError(field, url, "Not a database URL; use e.g. sqlite:///results.db or postgresql://user@host/db.") from None
     path = sqlite_path(url)
@@ -156,8 +156,6 @@ def check_url(url: str, *, must_exist: bool = False, field: str = "--db") -> Non
         with open(path, "rb") as f:
             if f.read(16) not in (b"SQLite format 3\x00", b""):
                 raise UserError(field, url, "Not an SQLite database; name a results database written by harness.")
-    elif parsed.drivername.startswith("sqlite") is False and must_exist is False:
-        pass
     # A plain engine: make_engine's WAL pragma would rewrite the header of a database we may refuse.
     try:
         engine = sa.create_engine(url)
