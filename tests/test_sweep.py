@@ -161,14 +161,17 @@ def test_interrupted_sweep_resumes_to_exactly_trials(ray_local, tmp_path, db_url
     ends with exactly `trials` trials and no Optuna trial RUNNING."""
     from harness.sweep import run_sweep
 
-    study = write_study(tmp_path / "s.yaml", trials=3, scheduler={"type": "none", "max_epochs": 3})
+    # 4 epochs of >= 1 s and a stop once the running trial has exactly 1: the signal lands with >= 3 s
+    # of that trial left, more than a graceful stop takes, so it is reliably caught mid-trial.
+    max_epochs = 4
+    study = write_study(tmp_path / "s.yaml", trials=3, scheduler={"type": "none", "max_epochs": max_epochs})
     cmd = [sys.executable, "-m", "harness.cli", "sweep", str(study), "--db", db_url,
            "--storage-path", str(tmp_path / "ray"), "--fault", '{sleep_per_epoch: 1.0}']
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     try:
         # Stop it once a trial has finished and another is part-way through.
         _wait_for(lambda: rows(db_url, "SELECT count(*) AS n FROM runs WHERE status = 'completed'")[0]["n"] >= 1
-                  and rows(db_url, "SELECT count(*) AS n FROM runs WHERE status = 'running' AND epochs_done >= 1")[0]["n"] >= 1,
+                  and rows(db_url, "SELECT count(*) AS n FROM runs WHERE status = 'running' AND epochs_done = 1")[0]["n"] >= 1,
                   timeout=300, proc=proc)
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=120)
@@ -186,7 +189,7 @@ def test_interrupted_sweep_resumes_to_exactly_trials(ray_local, tmp_path, db_url
     lines: list[str] = []
     result = run_sweep(study, db=db_url, resume=True, storage_path=tmp_path / "ray", echo=lines.append)
     assert result.status == "completed"
-    got = assert_study_settled(db_url, "t_sweep", 3, max_epochs=3)
+    got = assert_study_settled(db_url, "t_sweep", 3, max_epochs=max_epochs)
     assert all(r["status"] == "completed" for r in got)
     numbers = {r["id"]: r["optuna_trial"] for r in got}
     for rid in finished:  # not re-run: no line about them this time
@@ -195,7 +198,7 @@ def test_interrupted_sweep_resumes_to_exactly_trials(ray_local, tmp_path, db_url
     for r in interrupted:  # continued at epoch k+1 from its checkpoint, not restarted at 1
         k = r["epochs_done"]
         assert any(ln.startswith(f"trial #{numbers[r['id']]} continued from its checkpoint at epoch {k + 1}")
-                   for ln in lines) or k == 3, lines
+                   for ln in lines) or k == max_epochs, lines
     (exp,) = rows(db_url, "SELECT status FROM experiments")
     assert exp["status"] == "completed"
 
