@@ -101,8 +101,6 @@ def validate_study(path: Path) -> StudySpec:
         except ImportError:
             raise UserError(f"{where}sampler.type", "cmaes", "Optuna's CMA-ES sampler needs the cmaes package: "
                             "`uv add cmaes`, or use sampler: {type: tpe}.") from None
-    if study.scheduler.type == "asha" and study.scheduler.grace_period >= study.scheduler.max_epochs and study.trials > 1:
-        pass  # legal (ASHA then never stops anything); not worth refusing
     return study
 
 
