@@ -232,7 +232,9 @@ def test_sigint_and_sigterm_stop_cleanly_and_resume(tmp_path):
     # One trial at a time, so that each stop finds one trial finished since the last and one midway.
     study = write_study(tmp_path / "s.yaml", name="signals", trials=4, concurrency=1)
     storage = tmp_path / "ray"
-    slow = ("--fault", "{sleep_per_epoch: 1.0}")
+    # >= 2 s epochs and a stop once the running trial has exactly 1 of its 3: the signal lands with >= 4 s
+    # of that trial left, more than a graceful stop takes, so it reliably catches the trial midway.
+    slow = ("--fault", "{sleep_per_epoch: 2.0}")
     all_epochs: set = set()
     finished: dict = {}
     for sig, extra in ((signal.SIGINT, ()), (signal.SIGTERM, ("--resume",))):
@@ -240,7 +242,7 @@ def test_sigint_and_sigterm_stop_cleanly_and_resume(tmp_path):
         proc = start(sweep_cmd(study, db_url, storage, *extra, *slow), tmp_path)
         try:
             wait_for(lambda: count(db_url, "SELECT count(*) AS n FROM runs WHERE status = 'completed'") > done_before
-                     and count(db_url, "SELECT count(*) AS n FROM runs WHERE status = 'running' AND epochs_done >= 1") >= 1,
+                     and count(db_url, "SELECT count(*) AS n FROM runs WHERE status = 'running' AND epochs_done = 1") >= 1,
                      proc)
             proc.send_signal(sig)
             out = finish(proc, 120)
