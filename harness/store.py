@@ -22,7 +22,7 @@ from sqlalchemy import event
 
 from harness.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: epochs gained train_batch_acc and val_acc_raw (added in place to a v1 file)
 DEFAULT_DB = "sqlite:///results.db"
 
 metadata = sa.MetaData()
@@ -71,7 +71,11 @@ runs = sa.Table(
     sa.Column("finished_at", sa.DateTime),
 )
 
-EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "grad_norm", "epoch_s", "images_per_s")
+# train_acc: eval mode, no augmentation, on a fixed slice of the training set (the size of val);
+# train_batch_acc: on the augmented/mixed training batches against their unmixed labels;
+# val_acc: the weights the run keeps (the EMA when the recipe has one); val_acc_raw: the raw weights.
+EPOCH_METRICS = ("train_loss", "train_acc", "train_batch_acc", "val_loss", "val_acc", "val_acc_raw", "lr", "grad_norm",
+                 "epoch_s", "images_per_s")
 
 epochs = sa.Table(
     "epochs", metadata,
@@ -186,6 +190,16 @@ class Store:
                 row = c.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).first()
                 if row is None:
                     c.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+                elif int(row[0]) < SCHEMA_VERSION:
+                    self._migrate(c)
+
+    def _migrate(self, c: sa.Connection) -> None:
+        """v1 -> v2: the new nullable epoch metrics, added in place (old rows keep NULL there)."""
+        have = {col["name"] for col in sa.inspect(c).get_columns("epochs")}
+        for m in EPOCH_METRICS:
+            if m not in have:
+                c.execute(sa.text(f"ALTER TABLE epochs ADD COLUMN {m} FLOAT"))
+        c.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
 
     def close(self) -> None:
         self.engine.dispose()
