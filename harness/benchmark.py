@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from harness.errors import UserError, unknown
+from harness.errors import UserError
 from harness.models import ALL, CPU_VARIANT, MODELS, get_model_entry
-from harness.recipes import RECIPES, get_recipe
+from harness.recipes import parse_ref
 from harness.specs import BenchmarkSpec, RunSpec, parse_spec, read_yaml, resolve_run
 
 DEFAULT_GRID = Path("benchmarks/naive_vs_recipe.yaml")
@@ -39,10 +39,12 @@ def split_names(value: str | list[Any] | None) -> list[str] | None:
 
 def load_grid(path: Path | None, *, models: str | None = None, recipes: str | None = None, epochs: int | None = None,
               seeds: int | None = None, data: str | None = None, image_size: int | None = None, scale: str | None = None,
-              concurrency: int | None = None, sets: dict[str, Any] | None = None) -> BenchmarkSpec:
+              concurrency: int | None = None, batch_size: int | None = None,
+              sets: dict[str, Any] | None = None) -> BenchmarkSpec:
     """The grid file with the command line's overrides applied, validated (UserError on bad input)."""
     for flag, v, least in (("--epochs", epochs, "Train at least 1 epoch"), ("--seeds", seeds, "Run at least 1 seed"),
-                           ("--concurrency", concurrency, "Run at least 1 trial at a time")):
+                           ("--concurrency", concurrency, "Run at least 1 trial at a time"),
+                           ("--batch-size", batch_size, "Use at least 1 image per step")):
         if v is not None and v < 1:
             raise UserError(flag, v, f"{least}, e.g. {flag} {2 if flag == '--concurrency' else 3}.")
     for flag, v in (("--models", models), ("--recipes", recipes)):
@@ -57,7 +59,8 @@ def load_grid(path: Path | None, *, models: str | None = None, recipes: str | No
         raw["models"] = split_names(models)
     if recipes is not None:
         raw["recipes"] = split_names(recipes)
-    for key, v in (("epochs", epochs), ("seeds", seeds), ("scale", scale), ("concurrency", concurrency)):
+    for key, v in (("epochs", epochs), ("seeds", seeds), ("scale", scale), ("concurrency", concurrency),
+                   ("batch_size", batch_size)):
         if v is not None:
             raw[key] = v
     if data is not None or image_size is not None:
@@ -75,8 +78,10 @@ def load_grid(path: Path | None, *, models: str | None = None, recipes: str | No
         if name != "all":
             get_model_entry(name, "--models" if models is not None else where + "models")
     for name in spec.recipes:
-        if name != "tuned" and name not in RECIPES:
-            raise unknown("--recipes" if recipes is not None else where + "recipes", name, [*RECIPES, "tuned"])
+        parse_ref(name, "--recipes" if recipes is not None else where + "recipes")
+    if len(set(spec.recipes)) < len(spec.recipes):
+        raise UserError("--recipes" if recipes is not None else where + "recipes", spec.recipes,
+                        "A recipe is listed twice; list each once.")
     # The file's `set:` values, checked here so the error names the file and `set.<key>` (the command
     # line's --set values are checked per run, as `--set <key>`).
     from harness.recipes import get_recipe, with_overrides
@@ -114,11 +119,9 @@ def resolve_grid(spec: BenchmarkSpec, *, cuda: bool) -> Grid:
     runs: list[RunSpec] = []
     for ran, stands_for in pairs:
         for recipe in spec.recipes:
-            if recipe != "tuned":
-                get_recipe(recipe, "recipes")
             for seed in range(spec.seeds):
                 runs.append(resolve_run(model=ran, recipe=recipe, data=spec.data, overrides=spec.set, epochs=spec.epochs,
-                                        seed=seed, stands_for=stands_for,
+                                        batch_size=spec.batch_size, recipe_field="recipes", seed=seed, stands_for=stands_for,
                                         # one torch thread per CPU a trial holds: concurrent trials do not oversubscribe
                                         threads=max(1, int(spec.resources.cpu)) if not cuda else None))
     swapped = [f"{ran} for {sf}" for ran, sf in pairs if sf]
@@ -130,11 +133,34 @@ def resolve_grid(spec: BenchmarkSpec, *, cuda: bool) -> Grid:
     return Grid(runs, scale, note)
 
 
+def budget_lines(grid: Grid) -> list[str]:
+    """What each recipe of the grid gets, resolved once: batch, updates, lr, warmup (the fitted values)."""
+    first = grid.runs[0]
+    out = [f"budget: {first.epochs} epochs x {first.train_images} images on {first.data.name} at {first.data.image_size} px, "
+           f"{len({r.seed for r in grid.runs})} seed(s)"]
+    seen = set()
+    for r in grid.runs:
+        key = (r.model, r.recipe.label())
+        if key in seen:
+            continue
+        seen.add(key)
+        rc = r.recipe
+        spe = r.updates() // r.epochs
+        out.append(f"  {r.model:<16} {rc.label():<20} batch {rc.batch_size}, {r.updates()} updates, lr {rc.scaled_lr():.3g}, "
+                   f"warmup {round(rc.warmup_epochs * spe)} updates, {rc.schedule}")
+    for model in dict.fromkeys(r.model for r in grid.runs):
+        warning = get_model_entry(model).size_warning(first.data.image_size)
+        if warning:
+            out.append(f"warning: {warning}")
+    return out
+
+
 def resolved_yaml(spec: BenchmarkSpec, grid: Grid) -> str:
     """The experiment's spec as stored: the grid after overrides, with the scale and runs resolved."""
     doc = spec.model_dump(mode="json")
     doc["scale"] = grid.scale
-    doc["runs"] = [f"{r.label()} / {r.recipe.name} / seed {r.seed}" for r in grid.runs]
+    doc["runs"] = [f"{r.label()} / {r.recipe.label()} / seed {r.seed}: batch {r.recipe.batch_size}, "
+                   f"lr {r.recipe.scaled_lr():.3g}, {r.updates()} updates" for r in grid.runs]
     return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
 
 
@@ -159,6 +185,8 @@ def run_benchmark(spec: BenchmarkSpec, *, db: str, out: Path, address: str | Non
     grid = resolve_grid(spec, cuda=cuda)
     if grid.note:
         echo(grid.note)
+    for line in budget_lines(grid):
+        echo(line)
     resources = spec.resources
     if cuda and resources.gpu == 0:
         # A grid file written for CPU asks for no GPU; on a GPU machine share the card between the

@@ -73,9 +73,12 @@ def make_data_spec(data_name: str, data_root: Path | None, download: bool, image
 
 @main.command()
 @click.option("--model", default=None, help="registry name (see `harness models`); required unless --resume")
-@click.option("--recipe", default="tuned", show_default=True, help="registry name, or 'tuned' for the model family's own")
+@click.option("--recipe", default="tuned", show_default=True,
+              help="registry name, fitted to this run (NAME@published: the source's values as published); "
+                   "'tuned' = the model family's own")
 @data_options
 @click.option("--epochs", type=int, default=None, help="[default: 10; with --resume: the checkpoint's]")
+@click.option("--batch-size", type=int, default=None, help="images per step [default: the recipe's]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a recipe field (repeatable)")
 @click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLAlchemy URL of the results database")
@@ -90,7 +93,7 @@ def make_data_spec(data_name: str, data_root: Path | None, download: bool, image
 @click.option("--resume", type=click.Path(path_type=Path), default=None, help="continue from a checkpoint (its config is used)")
 @click.option("--threads", type=int, default=None, help="torch CPU threads")
 def train(model: str, recipe: str, data_name: str, data_root: Path | None, download: bool, image_size: int,
-          epochs: int | None, seed: int, sets: tuple[str, ...], db: str, device: str, compile_: bool, pretrained: bool,
+          epochs: int | None, batch_size: int | None, seed: int, sets: tuple[str, ...], db: str, device: str, compile_: bool, pretrained: bool,
           pretrained_file: Path | None, checkpoint_dir: Path | None, checkpoint_every: int, max_hours: float | None,
           resume: Path | None, threads: int | None) -> None:
     """Train one model with one recipe; every epoch goes to the results database."""
@@ -107,8 +110,11 @@ def train(model: str, recipe: str, data_name: str, data_root: Path | None, downl
     elif model is None:
         raise UserError("--model", None, "Name a model (see `harness models`), or pass --resume CHECKPOINT.")
     else:
+        if batch_size is not None and batch_size < 1:
+            raise UserError("--batch-size", batch_size, "Use at least 1 image per step, e.g. --batch-size 64.")
         data = make_data_spec(data_name, data_root, download, image_size)
-        spec = resolve_run(model=model, recipe=recipe, data=data, overrides=parse_sets(sets), epochs=10 if epochs is None else epochs, seed=seed,
+        spec = resolve_run(model=model, recipe=recipe, data=data, overrides=parse_sets(sets), batch_size=batch_size,
+                           epochs=10 if epochs is None else epochs, seed=seed,
                            device=device, compile=compile_, pretrained=pretrained, pretrained_file=pretrained_file,
                            checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, max_hours=max_hours,
                            threads=threads)
@@ -147,21 +153,46 @@ def recipes(ctx: click.Context) -> None:
 
         from harness.recipes import RECIPES
 
-        table = pd.DataFrame({n: r.model_dump(exclude={"name", "source"}) for n, r in RECIPES.items()})
+        table = pd.DataFrame({n: r.model_dump(exclude={"name", "source", "fit_notes", "form"}) for n, r in RECIPES.items()})
         with pd.option_context("display.width", 200, "display.max_columns", 20):
+            click.echo("Published values (the sources' units; `harness recipes show NAME` fits one to a run):")
             click.echo(table.to_string())
 
 
 @recipes.command("show")
 @click.argument("name")
-def recipes_show(name: str) -> None:
-    """One recipe, field by field, with its source and the lr at its batch size."""
-    from harness.recipes import get_recipe
+@click.option("--model", default=None, help="fit for this model's family (with NAME tuned) [default: vit_base]")
+@data_options
+@click.option("--epochs", type=int, default=12, show_default=True, help="the run to fit to")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="the run's batch size")
+def recipes_show(name: str, model: str | None, data_name: str, data_root: Path | None, download: bool, image_size: int,
+                 epochs: int, batch_size: int) -> None:
+    """One recipe as published (with its source) and fitted to a run: the lr, warmup and strengths it
+    will actually use, and the rule behind each."""
+    from harness.recipes import FIT_RULES, get_recipe, parse_ref
+    from harness.specs import resolve_run
 
-    r = get_recipe(name)
-    click.echo(f"# {r.name}: {r.source}")
-    click.echo(yaml.safe_dump(r.model_dump(exclude={"name", "source"}), sort_keys=False).rstrip())
-    click.echo(f"# effective lr at batch {r.batch_size}: {r.scaled_lr():.3g}")
+    ref, _ = parse_ref(name, "NAME")
+    data = make_data_spec(data_name, data_root, download, image_size)
+    for flag, v in (("--epochs", epochs), ("--batch-size", batch_size)):
+        if v < 1:
+            raise UserError(flag, v, f"Use at least 1, e.g. {flag} 12.")
+    spec = resolve_run(model=model or "vit_base", recipe=f"{ref}@fitted", data=data, epochs=epochs, batch_size=batch_size)
+    published = get_recipe(spec.recipe.name)
+    click.echo(f"# {published.name} as published: {published.source}")
+    click.echo(yaml.safe_dump(published.model_dump(exclude={"name", "source", "fit_notes", "form"}), sort_keys=False).rstrip())
+    click.echo(f"# lr at its own batch {published.batch_size}: {published.scaled_lr():.3g} ({published.lr_rule} rule)")
+    click.echo("")
+    fitted = spec.recipe
+    changed = {k: v for k, v in fitted.model_dump(exclude={"fit_notes", "form"}).items() if getattr(published, k) != v}
+    click.echo(f"# {fitted.label()} for {epochs} epochs x {spec.train_images} images of {data.name} at batch {batch_size} "
+               f"({spec.updates()} updates): the values that change")
+    click.echo(yaml.safe_dump(changed, sort_keys=False).rstrip() if changed else "(none)")
+    click.echo(f"# lr actually used: {fitted.scaled_lr():.3g} at batch {fitted.batch_size}; warmup "
+               f"{round(fitted.warmup_epochs * spec.updates() / epochs)} updates")
+    for note in fitted.fit_notes:
+        click.echo(f"#   {note}")
+    click.echo("# rules: " + " | ".join(f"{k}: {v}" for k, v in FIT_RULES.items()))
 
 
 @main.command()

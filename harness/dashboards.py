@@ -195,15 +195,28 @@ def curves_figure(runs: pd.DataFrame, epochs: pd.DataFrame, title: str) -> go.Fi
     return fig
 
 
+def _error_bars(table: pd.DataFrame, side: str, metric: str) -> dict:
+    """Final accuracy of one run: its 95% binomial interval (asymmetric); several seeds: ± sample std.
+    Best-of-epochs has no binomial interval (it is a maximum): std over seeds only."""
+    mean, std = table[f"{side}_{metric}_mean"], table[f"{side}_{metric}_std"].fillna(0)
+    if metric == "final":
+        lo, hi = table[f"{side}_final_lo"], table[f"{side}_final_hi"]
+        return dict(type="data", symmetric=False, array=(hi - mean).where(hi.notna(), std).fillna(0),
+                    arrayminus=(mean - lo).where(lo.notna(), std).fillna(0), visible=True)
+    return dict(type="data", array=std, visible=True)
+
+
 def before_after_figure(table: pd.DataFrame, title: str) -> go.Figure:
-    """Grouped bars per model: before (naive) vs after (its recipe), best and final val acc, error bars = std over seeds."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("best val accuracy %", "final val accuracy %"), horizontal_spacing=0.08)
+    """Grouped bars per model: before (naive) vs after (its recipe), final and best val acc. Error bars:
+    one seed = the 95% binomial interval of the final accuracy, several = std over seeds."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("final val accuracy % (95% interval)", "best val accuracy %"),
+                        horizontal_spacing=0.08)
     x = [esc(f"{m} · {a or '-'}") for m, a in zip(table["model"], table["after_recipe"])]
-    for col, metric in ((1, "best"), (2, "final")):
+    for col, metric in ((1, "final"), (2, "best")):
         for side, color, label in (("before", "#9e9e9e", "before"), ("after", "#1f77b4", "after")):
             recipes = table[f"{side}_recipe"].fillna("-").astype(str)
             fig.add_bar(x=x, y=table[f"{side}_{metric}_mean"], name=f"{label}: " + ", ".join(esc(r) for r in dict.fromkeys(recipes)),
-                        error_y=dict(type="data", array=table[f"{side}_{metric}_std"].fillna(0), visible=True),
+                        error_y=_error_bars(table, side, metric),
                         marker_color=color, text=[esc(r) for r in recipes], textposition="inside",
                         hovertemplate="%{x}<br>%{text}: %{y:.1f}%<extra></extra>", legendgroup=side, showlegend=col == 1,
                         row=1, col=col)
@@ -296,9 +309,7 @@ def before_after_page(exp: pd.Series, runs: pd.DataFrame, table_df: pd.DataFrame
     else:
         body += fig_html(before_after_figure(table_df, f"{exp['name']}: before → after"), f"before-after-{eid}")
         shown = rep.format_before_after(table_df)
-        body += ("<h2>Before/after table</h2><p class='muted'>Validation accuracy in %, mean ± sample std over seeds; "
-                 "Δ = after − before (points); gap = train − val accuracy at the last epoch (train accuracy is measured on "
-                 "augmented/mixed batches, so a regularised recipe can show a negative gap).</p>"
+        body += (f"<h2>Before/after table</h2><p class='muted'>{esc(rep.TABLE_LEGEND)}</p>"
                  + table(shown.columns, shown.itertuples(index=False), cls="before-after")
                  + f"<p>Also as {link(f'before_after-{eid}.md', 'Markdown')} and {link(f'before_after-{eid}.csv', 'CSV')}; "
                  f"curves of every run: {link(f'experiment-{eid}.html', 'experiment page')}.</p>")

@@ -9,18 +9,20 @@ run's image size, and get the same on-device augmentation.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.errors import UserError, unknown
-from harness.recipes import parse_randaugment
+from harness.recipes import Recipe
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -105,6 +107,15 @@ class FolderSplit:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
+def head(split: Split, n: int) -> Split:
+    """The first `n` images of a split (the splits are already in random order)."""
+    if isinstance(split, TensorSplit):
+        return TensorSplit(split.x[:n], split.y[:n])
+    assert isinstance(split, FolderSplit)
+    idx = range(min(n, len(split)))
+    return FolderSplit(torch.utils.data.Subset(split.dataset, idx), split.device, split.workers)
+
+
 @dataclass
 class Dataset:
     name: str
@@ -135,7 +146,7 @@ def _resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
 def _split(x: torch.Tensor, y: torch.Tensor, spec: DataSpec) -> tuple[TensorSplit, TensorSplit]:
     g = torch.Generator().manual_seed(spec.split_seed)
     order = torch.randperm(len(y), generator=g)
-    n_val = max(1, int(round(len(y) * spec.val_fraction)))
+    n_val = _n_val(len(y), spec)
     val, train = order[:n_val], order[n_val:]
     if spec.train_size is not None:
         train = train[: spec.train_size]
@@ -248,7 +259,7 @@ def load_folder(spec: DataSpec, device: torch.device) -> Dataset:
         samples, classes = _folder_classes(root, "data.root")
         g = torch.Generator().manual_seed(spec.split_seed)
         order = torch.randperm(len(samples), generator=g).tolist()
-        n_val = max(1, int(round(len(samples) * spec.val_fraction)))
+        n_val = _n_val(len(samples), spec)
         val, train = [samples[i] for i in order[:n_val]], [samples[i] for i in order[n_val:]]
     if spec.train_size is not None:
         train = train[: spec.train_size]
@@ -276,6 +287,29 @@ def check_spec(spec: DataSpec, field: str = "data") -> None:
                             + (", or add --download to fetch it." if spec.name.startswith("cifar") else "."))
 
 
+DIGITS_IMAGES, CIFAR_TRAIN_IMAGES = 1797, 50_000
+
+
+def _n_val(total: int, spec: DataSpec) -> int:
+    return max(1, int(round(total * spec.val_fraction)))
+
+
+def train_images(spec: DataSpec) -> int:
+    """How many training images `load(spec)` will give, without decoding any (the run's budget is
+    resolved from it before anything trains)."""
+    check_spec(spec)
+    if spec.name == "digits":
+        n = DIGITS_IMAGES - _n_val(DIGITS_IMAGES, spec)
+    elif spec.name == "synthetic":
+        total = int(round((spec.train_size or 1000) / (1 - spec.val_fraction)))
+        return total - _n_val(total, spec)
+    elif spec.name in ("cifar10", "cifar100"):
+        n = CIFAR_TRAIN_IMAGES
+    else:
+        return len(load_folder(spec, torch.device("cpu")).train)  # lists the files; decodes none
+    return min(n, spec.train_size) if spec.train_size is not None else n
+
+
 def load(spec: DataSpec, device: torch.device) -> Dataset:
     check_spec(spec)
     if spec.name in ("tinyimagenet", "imagefolder"):
@@ -285,51 +319,111 @@ def load(spec: DataSpec, device: torch.device) -> Dataset:
     return ds
 
 
-# --- augmentation on whole batches --------------------------------------------------------------
+# --- augmentation ---------------------------------------------------------------------------------
+
+def _rrc_boxes(n: int, h: int, w: int, scale_min: float, g: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Random resized crop boxes [n, 4] (x0, y0, x1, y1), sampled as torchvision's RandomResizedCrop
+    does: area in [scale_min, 1] of the image, aspect ratio log-uniform in [3/4, 4/3], 10 tries
+    per image, then the whole image."""
+    tries = 10
+    area = torch.empty(n, tries, device=g.device).uniform_(scale_min, 1.0, generator=g) * (h * w)
+    log_r = torch.empty(n, tries, device=g.device).uniform_(math.log(3 / 4), math.log(4 / 3), generator=g)
+    cw, ch = (area * log_r.exp()).sqrt().round(), (area / log_r.exp()).sqrt().round()
+    ok = (cw >= 1) & (ch >= 1) & (cw <= w) & (ch <= h)
+    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1, device=g.device))
+    pick = first.clamp(min=0)[:, None]
+    cw = torch.where(first >= 0, cw.gather(1, pick)[:, 0], torch.full((n,), float(w), device=g.device))
+    ch = torch.where(first >= 0, ch.gather(1, pick)[:, 0], torch.full((n,), float(h), device=g.device))
+    x0 = (torch.rand(n, generator=g, device=g.device) * (w - cw + 1)).floor()
+    y0 = (torch.rand(n, generator=g, device=g.device) * (h - ch + 1)).floor()
+    return torch.stack([x0, y0, x0 + cw, y0 + ch], 1).to(device)
+
 
 class BatchAugment:
-    """uint8 batch -> normalised float batch, augmented on its own device.
+    """uint8 batch -> normalised float batch, augmented as the recipe says, on its own device.
 
-    RandAugment (torchvision v2, on uint8, one op draw per chunk of 8 images), random crop with
-    reflect padding of 1/8 of the side and horizontal flip per image, then normalisation and
-    timm's RandomErasing per image.
+    The order is timm's `create_transform`: crop (random resized, or padded random), horizontal
+    flip, RandAugment (timm's own `rand_augment_transform`, one op draw per image), normalisation,
+    random erasing. Every draw comes from the epoch's generator or the epoch-seeded global RNGs,
+    so a resumed run replays the same augmentations. With no recipe: normalisation only.
     """
 
-    def __init__(self, ds: Dataset, *, randaugment: str | None, random_erasing: float, device: torch.device) -> None:
-        self.hflip, self.pad = ds.hflip, max(1, ds.image_size // 8)
+    def __init__(self, ds: Dataset, recipe: Recipe | None = None, *, device: torch.device) -> None:
+        self.size = ds.image_size
         self.mean = torch.tensor(ds.mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(ds.std, device=device).view(1, -1, 1, 1) * 255
-        self.randaugment = None
-        if randaugment:
-            from torchvision.transforms import v2
+        self.crop, self.pad, self.pad_mode, self.scale_min = "none", 0, "reflect", 1.0
+        self.hflip, self.randaugment, self.erase = 0.0, None, None
+        if recipe is None:
+            return
+        self.crop = recipe.crop
+        if recipe.crop == "pad":
+            self.pad = round(recipe.crop_pad * ds.image_size)
+            self.crop = "pad" if self.pad > 0 else "none"
+        self.pad_mode, self.scale_min = recipe.crop_pad_mode, recipe.crop_scale
+        self.hflip = recipe.hflip if ds.hflip else 0.0  # never where mirroring changes the class (digits)
+        if recipe.randaugment:
+            from timm.data.auto_augment import rand_augment_transform
 
-            magnitude, ops = parse_randaugment(randaugment)
-            self.randaugment = v2.RandAugment(num_ops=ops, magnitude=magnitude)
-        self.erase = None
-        if random_erasing > 0:
+            # timm's create_transform hparams: translations relative to the image, fill = the mean colour.
+            self.randaugment = rand_augment_transform(recipe.randaugment, {
+                "translate_const": int(ds.image_size * 0.45),
+                "img_mean": tuple(min(255, round(255 * m)) for m in ds.mean)})
+        if recipe.random_erasing > 0:
             from timm.data.random_erasing import RandomErasing
 
-            self.erase = RandomErasing(probability=random_erasing, mode="pixel", device=str(device))
+            self.erase = RandomErasing(probability=recipe.random_erasing, mode="pixel", device=str(device))
+
+    def describe(self) -> str:
+        parts = {"pad": f"pad-crop {self.pad}px ({self.pad_mode})", "rrc": f"random resized crop (area >= {self.scale_min:g})",
+                 "none": ""}[self.crop]
+        extra = [p for p in (parts, f"flip {self.hflip:g}" if self.hflip else "",
+                             "RandAugment" if self.randaugment else "", "erasing" if self.erase else "") if p]
+        return ", ".join(extra) or "none"
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.mean) / self.std
 
-    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        if self.randaugment is not None:
-            x = torch.cat([self.randaugment(c) for c in x.split(8)])
+    def _geometry(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Crop and flip a uint8 batch; float [0, 255] out when anything moved."""
         n, c, h, w = x.shape
-        p, dev = self.pad, x.device
-        xp = F.pad(x.float(), (p, p, p, p), mode="reflect")
-        dy = torch.randint(0, 2 * p + 1, (n,), generator=g, device=g.device).to(dev)
-        dx = torch.randint(0, 2 * p + 1, (n,), generator=g, device=g.device).to(dev)
-        rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w, device=dev))
+        dev = x.device
+        flip = None
         if self.hflip:
-            flip = (torch.rand(n, generator=g, device=g.device) < 0.5).to(dev)
-            cols = torch.where(flip[:, None], cols.flip(1), cols)
-        x = xp[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
-               rows, cols[:, None, None, :]]
-        x = (x - self.mean) / self.std
+            flip = (torch.rand(n, generator=g, device=g.device) < self.hflip).to(dev)
+        if self.crop == "rrc":
+            from torchvision.ops import roi_align
+
+            boxes = _rrc_boxes(n, h, w, self.scale_min, g, dev)
+            rois = torch.cat([torch.arange(n, device=dev, dtype=boxes.dtype)[:, None], boxes], 1)
+            # Bilinear resize of each box back to the full size, all images in one call: one sample per
+            # output pixel at its centre (aligned), so a box of the whole image returns the image itself.
+            x = roi_align(x.float(), rois, output_size=(h, w), spatial_scale=1.0, sampling_ratio=1, aligned=True)
+        elif self.crop == "pad":
+            p = self.pad
+            xp = F.pad(x.float(), (p, p, p, p), mode=self.pad_mode)
+            dy = torch.randint(0, 2 * p + 1, (n,), generator=g, device=g.device).to(dev)
+            dx = torch.randint(0, 2 * p + 1, (n,), generator=g, device=g.device).to(dev)
+            rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+            cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+            x = xp[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows, cols]
+        if flip is not None:
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        return x
+
+    def _randaugment(self, x: torch.Tensor) -> torch.Tensor:
+        """timm's RandAugment per image (PIL ops, on the CPU): the ops and magnitudes are timm's."""
+        from PIL import Image
+
+        imgs = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        out = [torch.from_numpy(np.asarray(self.randaugment(Image.fromarray(im)))) for im in imgs]
+        return torch.stack(out).permute(0, 3, 1, 2).to(x.device)
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        x = self._geometry(x, g)
+        if self.randaugment is not None:
+            x = self._randaugment(x)
+        x = self.normalize(x)
         if self.erase is not None:
             x = self.erase(x)
         return x

@@ -443,7 +443,7 @@ LINT_RULES: tuple[LintRule, ...] = (
         "high_lr_no_warmup", TRANSFORMERS,
         lambda r, _: r.warmup_epochs == 0 and lr_per_512(r) > 2e-4,
         lambda r: f"lr {r.scaled_lr():.2g} at batch {r.batch_size} = {lr_per_512(r):.2g} per 512 images, above 2e-4, with no warmup",
-        "--set lr=5e-4 --set lr_base_batch=512 --set warmup_epochs=5 (or keep the lr at most 2e-4 per 512)",
+        "--set lr=5e-4 --set lr_rule=linear --set lr_base_batch=512 --set warmup_epochs=1 (or keep the lr at most 2e-4 per 512)",
         "seed 000 ('learning rate < 0.0002?'); DeiT: 5e-4 per 512 with 5 warmup epochs (arXiv 2012.12877)"),
     LintRule(
         "no_warmup", TRANSFORMERS,
@@ -486,9 +486,9 @@ LINT_RULES: tuple[LintRule, ...] = (
         "timm.data.Mixup (one lambda per batch, batch must be even); DeiT uses mixup at batch 1024"),
     LintRule(
         "lr_not_scaled", FAMILIES,
-        lambda r, _: r.lr_base_batch is None,
+        lambda r, _: r.lr_rule == "none",
         lambda r: f"flat lr {r.lr:g} whatever the batch size ({r.batch_size})",
-        "--set lr_base_batch=512 with lr stated per 512 images (linear scaling rule)",
+        "--set lr_rule=linear --set lr_base_batch=512 with lr stated per 512 images (linear scaling rule)",
         "Goyal et al. arXiv 1706.02677 (linear scaling); DeiT: lr = 5e-4 x batch / 512"),
 )
 LINT_BY_NAME = {r.name: r for r in LINT_RULES}
@@ -549,7 +549,7 @@ def run_doctor(*, model: str, recipe: Recipe, data_spec: Any, device: torch.devi
     entry = get_model_entry(model)
     size = data_spec.image_size
     ds = data_mod.load(data_spec, device)
-    plain = data_mod.BatchAugment(ds, randaugment=None, random_erasing=0.0, device=device)
+    plain = data_mod.BatchAugment(ds, device=device)  # normalisation only
     seconds: dict[str, float] = {}
     cpu_seconds: dict[str, float] = {}
     results: list[CheckResult] = []
@@ -593,7 +593,8 @@ def run_doctor(*, model: str, recipe: Recipe, data_spec: Any, device: torch.devi
     # the recipe's lr is moved to that batch by the same linear rule recipes use (Goyal et al.).
     batch = min(recipe.batch_size, len(ds.train), probe_batch or (recipe.batch_size if device.type == "cuda" else 32))
     recipe_lr = recipe.scaled_lr() * batch / recipe.batch_size
-    augment = data_mod.BatchAugment(ds, randaugment=None, random_erasing=0.0, device=device)  # crop + flip
+    # The recipe's crop and flip, without RandAugment and erasing (100 steps are too few to average them out).
+    augment = data_mod.BatchAugment(ds, recipe.model_copy(update={"randaugment": None, "random_erasing": 0.0}), device=device)
     # The sweep spans three decades either side of the recipe's lr: wide enough to see the flat
     # start and the divergence for any optimizer, without spending steps far from the recipe.
     curve = lr_range_test(fresh(drop_rate=recipe.drop_rate, drop_path_rate=recipe.drop_path_rate), ds.train, recipe,

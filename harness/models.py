@@ -24,6 +24,15 @@ class ModelEntry:
     fixed: dict = field(default_factory=dict)  # timm kwargs that define the variant (widths, depths)
     grid: int = 8  # ViT: patches per side on images smaller than 224 px
 
+    def size_warning(self, image_size: int) -> str | None:
+        """Below its family's floor a model still builds but is not the architecture it is named for."""
+        floor = MIN_IMAGE_SIZE.get(self.family)
+        if floor is None or image_size >= floor:
+            return None
+        return (f"{self.name} at {image_size} px is below its family's floor of {floor} px: CNNs downsample 32x, so its "
+                f"last stage sees a 1x1 map (3x3 convolutions on padding); use --image-size {floor} or more for a "
+                f"result about the architecture")
+
     def size_kwargs(self, image_size: int) -> dict:
         """timm kwargs that make the architecture fit `image_size` (UserError if it cannot)."""
         if self.family == "vit":
@@ -52,6 +61,15 @@ class ModelEntry:
         shape = ", ".join(f"{k}={v}" for k, v in kw.items() if k != "img_size")
         return f"{self.name} (timm {self.timm_name}{', ' + shape if shape else ''})"
 
+
+# Smallest image where every stage of the family sees a real spatial map (stride 32 -> 1x1 at 32 px).
+# Transformers have no floor here: their patch grid is fixed per image size (ModelEntry.grid).
+MIN_IMAGE_SIZE = {"resnet": 32, "efficientnet": 32}
+# timm initialises EfficientNet's classifier TF-style, uniform(+-1/sqrt(num_classes)): at 1000
+# classes that is +-0.03; at 10 classes +-0.32, initial logits 10x larger (on digits: initial loss
+# 5.4 instead of ln 10 = 2.3, first grad norm ~400 instead of ~33). The head is initialised as at
+# ImageNet's 1000 classes instead, the scale the rest of timm's init was designed around.
+TF_HEAD_INIT_CLASSES = 1000
 
 MODELS: dict[str, ModelEntry] = {}
 
@@ -109,7 +127,7 @@ def build_model(name: str, *, num_classes: int, image_size: int, drop_path_rate:
     elif pretrained and entry.fixed:
         raise UserError("--pretrained", name, f"{name} is not a published size and has no pretrained weights; use swin_tiny.")
     try:
-        return timm.create_model(entry.timm_name, pretrained=pretrained, **kwargs)
+        model = timm.create_model(entry.timm_name, pretrained=pretrained, **kwargs)
     except (OSError, RuntimeError) as e:
         if pretrained_file is not None:
             raise UserError("--pretrained-file", str(pretrained_file),
@@ -119,6 +137,11 @@ def build_model(name: str, *, num_classes: int, image_size: int, drop_path_rate:
                             f"could not fetch timm's weights for {entry.timm_name} ({type(e).__name__}; offline?). "
                             "Download them elsewhere and pass --pretrained-file PATH.") from None
         raise
+    if entry.family == "efficientnet" and num_classes < TF_HEAD_INIT_CLASSES:
+        bound = 1.0 / TF_HEAD_INIT_CLASSES ** 0.5
+        with torch.no_grad():
+            model.get_classifier().weight.uniform_(-bound, bound)
+    return model
 
 
 def count_params(model: torch.nn.Module) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from harness.errors import UserError
@@ -22,6 +23,46 @@ from harness.store import Store, check_url
 CHANCE_MARGIN = 1.2
 # Number of classes of the registered datasets whose size the run spec does not state.
 DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "tinyimagenet": 200}
+# Intervals are two-sided 95% (z of the normal distribution); the bootstrap draws this many
+# resamples from a fixed seed, so the same rows always give the same interval.
+Z95 = 1.959963984540054
+BOOTSTRAP_RESAMPLES = 10_000
+VERDICTS = ("better", "worse", "no detectable difference")
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+def wilson(correct: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (Wilson 1927): one run's accuracy on n images."""
+    if n <= 0:
+        return math.nan, math.nan
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def newcombe(p1: float, n1: int, p2: float, n2: int) -> tuple[float, float]:
+    """Interval of p2 - p1 from the two Wilson intervals (Newcombe 1998, method 10): one seed per side."""
+    l1, u1 = wilson(p1 * n1, n1)
+    l2, u2 = wilson(p2 * n2, n2)
+    d = p2 - p1
+    return d - math.sqrt((p2 - l2) ** 2 + (u1 - p1) ** 2), d + math.sqrt((u2 - p2) ** 2 + (p1 - l1) ** 2)
+
+
+def paired_bootstrap(before: list[float], after: list[float], *, resamples: int = BOOTSTRAP_RESAMPLES,
+                     seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of mean(after - before) over seeds paired by seed number, resampling the pairs."""
+    d = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(resamples, len(d)))
+    means = d[idx].mean(axis=1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def verdict(lo: float, hi: float) -> str:
+    if pd.isna(lo) or pd.isna(hi):
+        return ""
+    return VERDICTS[0] if lo > 0 else VERDICTS[1] if hi < 0 else VERDICTS[2]
 
 
 def open_reader(db: str) -> Store:
@@ -85,6 +126,16 @@ def _json(v):
     return v
 
 
+def val_images(store: Store, run_id: int) -> int | None:
+    """Validation images a run was scored on: the total of its stored confusion matrix."""
+    ev = store.read_sql("SELECT confusion FROM evaluations WHERE run_id = :r", r=int(run_id))
+    if ev.empty:
+        return None
+    confusion = _json(ev.iloc[0]["confusion"])
+    n = int(np.asarray(confusion).sum()) if isinstance(confusion, list) and confusion else 0
+    return n or None
+
+
 def num_classes(store: Store, run: pd.Series) -> int | None:
     """From the run's stored evaluation, else the dataset's known size, else the spec's field."""
     ev = store.read_sql("SELECT class_names FROM evaluations WHERE run_id = :r", r=int(run["id"]))
@@ -120,22 +171,39 @@ def run_summary(store: Store, runs: pd.DataFrame, epochs: pd.DataFrame) -> pd.Da
                 gap = 100.0 * (last["train_acc"] - last["val_acc"])
         k = num_classes(store, run)
         chance = 1.0 / k if k else math.nan
+        params = run["params"] if isinstance(run["params"], dict) else {}
+        recipe = params.get("recipe") or {}
+        n_val = val_images(store, run["id"])
+        lo, hi = wilson(final * n_val, n_val) if n_val and pd.notna(final) else (math.nan, math.nan)
+        epochs_run = params.get("epochs")
+        train_n, batch = params.get("train_images"), recipe.get("batch_size")
+        updates = (epochs_run * max(1, train_n // min(batch, train_n))
+                   if isinstance(train_n, int) and isinstance(batch, int) and isinstance(epochs_run, int) else math.nan)
         rows.append({"run_id": int(run["id"]), "label": run["label"], "model": run["model"],
                      "stands_for": run["stands_for"], "recipe": run["recipe"], "seed": run["seed"],
-                     "status": run["status"], "best": best, "final": final, "epochs_to_90": to90,
-                     "gap": gap, "chance": chance,
-                     # A run with no finished epoch has no accuracy to judge (its status says why).
-                     "at_chance": bool(pd.notna(best) and k and best < CHANCE_MARGIN * chance)})
-    return pd.DataFrame(rows, columns=["run_id", "label", "model", "stands_for", "recipe", "seed", "status", "best",
-                                       "final", "epochs_to_90", "gap", "chance", "at_chance"])
+                     "status": run["status"], "best": best, "final": final, "final_lo": lo, "final_hi": hi,
+                     "n_val": n_val or math.nan, "batch": batch if isinstance(batch, int) else math.nan,
+                     "updates": updates, "epochs_to_90": to90, "gap": gap, "chance": chance,
+                     # A run with no finished epoch has no accuracy to judge (its status says why). Both the
+                     # best epoch and the last are judged: a run can touch chance+20% once and collapse after.
+                     "at_chance": bool(pd.notna(best) and k and best < CHANCE_MARGIN * chance),
+                     "ends_at_chance": bool(pd.notna(final) and k and final < CHANCE_MARGIN * chance)})
+    return pd.DataFrame(rows, columns=RUN_SUMMARY_COLUMNS)
+
+
+RUN_SUMMARY_COLUMNS = ["run_id", "label", "model", "stands_for", "recipe", "seed", "status", "best", "final", "final_lo",
+                       "final_hi", "n_val", "batch", "updates", "epochs_to_90", "gap", "chance", "at_chance",
+                       "ends_at_chance"]
 
 
 # --- the before/after table ---------------------------------------------------------------------
 
 TABLE_COLUMNS = [
-    "model", "ran", "stands_for", "before_recipe", "after_recipe", "before_runs", "after_runs",
-    "before_best_mean", "before_best_std", "after_best_mean", "after_best_std", "delta_best",
-    "before_final_mean", "before_final_std", "after_final_mean", "after_final_std", "delta_final",
+    "model", "ran", "stands_for", "before_recipe", "after_recipe", "before_runs", "after_runs", "batch", "updates",
+    "n_val", "before_best_mean", "before_best_std", "after_best_mean", "after_best_std", "delta_best",
+    "before_final_mean", "before_final_std", "before_final_lo", "before_final_hi",
+    "after_final_mean", "after_final_std", "after_final_lo", "after_final_hi", "delta_final",
+    "delta_final_lo", "delta_final_hi", "interval", "verdict",
     "before_epochs_to_90", "after_epochs_to_90", "before_gap", "after_gap", "flags",
 ]
 
@@ -150,6 +218,38 @@ def _flags(side: pd.DataFrame, recipe: str) -> list[str]:
     k = int(side["at_chance"].sum())
     if k:
         out.append(f"{recipe}: {k}/{n} never beat chance")
+    k = int((side["ends_at_chance"] & ~side["at_chance"]).sum())
+    if k:
+        out.append(f"{recipe}: {k}/{n} ended at chance")
+    return out
+
+
+def _one(values: pd.Series) -> float:
+    """The value shared by a side's runs (batch, updates, val size), or NaN when they differ or are missing."""
+    v = values.dropna().unique()
+    return float(v[0]) if len(v) == 1 else math.nan
+
+
+def _compare(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, object]:
+    """The interval of after - before (final val acc, points) and its verdict.
+
+    One seed per side: each accuracy is a binomial proportion on the validation set, so the
+    interval is Newcombe's from the two Wilson intervals (a seed's spread is not in it: say so).
+    Two or more seeds on both sides: a paired bootstrap over the seeds both sides ran."""
+    out: dict[str, object] = {"delta_final_lo": math.nan, "delta_final_hi": math.nan, "interval": "", "verdict": ""}
+    b, a = before.dropna(subset=["final"]), after.dropna(subset=["final"])
+    if b.empty or a.empty:
+        return out
+    paired = b.set_index("seed")["final"].to_frame("b").join(a.set_index("seed")["final"].to_frame("a"), how="inner")
+    if len(paired) >= 2:
+        lo, hi = paired_bootstrap(paired["b"].tolist(), paired["a"].tolist())
+        out["interval"] = f"paired bootstrap over {len(paired)} seeds"
+    elif len(b) == 1 and len(a) == 1 and pd.notna(b["n_val"].iloc[0]) and pd.notna(a["n_val"].iloc[0]):
+        lo, hi = newcombe(b["final"].iloc[0], int(b["n_val"].iloc[0]), a["final"].iloc[0], int(a["n_val"].iloc[0]))
+        out["interval"] = f"binomial (Newcombe), n = {int(a['n_val'].iloc[0])} val images, one seed"
+    else:
+        return out
+    out.update(delta_final_lo=100 * lo, delta_final_hi=100 * hi, verdict=verdict(lo, hi))
     return out
 
 
@@ -169,18 +269,25 @@ def before_after(store: Store, experiment_id: int) -> pd.DataFrame:
         before = group[group["recipe"] == baseline]
         for other in others:
             after = group[group["recipe"] == other] if other else group.iloc[0:0]
+            both = pd.concat([before, after])
             row = {"model": model_label(model, stands_for or None), "ran": model, "stands_for": stands_for or None,
                    "before_recipe": baseline, "after_recipe": other,
-                   "before_runs": len(before), "after_runs": len(after)}
+                   "before_runs": len(before), "after_runs": len(after), "batch": _one(both["batch"]),
+                   "updates": _one(both["updates"]), "n_val": _one(both["n_val"])}
             for side, df in (("before", before), ("after", after)):
                 for metric in ("best", "final"):
                     vals = 100.0 * df[metric].astype(float)
                     row[f"{side}_{metric}_mean"] = vals.mean() if vals.notna().any() else math.nan
                     row[f"{side}_{metric}_std"] = vals.std(ddof=1) if vals.notna().sum() > 1 else math.nan
+                # One run: its binomial interval; several: the spread of the seeds says more.
+                one = len(df) == 1
+                row[f"{side}_final_lo"] = 100 * df["final_lo"].iloc[0] if one else math.nan
+                row[f"{side}_final_hi"] = 100 * df["final_hi"].iloc[0] if one else math.nan
                 row[f"{side}_epochs_to_90"] = df["epochs_to_90"].astype(float).mean() if len(df) else math.nan
                 row[f"{side}_gap"] = df["gap"].astype(float).mean() if len(df) else math.nan
             row["delta_best"] = row["after_best_mean"] - row["before_best_mean"]
             row["delta_final"] = row["after_final_mean"] - row["before_final_mean"]
+            row.update(_compare(before, after))
             row["flags"] = "; ".join(_flags(before, baseline) + (_flags(after, other) if other else []))
             rows.append(row)
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
@@ -196,6 +303,13 @@ def _num(v: float, fmt: str = "{:.1f}") -> str:
     return "-" if pd.isna(v) else fmt.format(v)
 
 
+def _final(mean: float, std: float, lo: float, hi: float) -> str:
+    """'83.3 [79.2, 86.8]' for one run (binomial interval), 'mean ± std' over seeds."""
+    if pd.notna(lo) and pd.notna(mean):
+        return f"{mean:.1f} [{lo:.1f}, {hi:.1f}]"
+    return _pm(mean, std)
+
+
 def format_before_after(table: pd.DataFrame) -> pd.DataFrame:
     """The table as people read it: 'naive → vit', 'a ± s → b ± s', signed differences."""
     rows = []
@@ -205,15 +319,29 @@ def format_before_after(table: pd.DataFrame) -> pd.DataFrame:
             "model": r["model"],
             "recipes": arrow(r["before_recipe"], r["after_recipe"] or "-"),
             "seeds": arrow(r["before_runs"], r["after_runs"]),
+            "batch, updates": f"{_num(r['batch'], '{:.0f}')}, {_num(r['updates'], '{:.0f}')}",
+            "final val acc % [95% CI]": arrow(_final(r["before_final_mean"], r["before_final_std"], r["before_final_lo"], r["before_final_hi"]),
+                                              _final(r["after_final_mean"], r["after_final_std"], r["after_final_lo"], r["after_final_hi"])),
+            "Δ final [95% CI]": (_num(r["delta_final"], "{:+.1f}") + (f" [{r['delta_final_lo']:+.1f}, {r['delta_final_hi']:+.1f}]"
+                                                                    if pd.notna(r["delta_final_lo"]) else "")),
+            "verdict": r["verdict"] or "",
             "best val acc %": arrow(_pm(r["before_best_mean"], r["before_best_std"]), _pm(r["after_best_mean"], r["after_best_std"])),
             "Δ best": _num(r["delta_best"], "{:+.1f}"),
-            "final val acc %": arrow(_pm(r["before_final_mean"], r["before_final_std"]), _pm(r["after_final_mean"], r["after_final_std"])),
-            "Δ final": _num(r["delta_final"], "{:+.1f}"),
             "epochs to 90% of best": arrow(_num(r["before_epochs_to_90"]), _num(r["after_epochs_to_90"])),
             "final train–val gap (pts)": arrow(_num(r["before_gap"], "{:+.1f}"), _num(r["after_gap"], "{:+.1f}")),
             "flags": r["flags"] or "",
         })
     return pd.DataFrame(rows)
+
+
+TABLE_LEGEND = (
+    "Validation accuracy in %: final = the last epoch (the verdict's measure; best-of-epochs is picked on the "
+    "validation set itself, so it is optimistic). One seed: [95% Wilson interval] on the validation images; several: "
+    "mean ± sample std. Δ = after − before in points with its 95% interval: Newcombe's (two binomial proportions) for "
+    "one seed, a paired bootstrap over seeds for two or more. Verdict: better / worse when the interval excludes 0, "
+    "else no detectable difference. Batch and updates are per run (one batch size for every recipe of a grid). "
+    "Gap = train − val accuracy at the last epoch, both measured in eval mode without augmentation. "
+    "Recipes say their form: published (the source's values) or fitted (derived for this run's budget).")
 
 
 def to_markdown(df: pd.DataFrame) -> str:
@@ -241,8 +369,7 @@ def save_before_after(store: Store, experiment_id: int, out: Path) -> tuple[Path
     name = exp.iloc[0]["name"] if not exp.empty else f"experiment {experiment_id}"
     md, csv = out / f"before_after-{experiment_id}.md", out / f"before_after-{experiment_id}.csv"
     text = (f"# Before/after: {name} (experiment {experiment_id})\n\n"
-            "Validation accuracy in %, mean ± sample std over seeds; Δ = after − before in points; "
-            "gap = train acc − val acc at the last epoch (train acc is measured on augmented/mixed batches).\n\n"
+            + TABLE_LEGEND + "\n\n"
             + (to_markdown(format_before_after(table)) if not table.empty else "No runs recorded yet.\n"))
     _write_atomic(md, text)
     _write_atomic(csv, table.to_csv(index=False))

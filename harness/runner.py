@@ -40,13 +40,18 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
     store = Store(db)
     exp = store.create_experiment(kind=kind, name=f"{spec.model}/{spec.recipe.name}", device=device,
                                   spec=yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-    run = store.create_run(exp, model=spec.model, recipe=spec.recipe.name, params=spec.model_dump(mode="json"),
+    run = store.create_run(exp, model=spec.model, recipe=spec.recipe.label(), params=spec.model_dump(mode="json"),
                            seed=spec.seed, stands_for=spec.stands_for)
     if spec.checkpoint_dir is None:
         spec = spec.model_copy(update={"checkpoint_dir": Path("checkpoints") / f"run-{run}"})
-    echo(f"harness {kind}: {entry.describe(spec.data.image_size)} with recipe {spec.recipe.name} "
+    echo(f"harness {kind}: {entry.describe(spec.data.image_size)} with recipe {spec.recipe.label()} "
          f"(lr {spec.recipe.scaled_lr():.3g} at batch {spec.recipe.batch_size}) on {spec.data.name}, "
          f"{spec.epochs} epochs, seed {spec.seed}, {device}")
+    for note in spec.recipe.fit_notes:
+        echo(f"  fitted: {note}")
+    warning = entry.size_warning(spec.data.image_size)
+    if warning:
+        echo(f"warning: {warning}")
 
     def report(r: EpochReport) -> None:
         store.log_epoch(run, r.epoch, r.metrics)

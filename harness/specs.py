@@ -14,10 +14,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from harness.data import DataSpec, check_spec
+from harness.data import DataSpec, check_spec, train_images
 from harness.errors import UserError, close_matches, unknown
 from harness.models import get_model_entry
-from harness.recipes import TUNABLE, Recipe, get_recipe, tuned_recipe_name, with_overrides
+from harness.recipes import (TUNABLE, Budget, Recipe, get_recipe, parse_ref, resolve_recipe, tuned_recipe_name,
+                             with_overrides)
 
 MAX_YAML_BYTES = 256 * 1024
 
@@ -56,25 +57,39 @@ class RunSpec(Strict):
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch's default")
     eval_samples: int = Field(36, ge=0, description="validation images kept with their predictions")
     stands_for: str | None = Field(None, description="the full model this CPU stand-in replaces, for labels")
+    train_images: int | None = Field(None, ge=1, description="training images per epoch (the budget the recipe was fitted to)")
     fault: FaultSpec | None = None
 
     def label(self) -> str:
         """What ran, honestly: 'vit_tiny (CPU stand-in for vit_base)'."""
         return f"{self.model} (CPU stand-in for {self.stands_for})" if self.stands_for else self.model
 
+    def updates(self) -> int | None:
+        """Optimizer updates over the whole run (full batches only, as the loop steps)."""
+        if self.train_images is None:
+            return None
+        return Budget(self.epochs, self.train_images, self.recipe.batch_size).updates
+
 
 def resolve_run(*, model: str, recipe: str, data: DataSpec, overrides: dict[str, Any] | None = None,
-                **fields: Any) -> RunSpec:
-    """Check names and values, apply overrides, return the typed spec. Raises UserError."""
+                batch_size: int | None = None, recipe_field: str = "--recipe", **fields: Any) -> RunSpec:
+    """Check names and values, fit the recipe to the run (unless `NAME@published`), apply the
+    overrides, return the typed spec. `batch_size` None = the recipe's own. Raises UserError."""
     entry = get_model_entry(model, "--model")
-    if recipe == "tuned":
-        recipe = tuned_recipe_name(entry.family, bool(fields.get("pretrained") or fields.get("pretrained_file")))
-    base = get_recipe(recipe, "--recipe")
-    resolved = with_overrides(base, overrides or {})
+    pretrained = bool(fields.get("pretrained") or fields.get("pretrained_file"))
+    name, _ = parse_ref(recipe, recipe_field)
+    base = get_recipe(name if name != "tuned" else tuned_recipe_name(entry.family, pretrained), recipe_field)
     check_spec(data)
     entry.size_kwargs(data.image_size)
+    epochs = fields.get("epochs", RunSpec.model_fields["epochs"].default)
+    if not isinstance(epochs, int) or epochs < 1:
+        raise UserError("--epochs", epochs, "Train at least 1 epoch, e.g. --epochs 10.")
+    n = train_images(data)
+    budget = Budget(epochs, n, batch_size or base.batch_size)
+    resolved = resolve_recipe(recipe, family=entry.family, pretrained=pretrained, budget=budget,
+                              overrides=overrides, field=recipe_field)
     try:
-        return RunSpec(model=model, recipe=resolved, data=data, **fields)
+        return RunSpec(model=model, recipe=resolved, data=data, train_images=n, **fields)
     except ValidationError as e:
         raise _user_error(e, RunSpec, prefix="--") from None
 
@@ -162,15 +177,26 @@ class StudySpec(Strict):
         return v
 
     def base_recipe(self) -> Recipe:
-        return with_overrides(get_recipe(self.recipe, "recipe"), self.fixed, "fixed")
+        """The study's recipe fitted to one trial's budget (max_epochs), with `fixed:` applied."""
+        family = get_model_entry(self.model).family
+        name, _ = parse_ref(self.recipe)
+        base = get_recipe(name if name != "tuned" else tuned_recipe_name(family), "recipe")
+        batch = self.fixed.get("batch_size", base.batch_size)
+        budget = Budget(self.scheduler.max_epochs, train_images(self.data), batch if isinstance(batch, int) else base.batch_size)
+        return resolve_recipe(self.recipe, family=family, pretrained=False, budget=budget, overrides=self.fixed,
+                              field="recipe", set_field="fixed")
 
 
 class BenchmarkSpec(Strict):
     name: str = Field("naive_vs_recipe", min_length=1, max_length=20000)
     description: str = Field("", max_length=20000)
     models: list[str] = Field(min_length=1)
-    recipes: list[str] = Field(["naive", "tuned"], min_length=1, description="recipe names; 'tuned' = each model's own")
+    recipes: list[str] = Field(["naive", "tuned"], min_length=1, description=(
+        "recipe names (fitted to the run; NAME@published for the source's values); 'tuned' or 'fitted' = each "
+        "model's own recipe fitted, 'published' = it as published"))
     epochs: int = Field(10, ge=1)
+    batch_size: int | None = Field(64, ge=1, description="one batch size for every recipe, so every run gets the same "
+                                   "updates; null = each recipe's own")
     seeds: int = Field(1, ge=1)
     data: DataSpec = DataSpec()
     scale: Literal["auto", "tiny", "full"] = "auto"
@@ -254,14 +280,17 @@ def load_study(path: Path) -> StudySpec:
     spec: StudySpec = parse_spec(StudySpec, read_yaml(path), str(path))
     where = f"{path}: "
     entry = get_model_entry(spec.model, where + "model")
-    get_recipe(spec.recipe, where + "recipe")
+    parse_ref(spec.recipe, where + "recipe")
     for key in spec.search:
         if key not in TUNABLE:
             raise unknown(f"{where}search.{key}", key, TUNABLE)
     for key in spec.fixed:
         if key not in TUNABLE:
             raise unknown(f"{where}fixed.{key}", key, TUNABLE)
-    with_overrides(get_recipe(spec.recipe, "recipe"), spec.fixed, where + "fixed")
     check_spec(spec.data, where + "data")
     entry.size_kwargs(spec.data.image_size)
+    try:
+        spec.base_recipe()
+    except UserError as e:
+        raise UserError(where + e.field, e.value, e.fix) from None
     return spec

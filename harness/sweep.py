@@ -208,7 +208,7 @@ class GridSpecs:
 
     def label(self, config: dict[str, Any]) -> str:
         s = self(config)
-        return f"{s.label()} / {s.recipe.name} / seed {s.seed}"
+        return f"{s.label()} / {s.recipe.label()} / seed {s.seed}"
 
 
 def _fmt(v: Any) -> str:
@@ -371,7 +371,7 @@ class _Recorder(tune.Callback):
                                                        runs.c.trial_id == tid)).scalar()
         if rid is None:
             spec = self.make_spec(trial.config)
-            rid = self.store.create_run(self.experiment_id, model=spec.model, recipe=spec.recipe.name,
+            rid = self.store.create_run(self.experiment_id, model=spec.model, recipe=spec.recipe.label(),
                                         params=spec.model_dump(mode="json"), seed=spec.seed, stands_for=spec.stands_for,
                                         trial_id=tid, optuna_trial=trial.config.get(OPTUNA_KEY))
         self.run_ids[tid] = rid

@@ -56,7 +56,7 @@ def test_resume_from_checkpoint_continues_history(db_url, tmp_path):
     (["--model", "resnet18", "--set", "lr"], "--set", "KEY=VALUE"),
     (["--model", "resnet18", "--data", "imagefolder"], "data.root", "--data-root"),
     (["--model", "resnet18", "--data", "imagefolder", "--data-root", "/no/such/dir"], "data.root", "No such folder"),
-    (["--model", "resnet18", "--epochs", "0"], "--epochs", "greater than or equal to 1"),
+    (["--model", "resnet18", "--epochs", "0"], "--epochs", "Train at least 1 epoch"),
     (["--model", "swin_tiny", "--image-size", "40"], "data.image_size", "divisible by 8"),
     (["--resume", "/no/such/last.pt"], "--resume", "No such checkpoint"),
     ([], "--model", "Name a model"),
@@ -101,7 +101,11 @@ def test_recipes_side_by_side_and_show():
     r = run("recipes")
     assert r.exit_code == 0 and all(n in r.output for n in ("naive", "vit", "swin", "cnn", "effnet", "vit_ft"))
     r = run("recipes", "show", "vit")
-    assert r.exit_code == 0 and "DeiT" in r.output and "effective lr at batch 128: 0.000125" in r.output
+    # The published values with their source, then the lr the default 12-epoch digits run at batch 64 uses.
+    assert r.exit_code == 0 and "DeiT" in r.output and "lr at its own batch 128: 0.000125 (linear rule)" in r.output
+    assert "# lr actually used: 6.25e-05 at batch 64; warmup 26 updates" in r.output
+    r = run("recipes", "show", "cnn", "--model", "resnet18", "--batch-size", "128")
+    assert "lr actually used: 0.002 at batch 128" in r.output  # LAMB 8e-3 @ 2048 by sqrt: 8e-3 x sqrt(1/16)
     assert CliRunner().invoke(main, ["recipes", "show", "vitt"]).exit_code == 2
 
 

@@ -50,7 +50,7 @@ def batch32(ds):
 
 
 def normalizer(ds):
-    return BatchAugment(ds, randaugment=None, random_erasing=0.0, device=CPU).normalize
+    return BatchAugment(ds, device=CPU).normalize
 
 
 # --- shapes -------------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ def test_overfit_fails_on_shuffled_labels(ds, batch32):
 
 def sweep(ds, *, lr_min, lr_max, steps=60, optimizer="adamw", **kw):
     recipe = with_overrides(get_recipe("naive"), {"optimizer": optimizer, "batch_size": 16})
-    aug = BatchAugment(ds, randaugment=None, random_erasing=0.0, device=CPU)
+    aug = BatchAugment(ds, device=CPU)
     return doc.lr_range_test(tiny_vit(), ds.train, recipe, augment=aug, lr_min=lr_min, lr_max=lr_max,
                              steps=steps, batch_size=16, **kw)
 
@@ -231,7 +231,7 @@ BAD = {
     "decay_on_norm_bias": {"no_decay_norm_bias": False},
     "layer_decay_from_scratch": {"layer_decay": 0.65},
     "mixup_tiny_batch": {"batch_size": 16, "mixup_alpha": 0.8},
-    "lr_not_scaled": {"lr_base_batch": None},
+    "lr_not_scaled": {"lr_rule": "none"},
 }
 
 
@@ -299,7 +299,7 @@ def test_doctor_command_labels_stand_in_records_checks_and_writes_curve(db_url, 
     r = run("doctor", "--model", "resnet50", "--recipe", "naive", "--db", db_url, "--out", tmp_path / "dash", *FAST)
     assert r.exit_code == 0, r.output
     assert "doctor: resnet18 (CPU stand-in for resnet50)" in r.output
-    assert "lint.lr_not_scaled" in r.output and "fix: --set lr_base_batch=512" in r.output
+    assert "lint.lr_not_scaled" in r.output and "fix: --set lr_rule=linear --set lr_base_batch=512" in r.output
     html = tmp_path / "dash" / "lr_range_resnet18_naive.html"
     assert html.is_file() and f"lr range curve: {html}" in r.output and f"in {db_url}" in r.output
     assert (tmp_path / "dash" / "plotly.min.js").is_file()  # the page opens without internet

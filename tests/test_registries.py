@@ -50,7 +50,7 @@ def test_cpu_variants_are_same_family_and_honestly_named():
 def test_recipe_values_follow_their_sources():
     naive, vit, swin, cnn, effnet = (RECIPES[n] for n in ("naive", "vit", "swin", "cnn", "effnet"))
     # seed 000's CNN settings
-    assert (naive.optimizer, naive.lr, naive.lr_base_batch, naive.warmup_epochs, naive.schedule) == ("adam", 1e-3, None, 0, "step")
+    assert (naive.optimizer, naive.lr, naive.lr_rule, naive.warmup_epochs, naive.schedule) == ("adam", 1e-3, "none", 0, "step")
     assert naive.weight_decay == naive.grad_clip == naive.label_smoothing == naive.mixup_alpha == 0
     # DeiT-B
     assert (vit.optimizer, vit.lr, vit.lr_base_batch, vit.weight_decay, vit.warmup_epochs) == ("adamw", 5e-4, 512, 0.05, 5)
