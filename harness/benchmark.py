@@ -225,7 +225,8 @@ def finish(db: str, experiment_id: int, out: Path, *, echo: Callable[[str], None
     finally:
         store.close()
     echo("")
-    echo("before/after (val acc %, mean ± std over seeds; Δ in points):")
+    echo("before/after (final val acc %; one seed: [95% binomial interval], several: mean ± std; Δ in points; "
+         "the legend is in the .md):")
     echo(rep.to_text(rep.format_before_after(table)))
     echo("")
     echo(f"table: {out / f'before_after-{experiment_id}.md'} and .csv")

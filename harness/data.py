@@ -416,7 +416,7 @@ class BatchAugment:
         from PIL import Image
 
         imgs = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        out = [torch.from_numpy(np.asarray(self.randaugment(Image.fromarray(im)))) for im in imgs]
+        out = [torch.from_numpy(np.array(self.randaugment(Image.fromarray(im)))) for im in imgs]
         return torch.stack(out).permute(0, 3, 1, 2).to(x.device)
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

@@ -14,7 +14,7 @@ def record(db: str, specs: list[RunSpec], *, kind: str = "benchmark", name: str 
     store = Store(db)
     exp = store.create_experiment(kind=kind, name=name, description=description, spec=spec_yaml, device="cpu (test)")
     for spec in specs:
-        run = store.create_run(exp, model=spec.model, recipe=spec.recipe.name, params=spec.model_dump(mode="json"),
+        run = store.create_run(exp, model=spec.model, recipe=spec.recipe.label(), params=spec.model_dump(mode="json"),
                                seed=spec.seed, stands_for=spec.stands_for)
 
         def report(r: EpochReport, run: int = run) -> None:

@@ -119,7 +119,7 @@ def test_benchmark_end_to_end_through_ray(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["benchmark", str(grid), "--db", db, "--out", str(tmp_path / "dash")])
     assert r.exit_code == 0, r.output
     assert "CPU: running resnet18 for resnet50" in r.output or "running resnet18 for resnet50" in r.output
-    assert "resnet18 (for resnet50)" in r.output and "naive → cnn" in r.output
+    assert "resnet18 (for resnet50)" in r.output and "naive → cnn (fitted)" in r.output
     from harness.store import Store
 
     store = Store(db, create=False)
@@ -128,12 +128,12 @@ def test_benchmark_end_to_end_through_ray(tmp_path, monkeypatch):
     exp = store.read_sql("SELECT * FROM experiments").iloc[0]
     store.close()
     assert exp["kind"] == "benchmark" and exp["status"] == "completed"
-    assert sorted(runs["recipe"]) == ["cnn", "naive"] and set(runs["status"]) == {"completed"}
+    assert sorted(runs["recipe"]) == ["cnn (fitted)", "naive"] and set(runs["status"]) == {"completed"}
     assert set(runs["stands_for"]) == {"resnet50"} and len(epochs) == 4
     out = tmp_path / "dash"
     eid = int(exp["id"])
     for name in ("index.html", f"before_after-{eid}.html", f"before_after-{eid}.md", f"before_after-{eid}.csv"):
         assert (out / name).is_file(), name
     best = runs.set_index("recipe")["best_val_acc"] * 100
-    assert f"{best['naive']:.1f} → {best['cnn']:.1f}" in (out / f"before_after-{eid}.md").read_text()
+    assert f"{best['naive']:.1f} → {best['cnn (fitted)']:.1f}" in (out / f"before_after-{eid}.md").read_text()
     assert str(out / "index.html") in r.output

@@ -81,8 +81,8 @@ def test_table_matches_the_rows_of_real_runs(db_url, tiny_spec):
     runs = store.read_sql("SELECT * FROM runs WHERE experiment_id = :e", e=exp)
     epochs = store.read_sql("SELECT * FROM epochs")
     row = rep.before_after(store, exp).iloc[0]
-    assert (row["before_recipe"], row["after_recipe"]) == ("naive", "cnn")
-    for side, recipe in (("before", "naive"), ("after", "cnn")):
+    assert (row["before_recipe"], row["after_recipe"]) == ("naive", "cnn (fitted)")
+    for side, recipe in (("before", "naive"), ("after", "cnn (fitted)")):
         mine = runs[runs["recipe"] == recipe]
         assert len(mine) == 2
         for col, metric in (("best", "val_acc"), ("final", "val_acc")):

@@ -50,7 +50,7 @@ def test_run_grid_records_every_run_and_epoch(ray_local, tiny_spec, db_url, tmp_
     # Rows appear in the order the trials start (a race between the two), so sort by recipe.
     got = rows(db_url, "SELECT id, recipe, status, epochs_done, trial_id FROM runs WHERE experiment_id = :e "
                        "ORDER BY recipe DESC", e=exp)
-    assert [(r["recipe"], r["status"], r["epochs_done"]) for r in got] == [("naive", "completed", 2), ("cnn", "completed", 3)]
+    assert [(r["recipe"], r["status"], r["epochs_done"]) for r in got] == [("naive", "completed", 2), ("cnn (fitted)", "completed", 3)]
     assert all(r["trial_id"] for r in got)
     epochs = {(e["run_id"], e["epoch"]) for e in rows(db_url, "SELECT run_id, epoch FROM epochs")}
     assert epochs == {(got[0]["id"], 1), (got[0]["id"], 2), (got[1]["id"], 1), (got[1]["id"], 2), (got[1]["id"], 3)}
