@@ -198,9 +198,13 @@ def recipes_show(name: str, model: str | None, data_name: str, data_root: Path |
 @main.command()
 @click.argument("grid", required=False, type=click.Path(path_type=Path))
 @click.option("--models", default=None, help="all | comma list (resnet50,vit_base,...) [default: the grid file's]")
-@click.option("--recipes", default=None, help="comma list of recipe names; 'tuned' = each model's own [default: naive,tuned]")
+@click.option("--recipes", default=None,
+              help="comma list: recipe names (fitted to the run; NAME@published as published), 'tuned'/'fitted' = each "
+                   "model's own fitted, 'published' = it as published [default: naive,tuned]")
 @click.option("--epochs", type=int, default=None, help="[default: the grid file's]")
 @click.option("--seeds", type=int, default=None, help="seeds per model x recipe (0..K-1) [default: the grid file's]")
+@click.option("--batch-size", type=int, default=None,
+              help="one batch size for every recipe (the same updates per run) [default: the grid file's, 64]")
 @click.option("--data", "data_name", default=None, help="dataset name [default: the grid file's, digits]")
 @click.option("--image-size", type=int, default=None, help="pixels per side [default: the grid file's]")
 @click.option("--scale", type=click.Choice(["auto", "tiny", "full"]), default=None,
@@ -212,7 +216,7 @@ def recipes_show(name: str, model: str | None, data_name: str, data_root: Path |
               help="folder for the dashboards and the before/after table")
 @click.option("--address", default=None, help="attach to an existing Ray cluster (ray.init(address=...))")
 def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs: int | None, seeds: int | None,
-              data_name: str | None, image_size: int | None, scale: str | None, concurrency: int | None,
+              batch_size: int | None, data_name: str | None, image_size: int | None, scale: str | None, concurrency: int | None,
               sets: tuple[str, ...], db: str, out: Path, address: str | None) -> None:
     """Models x recipes x seeds through Ray Tune, then the before/after table and dashboards.
 
@@ -221,7 +225,8 @@ def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs
     from harness.benchmark import load_grid, run_benchmark
 
     spec = load_grid(grid, models=models, recipes=recipes, epochs=epochs, seeds=seeds, data=data_name,
-                     image_size=image_size, scale=scale, concurrency=concurrency, sets=parse_sets(sets))
+                     image_size=image_size, scale=scale, concurrency=concurrency, batch_size=batch_size,
+                     sets=parse_sets(sets))
     run_benchmark(spec, db=db, out=out, address=address, echo=click.echo)
 
 

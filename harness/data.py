@@ -339,6 +339,18 @@ def _rrc_boxes(n: int, h: int, w: int, scale_min: float, g: torch.Generator, dev
     return torch.stack([x0, y0, x0 + cw, y0 + ch], 1).to(device)
 
 
+def _posterize_keep_zero_bits(img, bits_to_keep: int, **kw):
+    """timm's posterize, also at 0 bits. With 'inc1' and magnitude noise a level of 10 keeps 4 - 4 = 0
+    bits; Pillow < 12 turned that into a black image, Pillow >= 12 raises ValueError and the trial
+    crashes. Keep the old result (every bit masked off)."""
+    from PIL import Image
+    from timm.data.auto_augment import posterize
+
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size, 0)
+    return posterize(img, bits_to_keep, **kw)
+
+
 class BatchAugment:
     """uint8 batch -> normalised float batch, augmented as the recipe says, on its own device.
 
@@ -369,6 +381,9 @@ class BatchAugment:
             self.randaugment = rand_augment_transform(recipe.randaugment, {
                 "translate_const": int(ds.image_size * 0.45),
                 "img_mean": tuple(min(255, round(255 * m)) for m in ds.mean)})
+            for op in self.randaugment.ops:
+                if op.aug_fn.__name__ == "posterize":
+                    op.aug_fn = _posterize_keep_zero_bits
         if recipe.random_erasing > 0:
             from timm.data.random_erasing import RandomErasing
 

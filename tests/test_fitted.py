@@ -86,6 +86,18 @@ def test_randaugment_strength_matches_timm_for_the_same_string():
     assert aug.randaugment.num_layers == 2
 
 
+def test_randaugment_survives_its_strongest_posterize():
+    """At level 10 timm's increasing posterize keeps 0 bits: a black image, not a crash (Pillow >= 12 refuses 0)."""
+    ds = load(DIGITS16, CPU)
+    aug = BatchAugment(ds, get_recipe("vit"), device=CPU)
+    op = next(o for o in aug.randaugment.ops if o.name == "PosterizeIncreasing")
+    from PIL import Image
+
+    img = Image.fromarray(np.full((16, 16, 3), 200, dtype=np.uint8))
+    assert np.asarray(op.aug_fn(img, 0)).max() == 0
+    assert np.asarray(op.aug_fn(img, 4)).max() == 192  # 200 keeps its top 4 bits
+
+
 def test_randaugment_draws_per_image():
     """64 copies of one image come out as many different images: no op draw is shared by a chunk."""
     ds = load(DIGITS16, CPU)
