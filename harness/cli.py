@@ -284,7 +284,7 @@ def sweep(study: Path, validate: bool, resume: bool, db: str, address: str | Non
             from harness.sweep import check_resources
 
             check_resources(s.resources, field=f"{study}: resources", address=None)
-        click.echo(f"{study}: ok — study {s.name!r}: {s.trials} trials of {s.model} ({s.recipe} recipe) on {s.data.name} "
+        click.echo(f"{study}: ok — study {s.name!r}: {s.trials} trials of {s.model} ({s.base_recipe().label()} recipe) on {s.data.name} "
                    f"{s.data.image_size}px, searching {', '.join(s.search)}; sampler {s.sampler.type}, "
                    f"scheduler {s.scheduler.type} (max {s.scheduler.max_epochs} epochs)")
         return
