@@ -231,6 +231,42 @@ def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs
 
 
 @main.command()
+@click.option("--model", required=True, help="the model whose recipe is taken apart (see `harness models`)")
+@click.option("--recipe", default="tuned", show_default=True, help="the end of the ladder, fitted to the run")
+@click.option("--mode", type=click.Choice(["add", "drop", "both"]), default="add", show_default=True,
+              help="add: naive + one ingredient per rung; drop: full recipe minus one; both")
+@click.option("--steps", default=None, help="ingredients in order, comma-separated [default: every one the recipe changes]")
+@click.option("--seeds", type=int, default=1, show_default=True, help="seeds per rung (>= 2: paired bootstrap intervals)")
+@click.option("--epochs", type=int, default=6, show_default=True, help="the budget every rung trains for")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="one batch size on every rung")
+@click.option("--data", "data_name", default="digits", show_default=True, help="dataset name (as for train)")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None, help="folder of the dataset")
+@click.option("--download", is_flag=True, help="cifar*: download into --data-root (needs internet)")
+@click.option("--image-size", type=int, default=16, show_default=True, help="pixels per side")
+@click.option("--scale", type=click.Choice(["auto", "tiny", "full"]), default="auto", show_default=True,
+              help="auto: the full model on CUDA, its same-family CPU stand-in otherwise")
+@click.option("--concurrency", type=int, default=2, show_default=True, help="runs at once")
+@click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLAlchemy URL of the results database")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("dashboards"), show_default=True,
+              help="folder for the waterfall, the table and the dashboards")
+@click.option("--address", default=None, help="attach to an existing Ray cluster (ray.init(address=...))")
+def ablate(model: str, recipe: str, mode: str, steps: str | None, seeds: int, epochs: int, batch_size: int,
+           data_name: str, data_root: Path | None, download: bool, image_size: int, scale: str, concurrency: int,
+           db: str, out: Path, address: str | None) -> None:
+    """Naive -> a model's fitted recipe one ingredient at a time: which one matters, at this budget."""
+    import torch
+
+    from harness.ablate import resolve_ablation, run_ablation
+
+    if concurrency < 1:
+        raise UserError("--concurrency", concurrency, "Run at least 1 at a time, e.g. --concurrency 2.")
+    data = make_data_spec(data_name, data_root, download, image_size)
+    ab = resolve_ablation(model, recipe=recipe, steps=steps, mode=mode, seeds=seeds, epochs=epochs, batch_size=batch_size,
+                          data=data, scale=scale, cuda=torch.cuda.is_available())
+    run_ablation(ab, db=db, out=out, concurrency=concurrency, address=address, echo=click.echo)
+
+
+@main.command()
 @click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLAlchemy URL of the results database")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("dashboards"), show_default=True,
               help="folder for the HTML pages")

@@ -288,6 +288,8 @@ def experiment_page(exp: pd.Series, runs: pd.DataFrame, epochs: pd.DataFrame) ->
         links.append(link(f"before_after-{int(exp['id'])}.html", "before/after table and bars"))
     if exp["kind"] == "sweep":
         links.append(link(f"sweep-{int(exp['id'])}.html", "Optuna figures and trial table"))
+    if exp["kind"] == "ablate":
+        links.append(link(f"ablate-{int(exp['id'])}.html", "ablation: waterfall and table"))
     body = experiment_header(exp, runs)
     if links:
         body += "<p>" + " · ".join(links) + "</p>"
@@ -314,6 +316,25 @@ def before_after_page(exp: pd.Series, runs: pd.DataFrame, table_df: pd.DataFrame
                  + f"<p>Also as {link(f'before_after-{eid}.md', 'Markdown')} and {link(f'before_after-{eid}.csv', 'CSV')}; "
                  f"curves of every run: {link(f'experiment-{eid}.html', 'experiment page')}.</p>")
     return page(f"before/after: {exp['name']}", body)
+
+
+def ablate_page(exp: pd.Series, runs: pd.DataFrame, table_df: pd.DataFrame) -> str:
+    from harness import ablate
+
+    eid = int(exp["id"])
+    body = experiment_header(exp, runs)
+    if table_df.empty:
+        return page(f"ablation: {exp['name']}", body + "<p class='empty'>No runs recorded yet.</p>")
+    body += fig_html(ablate.waterfall_figure(table_df, esc(f"{exp['name']}: which ingredient matters")), f"waterfall-{eid}")
+    body += ("<p class='note'>In <b>add</b> mode the order matters: an ingredient's Δ is measured on top of the ones "
+             "before it, and ingredients interact (a warmup matters more at a high lr). <b>drop</b> mode — the full "
+             "recipe minus one ingredient — is the check.</p>")
+    shown = ablate.format_table(table_df)
+    body += (f"<h2>Ladder</h2><p class='muted'>{esc(ablate.TABLE_LEGEND)}</p>"
+             + table(shown.columns, shown.itertuples(index=False), cls="ablate")
+             + f"<p>Also as {link(f'ablate-{eid}.md', 'Markdown')} and {link(f'ablate-{eid}.csv', 'CSV')}; "
+             f"every rung's curves overlaid: {link(f'experiment-{eid}.html', 'experiment page')}.</p>")
+    return page(f"ablation: {exp['name']}", body)
 
 
 def sweep_page(db: str, exp: pd.Series, runs: pd.DataFrame) -> str:
@@ -479,6 +500,13 @@ def write_dashboards(db: str, out: Path | str = "dashboards", *, compare: list[i
                 _write(out / f"before_after-{eid}.html", before_after_page(exp, er, tbl))
                 made[eid] += [link(f"before_after-{eid}.html", "before/after"), link(f"before_after-{eid}.md", "md"),
                               link(f"before_after-{eid}.csv", "csv")]
+            if exp["kind"] == "ablate":
+                from harness.ablate import save_table
+
+                _, _, tbl = save_table(store, eid, out)
+                _write(out / f"ablate-{eid}.html", ablate_page(exp, er, tbl))
+                made[eid] += [link(f"ablate-{eid}.html", "ablation"), link(f"ablate-{eid}.md", "md"),
+                              link(f"ablate-{eid}.csv", "csv")]
             if exp["kind"] == "sweep":
                 _write(out / f"sweep-{eid}.html", sweep_page(db, exp, er))
                 made[eid].append(link(f"sweep-{eid}.html", "sweep"))

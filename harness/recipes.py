@@ -247,6 +247,25 @@ register(RECIPES["effnet"].model_copy(update=dict(
     lr=0.0048, warmup_epochs=1, layer_decay=0.8, pretrained=True,
 )))
 
+# The ingredients of a recipe, for `harness ablate`: named groups of tunable fields, each field in
+# exactly one group (tests/test_ablate.py fails when a new field belongs to none). `batch_size` is the
+# run's budget, not an ingredient: an ablation keeps it fixed on every rung.
+INGREDIENTS: dict[str, tuple[str, ...]] = {
+    "optimizer": ("optimizer", "opt_eps", "momentum"),
+    "lr": ("lr", "lr_base_batch", "lr_rule"),
+    "warmup": ("warmup_epochs", "warmup_lr"),
+    "schedule": ("schedule", "min_lr", "decay_epochs", "decay_rate"),
+    "clip": ("grad_clip",),
+    "weight_decay": ("weight_decay", "no_decay_norm_bias"),
+    "smoothing": ("label_smoothing", "loss"),
+    "mixup": ("mixup_alpha", "cutmix_alpha", "mixup_prob"),
+    "augment": ("crop", "crop_pad", "crop_pad_mode", "crop_scale", "hflip", "randaugment", "random_erasing"),
+    "drop_path": ("drop_path_rate", "drop_rate"),
+    "layer_decay": ("layer_decay", "pretrained"),
+    "ema": ("ema_decay",),
+}
+BUDGET_FIELDS = ("batch_size",)
+
 # The tuned recipe of each model family ("tuned" in a benchmark grid: its fitted form).
 TUNED = {"resnet": "cnn", "efficientnet": "effnet", "vit": "vit", "swin": "swin"}
 FORMS = ("published", "fitted")

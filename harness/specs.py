@@ -58,6 +58,7 @@ class RunSpec(Strict):
     eval_samples: int = Field(36, ge=0, description="validation images kept with their predictions")
     stands_for: str | None = Field(None, description="the full model this CPU stand-in replaces, for labels")
     train_images: int | None = Field(None, ge=1, description="training images per epoch (the budget the recipe was fitted to)")
+    tags: dict[str, str | int] = Field(default_factory=dict, description="where the run sits in a grid (ablate: mode, rung, ingredient)")
     fault: FaultSpec | None = None
 
     def label(self) -> str:
