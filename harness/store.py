@@ -36,7 +36,7 @@ meta = sa.Table(
 experiments = sa.Table(
     "experiments", metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("kind", sa.String(16), nullable=False),  # train | sweep | benchmark | doctor
+    sa.Column("kind", sa.String(16), nullable=False),  # train | sweep | benchmark | ablate | doctor
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("description", sa.Text, nullable=False, default=""),
     sa.Column("spec", sa.Text, nullable=False, default=""),  # the resolved spec as YAML
