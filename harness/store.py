@@ -7,8 +7,6 @@ keeps its own tables (`studies`, `trials`, ...) in the same database; the names 
 Only one process writes (the CLI process: `harness train`, or the sweep driver's Tune callback).
 SQLite runs in WAL mode with a busy timeout so readers (report, optuna-dashboard) never block it,
 and every write is its own committed transaction: a kill loses at most the epoch in flight.
-PostgreSQL (`postgresql://user@host/db`, driver psycopg 3) is the same schema on a server that several
-machines reach; every connection gives up after `CONNECT_TIMEOUT_S` instead of hanging.
 """
 
 from __future__ import annotations
@@ -24,11 +22,8 @@ from sqlalchemy import event
 
 from harness.errors import UserError
 
-# 2: epochs gained train_batch_acc and val_acc_raw; 3: runs gained node/node_id/gpus and epochs node_id
-# (both added in place to an older database)
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 2  # 2: epochs gained train_batch_acc and val_acc_raw (added in place to a v1 file)
 DEFAULT_DB = "sqlite:///results.db"
-CONNECT_TIMEOUT_S = 5  # a database server that does not answer in this long is reported, not waited for
 
 metadata = sa.MetaData()
 
@@ -72,11 +67,6 @@ runs = sa.Table(
     sa.Column("images_per_s", sa.Float),
     sa.Column("trial_id", sa.String(64)),  # Ray Tune trial id
     sa.Column("optuna_trial", sa.Integer),  # Optuna trial number
-    # Where it ran (its latest epoch, for a trial retried on another node): hostname, Ray node id,
-    # and the GPUs Ray gave it as "<id>: <name>" joined by "; " ("" = CPU only).
-    sa.Column("node", sa.String(255)),
-    sa.Column("node_id", sa.String(64)),
-    sa.Column("gpus", sa.Text),
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("finished_at", sa.DateTime),
 )
@@ -92,7 +82,6 @@ epochs = sa.Table(
     sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id"), primary_key=True),
     sa.Column("epoch", sa.Integer, primary_key=True),  # 1-based; a retried epoch replaces its row
     *(sa.Column(m, sa.Float) for m in EPOCH_METRICS),
-    sa.Column("node_id", sa.String(64)),  # the Ray node that trained this epoch (NULL outside Ray)
 )
 
 evaluations = sa.Table(
@@ -130,23 +119,6 @@ def _finite(v: Any) -> Any:
     return v
 
 
-def _connect_args(url: str) -> dict[str, Any]:
-    return {"connect_timeout": CONNECT_TIMEOUT_S} if url.startswith("postgresql") else {}
-
-
-def shown_url(url: str) -> str:
-    """The URL as error messages show it: the password, if any, as ***."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return url
-
-
-def plain_engine(url: str) -> sa.Engine:
-    """An engine that only reads (no SQLite pragmas) and gives up on an unanswering server."""
-    return sa.create_engine(url, connect_args=_connect_args(url))
-
-
 def make_engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 60})
@@ -161,7 +133,7 @@ def make_engine(url: str) -> sa.Engine:
             cur.close()
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, connect_args=_connect_args(url))
+    return sa.create_engine(url, pool_pre_ping=True)
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -172,13 +144,9 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def check_url(url: str, *, must_exist: bool = False, field: str = "--db") -> None:
-    """Refuse a URL that does not parse, a missing database (for readers) or a foreign database.
-
-    A server database is connected to (within CONNECT_TIMEOUT_S): an unreachable host, wrong
-    credentials or a missing database are refused here, before anything is started or written.
-    """
+    """Refuse a URL that does not parse, a missing database (for readers) or a foreign database."""
     try:
-        parsed = sa.engine.make_url(url)
+        sa.engine.make_url(url)
     except sa.exc.ArgumentError:
         raise UserError(field, url, "Not a database URL; use e.g. sqlite:///results.db or postgresql://user@host/db.") from None
     path = sqlite_path(url)
@@ -194,44 +162,20 @@ def check_url(url: str, *, must_exist: bool = False, field: str = "--db") -> Non
                 raise UserError(field, url, "Not an SQLite database; name a results database written by harness.")
     # A plain engine: make_engine's WAL pragma would rewrite the header of a database we may refuse.
     try:
-        engine = plain_engine(url)
+        engine = sa.create_engine(url)
     except (sa.exc.NoSuchModuleError, ImportError) as e:
-        raise UserError(field, shown_url(url), f"No database driver for it ({str(e)[:120]}); use sqlite:///results.db or "
-                        "postgresql://user@host/db (psycopg 3, installed with harness).") from None
+        raise UserError(field, url, f"No database driver for it ({str(e)[:120]}); use sqlite:///results.db, "
+                        "or install the driver (e.g. `uv add psycopg` for postgresql://).") from None
     try:
         names = set(sa.inspect(engine).get_table_names())
-    except sa.exc.OperationalError as e:
-        if path is not None:
-            raise UserError(field, url, f"Cannot open it as a database ({str(e).splitlines()[0][:120]}).") from None
-        raise UserError(field, shown_url(url), _server_fix(parsed, e)) from None
     except sa.exc.DatabaseError as e:
-        raise UserError(field, shown_url(url), f"Cannot open it as a database ({str(e).splitlines()[0][:120]}).") from None
+        raise UserError(field, url, f"Cannot open it as a database ({str(e).splitlines()[0][:120]}).") from None
     finally:
         engine.dispose()
     if names and "harness_meta" not in names and names & {"experiments", "runs", "epochs"}:
-        raise UserError(field, shown_url(url), "This database has tables named like harness's but is not a harness database; "
-                        "use another file or database.")
+        raise UserError(field, url, "This database has tables named like harness's but is not a harness database; use another file.")
     if must_exist and "harness_meta" not in names:
-        raise UserError(field, shown_url(url), "Not a harness results database (no harness_meta table); name one written by harness.")
-
-
-def _server_fix(u: sa.engine.URL, e: Exception) -> str:
-    """What went wrong connecting to a database server, in one sentence with the fix."""
-    text = str(getattr(e, "orig", e) or e)
-    first = " ".join(text.split())[:200]
-    host = f"{u.host or 'localhost'}:{u.port or 5432}"
-    low = text.lower()
-    if "password authentication failed" in low or "no password supplied" in low or ("role" in low and "does not exist" in low):
-        return (f"The server at {host} refused the credentials ({first}); put the right user and password in the URL "
-                "(postgresql://USER:PASSWORD@host/db), or in PGPASSWORD / ~/.pgpass, or ask the server's admin for a role.")
-    if "database" in low and "does not exist" in low:
-        return (f"No database {u.database!r} on the server at {host}; create it once "
-                f"(`createdb -h {u.host or 'localhost'} -U {u.username or 'USER'} {u.database}`) or name an existing one.")
-    if "timeout" in low or "timed out" in low:
-        return (f"Nothing answered at {host} within {CONNECT_TIMEOUT_S} s; check the host name and port, that the server "
-                "runs and accepts TCP connections from this machine (listen_addresses, pg_hba.conf, firewall).")
-    return (f"Cannot reach the database server at {host} ({first}); check the host name and port and that the server "
-            "runs and accepts connections from this machine (listen_addresses, pg_hba.conf, firewall).")
+        raise UserError(field, url, "Not a harness results database (no harness_meta table); name one written by harness.")
 
 
 class Store:
@@ -250,13 +194,11 @@ class Store:
                     self._migrate(c)
 
     def _migrate(self, c: sa.Connection) -> None:
-        """Older schema -> this one: the columns added since (all nullable) are added in place; old rows
-        keep NULL there (v2: epoch metrics; v3: where each run and epoch ran)."""
-        for table in (runs, epochs):
-            have = {col["name"] for col in sa.inspect(c).get_columns(table.name)}
-            for col in table.columns:
-                if col.name not in have:
-                    c.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {col.name} {col.type.compile(c.dialect)}"))
+        """v1 -> v2: the new nullable epoch metrics, added in place (old rows keep NULL there)."""
+        have = {col["name"] for col in sa.inspect(c).get_columns("epochs")}
+        for m in EPOCH_METRICS:
+            if m not in have:
+                c.execute(sa.text(f"ALTER TABLE epochs ADD COLUMN {m} FLOAT"))
         c.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
 
     def close(self) -> None:
@@ -291,19 +233,12 @@ class Store:
                 seed=seed, status="running", epochs_done=0, trial_id=trial_id, optuna_trial=optuna_trial,
                 created_at=now())).inserted_primary_key[0]
 
-    def log_epoch(self, run_id: int, epoch: int, metrics: dict[str, float], *, where: dict[str, str] | None = None) -> None:
-        """Insert or replace one epoch (a trial retried from a checkpoint re-reports later epochs).
-
-        `where` ({"node", "node_id", "gpus"}): the machine that trained it, kept on the epoch (node id) and
-        on the run (its latest epoch's node and GPUs)."""
+    def log_epoch(self, run_id: int, epoch: int, metrics: dict[str, float]) -> None:
+        """Insert or replace one epoch (a trial retried from a checkpoint re-reports later epochs)."""
         values = {m: _finite(metrics.get(m)) for m in EPOCH_METRICS}
-        where = where or {}
         with self.engine.begin() as c:
             c.execute(epochs.delete().where(epochs.c.run_id == run_id, epochs.c.epoch == epoch))
-            c.execute(epochs.insert().values(run_id=run_id, epoch=epoch, node_id=where.get("node_id"), **values))
-            if where:
-                c.execute(runs.update().where(runs.c.id == run_id).values(
-                    node=where.get("node"), node_id=where.get("node_id"), gpus=where.get("gpus")))
+            c.execute(epochs.insert().values(run_id=run_id, epoch=epoch, **values))
             summary = c.execute(sa.select(
                 sa.func.max(epochs.c.val_acc), sa.func.count()).where(epochs.c.run_id == run_id)).one()
             best = c.execute(sa.select(epochs.c.epoch).where(epochs.c.run_id == run_id, epochs.c.val_acc == summary[0])

@@ -1,17 +1,8 @@
-"""Shared fixtures: a fresh database per test (SQLite; PostgreSQL for the tests run on both backends),
-a PostgreSQL server for the session, and tiny, fast run specs."""
+"""Shared fixtures: a fresh SQLite database per test and tiny, fast run specs."""
 
 from __future__ import annotations
 
-import glob
-import itertools
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
-from pathlib import Path
 
 import pytest
 
@@ -19,139 +10,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the networ
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
-# Tests that run against both backends, as Optuna tests every storage: (module, test name or "*").
-# `db_url` is parametrized ["sqlite", "postgresql"] for them; every other test gets SQLite.
-BOTH_BACKENDS = {
-    ("test_report.py", "*"),
-    ("test_sweep.py", "test_sweep_records_statuses_asha_stops_and_settles_optuna"),
-    ("test_sweep.py", "test_interrupted_sweep_resumes_to_exactly_trials"),
-}
-
-
-def pytest_generate_tests(metafunc):
-    if "db_url" not in metafunc.fixturenames:
-        return
-    module = Path(str(metafunc.definition.fspath)).name
-    if {(module, "*"), (module, metafunc.definition.originalname)} & BOTH_BACKENDS:
-        metafunc.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
-
-
 @pytest.fixture
-def db_url(request, tmp_path):
-    """A fresh results database: an SQLite file, or (param "postgresql") a new database on the session's
-    server with the harness schema already created, as a server database usually is before a sweep
-    points at it (the tests that poll it while a subprocess starts then never meet a missing table)."""
-    if getattr(request, "param", "sqlite") == "postgresql":
-        from harness.store import Store
-
-        url = request.getfixturevalue("pg_url")
-        Store(url).close()
-        return url
+def db_url(tmp_path):
     return f"sqlite:///{tmp_path / 'results.db'}"
-
-
-# --- PostgreSQL: one server per test session, Debian's binaries, a temporary folder, a local port ---------
-
-PG_USER, PG_PASSWORD = "harness", "harness-test-pw"
-
-
-def _pg_bindir() -> Path | None:
-    """Where initdb/pg_ctl are: on PATH, or Debian's /usr/lib/postgresql/<version>/bin (the newest)."""
-    found = shutil.which("initdb")
-    if found and shutil.which("pg_ctl"):
-        return Path(found).resolve().parent
-    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
-    return Path(dirs[-1]).parent if dirs else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PgServer:
-    """A throwaway PostgreSQL cluster: `initdb` in a temp folder, `pg_ctl start` on 127.0.0.1:<port>,
-    password (scram) auth over TCP for the role `harness`. As root the binaries run as `postgres`."""
-
-    def __init__(self, bindir: Path) -> None:
-        self.bindir = bindir
-        self.root = Path(tempfile.mkdtemp(prefix="harness-pg-"))
-        self.data = self.root / "data"
-        self.port = free_port()
-        self.host = "127.0.0.1"
-        self._n = itertools.count()
-        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        if self._as:
-            shutil.chown(self.root, "postgres")
-        (self.root / "pw").write_text(PG_PASSWORD)
-        if self._as:
-            shutil.chown(self.root / "pw", "postgres")
-
-    def _run(self, *args: str, timeout: float = 120) -> None:
-        res = subprocess.run([*self._as, *args], capture_output=True, text=True, timeout=timeout, cwd=self.root)
-        if res.returncode != 0:
-            raise RuntimeError(f"{' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
-
-    def start(self) -> None:
-        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", PG_USER, f"--pwfile={self.root / 'pw'}",
-                  "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync")
-        # fsync off: a test server's data is thrown away; the socket in our folder, not /var/run/postgresql.
-        opts = (f"-p {self.port} -c listen_addresses={self.host} -k {self.root} -c fsync=off -c synchronous_commit=off "
-                "-c full_page_writes=off -c max_connections=200")
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"), "-w", "-t", "120", "start",
-                  timeout=180)
-
-    def stop(self) -> None:
-        try:
-            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "-t", "60", "stop", timeout=90)
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-    def url(self, database: str, *, user: str = PG_USER, password: str = PG_PASSWORD) -> str:
-        return f"postgresql://{user}:{password}@{self.host}:{self.port}/{database}"
-
-    def _admin(self, sql: str) -> None:
-        import psycopg
-
-        with psycopg.connect(self.url("postgres"), autocommit=True,
-                             connect_timeout=10) as c:
-            c.execute(sql)
-
-    def create_database(self) -> str:
-        name = f"t{os.getpid()}_{next(self._n)}"
-        self._admin(f"CREATE DATABASE {name}")
-        return name
-
-    def drop_database(self, name: str) -> None:
-        self._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-@pytest.fixture(scope="session")
-def pg_server():
-    """The session's PostgreSQL server. Skipped (with the reason) only when the binaries are missing and
-    HARNESS_REQUIRE_POSTGRES is not set; CI sets it, so there a missing server fails instead."""
-    bindir = _pg_bindir()
-    if bindir is None:
-        why = ("PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or in /usr/lib/postgresql/*/bin; "
-               "`apt-get install postgresql` (what .ci/run does) to run the PostgreSQL tests")
-        if os.environ.get("HARNESS_REQUIRE_POSTGRES"):
-            pytest.fail(why + " (HARNESS_REQUIRE_POSTGRES is set)")
-        pytest.skip(why)
-    server = PgServer(bindir)
-    t0 = time.monotonic()
-    server.start()
-    server.startup_s = time.monotonic() - t0
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def pg_url(pg_server):
-    """A new, empty database on the session's server (dropped after the test): postgresql://harness:...@127.0.0.1:PORT/tN."""
-    name = pg_server.create_database()
-    yield pg_server.url(name)
-    pg_server.drop_database(name)
 
 
 @pytest.fixture
