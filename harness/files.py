@@ -1,0 +1,44 @@
+"""Files the harness writes: whole or not at all, and into a folder that is a folder.
+
+`write_atomic` is the one way harness writes a file a reader may open at the same moment (a
+checkpoint a resume loads, a page a browser shows, a table a test reads): into a temp file in the
+same folder, fsync, then `os.replace`, so a reader sees the old file or the new one, never half
+of one. A process killed mid-write leaves only a `.NAME.tmp-PID` file (`train.clean_stale_temps`
+removes those).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from harness.errors import UserError
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call `write(f)` on a temp file beside `path`, fsync it, then rename it onto `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # after a failed write; after the rename there is nothing left
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """`text` as UTF-8, atomically (see `write_atomic`)."""
+    data = text.encode("utf-8")
+    return write_atomic(path, lambda f: f.write(data))
+
+
+def check_out_dir(path: Path, *, flag: str = "--out", what: str = "the dashboards", default: str = "dashboards/") -> None:
+    """Refuse an output folder that is an existing file, before anything runs or is written."""
+    if path.exists() and not path.is_dir():
+        raise UserError(flag, str(path), f"That path is a file; name a folder for {what}, e.g. {default}.")
