@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from harness.errors import UserError, unknown
+
+if TYPE_CHECKING:  # torch is imported where a model is built: the registry and labels do not need it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,15 @@ CPU_VARIANT = {"resnet50": "resnet18", "efficientnet_b3": "efficientnet_b0", "vi
                "swin_tiny": "swin_nano"}
 
 
+def stand_in_label(model: str, stands_for: str | None, *, short: bool = False) -> str:
+    """What ran, honestly: 'vit_tiny (CPU stand-in for vit_base)', or the model alone when it is no
+    stand-in. `short` is the table-cell form, 'vit_tiny (for vit_base)', where a column header or
+    legend already says stand-in. `stands_for` may be a NaN read back from a database column."""
+    if not (isinstance(stands_for, str) and stands_for):
+        return model
+    return f"{model} ({'for' if short else 'CPU stand-in for'} {stands_for})"
+
+
 def get_model_entry(name: str, field: str = "model") -> ModelEntry:
     if name not in MODELS:
         raise unknown(field, name, MODELS)
@@ -113,6 +124,7 @@ def build_model(name: str, *, num_classes: int, image_size: int, drop_path_rate:
     """A timm model sized for `image_size`. Pretrained weights come from timm's hub or a local file;
     timm adapts them (new classifier, resampled patch embedding and position embeddings)."""
     import timm
+    import torch
 
     entry = get_model_entry(name)
     kwargs = {**entry.fixed, **entry.size_kwargs(image_size), "num_classes": num_classes, "in_chans": in_chans,
@@ -150,6 +162,7 @@ def count_params(model: torch.nn.Module) -> int:
 
 def forward_gflops(model: torch.nn.Module, image_size: int, in_chans: int = 3) -> float:
     """Forward FLOPs for one image (2 x multiply-accumulates), counted by torch's FlopCounterMode."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = model.training
