@@ -19,11 +19,14 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 
 from harness.errors import UserError
 
 SCHEMA_VERSION = 2  # 2: epochs gained train_batch_acc and val_acc_raw (added in place to a v1 file)
 DEFAULT_DB = "sqlite:///results.db"
+# INSERT ... ON CONFLICT DO UPDATE, per dialect: the two databases harness runs on.
+UPSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 metadata = sa.MetaData()
 
@@ -184,6 +187,9 @@ class Store:
     def __init__(self, url: str = DEFAULT_DB, *, create: bool = True) -> None:
         self.url = url
         self.engine = make_engine(url)
+        if create and self.engine.dialect.name not in UPSERT:
+            raise UserError("--db", url, f"harness writes results to {' or '.join(UPSERT)}; use sqlite:///results.db "
+                            "or postgresql://user@host/db.")
         if create:
             metadata.create_all(self.engine)
             with self.engine.begin() as c:
@@ -234,17 +240,25 @@ class Store:
                 created_at=now())).inserted_primary_key[0]
 
     def log_epoch(self, run_id: int, epoch: int, metrics: dict[str, float]) -> None:
-        """Insert or replace one epoch (a trial retried from a checkpoint re-reports later epochs)."""
+        """Insert or replace one epoch (a trial retried from a checkpoint re-reports later epochs),
+        then refresh the run's summary from its epochs, in one transaction: an upsert on the
+        (run_id, epoch) primary key and one UPDATE whose numbers SQL computes."""
         values = {m: _finite(metrics.get(m)) for m in EPOCH_METRICS}
+        upsert = UPSERT[self.engine.dialect.name](epochs).values(run_id=run_id, epoch=epoch, **values)
+        upsert = upsert.on_conflict_do_update(index_elements=[epochs.c.run_id, epochs.c.epoch],
+                                              set_={m: upsert.excluded[m] for m in EPOCH_METRICS})
+        mine = epochs.c.run_id == run_id
+        best_acc = sa.select(sa.func.max(epochs.c.val_acc)).where(mine).scalar_subquery()
+        # The first epoch that reached the best accuracy (an alias: the max above must not be
+        # correlated to this subquery's rows).
+        ep = epochs.alias("ep")
+        best_epoch = (sa.select(ep.c.epoch).where(ep.c.run_id == run_id, ep.c.val_acc == best_acc)
+                      .order_by(ep.c.epoch).limit(1).scalar_subquery())
         with self.engine.begin() as c:
-            c.execute(epochs.delete().where(epochs.c.run_id == run_id, epochs.c.epoch == epoch))
-            c.execute(epochs.insert().values(run_id=run_id, epoch=epoch, **values))
-            summary = c.execute(sa.select(
-                sa.func.max(epochs.c.val_acc), sa.func.count()).where(epochs.c.run_id == run_id)).one()
-            best = c.execute(sa.select(epochs.c.epoch).where(epochs.c.run_id == run_id, epochs.c.val_acc == summary[0])
-                             .order_by(epochs.c.epoch).limit(1)).scalar()
+            c.execute(upsert)
             c.execute(runs.update().where(runs.c.id == run_id).values(
-                epochs_done=summary[1], best_val_acc=summary[0], best_epoch=best,
+                epochs_done=sa.select(sa.func.count()).select_from(epochs).where(mine).scalar_subquery(),
+                best_val_acc=best_acc, best_epoch=best_epoch,
                 final_val_acc=values["val_acc"], images_per_s=values["images_per_s"]))
 
     def finish_run(self, run_id: int, *, status: str, error: str | None = None, wall_s: float | None = None) -> None:
