@@ -26,7 +26,8 @@ import yaml
 from harness import report as rep
 from harness.data import DataSpec, check_spec, train_images
 from harness.errors import UserError, close_matches
-from harness.models import CPU_VARIANT, get_model_entry
+from harness.files import check_out_dir, write_text_atomic
+from harness.models import CPU_VARIANT, get_model_entry, stand_in_label
 from harness.recipes import INGREDIENTS, Budget, Recipe, parse_ref, resolve_recipe
 from harness.specs import RunSpec
 from harness.store import Store
@@ -57,7 +58,7 @@ class Ablation:
 
     def describe(self) -> list[str]:
         first = self.runs[0]
-        label = f"{self.model} (CPU stand-in for {self.stands_for})" if self.stands_for else self.model
+        label = stand_in_label(self.model, self.stands_for)
         lines = [f"ablate: {label}, {self.start.label()} -> {self.end.label()}, mode {self.mode}, "
                  f"{len({r.seed for r in self.runs})} seed(s), {len(self.runs)} runs",
                  f"budget: {first.epochs} epochs x {first.train_images} images of {first.data.name} at "
@@ -161,7 +162,7 @@ TABLE_COLUMNS = ["mode", "rung", "ingredient", "recipe", "seeds", "final_mean", 
 def ablation_table(store: Store, experiment_id: int) -> pd.DataFrame:
     """One row per rung: final val acc (%), Δ against the previous rung (add) or the full recipe (drop)
     with its 95% interval, Δ against the start, and the verdict on the ingredient (helps / hurts / no
-    detectable difference). Intervals as in the before/after table (report._compare)."""
+    detectable difference). Intervals as in the before/after table (report.compare)."""
     runs = rep.read_runs(store, experiment_id)
     if runs.empty:
         return pd.DataFrame(columns=TABLE_COLUMNS)
@@ -188,7 +189,7 @@ def ablation_table(store: Store, experiment_id: int) -> pd.DataFrame:
                 if rung == 0:
                     row.update({key: math.nan, f"{key}_lo": math.nan, f"{key}_hi": math.nan})
                     continue
-                cmp = rep._compare(base, group)
+                cmp = rep.compare(base, group)
                 row[key] = finals.mean() - 100 * base["final"].astype(float).mean()
                 row[f"{key}_lo"], row[f"{key}_hi"] = cmp["delta_final_lo"], cmp["delta_final_hi"]
                 if key == "delta_prev":
@@ -208,7 +209,7 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
         step = "start" if r["rung"] == 0 else ("+" if r["mode"] == "add" else "−") + str(r["ingredient"])
         delta = lambda k: "" if pd.isna(r[k]) else f"{r[k]:+.1f} [{r[f'{k}_lo']:+.1f}, {r[f'{k}_hi']:+.1f}]"  # noqa: E731
         rows.append({"mode": r["mode"], "rung": r["rung"], "ingredient": step, "seeds": r["seeds"],
-                     "final val acc % [95% CI]": rep._final(r["final_mean"], r["final_std"], r["final_lo"], r["final_hi"]),
+                     "final val acc % [95% CI]": rep.format_final(r["final_mean"], r["final_std"], r["final_lo"], r["final_hi"]),
                      "Δ vs previous" if r["mode"] == "add" else "Δ vs full": delta("delta_prev"),
                      "Δ vs start": delta("delta_start") if r["mode"] == "add" else "",
                      "verdict": r["verdict"] or ""})
@@ -229,8 +230,8 @@ def save_table(store: Store, experiment_id: int, out: Path) -> tuple[Path, Path,
     md, csv = out / f"ablate-{experiment_id}.md", out / f"ablate-{experiment_id}.csv"
     text = (f"# Ablation (experiment {experiment_id})\n\n{TABLE_LEGEND}\n\n"
             + (rep.to_markdown(format_table(table)) if not table.empty else "No runs recorded yet.\n"))
-    rep._write_atomic(md, text)
-    rep._write_atomic(csv, table.to_csv(index=False))
+    write_text_atomic(md, text)
+    write_text_atomic(csv, table.to_csv(index=False))
     return md, csv, table
 
 
@@ -275,8 +276,7 @@ def run_ablation(ab: Ablation, *, db: str, out: Path, concurrency: int = 2, addr
     from harness.sweep import run_grid
 
     check_url(db)
-    if out.exists() and not out.is_dir():
-        raise UserError("--out", str(out), "That path is a file; name a folder for the dashboards, e.g. dashboards/.")
+    check_out_dir(out)
     for line in ab.describe():
         echo(line)
     spec = {"model": ab.model, "stands_for": ab.stands_for, "start": ab.start.label(), "end": ab.end.label(),

@@ -15,19 +15,33 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import UserError
+from harness.files import write_text_atomic
+from harness.models import stand_in_label
 from harness.store import Store, check_url
 
-# A run "never beat chance" when its best validation accuracy stays below this multiple of
-# 1/num_classes: a collapsed model predicting one class scores about 1/k on a balanced set, and
-# the val split's class shares wobble a little around 1/k.
+# --- thresholds and levels, each with its source -------------------------------------------------
+# Intervals are two-sided 95%: z of the normal distribution (Wilson 1927, Newcombe 1998), and the
+# bootstrap's percentile interval between these quantiles (Efron & Tibshirani 1993, ch. 13).
+CONFIDENCE = 0.95
+Z95 = 1.959963984540054  # = statistics.NormalDist().inv_cdf(0.975)
+BOOTSTRAP_QUANTILES = (0.025, 0.975)  # (1 - CONFIDENCE) / 2 from each end
+# Harness choice: resamples drawn from a fixed seed, so the same rows always give the same interval
+# (10,000: the usual order, e.g. scipy.stats.bootstrap draws 9,999).
+BOOTSTRAP_RESAMPLES = 10_000
+# Verdict on after - before: "better" / "worse" when the interval excludes this difference, else
+# no detectable difference (the usual reading of a confidence interval against the null).
+NO_DIFFERENCE = 0.0
+VERDICTS = ("better", "worse", "no detectable difference")
+# Harness choice: a run "never beat chance" (or "ended at chance") when its best (final) validation
+# accuracy stays below this multiple of 1/num_classes: a collapsed model predicting one class scores
+# about 1/k on a balanced set, and the val split's class shares wobble a little around 1/k.
 CHANCE_MARGIN = 1.2
+# Harness choice: "epochs to 90% of best" says how fast a recipe gets near its best without
+# rewarding the last noisy fraction of a point (a plateau's wobble can move the best epoch a lot).
+NEAR_BEST = 0.9
+
 # Number of classes of the registered datasets whose size the run spec does not state.
 DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "tinyimagenet": 200}
-# Intervals are two-sided 95% (z of the normal distribution); the bootstrap draws this many
-# resamples from a fixed seed, so the same rows always give the same interval.
-Z95 = 1.959963984540054
-BOOTSTRAP_RESAMPLES = 10_000
-VERDICTS = ("better", "worse", "no detectable difference")
 
 
 # --- statistics ----------------------------------------------------------------------------------
@@ -56,24 +70,20 @@ def paired_bootstrap(before: list[float], after: list[float], *, resamples: int 
     d = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
     idx = np.random.default_rng(seed).integers(0, len(d), size=(resamples, len(d)))
     means = d[idx].mean(axis=1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+    lo, hi = BOOTSTRAP_QUANTILES
+    return float(np.quantile(means, lo)), float(np.quantile(means, hi))
 
 
 def verdict(lo: float, hi: float) -> str:
     if pd.isna(lo) or pd.isna(hi):
         return ""
-    return VERDICTS[0] if lo > 0 else VERDICTS[1] if hi < 0 else VERDICTS[2]
+    return VERDICTS[0] if lo > NO_DIFFERENCE else VERDICTS[1] if hi < NO_DIFFERENCE else VERDICTS[2]
 
 
 def open_reader(db: str) -> Store:
     """A reader on an existing harness database (UserError if missing or foreign); creates nothing."""
     check_url(db, must_exist=True)
     return Store(db, create=False)
-
-
-def model_label(model: str, stands_for: str | None) -> str:
-    """What ran, honestly: 'vit_tiny (for vit_base)' for a CPU stand-in."""
-    return f"{model} (for {stands_for})" if isinstance(stands_for, str) and stands_for else model
 
 
 def read_experiments(store: Store) -> pd.DataFrame:
@@ -91,7 +101,8 @@ def read_runs(store: Store, experiment_id: int | None = None, run_ids: list[int]
     else:
         df = store.read_sql("SELECT * FROM runs ORDER BY id")
     df["params"] = df["params"].map(_json)
-    df["label"] = [model_label(m, s) for m, s in zip(df["model"], df["stands_for"])]
+    # Table cells: the short form, "vit_tiny (for vit_base)"; the pages say "CPU stand-in" around them.
+    df["label"] = [stand_in_label(m, s, short=True) for m, s in zip(df["model"], df["stands_for"])]
     return df
 
 
@@ -126,74 +137,71 @@ def _json(v):
     return v
 
 
-def val_images(store: Store, run_id: int) -> int | None:
-    """Validation images a run was scored on: the total of its stored confusion matrix."""
-    ev = store.read_sql("SELECT confusion FROM evaluations WHERE run_id = :r", r=int(run_id))
-    if ev.empty:
-        return None
-    confusion = _json(ev.iloc[0]["confusion"])
-    n = int(np.asarray(confusion).sum()) if isinstance(confusion, list) and confusion else 0
-    return n or None
+def read_evaluation_sizes(store: Store, run_ids: list[int]) -> pd.DataFrame:
+    """Per run (one query for all): `n_val`, the validation images its stored evaluation was scored
+    on (the total of its confusion matrix), and `eval_classes`, the classes it names; 0 without one."""
+    columns = ["run_id", "n_val", "eval_classes"]
+    if not run_ids:
+        return pd.DataFrame(columns=columns)
+    ids = ",".join(str(int(i)) for i in run_ids)
+    ev = store.read_sql("SELECT r.id AS run_id, e.class_names, e.confusion FROM runs r "
+                        f"LEFT JOIN evaluations e ON e.run_id = r.id WHERE r.id IN ({ids})")
+    confusion, names = ev["confusion"].map(_json), ev["class_names"].map(_json)
+    ev["n_val"] = [int(np.asarray(c).sum()) if isinstance(c, list) and c else 0 for c in confusion]
+    ev["eval_classes"] = [len(n) if isinstance(n, list) else 0 for n in names]
+    return ev[columns]
 
 
-def num_classes(store: Store, run: pd.Series) -> int | None:
-    """From the run's stored evaluation, else the dataset's known size, else the spec's field."""
-    ev = store.read_sql("SELECT class_names FROM evaluations WHERE run_id = :r", r=int(run["id"]))
-    if not ev.empty:
-        names = _json(ev.iloc[0]["class_names"])
-        if isinstance(names, list) and names:
-            return len(names)
-    data = (run["params"] or {}).get("data", {}) if isinstance(run["params"], dict) else {}
-    name = data.get("name")
-    if name in DATASET_CLASSES:
-        return DATASET_CLASSES[name]
-    k = data.get("num_classes")
-    return int(k) if isinstance(k, (int, float)) and k >= 2 else None
+def _from_spec(params: object) -> tuple[int | None, object, object]:
+    """(classes, batch size, optimizer updates) as a run's stored spec states them (NaN when it does not).
+    Classes: the registered dataset's size, else the spec's `num_classes` field."""
+    params = params if isinstance(params, dict) else {}
+    data, recipe = params.get("data") or {}, params.get("recipe") or {}
+    k = DATASET_CLASSES.get(data.get("name"), data.get("num_classes"))
+    k = int(k) if isinstance(k, (int, float)) and k >= 2 else None
+    epochs_run, train_n, batch = params.get("epochs"), params.get("train_images"), recipe.get("batch_size")
+    updates = (epochs_run * max(1, train_n // min(batch, train_n))
+               if isinstance(train_n, int) and isinstance(batch, int) and isinstance(epochs_run, int) else math.nan)
+    return k, batch if isinstance(batch, int) else math.nan, updates
 
 
 # --- per-run summary ----------------------------------------------------------------------------
 
-def run_summary(store: Store, runs: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: best/final val acc, epochs to reach 90% of the best, final train-val gap
-    (points), chance level and whether the run beat it."""
-    rows = []
-    for _, run in runs.iterrows():
-        ep = epochs[epochs["run_id"] == run["id"]].sort_values("epoch")
-        best, final = run["best_val_acc"], run["final_val_acc"]
-        to90 = math.nan
-        if pd.notna(best) and best > 0:
-            reached = ep[ep["val_acc"] >= 0.9 * best]
-            to90 = float(reached["epoch"].iloc[0]) if not reached.empty else math.nan
-        gap = math.nan
-        if not ep.empty:
-            last = ep.iloc[-1]
-            if pd.notna(last["train_acc"]) and pd.notna(last["val_acc"]):
-                gap = 100.0 * (last["train_acc"] - last["val_acc"])
-        k = num_classes(store, run)
-        chance = 1.0 / k if k else math.nan
-        params = run["params"] if isinstance(run["params"], dict) else {}
-        recipe = params.get("recipe") or {}
-        n_val = val_images(store, run["id"])
-        lo, hi = wilson(final * n_val, n_val) if n_val and pd.notna(final) else (math.nan, math.nan)
-        epochs_run = params.get("epochs")
-        train_n, batch = params.get("train_images"), recipe.get("batch_size")
-        updates = (epochs_run * max(1, train_n // min(batch, train_n))
-                   if isinstance(train_n, int) and isinstance(batch, int) and isinstance(epochs_run, int) else math.nan)
-        rows.append({"run_id": int(run["id"]), "label": run["label"], "model": run["model"],
-                     "stands_for": run["stands_for"], "recipe": run["recipe"], "seed": run["seed"],
-                     "status": run["status"], "best": best, "final": final, "final_lo": lo, "final_hi": hi,
-                     "n_val": n_val or math.nan, "batch": batch if isinstance(batch, int) else math.nan,
-                     "updates": updates, "epochs_to_90": to90, "gap": gap, "chance": chance,
-                     # A run with no finished epoch has no accuracy to judge (its status says why). Both the
-                     # best epoch and the last are judged: a run can touch chance+20% once and collapse after.
-                     "at_chance": bool(pd.notna(best) and k and best < CHANCE_MARGIN * chance),
-                     "ends_at_chance": bool(pd.notna(final) and k and final < CHANCE_MARGIN * chance)})
-    return pd.DataFrame(rows, columns=RUN_SUMMARY_COLUMNS)
-
-
 RUN_SUMMARY_COLUMNS = ["run_id", "label", "model", "stands_for", "recipe", "seed", "status", "best", "final", "final_lo",
                        "final_hi", "n_val", "batch", "updates", "epochs_to_90", "gap", "chance", "at_chance",
                        "ends_at_chance"]
+
+
+def run_summary(store: Store, runs: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: best/final val acc, epochs to reach 90% of the best, final train-val gap
+    (points), chance level and whether the run beat it."""
+    if runs.empty:
+        return pd.DataFrame(columns=RUN_SUMMARY_COLUMNS)
+    s = runs.rename(columns={"id": "run_id", "best_val_acc": "best", "final_val_acc": "final"})
+    s = s.astype({"best": float, "final": float})  # a column of only NULLs reads back as None objects
+    s = s.merge(read_evaluation_sizes(store, s["run_id"].tolist()), on="run_id", how="left")
+
+    # From the epochs: the first epoch at NEAR_BEST of the run's best, and the last epoch's gap.
+    ep = epochs[epochs["run_id"].isin(s["run_id"])].sort_values(["run_id", "epoch"])
+    ep = ep.astype({"train_acc": float, "val_acc": float})
+    best = ep["run_id"].map(s.set_index("run_id")["best"])
+    ep = ep.assign(near=ep["epoch"].where((best > 0) & (ep["val_acc"] >= NEAR_BEST * best)),
+                   gap=100.0 * (ep["train_acc"] - ep["val_acc"]))
+    per_run = ep.groupby("run_id").agg(epochs_to_90=("near", "min"),
+                                       gap=("gap", lambda g: g.iloc[-1]))  # the last epoch's, even if NaN
+    s = s.merge(per_run.astype(float).reset_index(), on="run_id", how="left")
+
+    k_spec, s["batch"], s["updates"] = zip(*s["params"].map(_from_spec))
+    k = s["eval_classes"].where(s["eval_classes"] > 0, pd.Series(k_spec, index=s.index, dtype=float))
+    s["chance"] = 1.0 / k  # NaN when the class count is unknown
+    s["n_val"] = s["n_val"].where(s["n_val"] > 0)
+    s["final_lo"], s["final_hi"] = zip(*(wilson(f * n, int(n)) if pd.notna(n) and pd.notna(f) else (math.nan, math.nan)
+                                         for f, n in zip(s["final"], s["n_val"])))
+    # A run with no finished epoch has no accuracy to judge (its status says why). Both the best
+    # epoch and the last are judged: a run can touch chance+20% once and collapse after.
+    s["at_chance"] = (s["best"] < CHANCE_MARGIN * s["chance"]).fillna(False).astype(bool)
+    s["ends_at_chance"] = (s["final"] < CHANCE_MARGIN * s["chance"]).fillna(False).astype(bool)
+    return s[RUN_SUMMARY_COLUMNS]
 
 
 # --- the before/after table ---------------------------------------------------------------------
@@ -230,8 +238,9 @@ def _one(values: pd.Series) -> float:
     return float(v[0]) if len(v) == 1 else math.nan
 
 
-def _compare(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, object]:
-    """The interval of after - before (final val acc, points) and its verdict.
+def compare(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, object]:
+    """The interval of after - before (final val acc, points) and its verdict, from two sets of
+    `run_summary` rows (the before/after table and the ablation ladder both judge with it).
 
     One seed per side: each accuracy is a binomial proportion on the validation set, so the
     interval is Newcombe's from the two Wilson intervals (a seed's spread is not in it: say so).
@@ -270,7 +279,7 @@ def before_after(store: Store, experiment_id: int) -> pd.DataFrame:
         for other in others:
             after = group[group["recipe"] == other] if other else group.iloc[0:0]
             both = pd.concat([before, after])
-            row = {"model": model_label(model, stands_for or None), "ran": model, "stands_for": stands_for or None,
+            row = {"model": stand_in_label(model, stands_for or None, short=True), "ran": model, "stands_for": stands_for or None,
                    "before_recipe": baseline, "after_recipe": other,
                    "before_runs": len(before), "after_runs": len(after), "batch": _one(both["batch"]),
                    "updates": _one(both["updates"]), "n_val": _one(both["n_val"])}
@@ -287,7 +296,7 @@ def before_after(store: Store, experiment_id: int) -> pd.DataFrame:
                 row[f"{side}_gap"] = df["gap"].astype(float).mean() if len(df) else math.nan
             row["delta_best"] = row["after_best_mean"] - row["before_best_mean"]
             row["delta_final"] = row["after_final_mean"] - row["before_final_mean"]
-            row.update(_compare(before, after))
+            row.update(compare(before, after))
             row["flags"] = "; ".join(_flags(before, baseline) + (_flags(after, other) if other else []))
             rows.append(row)
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
@@ -303,8 +312,9 @@ def _num(v: float, fmt: str = "{:.1f}") -> str:
     return "-" if pd.isna(v) else fmt.format(v)
 
 
-def _final(mean: float, std: float, lo: float, hi: float) -> str:
-    """'83.3 [79.2, 86.8]' for one run (binomial interval), 'mean ± std' over seeds."""
+def format_final(mean: float, std: float, lo: float, hi: float) -> str:
+    """A final-accuracy cell: '83.3 [79.2, 86.8]' for one run (its binomial interval), 'mean ± std'
+    over seeds, '-' for none."""
     if pd.notna(lo) and pd.notna(mean):
         return f"{mean:.1f} [{lo:.1f}, {hi:.1f}]"
     return _pm(mean, std)
@@ -320,8 +330,8 @@ def format_before_after(table: pd.DataFrame) -> pd.DataFrame:
             "recipes": arrow(r["before_recipe"], r["after_recipe"] or "-"),
             "seeds": arrow(r["before_runs"], r["after_runs"]),
             "batch, updates": f"{_num(r['batch'], '{:.0f}')}, {_num(r['updates'], '{:.0f}')}",
-            "final val acc % [95% CI]": arrow(_final(r["before_final_mean"], r["before_final_std"], r["before_final_lo"], r["before_final_hi"]),
-                                              _final(r["after_final_mean"], r["after_final_std"], r["after_final_lo"], r["after_final_hi"])),
+            "final val acc % [95% CI]": arrow(format_final(r["before_final_mean"], r["before_final_std"], r["before_final_lo"], r["before_final_hi"]),
+                                              format_final(r["after_final_mean"], r["after_final_std"], r["after_final_lo"], r["after_final_hi"])),
             "Δ final [95% CI]": (_num(r["delta_final"], "{:+.1f}") + (f" [{r['delta_final_lo']:+.1f}, {r['delta_final_hi']:+.1f}]"
                                                                     if pd.notna(r["delta_final_lo"]) else "")),
             "verdict": r["verdict"] or "",
@@ -371,15 +381,9 @@ def save_before_after(store: Store, experiment_id: int, out: Path) -> tuple[Path
     text = (f"# Before/after: {name} (experiment {experiment_id})\n\n"
             + TABLE_LEGEND + "\n\n"
             + (to_markdown(format_before_after(table)) if not table.empty else "No runs recorded yet.\n"))
-    _write_atomic(md, text)
-    _write_atomic(csv, table.to_csv(index=False))
+    write_text_atomic(md, text)
+    write_text_atomic(csv, table.to_csv(index=False))
     return md, csv, table
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def latest_benchmark(store: Store) -> int | None:
@@ -398,5 +402,5 @@ def check_runs_exist(store: Store, run_ids: list[int], field: str = "--compare")
 
 
 __all__ = ["before_after", "format_before_after", "save_before_after", "open_reader", "run_summary", "to_markdown",
-           "to_text", "model_label", "read_runs", "read_epochs", "read_experiments", "read_evaluation",
-           "check_runs_exist", "UserError"]
+           "to_text", "read_runs", "read_epochs", "read_experiments", "read_evaluation", "read_evaluation_sizes",
+           "compare", "format_final", "check_runs_exist", "UserError"]
