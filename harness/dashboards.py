@@ -27,13 +27,17 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from harness import report as rep
-from harness.errors import UserError
+from harness.files import check_out_dir, write_text_atomic
+from harness.models import stand_in_label
 from harness.store import Store
 
 PLOTLY_JS = "plotly.min.js"
-GAP_OK, GAP_WARN = 5.0, 10.0  # train-val gap in points: < 5 good (green), 5-10 slight (orange), > 10 overfit (red)
+# Seed 003's overfitting colour codes for the train-val gap in points: < 5 good fit (green), 5-10
+# slight overfitting (orange), > 10 overfitting (red).
+GAP_OK, GAP_WARN = 5.0, 10.0
 GAP_COLORS = {"ok": "#2ca02c", "warn": "#ff7f0e", "bad": "#d62728"}
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
+WEAK_CLASS_ACC = 50.0  # harness choice: per-class accuracy % drawn red below this (most of the class missed)
 MAX_SHOWN = 300  # characters of a user string shown in a table cell (the full text is on the experiment page)
 CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -58,9 +62,20 @@ def _cell(v: Any) -> str:
 
 
 def table(headers: Iterable[str], rows: Iterable[Iterable[Any]], cls: str = "") -> str:
+    """A table whose rows mix text with HTML we built (`Raw`: links, status badges). Written by hand
+    because pandas' to_html escapes every cell or none, and the text cells must be escaped; a table
+    of plain text goes through `frame_table`."""
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def frame_table(df: pd.DataFrame, cls: str = "") -> str:
+    """A table of plain-text cells, written and escaped by pandas (long strings cut as in `table`)."""
+    cells = df.map(lambda v: v[:MAX_SHOWN] + "…" if isinstance(v, str) and len(v) > MAX_SHOWN else v)
+    with pd.option_context("display.max_colwidth", None):
+        return cells.to_html(index=False, escape=True, border=0, classes=cls or None, na_rep="",
+                             float_format="{:.4g}".format)
 
 
 def link(href: str, text: Any) -> Raw:
@@ -93,22 +108,18 @@ def page(title: str, body: str, *, plots: bool = True, nav: bool = True) -> str:
             f'<body>{back}{body}</body></html>\n')
 
 
-def _write(path: Path, text: str) -> Path:
-    # Temp file + rename: a browser (or a test) reading while a report is rewritten never sees half a page.
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
-
-
 def write_plotlyjs(out: Path) -> None:
-    """plotly.js once per folder (3.5 MB) instead of inside every page."""
+    """plotly.js once per folder (3.5 MB) instead of inside every page, rewritten when the installed
+    plotly's differs. Not plotly's include_plotlyjs="directory": that mode puts a <script> tag in
+    every figure (a run page has three) and writes the bundle only from write_html of a whole page,
+    and only when none is there (a stale copy outlives a plotly upgrade). The doctor's single-figure
+    page does use it."""
     from plotly.offline import get_plotlyjs
 
     target = out / PLOTLY_JS
     js = get_plotlyjs()
     if not target.is_file() or target.stat().st_size != len(js.encode("utf-8")):
-        _write(target, js)
+        write_text_atomic(target, js)
 
 
 def status(s: Any) -> Raw:
@@ -227,7 +238,7 @@ def before_after_figure(table: pd.DataFrame, title: str) -> go.Figure:
 def evaluation_figures(ev: dict) -> tuple[go.Figure, go.Figure]:
     names = [esc(n, 40) for n in ev["class_names"]]
     acc = [100 * float(a) for a in ev["per_class_acc"]]
-    bar = go.Figure(go.Bar(x=names, y=acc, marker_color=[PALETTE[1] if a < 50 else PALETTE[0] for a in acc],
+    bar = go.Figure(go.Bar(x=names, y=acc, marker_color=[PALETTE[1] if a < WEAK_CLASS_ACC else PALETTE[0] for a in acc],
                            text=[f"{a:.0f}" for a in acc], textposition="outside"))
     bar.update_layout(title=f"per-class accuracy % (best checkpoint, epoch {ev.get('epoch')})", yaxis=dict(range=[0, 105]),
                       xaxis=dict(type="category", title="class"), height=380)
@@ -274,8 +285,9 @@ def experiment_header(exp: pd.Series, runs: pd.DataFrame) -> str:
     counts = runs["status"].value_counts().to_dict() if not runs.empty else {}
     summary = ", ".join(f"{v} {esc(k)}" for k, v in counts.items()) or "no runs yet"
     desc = f"<p>{esc(exp['description'])}</p>" if exp["description"] else ""
-    stand_ins = sorted({f"{m} for {s}" for m, s in zip(runs.get("model", []), runs.get("stands_for", [])) if isinstance(s, str) and s})
-    note = (f'<p class="note">CPU stand-ins ran: {esc(", ".join(stand_ins))} (same family, smaller; not the full models).</p>'
+    stand_ins = sorted({stand_in_label(m, s, short=True) for m, s in zip(runs.get("model", []), runs.get("stands_for", []))
+                        if isinstance(s, str) and s})
+    note = (f'<p class="note">CPU stand-ins ran (same family, smaller; not the full models): {esc(", ".join(stand_ins))}.</p>'
             if stand_ins else "")
     return (f"<h1>{esc(exp['kind'])} #{int(exp['id'])}: {esc(exp['name'])}</h1>{desc}"
             f"<p class='muted'>status {status(exp['status'])} · {summary} · device {esc(exp['device'])} · "
@@ -303,6 +315,14 @@ def experiment_page(exp: pd.Series, runs: pd.DataFrame, epochs: pd.DataFrame) ->
     return page(f"{exp['kind']} #{exp['id']}: {exp['name']}", body)
 
 
+def table_section(title: str, legend: str, shown: pd.DataFrame, *, cls: str, stem: str, eid: int, curves: str) -> str:
+    """A results table under its legend, then links to its Markdown and CSV copies (`stem`.md, .csv)
+    and to the experiment page with the curves."""
+    return (f"<h2>{esc(title)}</h2><p class='muted'>{esc(legend)}</p>" + frame_table(shown, cls)
+            + f"<p>Also as {link(f'{stem}.md', 'Markdown')} and {link(f'{stem}.csv', 'CSV')}; "
+            f"{esc(curves)}: {link(f'experiment-{eid}.html', 'experiment page')}.</p>")
+
+
 def before_after_page(exp: pd.Series, runs: pd.DataFrame, table_df: pd.DataFrame) -> str:
     eid = int(exp["id"])
     body = experiment_header(exp, runs)
@@ -310,11 +330,8 @@ def before_after_page(exp: pd.Series, runs: pd.DataFrame, table_df: pd.DataFrame
         body += "<p class='empty'>No runs recorded yet.</p>"
     else:
         body += fig_html(before_after_figure(table_df, f"{exp['name']}: before → after"), f"before-after-{eid}")
-        shown = rep.format_before_after(table_df)
-        body += (f"<h2>Before/after table</h2><p class='muted'>{esc(rep.TABLE_LEGEND)}</p>"
-                 + table(shown.columns, shown.itertuples(index=False), cls="before-after")
-                 + f"<p>Also as {link(f'before_after-{eid}.md', 'Markdown')} and {link(f'before_after-{eid}.csv', 'CSV')}; "
-                 f"curves of every run: {link(f'experiment-{eid}.html', 'experiment page')}.</p>")
+        body += table_section("Before/after table", rep.TABLE_LEGEND, rep.format_before_after(table_df), cls="before-after",
+                              stem=f"before_after-{eid}", eid=eid, curves="curves of every run")
     return page(f"before/after: {exp['name']}", body)
 
 
@@ -329,11 +346,8 @@ def ablate_page(exp: pd.Series, runs: pd.DataFrame, table_df: pd.DataFrame) -> s
     body += ("<p class='note'>In <b>add</b> mode the order matters: an ingredient's Δ is measured on top of the ones "
              "before it, and ingredients interact (a warmup matters more at a high lr). <b>drop</b> mode — the full "
              "recipe minus one ingredient — is the check.</p>")
-    shown = ablate.format_table(table_df)
-    body += (f"<h2>Ladder</h2><p class='muted'>{esc(ablate.TABLE_LEGEND)}</p>"
-             + table(shown.columns, shown.itertuples(index=False), cls="ablate")
-             + f"<p>Also as {link(f'ablate-{eid}.md', 'Markdown')} and {link(f'ablate-{eid}.csv', 'CSV')}; "
-             f"every rung's curves overlaid: {link(f'experiment-{eid}.html', 'experiment page')}.</p>")
+    body += table_section("Ladder", ablate.TABLE_LEGEND, ablate.format_table(table_df), cls="ablate", stem=f"ablate-{eid}",
+                          eid=eid, curves="every rung's curves overlaid")
     return page(f"ablation: {exp['name']}", body)
 
 
@@ -397,7 +411,7 @@ def run_page(store: Store, run: pd.Series, epochs: pd.DataFrame, exp_name: str) 
             f"{'' if pd.isna(run['best_epoch']) else int(run['best_epoch'])} · final {pct(run['final_val_acc'])}% · "
             f"{int(run['epochs_done'])} epochs</p>")
     if isinstance(run["stands_for"], str) and run["stands_for"]:
-        body += f"<p class='note'>{esc(run['model'])} ran as a CPU stand-in for {esc(run['stands_for'])}.</p>"
+        body += f"<p class='note'>Ran: {esc(stand_in_label(run['model'], run['stands_for']))}.</p>"
     if run["error"]:
         body += f"<pre>{esc(run['error'])}</pre>"
     if epochs.empty:
@@ -477,8 +491,7 @@ def write_dashboards(db: str, out: Path | str = "dashboards", *, compare: list[i
     compare.html when `compare` run ids are given). UserError, before writing, for a database that
     does not exist or is not harness's, and for a missing run id."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError("--out", str(out), "That path is a file; name a folder for the dashboards, e.g. dashboards/.")
+    check_out_dir(out)
     store = rep.open_reader(db)
     try:
         if compare:
@@ -493,29 +506,29 @@ def write_dashboards(db: str, out: Path | str = "dashboards", *, compare: list[i
             eid = int(exp["id"])
             er = runs[runs["experiment_id"] == eid]
             ee = epochs[epochs["run_id"].isin(er["id"])]
-            _write(out / f"experiment-{eid}.html", experiment_page(exp, er, ee))
+            write_text_atomic(out / f"experiment-{eid}.html", experiment_page(exp, er, ee))
             made[eid] = [link(f"experiment-{eid}.html", "curves")]
             if exp["kind"] == "benchmark":
                 _, _, tbl = rep.save_before_after(store, eid, out)
-                _write(out / f"before_after-{eid}.html", before_after_page(exp, er, tbl))
+                write_text_atomic(out / f"before_after-{eid}.html", before_after_page(exp, er, tbl))
                 made[eid] += [link(f"before_after-{eid}.html", "before/after"), link(f"before_after-{eid}.md", "md"),
                               link(f"before_after-{eid}.csv", "csv")]
             if exp["kind"] == "ablate":
                 from harness.ablate import save_table
 
                 _, _, tbl = save_table(store, eid, out)
-                _write(out / f"ablate-{eid}.html", ablate_page(exp, er, tbl))
+                write_text_atomic(out / f"ablate-{eid}.html", ablate_page(exp, er, tbl))
                 made[eid] += [link(f"ablate-{eid}.html", "ablation"), link(f"ablate-{eid}.md", "md"),
                               link(f"ablate-{eid}.csv", "csv")]
             if exp["kind"] == "sweep":
-                _write(out / f"sweep-{eid}.html", sweep_page(db, exp, er))
+                write_text_atomic(out / f"sweep-{eid}.html", sweep_page(db, exp, er))
                 made[eid].append(link(f"sweep-{eid}.html", "sweep"))
             for _, run in er.iterrows():
-                _write(out / f"run-{int(run['id'])}.html", run_page(store, run, ee[ee["run_id"] == run["id"]], exp["name"]))
-        index = _write(out / "index.html", index_page(db, exps, runs, made))
+                write_text_atomic(out / f"run-{int(run['id'])}.html", run_page(store, run, ee[ee["run_id"] == run["id"]], exp["name"]))
+        index = write_text_atomic(out / "index.html", index_page(db, exps, runs, made))
         if compare:
             chosen = runs[runs["id"].isin(compare)].set_index("id").loc[list(dict.fromkeys(compare))].reset_index()
-            return _write(out / "compare.html", compare_page(chosen, epochs[epochs["run_id"].isin(compare)]))
+            return write_text_atomic(out / "compare.html", compare_page(chosen, epochs[epochs["run_id"].isin(compare)]))
         return index
     finally:
         store.close()
