@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +24,68 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness.models import stand_in_label
 from harness.recipes import Recipe, build_loss, build_optimizer
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 TRANSFORMERS = ("vit", "swin")
 FAMILIES = ("resnet", "efficientnet", "vit", "swin")
 
-# Seed 004's gradient-check range for the global grad norm of a first step.
-GRAD_NORM_RANGE = (0.1, 10.0)
+# --- thresholds, each with its source -----------------------------------------------------------
+# Seed 004 = the ViT tuning checklist's "must-do checks before training"; seed 000 = the debugging
+# checklist of the ViT/Swin failure write-up. Harness choices say why.
 
+# gradients: seed 004's sane range (0.1 ~ 10) for the global grad norm of the first step.
+GRAD_NORM_RANGE = (0.1, 10.0)
+# Harness choice: a zero gradient on step 1 can be by design (timm zero-inits each ResNet block's
+# last norm), so zero gradients are re-checked after this many plain SGD steps at this lr.
+GRAD_RECHECK_STEPS = 2
+GRAD_PROBE_LR = 1e-2
+
+# overfit test: seed 004, "100% accuracy on 32 samples ... train 150-200 steps".
+OVERFIT_SAMPLES = 32
+OVERFIT_STEPS = 200
+OVERFIT_TARGET_ACC = 1.0
 # Overfit-test optimizer: AdamW with weight decay 0 for every family, so a FAIL points at the
 # model or the data, not at an optimizer the recipe happened to pick (LAMB, RMSprop...). The lr
 # is per family. Seed 004 says 5e-3 for its 4-layer, 128-wide ViT; a 12-layer ViT or Swin with
 # no warmup is not stable there (the loss spikes before it memorises), so transformers use 1e-3
 # (the top of seed 004's "medium dataset" range). BatchNorm CNNs take seed 004's 5e-3 as is.
 OVERFIT_LR = {"vit": 1e-3, "swin": 1e-3, "resnet": 5e-3, "efficientnet": 5e-3}
-OVERFIT_SAMPLES = 32
+OVERFIT_LR_OTHER = 1e-3  # a plugin's family: the transformers' (the more cautious) lr
+
+# lr range test: Smith, arXiv 1506.01186 sec. 3.3, as fastai's lr_find runs it.
+LR_STEPS = 100  # fastai lr_find's default number of iterations
+LR_DIVERGE_FACTOR = 4.0  # fastai lr_find stops when the smoothed loss exceeds 4x its minimum
+# Harness choice: beta 0.9 averages ~10 steps (fastai's 0.98 averages ~50, which on a 100-step
+# sweep lags the curve by three decades of lr).
+LR_SMOOTHING_BETA = 0.9
+# Harness choice: the sweep spans three decades either side of the recipe's lr (x/ 1e3), wide enough
+# to see the flat start and the divergence for any optimizer, without spending steps far from it.
+LR_SPAN = 1e3
+# Harness choice: on a CPU the sweep runs at batch <= 32 (a ViT-Tiny step at 32 images costs ~0.3 s
+# of CPU); the recipe's lr is moved to that batch by the linear rule (Goyal et al. arXiv 1706.02677).
+LR_CPU_BATCH = 32
+# Harness choice, how the curve is read: the first 1/LR_SKIP_PART of the points are dropped (the
+# moving average is still warming up), and after a divergence the last LR_SKIP_DIVERGED (already
+# climbing); the start loss is the mean of the next LR_START_POINTS.
+LR_SKIP_PART = 10
+LR_SKIP_DIVERGED = 2
+LR_START_POINTS = 5
+# Harness choice, measured: a 100-step sweep of a ViT on 10 classes lowers the smoothed loss by only
+# ~8% (2.29 -> 2.11 on digits), so "it trained" is a 3% drop; a sweep at lrs far too small moves <0.5%.
+LR_MIN_LOSS_RATIO = 0.97
+# Harness choice: a recipe lr over 100x below the steepest descent trains at a crawl.
+LR_TOO_LOW_FACTOR = 100
+
+# recipe lint (seed 000's debugging checklist; each rule cites its own sources).
+# Seed 000: transformers fail above ~2e-4 ("learning rate < 0.0002?") without warmup; lrs are
+# compared per 512 images, DeiT's reference batch (lr = 5e-4 x batch / 512, arXiv 2012.12877).
+MAX_LR_NO_WARMUP = 2e-4
+LR_REFERENCE_BATCH = 512
+# timm's Mixup (mode 'batch') pairs each image with its mirror in the batch and draws one lambda
+# per batch, and refuses odd batches; harness choice: below 32 images the targets are mostly noise.
+MIXUP_MIN_BATCH = 32
 
 
 @dataclass
@@ -162,8 +208,8 @@ def _layer(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 
 
-def check_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, extra_steps: int = 2,
-                    lr: float = 1e-2) -> list[CheckResult]:
+def check_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, extra_steps: int = GRAD_RECHECK_STEPS,
+                    lr: float = GRAD_PROBE_LR) -> list[CheckResult]:
     """Seed 004's gradient check on one batch (normalised images, hard labels).
 
     `gradients`: FAIL naming every parameter that is frozen (requires_grad=False: nothing in the
@@ -171,7 +217,7 @@ def check_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     an all-zero one. A zero gradient on step 1 can be by design - timm zero-initialises the last
     norm of each ResNet block, which zeroes the gradient of the convolutions before it - so zero
     gradients are re-checked after up to `extra_steps` SGD steps and only ones that stay zero fail.
-    `grad_norm`: the first step's global norm (plain cross-entropy) against 0.1-10, WARN naming
+    `grad_norm`: the first step's global norm (plain cross-entropy) against GRAD_NORM_RANGE, WARN naming
     the layers outside that range.
     """
     model.train()
@@ -246,7 +292,7 @@ def _names(names: list[str], limit: int = 6) -> str:
 # --- overfit test -------------------------------------------------------------------------------
 
 def check_overfit(model: torch.nn.Module, split: Any, *, normalize: Callable[[torch.Tensor], torch.Tensor],
-                  lr: float, steps: int = 200, seed: int = 0) -> CheckResult:
+                  lr: float, steps: int = OVERFIT_STEPS, seed: int = 0) -> CheckResult:
     """Seed 004's overfit test: train on one small split (32 images) with AdamW, weight decay 0,
     no augmentation, until the training batch is 100% right or `steps` run out.
 
@@ -270,7 +316,7 @@ def check_overfit(model: torch.nn.Module, split: Any, *, normalize: Callable[[to
         opt.step()
         accs.append(float((out.argmax(1) == y).float().mean()))
         losses.append(loss.item())
-        if accs[-1] == 1.0:
+        if accs[-1] >= OVERFIT_TARGET_ACC:
             reached = step
             break
         if not math.isfinite(losses[-1]):
@@ -289,9 +335,35 @@ def check_overfit(model: torch.nn.Module, split: Any, *, normalize: Callable[[to
 
 # --- lr range test ------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class LrCurve:
+    """What `lr_range_test` measured and suggests; `check_lr_range` adds the recipe's lr it judged.
+    `as_dict()` is the lr_range check's `data`: the database's JSON and `harness doctor --json`."""
+
+    lr: tuple[float, ...]  # the lr of each step taken
+    loss: tuple[float, ...]  # raw training loss per step (the last one may be NaN/Inf)
+    smoothed: tuple[float, ...]  # bias-corrected moving average of the loss (NaN at a non-finite loss)
+    steps_done: int
+    steps: int  # the budget
+    batch_size: int
+    lr_min: float
+    lr_max: float
+    stopped: str  # "end of sweep", or why the sweep stopped early
+    diverged: bool
+    diverged_at: float | None  # the lr at which it stopped
+    suggested_lr: float | None  # steepest descent of the smoothed loss, on the way down to its minimum
+    min_loss_lr: float | None  # where the smoothed loss is lowest
+    start_loss: float  # mean smoothed loss once the moving average has warmed up
+    min_loss: float | None
+    recipe_lr: float | None = None  # the recipe's lr at this batch, once judged
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def lr_range_test(model: torch.nn.Module, split: Any, recipe: Recipe, *, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-                  lr_min: float, lr_max: float, steps: int = 100, batch_size: int = 32, seed: int = 0,
-                  diverge_factor: float = 4.0, beta: float = 0.9) -> dict[str, Any]:
+                  lr_min: float, lr_max: float, steps: int = LR_STEPS, batch_size: int = LR_CPU_BATCH, seed: int = 0,
+                  diverge_factor: float = LR_DIVERGE_FACTOR, beta: float = LR_SMOOTHING_BETA) -> LrCurve:
     """Smith's lr range test (arXiv 1506.01186 sec. 3.3; fastai's lr_find): the recipe's
     optimizer (weight decay, no-decay groups, layer decay), loss, clipping and model
     regularisation, with crop/flip augmentation, and the lr raised exponentially from
@@ -303,8 +375,7 @@ def lr_range_test(model: torch.nn.Module, split: Any, recipe: Recipe, *, augment
     of ViT-Tiny on digits stays flat to within noise across six decades of lr).
     The lr of each param group is set as lr x the group's `lr_scale` (timm's layer decay).
     Returns the curve and the suggestions; `check_lr_range` judges it against the recipe.
-    The loss is smoothed by a bias-corrected moving average; `beta` 0.9 averages ~10 steps.
-    (fastai's 0.98 averages ~50, which on a 100-step sweep lags the curve by three decades of lr.)
+    The loss is smoothed by a bias-corrected moving average (`beta`: see LR_SMOOTHING_BETA).
     """
     model.train()
     dev = _device(model)
@@ -345,8 +416,8 @@ def lr_range_test(model: torch.nn.Module, split: Any, recipe: Recipe, *, augment
     finite = [(lr, s) for lr, s in zip(lrs, smooth) if math.isfinite(s)]
     # Drop the first tenth (the moving average is still warming up) and, after a divergence, the
     # last points (already climbing) before looking for the steepest descent.
-    skip = max(1, len(finite) // 10)
-    body = finite[skip: len(finite) - (2 if diverged else 0)] or finite
+    skip = max(1, len(finite) // LR_SKIP_PART)
+    body = finite[skip: len(finite) - (LR_SKIP_DIVERGED if diverged else 0)] or finite
     suggested = min_loss_lr = None
     if len(body) >= 3:
         b_lr = np.log10([p[0] for p in body])
@@ -356,53 +427,51 @@ def lr_range_test(model: torch.nn.Module, split: Any, recipe: Recipe, *, augment
         if low >= 2:  # the steepest descent lies on the way down to the minimum, not at or past it
             slope = np.gradient(b_s[: low + 1], b_lr[: low + 1])[:-1]
             suggested = float(10 ** b_lr[int(np.argmin(slope))])
-    start_loss = float(np.mean([p[1] for p in finite[skip: skip + 5]])) if finite else float("nan")
-    return {"lr": lrs, "loss": raw, "smoothed": smooth, "steps_done": len(lrs), "steps": steps, "batch_size": batch_size,
-            "lr_min": lr_min, "lr_max": lr_max, "stopped": stopped, "diverged": diverged,
-            "diverged_at": lrs[-1] if diverged else None, "suggested_lr": suggested, "min_loss_lr": min_loss_lr,
-            "start_loss": start_loss, "min_loss": best if math.isfinite(best) else None}
+    start_loss = float(np.mean([p[1] for p in finite[skip: skip + LR_START_POINTS]])) if finite else float("nan")
+    return LrCurve(lr=tuple(lrs), loss=tuple(raw), smoothed=tuple(smooth), steps_done=len(lrs), steps=steps,
+                   batch_size=batch_size, lr_min=lr_min, lr_max=lr_max, stopped=stopped, diverged=diverged,
+                   diverged_at=lrs[-1] if diverged else None, suggested_lr=suggested, min_loss_lr=min_loss_lr,
+                   start_loss=start_loss, min_loss=best if math.isfinite(best) else None)
 
 
-def check_lr_range(curve: dict[str, Any], recipe_lr: float, *, recipe_desc: str | None = None) -> CheckResult:
+def check_lr_range(curve: LrCurve, recipe_lr: float, *, recipe_desc: str | None = None) -> CheckResult:
     """Judge the recipe's lr (at the test's batch size) against the curve.
 
-    WARN when the loss never fell by 3% (no lr in the sweep trains the model), when the recipe's lr is
-    at or past the point where the loss stops improving (Smith: the usable maximum), or when it
-    is more than 100x below the steepest descent (training would crawl). PASS otherwise.
+    WARN when the smoothed loss never fell below LR_MIN_LOSS_RATIO x its start (no lr in the sweep
+    trains the model), when the recipe's lr is at or past the point where the loss stops improving
+    (Smith: the usable maximum), or when it is more than LR_TOO_LOW_FACTOR x below the steepest
+    descent (training would crawl). PASS otherwise.
     """
-    data = {**curve, "recipe_lr": recipe_lr}
-    sug, lo_best = curve["suggested_lr"], curve["min_loss_lr"]
-    end = curve["stopped"] if curve["diverged"] else f"no divergence up to {curve['lr_max']:.3g}"
-    head = (f"{curve['steps_done']}/{curve['steps']} steps at batch {curve['batch_size']}, "
-            f"{curve['lr_min']:.2g}->{curve['lr'][-1]:.2g}; {end}")
-    # A 100-step sweep of a ViT on 10 classes lowers the smoothed loss by only ~8% (2.29 -> 2.11
-    # measured on digits), so "it trained" is a 3% drop; a sweep at lrs far too small moves <0.5%.
-    if sug is None or curve["min_loss"] is None or not (curve["min_loss"] < 0.97 * curve["start_loss"]):
-        return CheckResult("lr_range", WARN, f"{head}; the loss never fell by 3% at any lr",
+    data = replace(curve, recipe_lr=recipe_lr).as_dict()
+    sug, lo_best = curve.suggested_lr, curve.min_loss_lr
+    end = curve.stopped if curve.diverged else f"no divergence up to {curve.lr_max:.3g}"
+    head = f"{curve.steps_done}/{curve.steps} steps at batch {curve.batch_size}, {curve.lr_min:.2g}->{curve.lr[-1]:.2g}; {end}"
+    if sug is None or curve.min_loss is None or not (curve.min_loss < LR_MIN_LOSS_RATIO * curve.start_loss):
+        return CheckResult("lr_range", WARN, f"{head}; the loss never fell by {1 - LR_MIN_LOSS_RATIO:.0%} at any lr",
                            "No lr in the sweep trained the model: if the overfit check passed, sweep longer "
                            "(--lr-steps 300) or from a higher lr (--set lr=...).", data)
     where = f"steepest descent at lr {sug:.2g}, lowest loss at {lo_best:.2g}; {recipe_desc or f'recipe lr {recipe_lr:.2g}'}"
     if recipe_lr >= lo_best:
         return CheckResult("lr_range", WARN, f"{head}; {where}: the recipe's lr is past where the loss stops improving",
                            f"Lower the lr toward {sug:.2g} (--set lr=...), or add warmup so the early steps survive it.", data)
-    if recipe_lr < sug / 100:
-        return CheckResult("lr_range", WARN, f"{head}; {where}: the recipe's lr is over 100x below the steepest descent",
-                           f"Raise the lr toward {sug:.2g} (--set lr=...); at this lr training will crawl.", data)
+    if recipe_lr < sug / LR_TOO_LOW_FACTOR:
+        return CheckResult("lr_range", WARN, f"{head}; {where}: the recipe's lr is over {LR_TOO_LOW_FACTOR}x below the "
+                           "steepest descent", f"Raise the lr toward {sug:.2g} (--set lr=...); at this lr training will crawl.", data)
     return CheckResult("lr_range", PASS, f"{head}; {where}", "", data)
 
 
-def lr_range_figure(curve: dict[str, Any], title: str):
+def lr_range_figure(curve: LrCurve, title: str):
     """Loss vs lr (log x), raw and smoothed, with the suggestion and the recipe's lr marked."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    fig.add_scatter(x=curve["lr"], y=curve["loss"], mode="markers", name="loss", opacity=0.4)
-    fig.add_scatter(x=curve["lr"], y=curve["smoothed"], mode="lines", name="smoothed loss")
-    for key, label, dash in (("suggested_lr", "steepest descent", "dash"), ("min_loss_lr", "lowest loss", "dot"),
-                             ("recipe_lr", "recipe lr (at this batch)", "solid")):
-        if curve.get(key):
-            fig.add_vline(x=curve[key], line_dash=dash, annotation_text=f"{label} {curve[key]:.2g}")
-    finite = [v for v in curve["smoothed"] if v is not None and math.isfinite(v)]
+    fig.add_scatter(x=curve.lr, y=curve.loss, mode="markers", name="loss", opacity=0.4)
+    fig.add_scatter(x=curve.lr, y=curve.smoothed, mode="lines", name="smoothed loss")
+    for lr, label, dash in ((curve.suggested_lr, "steepest descent", "dash"), (curve.min_loss_lr, "lowest loss", "dot"),
+                            (curve.recipe_lr, "recipe lr (at this batch)", "solid")):
+        if lr:
+            fig.add_vline(x=lr, line_dash=dash, annotation_text=f"{label} {lr:.2g}")
+    finite = [v for v in curve.smoothed if v is not None and math.isfinite(v)]
     if finite:  # keep the divergence spike from flattening the interesting part
         fig.update_yaxes(range=[0, 1.5 * max(finite[: max(3, len(finite) * 9 // 10)])])
     fig.update_layout(title=title, xaxis_title="learning rate", yaxis_title="training loss", xaxis_type="log",
@@ -423,7 +492,7 @@ class LintRule:
 
 
 def lr_per_512(r: Recipe) -> float:
-    return r.scaled_lr() * 512 / r.batch_size
+    return r.scaled_lr() * LR_REFERENCE_BATCH / r.batch_size
 
 
 # Optimizers whose weight decay is coupled to the gradient (L2), or SGD: what seed 000 warns
@@ -441,7 +510,7 @@ LINT_RULES: tuple[LintRule, ...] = (
         # Seed 000: transformers fail above ~2e-4 without warmup; DeiT's 5e-4 per 512 is safe only
         # behind a 5-epoch warmup. So the rule is the pair: high lr AND no warmup.
         "high_lr_no_warmup", TRANSFORMERS,
-        lambda r, _: r.warmup_epochs == 0 and lr_per_512(r) > 2e-4,
+        lambda r, _: r.warmup_epochs == 0 and lr_per_512(r) > MAX_LR_NO_WARMUP,
         lambda r: f"lr {r.scaled_lr():.2g} at batch {r.batch_size} = {lr_per_512(r):.2g} per 512 images, above 2e-4, with no warmup",
         "--set lr=5e-4 --set lr_rule=linear --set lr_base_batch=512 --set warmup_epochs=1 (or keep the lr at most 2e-4 per 512)",
         "seed 000 ('learning rate < 0.0002?'); DeiT: 5e-4 per 512 with 5 warmup epochs (arXiv 2012.12877)"),
@@ -480,7 +549,7 @@ LINT_RULES: tuple[LintRule, ...] = (
         # timm's Mixup (mode 'batch') pairs each image with its mirror in the batch and draws one
         # lambda per batch, and refuses odd batches: below 32 images the targets are mostly noise.
         "mixup_tiny_batch", FAMILIES,
-        lambda r, _: r.uses_mixup() and (r.batch_size < 32 or r.batch_size % 2 == 1),
+        lambda r, _: r.uses_mixup() and (r.batch_size < MIXUP_MIN_BATCH or r.batch_size % 2 == 1),
         lambda r: f"mixup/cutmix on batches of {r.batch_size} images",
         "--set batch_size=64 (even, >= 32), or --set mixup_alpha=0 --set cutmix_alpha=0",
         "timm.data.Mixup (one lambda per batch, batch must be even); DeiT uses mixup at batch 1024"),
@@ -521,10 +590,10 @@ class DoctorReport:
     results: list[CheckResult]
     seconds: dict[str, float]  # wall time per check
     cpu_seconds: dict[str, float]  # this process's CPU time per check
-    lr_curve: dict[str, Any] | None = None
+    lr_curve: LrCurve | None = None  # judged: with the recipe's lr at the sweep's batch
 
     def label(self) -> str:
-        return f"{self.model} (CPU stand-in for {self.stands_for})" if self.stands_for else self.model
+        return stand_in_label(self.model, self.stands_for)
 
     def failed(self) -> bool:
         return any(r.status == FAIL for r in self.results)
@@ -540,7 +609,7 @@ def resolve_scale(model: str, scale: str, device: torch.device) -> tuple[str, st
 
 
 def run_doctor(*, model: str, recipe: Recipe, data_spec: Any, device: torch.device, stands_for: str | None = None,
-               seed: int = 0, overfit_steps: int = 200, lr_steps: int = 100, probe_batch: int | None = None,
+               seed: int = 0, overfit_steps: int = OVERFIT_STEPS, lr_steps: int = LR_STEPS, probe_batch: int | None = None,
                log: Callable[[str], None] = lambda s: None) -> DoctorReport:
     """All checks on `model` (a registry name, already resolved for scale) with `recipe`."""
     from harness import data as data_mod
@@ -584,21 +653,18 @@ def run_doctor(*, model: str, recipe: Recipe, data_spec: Any, device: torch.devi
     seconds["grad_norm"], cpu_seconds["grad_norm"] = seconds["gradients"], cpu_seconds["gradients"]
 
     start()
-    lr = OVERFIT_LR.get(entry.family, 1e-3)
+    lr = OVERFIT_LR.get(entry.family, OVERFIT_LR_OTHER)
     results.append(check_overfit(fresh(), sample, normalize=plain.normalize, lr=lr, steps=overfit_steps, seed=seed))
     done("overfit", results[-1].status)
 
     start()
-    # On a CPU the sweep runs at batch <= 32 (a ViT-Tiny step at 32 images costs ~0.3 s of CPU);
-    # the recipe's lr is moved to that batch by the same linear rule recipes use (Goyal et al.).
-    batch = min(recipe.batch_size, len(ds.train), probe_batch or (recipe.batch_size if device.type == "cuda" else 32))
+    # The recipe's lr moved to the sweep's batch by the linear rule recipes use (see LR_CPU_BATCH).
+    batch = min(recipe.batch_size, len(ds.train), probe_batch or (recipe.batch_size if device.type == "cuda" else LR_CPU_BATCH))
     recipe_lr = recipe.scaled_lr() * batch / recipe.batch_size
     # The recipe's crop and flip, without RandAugment and erasing (100 steps are too few to average them out).
     augment = data_mod.BatchAugment(ds, recipe.model_copy(update={"randaugment": None, "random_erasing": 0.0}), device=device)
-    # The sweep spans three decades either side of the recipe's lr: wide enough to see the flat
-    # start and the divergence for any optimizer, without spending steps far from the recipe.
     curve = lr_range_test(fresh(drop_rate=recipe.drop_rate, drop_path_rate=recipe.drop_path_rate), ds.train, recipe,
-                          augment=augment, lr_min=recipe_lr / 1e3, lr_max=recipe_lr * 1e3,
+                          augment=augment, lr_min=recipe_lr / LR_SPAN, lr_max=recipe_lr * LR_SPAN,
                           steps=lr_steps, batch_size=batch, seed=seed)
     lr_result = check_lr_range(curve, recipe_lr, recipe_desc=(
         f"recipe lr {recipe.scaled_lr():.2g} at batch {recipe.batch_size} = {recipe_lr:.2g} at batch {batch}"
@@ -608,7 +674,7 @@ def run_doctor(*, model: str, recipe: Recipe, data_spec: Any, device: torch.devi
 
     results += lint_recipe(recipe, entry.family)
     return DoctorReport(model, stands_for, recipe, entry.family, ds.description, str(device), results, seconds,
-                        cpu_seconds, lr_curve=lr_result.data)
+                        cpu_seconds, lr_curve=replace(curve, recipe_lr=recipe_lr))
 
 
 def format_table(report: DoctorReport) -> str:

@@ -3,6 +3,7 @@ quiet on a sound setup. Tiny timm models at 16 px, synthetic data: seconds, not 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -191,14 +192,14 @@ def sweep(ds, *, lr_min, lr_max, steps=60, optimizer="adamw", **kw):
 
 def test_lr_range_suggests_an_lr_inside_the_descent(ds):
     curve = sweep(ds, lr_min=1e-5, lr_max=10)
-    assert curve["min_loss"] < 0.97 * curve["start_loss"]  # the sweep trained the model
-    assert curve["diverged"] and curve["steps_done"] < 60 and "4x its minimum" in curve["stopped"]
-    assert 1e-5 < curve["suggested_lr"] <= curve["min_loss_lr"] < curve["diverged_at"]
-    assert doc.check_lr_range(curve, curve["suggested_lr"]).status == "PASS"
-    past = doc.check_lr_range(curve, curve["diverged_at"])
+    assert curve.min_loss < 0.97 * curve.start_loss  # the sweep trained the model
+    assert curve.diverged and curve.steps_done < 60 and "4x its minimum" in curve.stopped
+    assert 1e-5 < curve.suggested_lr <= curve.min_loss_lr < curve.diverged_at
+    assert doc.check_lr_range(curve, curve.suggested_lr).status == "PASS"
+    past = doc.check_lr_range(curve, curve.diverged_at)
     assert past.status == "WARN" and "past where the loss stops improving" in past.detail
-    assert doc.check_lr_range(curve, curve["suggested_lr"] / 1000).status == "WARN"
-    fig = doc.lr_range_figure({**curve, "recipe_lr": 1e-3}, "t")
+    assert doc.check_lr_range(curve, curve.suggested_lr / 1000).status == "WARN"
+    fig = doc.lr_range_figure(dataclasses.replace(curve, recipe_lr=1e-3), "t")
     assert fig.layout.xaxis.type == "log" and len(fig.data) == 2
 
 
@@ -206,16 +207,16 @@ def test_lr_range_stops_at_a_nan_producing_lr(ds):
     """SGD swept to lr 1e12 makes the loss inf/NaN; with the 4x rule off, the non-finite loss
     itself must stop the sweep there instead of training on garbage."""
     curve = sweep(ds, lr_min=1e-3, lr_max=1e12, optimizer="sgd", diverge_factor=math.inf)
-    assert curve["diverged"] and curve["steps_done"] < 60
-    assert curve["stopped"].startswith("loss became") and not math.isfinite(curve["loss"][-1])
-    assert curve["diverged_at"] == curve["lr"][-1]
-    json.dumps(doc._json_safe(curve), allow_nan=False)  # storable: NaN became null
+    assert curve.diverged and curve.steps_done < 60
+    assert curve.stopped.startswith("loss became") and not math.isfinite(curve.loss[-1])
+    assert curve.diverged_at == curve.lr[-1]
+    json.dumps(doc._json_safe(curve.as_dict()), allow_nan=False)  # storable: NaN became null
 
 
 def test_lr_range_warns_when_nothing_trains(ds):
     """A sweep whose lrs are all far too small never lowers the loss: WARN, not a fake suggestion."""
     curve = sweep(ds, lr_min=1e-12, lr_max=1e-10, steps=20)
-    assert not curve["diverged"]
+    assert not curve.diverged
     assert doc.check_lr_range(curve, 1e-11).status == "WARN"
 
 
