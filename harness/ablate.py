@@ -24,7 +24,7 @@ import pandas as pd
 import yaml
 
 from harness import report as rep
-from harness.data import DataSpec, check_spec, train_images
+from harness.datasets import DataSpec, check_spec, train_images
 from harness.errors import UserError, close_matches
 from harness.files import check_out_dir, write_text_atomic
 from harness.models import CPU_VARIANT, get_model_entry, stand_in_label
@@ -273,7 +273,7 @@ def run_ablation(ab: Ablation, *, db: str, out: Path, concurrency: int = 2, addr
                  echo: Callable[[str], None] = print) -> int:
     from harness.specs import ResourcesSpec
     from harness.store import check_url
-    from harness.sweep import run_grid
+    from harness.engine import Experiment, run_grid
 
     check_url(db)
     check_out_dir(out)
@@ -283,10 +283,11 @@ def run_ablation(ab: Ablation, *, db: str, out: Path, concurrency: int = 2, addr
             "mode": ab.mode, "steps": list(ab.steps), "epochs": ab.runs[0].epochs, "seeds": len({r.seed for r in ab.runs}),
             "batch_size": ab.end.batch_size, "data": ab.runs[0].data.model_dump(mode="json"),
             "rungs": [f"{r.mode} {r.index}: {r.recipe.name}" for r in ab.rungs]}
-    exp = run_grid(list(ab.runs), db=db, experiment_name=f"ablate {ab.stands_for or ab.model}", kind="ablate",
-                   description=f"{ab.start.label()} -> {ab.end.label()}, one ingredient at a time ({ab.mode})",
-                   spec_yaml=yaml.safe_dump(spec, sort_keys=False), concurrency=concurrency,
-                   resources=ResourcesSpec(cpu=1), address=address, echo=echo)
+    exp = run_grid(list(ab.runs), db=db, experiment=Experiment(
+        "ablate", f"ablate {ab.stands_for or ab.model}",
+        f"{ab.start.label()} -> {ab.end.label()}, one ingredient at a time ({ab.mode})",
+        yaml.safe_dump(spec, sort_keys=False)), concurrency=concurrency, resources=ResourcesSpec(cpu=1),
+        address=address, echo=echo).experiment_id
     from harness.dashboards import write_dashboards
 
     index = write_dashboards(db, out)

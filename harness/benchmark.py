@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from harness.errors import UserError
+from harness.files import check_out_dir
 from harness.models import ALL, CPU_VARIANT, MODELS, get_model_entry
 from harness.recipes import parse_ref
 from harness.specs import BenchmarkSpec, RunSpec, parse_spec, read_yaml, resolve_run
@@ -106,7 +107,7 @@ def expand_models(names: list[str]) -> list[str]:
 
 def resolve_grid(spec: BenchmarkSpec, *, cuda: bool) -> Grid:
     """Every RunSpec of the grid, model-major (model, then recipe, then seed)."""
-    from harness.data import check_spec
+    from harness.datasets import check_spec
 
     check_spec(spec.data, "data")
     scale = spec.scale if spec.scale != "auto" else ("full" if cuda else "tiny")
@@ -164,20 +165,15 @@ def resolved_yaml(spec: BenchmarkSpec, grid: Grid) -> str:
     return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
 
 
-def check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError("--out", str(out), "That path is a file; name a folder for the dashboards, e.g. dashboards/.")
-
-
 def run_benchmark(spec: BenchmarkSpec, *, db: str, out: Path, address: str | None = None,
                   echo: Callable[[str], None] = print, cuda: bool | None = None) -> int:
-    """Validate everything, run the grid through Ray Tune (harness.sweep.run_grid), then print the
+    """Validate everything, run the grid through Ray Tune (harness.engine.run_grid), then print the
     before/after table and write it (Markdown, CSV) with the dashboards into `out`. Returns the
     experiment id."""
     from harness.store import check_url
 
     check_url(db)
-    check_out(Path(out))
+    check_out_dir(Path(out))
     if cuda is None:
         import torch
 
@@ -192,20 +188,13 @@ def run_benchmark(spec: BenchmarkSpec, *, db: str, out: Path, address: str | Non
         # A grid file written for CPU asks for no GPU; on a GPU machine share the card between the
         # concurrent trials instead of training the full models on the CPU.
         resources = resources.model_copy(update={"gpu": round(1 / spec.concurrency, 3)})
-    from harness.sweep import run_grid
+    from harness.engine import Experiment, run_grid
 
-    exp = run_grid(grid.runs, db=db, experiment_name=spec.name, kind="benchmark", description=spec.description,
-                   spec_yaml=resolved_yaml(spec, grid), concurrency=spec.concurrency, resources=resources,
-                   address=address, echo=echo)
+    outcome = run_grid(grid.runs, db=db, experiment=Experiment("benchmark", spec.name, spec.description,
+                                                               resolved_yaml(spec, grid)),
+                       concurrency=spec.concurrency, resources=resources, address=address, echo=echo)
+    exp, status = outcome.experiment_id, outcome.status
     finish(db, exp, Path(out), echo=echo)
-    from harness.store import Store, experiments
-
-    store = Store(db, create=False)
-    try:
-        with store.engine.connect() as c:
-            status = c.execute(experiments.select().where(experiments.c.id == exp)).mappings().one()["status"]
-    finally:
-        store.close()
     if status == "interrupted":
         # The partial table and dashboards are written above; the exit code still says it was cut short.
         echo(f"interrupted: re-run `harness benchmark` for the missing runs (experiment {exp} keeps what finished)")

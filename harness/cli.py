@@ -31,8 +31,15 @@ class HarnessGroup(click.Group):
 
 
 @click.group(cls=HarnessGroup, context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+@click.option("--plugin", "plugin_refs", multiple=True, metavar="MODULE|FILE.py",
+              help="import a plugin that registers models, datasets or recipes (repeatable); installed "
+                   "`harness.plugins` entry points load by themselves")
+def main(plugin_refs: tuple[str, ...]) -> None:
     """harness: which training recipe does this architecture need, and how much does it matter?"""
+    from harness import plugins
+
+    plugins.load_entry_points()
+    plugins.load(plugin_refs)
 
 
 def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
@@ -106,6 +113,7 @@ def train(model: str, recipe: str, data_name: str, data_root: Path | None, downl
     if resume is not None:
         # The checkpoint holds the resolved spec: resuming needs no other flag (--epochs may extend it).
         config = load_checkpoint(resume)["config"]
+        config.pop("fault", None)  # checkpoints before plugins carried a test-only field (always null)
         spec = parse_spec(RunSpec, {**config, "epochs": config["epochs"] if epochs is None else epochs}, "--resume")
     elif model is None:
         raise UserError("--model", None, "Name a model (see `harness models`), or pass --resume CHECKPOINT.")
@@ -307,31 +315,25 @@ def report(db: str, out: Path, compare: tuple[int, ...], more_ids: tuple[int, ..
               help="where Ray keeps trial checkpoints and experiment state (<path>/<study name>); shared storage on a cluster")
 @click.option("--max-failures", type=int, default=1, show_default=True, help="retries of a crashing trial, from its last checkpoint")
 @click.option("--top", type=int, default=10, show_default=True, help="trials shown in the final table")
-@click.option("--fault", default=None, hidden=True, help="tests: FaultSpec as JSON, injected into trials")
-@click.option("--fault-trials", default=None, hidden=True, help="tests: comma-separated trial numbers the fault applies to")
 def sweep(study: Path, validate: bool, resume: bool, db: str, address: str | None, storage_path: Path, max_failures: int,
-          top: int, fault: str | None, fault_trials: str | None) -> None:
+          top: int) -> None:
     """Run an Optuna study through Ray Tune with ASHA; every trial and epoch goes to the database."""
-    from harness.sweep import run_sweep, validate_study
+    if validate:  # no torch, timm or Ray: the study file alone, in about a second
+        from harness.study import validate_study
 
-    if validate:
         s = validate_study(study)
         if address is None:
-            from harness.sweep import check_resources
+            from harness.specs import check_local_resources
 
-            check_resources(s.resources, field=f"{study}: resources", address=None)
+            check_local_resources(s.resources, field=f"{study}: resources")
         click.echo(f"{study}: ok — study {s.name!r}: {s.trials} trials of {s.model} ({s.base_recipe().label()} recipe) on {s.data.name} "
                    f"{s.data.image_size}px, searching {', '.join(s.search)}; sampler {s.sampler.type}, "
                    f"scheduler {s.scheduler.type} (max {s.scheduler.max_epochs} epochs)")
         return
-    fault_spec = None
-    if fault is not None:
-        from harness.specs import FaultSpec, parse_spec
+    from harness.sweep import run_sweep
 
-        fault_spec = parse_spec(FaultSpec, yaml.safe_load(fault), "--fault")
-    trials = tuple(int(t) for t in fault_trials.split(",")) if fault_trials else None
     result = run_sweep(study, db=db, resume=resume, address=address, storage_path=storage_path, max_failures=max_failures,
-                       echo=click.echo, fault=fault_spec, fault_trials=trials, top=top)
+                       echo=click.echo, top=top)
     if result.status == "interrupted":
         sys.exit(130)
 
@@ -361,6 +363,7 @@ def doctor(model: str, recipe: str, data_name: str, data_root: Path | None, down
     import time
 
     from harness import doctor as doc
+    from harness.files import check_out_dir
     from harness.specs import resolve_run
     from harness.store import check_url
     from harness.train import resolve_device
@@ -368,8 +371,7 @@ def doctor(model: str, recipe: str, data_name: str, data_root: Path | None, down
     t0, cpu0 = time.monotonic(), time.process_time()
     # Everything is validated before anything runs or is written.
     check_url(db)
-    if out.exists() and not out.is_dir():
-        raise UserError("--out", str(out), "That is a file; name a folder for the HTML (default dashboards/doctor).")
+    check_out_dir(out, what="the HTML", default="dashboards/doctor")
     if threads is not None and threads < 1:
         raise UserError("--threads", threads, "Use 1 or more.")
     dev = resolve_device(device)

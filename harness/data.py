@@ -19,27 +19,13 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 
-from harness.errors import UserError, unknown
+from harness.datasets import DATASETS, DataSpec, check_spec, n_val, train_images  # noqa: F401 (re-exported)
+from harness.errors import UserError
 from harness.recipes import Recipe
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class DataSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = "digits"
-    image_size: int = Field(32, ge=8, le=1024, description="images are resized to this many pixels per side")
-    root: Path | None = Field(None, description="folder holding the dataset (cifar*, tinyimagenet, imagefolder)")
-    download: bool = Field(False, description="cifar*: download into root when missing (needs internet)")
-    num_classes: int = Field(10, ge=2, le=1000, description="synthetic only")
-    train_size: int | None = Field(None, ge=2, description="synthetic: images to generate (default 1000); others: cap")
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share where the set has no split of its own")
-    split_seed: int = Field(0, description="the train/val split is fixed by this, not by the run seed")
-    workers: int | None = Field(None, ge=0, description="folder sets: DataLoader workers (None = half the cores, at most 8)")
 
 
 class Split(Protocol):
@@ -146,8 +132,8 @@ def _resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
 def _split(x: torch.Tensor, y: torch.Tensor, spec: DataSpec) -> tuple[TensorSplit, TensorSplit]:
     g = torch.Generator().manual_seed(spec.split_seed)
     order = torch.randperm(len(y), generator=g)
-    n_val = _n_val(len(y), spec)
-    val, train = order[:n_val], order[n_val:]
+    k = n_val(len(y), spec)
+    val, train = order[:k], order[k:]
     if spec.train_size is not None:
         train = train[: spec.train_size]
     return TensorSplit(x[train], y[train]), TensorSplit(x[val], y[val])
@@ -259,8 +245,8 @@ def load_folder(spec: DataSpec, device: torch.device) -> Dataset:
         samples, classes = _folder_classes(root, "data.root")
         g = torch.Generator().manual_seed(spec.split_seed)
         order = torch.randperm(len(samples), generator=g).tolist()
-        n_val = _n_val(len(samples), spec)
-        val, train = [samples[i] for i in order[:n_val]], [samples[i] for i in order[n_val:]]
+        k = n_val(len(samples), spec)
+        val, train = [samples[i] for i in order[:k]], [samples[i] for i in order[k:]]
     if spec.train_size is not None:
         train = train[: spec.train_size]
     return Dataset(spec.name, len(classes), classes, spec.image_size,
@@ -270,51 +256,13 @@ def load_folder(spec: DataSpec, device: torch.device) -> Dataset:
                                f"{len(classes)} classes, {workers} loader workers")
 
 
-DATASETS = {"digits": load_digits, "synthetic": load_synthetic, "cifar10": load_cifar, "cifar100": load_cifar,
-            "tinyimagenet": load_folder, "imagefolder": load_folder}
-NEEDS_ROOT = ("cifar10", "cifar100", "tinyimagenet", "imagefolder")
-
-
-def check_spec(spec: DataSpec, field: str = "data") -> None:
-    """Refuse what cannot load, before anything is written."""
-    if spec.name not in DATASETS:
-        raise unknown(f"{field}.name", spec.name, DATASETS)
-    if spec.name in NEEDS_ROOT:
-        if spec.root is None:
-            raise UserError(f"{field}.root", None, f"{spec.name} needs the folder it lives in: pass --data-root PATH.")
-        if not spec.root.exists() and not (spec.download and spec.name.startswith("cifar")):
-            raise UserError(f"{field}.root", str(spec.root), "No such folder. Check the path"
-                            + (", or add --download to fetch it." if spec.name.startswith("cifar") else "."))
-
-
-DIGITS_IMAGES, CIFAR_TRAIN_IMAGES = 1797, 50_000
-
-
-def _n_val(total: int, spec: DataSpec) -> int:
-    return max(1, int(round(total * spec.val_fraction)))
-
-
-def train_images(spec: DataSpec) -> int:
-    """How many training images `load(spec)` will give, without decoding any (the run's budget is
-    resolved from it before anything trains)."""
-    check_spec(spec)
-    if spec.name == "digits":
-        n = DIGITS_IMAGES - _n_val(DIGITS_IMAGES, spec)
-    elif spec.name == "synthetic":
-        total = int(round((spec.train_size or 1000) / (1 - spec.val_fraction)))
-        return total - _n_val(total, spec)
-    elif spec.name in ("cifar10", "cifar100"):
-        n = CIFAR_TRAIN_IMAGES
-    else:
-        return len(load_folder(spec, torch.device("cpu")).train)  # lists the files; decodes none
-    return min(n, spec.train_size) if spec.train_size is not None else n
-
-
 def load(spec: DataSpec, device: torch.device) -> Dataset:
+    """The dataset `spec` names (a plugin's too: harness/datasets.py), its tensor splits on `device`."""
     check_spec(spec)
-    if spec.name in ("tinyimagenet", "imagefolder"):
-        return load_folder(spec, device)
-    ds = DATASETS[spec.name](spec)
+    entry = DATASETS[spec.name]
+    if entry.streamed:  # folder sets stream through a DataLoader onto the device
+        return entry.loader_fn()(spec, device)
+    ds = entry.loader_fn()(spec)
     ds.train, ds.val = ds.train.to(device), ds.val.to(device)  # type: ignore[attr-defined]
     return ds
 

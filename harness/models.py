@@ -7,6 +7,7 @@ harness never runs a stand-in under the full model's name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,10 +26,13 @@ class ModelEntry:
     description: str
     fixed: dict = field(default_factory=dict)  # timm kwargs that define the variant (widths, depths)
     grid: int = 8  # ViT: patches per side on images smaller than 224 px
+    # A plugin's own model (harness/plugins.py): called with num_classes, image_size, in_chans,
+    # drop_rate and drop_path_rate instead of timm.create_model(timm_name, ...).
+    factory: Callable[..., torch.nn.Module] | None = field(default=None, compare=False)
 
     def size_warning(self, image_size: int) -> str | None:
         """Below its family's floor a model still builds but is not the architecture it is named for."""
-        floor = MIN_IMAGE_SIZE.get(self.family)
+        floor = None if self.factory is not None else MIN_IMAGE_SIZE.get(self.family)
         if floor is None or image_size >= floor:
             return None
         return (f"{self.name} at {image_size} px is below its family's floor of {floor} px: CNNs downsample 32x, so its "
@@ -37,6 +41,8 @@ class ModelEntry:
 
     def size_kwargs(self, image_size: int) -> dict:
         """timm kwargs that make the architecture fit `image_size` (UserError if it cannot)."""
+        if self.factory is not None:  # a plugin's model sizes itself
+            return {}
         if self.family == "vit":
             patch = 16 if image_size >= 224 else max(1, image_size // self.grid)
             if image_size % patch:
@@ -127,6 +133,11 @@ def build_model(name: str, *, num_classes: int, image_size: int, drop_path_rate:
     import torch
 
     entry = get_model_entry(name)
+    if entry.factory is not None:
+        if pretrained or pretrained_file is not None:
+            raise UserError("--pretrained", name, f"{name} is a plugin's model; load its weights in its factory.")
+        return entry.factory(num_classes=num_classes, image_size=image_size, in_chans=in_chans,
+                             drop_rate=drop_rate, drop_path_rate=drop_path_rate)
     kwargs = {**entry.fixed, **entry.size_kwargs(image_size), "num_classes": num_classes, "in_chans": in_chans,
               "drop_rate": drop_rate, "drop_path_rate": drop_path_rate}
     if pretrained_file is not None:

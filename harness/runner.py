@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from harness import plugins
 from harness.models import get_model_entry
 from harness.specs import RunSpec
 from harness.store import Store
@@ -35,6 +36,7 @@ def format_epoch(r: EpochReport, epochs: int) -> str:
 
 def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
                    echo: Callable[[str], None] = print, kind: str = "train") -> RunResult:
+    plugins.load(spec.plugins)  # a resumed checkpoint names the plugins its model or data came from
     entry = get_model_entry(spec.model)
     device = describe_device(spec)
     store = Store(db)

@@ -14,27 +14,17 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from harness.data import DataSpec, check_spec, train_images
+from harness.datasets import DataSpec, check_spec, train_images
+from harness import plugins
 from harness.errors import UserError, close_matches, unknown
 from harness.models import get_model_entry
-from harness.recipes import (TUNABLE, Budget, Recipe, get_recipe, parse_ref, resolve_recipe, tuned_recipe_name,
-                             with_overrides)
+from harness.recipes import (TUNABLE, Budget, Recipe, get_recipe, parse_ref, resolve_recipe, tuned_recipe_name)
 
 MAX_YAML_BYTES = 256 * 1024
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FaultSpec(Strict):
-    """Faults injected into the loop for the reliability tests (never set by a study file)."""
-
-    raise_at_epoch: int | None = None  # raise RuntimeError at the start of this epoch (1-based)
-    raise_once_file: Path | None = None  # with raise_at_epoch: raise only if this file is absent, then create it
-    nan_at_step: int | None = None  # the loss becomes NaN at this global step (1-based)
-    oom_at_epoch: int | None = None  # raise torch.cuda.OutOfMemoryError at the start of this epoch
-    sleep_per_epoch: float = 0.0  # seconds, so a test can kill a process mid-run
 
 
 class RunSpec(Strict):
@@ -59,11 +49,14 @@ class RunSpec(Strict):
     stands_for: str | None = Field(None, description="the full model this CPU stand-in replaces, for labels")
     train_images: int | None = Field(None, ge=1, description="training images per epoch (the budget the recipe was fitted to)")
     tags: dict[str, str | int] = Field(default_factory=dict, description="where the run sits in a grid (ablate: mode, rung, ingredient)")
-    fault: FaultSpec | None = None
+    plugins: tuple[str, ...] = Field(default_factory=plugins.active, description=(
+        "plugin modules/files loaded when the spec was made; a worker or a resume loads them again"))
 
     def label(self) -> str:
         """What ran, honestly: 'vit_tiny (CPU stand-in for vit_base)'."""
-        return f"{self.model} (CPU stand-in for {self.stands_for})" if self.stands_for else self.model
+        from harness.models import stand_in_label
+
+        return stand_in_label(self.model, self.stands_for)
 
     def updates(self) -> int | None:
         """Optimizer updates over the whole run (full batches only, as the loop steps)."""
@@ -148,6 +141,33 @@ class SchedulerSpec(Strict):
 class ResourcesSpec(Strict):
     cpu: float = Field(1, gt=0, description="CPU cores per trial")
     gpu: float = Field(0, ge=0, description="GPUs per trial; fractions pack small trials on one card")
+
+
+def check_local_resources(resources: ResourcesSpec, *, field: str) -> str:
+    """Refuse per-trial resources this machine cannot give (Ray would leave the trial PENDING forever).
+    torch is imported only to count GPUs when some are asked for."""
+    import os
+
+    cpus, where = os.cpu_count() or 1, "this machine"
+    gpus = 0
+    if resources.gpu > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    return _check_resources(resources, cpus, gpus, where, field)
+
+
+def _check_resources(resources: ResourcesSpec, cpus: float, gpus: float, where: str, field: str) -> str:
+    if resources.cpu > cpus:
+        raise UserError(f"{field}.cpu", resources.cpu, f"{where} has {cpus:g} CPU cores; ask for at most {cpus:g} per trial "
+                        "(trials run side by side up to `concurrency`).")
+    if resources.gpu > 0 and gpus == 0:
+        raise UserError(f"{field}.gpu", resources.gpu, f"{where} has no GPU; set resources.gpu: 0 "
+                        "(the study then runs on CPU), or run on a GPU machine / pass --address of a cluster with GPUs.")
+    if resources.gpu > gpus:
+        raise UserError(f"{field}.gpu", resources.gpu, f"{where} has {gpus:g} GPUs; ask for at most {gpus:g} per trial "
+                        "(fractions such as 0.25 pack several trials on one card).")
+    return f"{where}: {cpus:g} CPUs, {gpus:g} GPUs"
 
 
 class StudySpec(Strict):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import io
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import data as data_mod
+from harness import plugins
 from harness.errors import UserError
 from harness.models import build_model, get_model_entry
 from harness.recipes import build_loss, build_mixup, build_optimizer, build_scheduler
@@ -67,17 +67,11 @@ def resolve_device(name: str) -> torch.device:
 # --- checkpoints --------------------------------------------------------------------------------
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save is not atomic: write a temp file in the same folder, fsync, then os.replace."""
+    """torch.save is not atomic: through `files.write_atomic` (temp file, fsync, os.replace)."""
+    from harness.files import write_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def clean_stale_temps(folder: Path) -> None:
@@ -233,8 +227,7 @@ def build_training(spec: RunSpec, ds: data_mod.Dataset, device: torch.device) ->
         use_amp=spec.amp and cuda, device=device, batch_size=batch_size, steps_per_epoch=steps_per_epoch)
 
 
-def train_epoch(t: Training, split: data_mod.Split, g: torch.Generator, global_step: int, *,
-                nan_at_step: int | None = None) -> tuple[EpochSums, int]:
+def train_epoch(t: Training, split: data_mod.Split, g: torch.Generator, global_step: int) -> tuple[EpochSums, int]:
     """One pass over `split`: uint8 batches -> on-device augmentation -> one update each.
 
     Nothing here waits for the device: totals stay device tensors, and the finiteness check
@@ -257,8 +250,6 @@ def train_epoch(t: Training, split: data_mod.Split, g: torch.Generator, global_s
         with t.autocast():
             out = t.step_model(x)
             loss = t.criterion(out, target)
-        if nan_at_step == global_step + 1:
-            loss = loss * float("nan")
         t.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # The global norm before clipping is what tells a healthy run from an exploding one.
@@ -301,123 +292,138 @@ def _host_value(check: tuple[torch.Tensor, Any]) -> bool:
     return bool(flag)
 
 
+@dataclass
+class Progress:
+    """What a run carries from epoch to epoch, and a checkpoint across a stop."""
+
+    epoch: int = 0  # the last epoch done
+    global_step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_acc: float = -1.0
+    best_epoch: int | None = None
+    best_state: dict[str, torch.Tensor] | None = None  # on the host: the best epoch's (EMA) weights
+
+    def improve(self, epoch: int, val_acc: float, model: torch.nn.Module) -> bool:
+        if val_acc <= self.best_acc:
+            return False
+        self.best_acc, self.best_epoch = val_acc, epoch
+        self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        return True
+
+
+def restore(path: Path, spec: RunSpec, t: Training) -> Progress:
+    """Load last.pt into the training state; best.pt (when there) is the best so far."""
+    ckpt = load_checkpoint(path)
+    if ckpt["config"].get("model") != spec.model:
+        raise UserError("--resume", str(path), f"checkpoint is of {ckpt['config'].get('model')}, not {spec.model}; "
+                        "resume with the same model.")
+    t.model.load_state_dict(ckpt["model"])
+    t.optimizer.load_state_dict(ckpt["optimizer"])
+    t.scheduler.load_state_dict(ckpt["scheduler"])
+    if t.ema is not None and ckpt.get("ema") is not None:
+        t.ema.load_state_dict(ckpt["ema"])
+    best_path = Path(path).with_name("best.pt")
+    best_state = (torch.load(best_path, map_location="cpu", weights_only=True)["model"] if best_path.is_file()
+                  else {k: v.detach().cpu().clone() for k, v in t.model.state_dict().items()})
+    return Progress(ckpt["epoch"], ckpt["global_step"], list(ckpt["history"]), ckpt["best_val_acc"],
+                    ckpt.get("best_epoch"), best_state)
+
+
+def save_checkpoints(spec: RunSpec, t: Training, p: Progress, *, improved: bool) -> Path:
+    """last.pt every epoch, best.pt when it improved, epoch_N.pt every `checkpoint_every`."""
+    folder = spec.checkpoint_dir
+    assert folder is not None
+    state = {"epoch": p.epoch, "global_step": p.global_step, "model": t.model.state_dict(),
+             "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
+             "scaler": None,  # bf16 autocast needs no loss scaling
+             "ema": t.ema.state_dict() if t.ema is not None else None,
+             "best_val_acc": p.best_acc, "best_epoch": p.best_epoch,
+             "config": spec.model_dump(mode="json"), "history": p.history}
+    save_atomic(state, folder / "last.pt")
+    if improved:
+        save_atomic({**state, "model": p.best_state}, folder / "best.pt")
+    if spec.checkpoint_every and p.epoch % spec.checkpoint_every == 0:
+        save_atomic(state, folder / f"epoch_{p.epoch}.pt")
+    return folder / "last.pt"
+
+
+def measure(t: Training, sums: EpochSums, ds: data_mod.Dataset, train_probe: data_mod.Split,
+            t0: float) -> tuple[dict[str, float], bool]:
+    """One epoch's metrics (the store's EPOCH_METRICS) and whether the run diverged; t0 = the epoch's start."""
+    seen = sums.seen
+    train_loss = float(sums.loss_sum) / max(seen, 1)  # the epoch's sync: every queued step has run
+    train_s = time.monotonic() - t0
+    eval_model = t.ema.module if t.ema is not None else t.model
+    batch = 2 * t.batch_size
+    val_loss, val_acc = evaluate(eval_model, ds.val, t.augment, batch_size=batch, autocast=t.autocast)
+    # The raw weights too when an EMA is kept: the two can differ by tens of points on short runs.
+    val_acc_raw = val_acc if t.ema is None else evaluate(t.model, ds.val, t.augment, batch_size=batch,
+                                                         autocast=t.autocast)[1]
+    # Train accuracy as val is measured (eval mode, no augmentation, no mixing) on a fixed slice
+    # of the training set: accuracy on augmented/mixed batches against unmixed labels is no
+    # measure of fit, and made "train - val gaps" of -59 points.
+    _, train_acc = evaluate(eval_model, train_probe, t.augment, batch_size=batch, autocast=t.autocast)
+    metrics = {"train_loss": train_loss, "train_acc": train_acc, "train_batch_acc": float(sums.correct) / max(seen, 1),
+               "val_loss": val_loss, "val_acc": val_acc, "val_acc_raw": val_acc_raw,
+               "lr": max(g["lr"] for g in t.optimizer.param_groups),
+               "grad_norm": float(sums.grad_norm_sum) / max(sums.steps, 1), "epoch_s": time.monotonic() - t0,
+               "images_per_s": seen / train_s if train_s > 0 else 0.0}
+    diverged = sums.diverged or not math.isfinite(train_loss) or not math.isfinite(val_loss)
+    return metrics, diverged
+
+
+def run_status(spec: RunSpec, epoch: int, *, diverged: bool, hours: float) -> str:
+    """running, or how the run ends after this epoch: diverged | time_limit | completed."""
+    if diverged:
+        return "diverged"
+    if spec.max_hours is not None and hours >= spec.max_hours and epoch < spec.epochs:
+        return "time_limit"
+    return "completed" if epoch >= spec.epochs else "running"
+
+
 def fit(spec: RunSpec, report: Callable[[EpochReport], None] = lambda r: None, *,
         resume: Path | None = None, log: Callable[[str], None] = lambda s: None) -> RunResult:
+    """Train `spec` from scratch (or from `resume`), reporting every epoch; the best weights are evaluated at the end."""
     t_start = time.monotonic()
+    plugins.load(spec.plugins)  # a Ray worker or a resumed run imports the models/datasets the spec names
     device = resolve_device(spec.device)
     if spec.threads:
         torch.set_num_threads(spec.threads)
     _seed_epoch(spec.seed, 0)
-
     ds = data_mod.load(spec.data, device)
     train_probe = data_mod.head(ds.train, len(ds.val))  # a fixed slice of the (shuffled) training set
     t = build_training(spec, ds, device)
-    model, optimizer, scheduler, ema, augment = t.model, t.optimizer, t.scheduler, t.ema, t.augment
-
-    start_epoch, global_step, history = 0, 0, []
-    best_acc, best_epoch, best_state = -1.0, None, None
+    p = Progress()
+    if resume is not None:
+        p = restore(resume, spec, t)
+        log(f"resumed from {resume} at epoch {p.epoch}")
     if spec.checkpoint_dir is not None:
         spec.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         clean_stale_temps(spec.checkpoint_dir)
-    if resume is not None:
-        ckpt = load_checkpoint(resume)
-        if ckpt["config"].get("model") != spec.model:
-            raise UserError("--resume", str(resume), f"checkpoint is of {ckpt['config'].get('model')}, not {spec.model}; "
-                            "resume with the same model.")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ema is not None and ckpt.get("ema") is not None:
-            ema.load_state_dict(ckpt["ema"])
-        start_epoch, global_step, history = ckpt["epoch"], ckpt["global_step"], list(ckpt["history"])
-        best_acc, best_epoch = ckpt["best_val_acc"], ckpt.get("best_epoch")
-        best_path = Path(resume).with_name("best.pt")
-        best_state = (torch.load(best_path, map_location="cpu", weights_only=True)["model"]
-                      if best_path.is_file() else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-        log(f"resumed from {resume} at epoch {start_epoch}")
-
-    def checkpoint(epoch: int) -> dict[str, Any]:
-        return {"epoch": epoch, "global_step": global_step, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": None,  # bf16 autocast needs no loss scaling
-                "ema": ema.state_dict() if ema is not None else None,
-                "best_val_acc": best_acc, "best_epoch": best_epoch,
-                "config": spec.model_dump(mode="json"), "history": history}
 
     status, evaluation = "running", None
-    fault = spec.fault
-    for epoch in range(start_epoch + 1, spec.epochs + 1):
+    for epoch in range(p.epoch + 1, spec.epochs + 1):
         t0 = time.monotonic()
-        if fault is not None:
-            _inject(fault, epoch)
-        seed = _seed_epoch(spec.seed, epoch)
-        g = torch.Generator(device=device).manual_seed(seed)
-        sums, global_step = train_epoch(t, ds.train, g, global_step,
-                                        nan_at_step=fault.nan_at_step if fault is not None else None)
-        seen = sums.seen
-        train_loss = float(sums.loss_sum) / max(seen, 1)  # the epoch's sync: every queued step has run
-        train_s = time.monotonic() - t0
-        diverged = sums.diverged or not math.isfinite(train_loss)
-        eval_model = ema.module if ema is not None else model
-        val_loss, val_acc = evaluate(eval_model, ds.val, augment, batch_size=2 * t.batch_size, autocast=t.autocast)
-        if not math.isfinite(val_loss):
-            diverged = True
-        # The raw weights too when an EMA is kept: the two can differ by tens of points on short runs.
-        val_acc_raw = (val_acc if ema is None else
-                       evaluate(model, ds.val, augment, batch_size=2 * t.batch_size, autocast=t.autocast)[1])
-        # Train accuracy as val is measured (eval mode, no augmentation, no mixing) on a fixed slice
-        # of the training set: accuracy on augmented/mixed batches against unmixed labels is no
-        # measure of fit, and made "train - val gaps" of -59 points.
-        _, train_acc = evaluate(eval_model, train_probe, augment, batch_size=2 * t.batch_size, autocast=t.autocast)
-        metrics = {"train_loss": train_loss, "train_acc": train_acc, "train_batch_acc": float(sums.correct) / max(seen, 1),
-                   "val_loss": val_loss, "val_acc": val_acc, "val_acc_raw": val_acc_raw,
-                   "lr": max(g_["lr"] for g_ in optimizer.param_groups),
-                   "grad_norm": float(sums.grad_norm_sum) / max(sums.steps, 1), "epoch_s": time.monotonic() - t0,
-                   "images_per_s": seen / train_s if train_s > 0 else 0.0}
-        history.append(metrics)
-        improved = not diverged and val_acc > best_acc
-        if improved:
-            best_acc, best_epoch = val_acc, epoch
-            best_state = {k: v.detach().cpu().clone() for k, v in eval_model.state_dict().items()}
+        g = torch.Generator(device=device).manual_seed(_seed_epoch(spec.seed, epoch))
+        sums, p.global_step = train_epoch(t, ds.train, g, p.global_step)
+        metrics, diverged = measure(t, sums, ds, train_probe, t0)
+        p.epoch = epoch
+        p.history.append(metrics)
+        eval_model = t.ema.module if t.ema is not None else t.model
+        improved = not diverged and p.improve(epoch, metrics["val_acc"], eval_model)
         ckpt_path = None
-        if spec.checkpoint_dir is not None and not diverged:
-            state = checkpoint(epoch)
-            ckpt_path = spec.checkpoint_dir / "last.pt"
-            save_atomic(state, ckpt_path)
-            if improved:
-                save_atomic({**state, "model": best_state}, spec.checkpoint_dir / "best.pt")
-            if spec.checkpoint_every and epoch % spec.checkpoint_every == 0:
-                save_atomic(state, spec.checkpoint_dir / f"epoch_{epoch}.pt")
-        out_of_time = spec.max_hours is not None and (time.monotonic() - t_start) / 3600 >= spec.max_hours
-        if diverged:
-            status = "diverged"
-        elif out_of_time and epoch < spec.epochs:
-            status = "time_limit"
-        elif epoch == spec.epochs:
-            status = "completed"
-        if status != "running" and best_state is not None and spec.eval_samples >= 0:
-            eval_model.load_state_dict(best_state)
-            evaluation = {"epoch": best_epoch, **evaluate_classes(eval_model, ds, augment, batch_size=2 * t.batch_size,
-                                                                 autocast=t.autocast, samples=spec.eval_samples)}
+        if spec.checkpoint_dir is not None and not diverged:  # a diverged epoch never overwrites a good last.pt
+            ckpt_path = save_checkpoints(spec, t, p, improved=improved)
+        status = run_status(spec, epoch, diverged=diverged, hours=(time.monotonic() - t_start) / 3600)
+        if status != "running" and p.best_state is not None and spec.eval_samples >= 0:
+            eval_model.load_state_dict(p.best_state)  # the run ends: evaluate its best weights per class
+            evaluation = {"epoch": p.best_epoch, **evaluate_classes(eval_model, ds, t.augment, batch_size=2 * t.batch_size,
+                                                                   autocast=t.autocast, samples=spec.eval_samples)}
         report(EpochReport(epoch, metrics, ckpt_path, status, evaluation))
         if status != "running":
             break
     if status == "running":  # resumed at or past the last epoch: nothing left to train
         status = "completed"
-    final = history[-1]["val_acc"] if history else None
-    return RunResult(status, best_acc if best_epoch is not None else None, best_epoch, final, len(history),
-                     time.monotonic() - t_start, history, evaluation)
-
-
-def _inject(fault: Any, epoch: int) -> None:
-    """Test hooks: real exceptions raised from inside the loop (see tests/test_faults.py)."""
-    if fault.sleep_per_epoch:
-        time.sleep(fault.sleep_per_epoch)
-    if fault.oom_at_epoch == epoch:
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected by the fault spec)")
-    if fault.raise_at_epoch == epoch:
-        if fault.raise_once_file is not None:
-            if Path(fault.raise_once_file).exists():
-                return
-            Path(fault.raise_once_file).touch()
-        raise RuntimeError(f"injected failure at epoch {epoch}")
+    final = p.history[-1]["val_acc"] if p.history else None
+    return RunResult(status, p.best_acc if p.best_epoch is not None else None, p.best_epoch, final, len(p.history),
+                     time.monotonic() - t_start, p.history, evaluation)

@@ -35,3 +35,24 @@ def tiny_spec(tiny_data):
                            data=fields.pop("data", tiny_data), overrides=overrides, **fields)
 
     return make
+
+
+@pytest.fixture
+def fault_plugin(tmp_path):
+    """fault_plugin({"*": {"raise_at_step": 9}}) -> the path of a copy of tests/plugins/faults.py with
+    that plan beside it, loaded in this process (pass it as `--plugin PATH` to a subprocess)."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from harness import plugins
+
+    def make(plan: dict, folder: str = "fault_plugin") -> Path:
+        where = tmp_path / folder
+        where.mkdir(exist_ok=True)
+        path = Path(shutil.copy(Path(__file__).parent / "plugins" / "faults.py", where / "faults.py"))
+        (where / "faults.json").write_text(json.dumps(plan))
+        plugins.load([str(path)])
+        return path
+
+    return make

@@ -35,12 +35,9 @@ def sandbox(tmp_path, monkeypatch):
     """A working folder to run the CLI in, Ray made untouchable, and a check that nothing was written."""
     import ray
 
-    import harness.sweep
-
     def tripwire(*a, **k):
         raise AssertionError("bad input started Ray")
 
-    monkeypatch.setattr(harness.sweep.ray, "init", tripwire)
     monkeypatch.setattr(ray, "init", tripwire)
     # "impossible resources" must not depend on the machine: pretend there is no GPU.
     monkeypatch.setattr("torch.cuda.device_count", lambda: 0)

@@ -4,7 +4,6 @@ written, and one real grid through Ray Tune to the table and the dashboards."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import yaml

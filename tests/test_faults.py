@@ -75,9 +75,21 @@ def integrity(db_file: Path) -> str:
         con.close()
 
 
-def sweep_cmd(study: Path, db_url: str, storage: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "harness.cli", "sweep", str(study), "--db", db_url, "--storage-path", str(storage),
-            *extra]
+def sweep_cmd(study: Path, db_url: str, storage: Path, *extra: str, plugin: Path | None = None) -> list[str]:
+    plugin_args = ["--plugin", str(plugin)] if plugin is not None else []
+    return [sys.executable, "-m", "harness.cli", *plugin_args, "sweep", str(study), "--db", db_url,
+            "--storage-path", str(storage), *extra]
+
+
+def slow_plugin(tmp_path: Path, seconds_per_epoch: float) -> Path:
+    """A copy of tests/plugins/faults.py whose models sleep before every training step (for a
+    subprocess driver: `--plugin PATH`)."""
+    import shutil
+
+    where = tmp_path / "plugin"
+    where.mkdir(exist_ok=True)
+    (where / "faults.json").write_text(json.dumps({"*": {"sleep_per_step": seconds_per_epoch / STEPS_PER_EPOCH}}))
+    return Path(shutil.copy(Path(__file__).parent / "plugins" / "faults.py", where / "faults.py"))
 
 
 def start(cmd: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
@@ -163,9 +175,10 @@ def test_kill9_driver_with_readers_then_resume(tmp_path):
     db_file = tmp_path / "results.db"
     db_url = f"sqlite:///{db_file}"
     # One trial at a time: trial 0 finishes, trial 1 is killed after its 2nd epoch, trial 2 is still to come.
-    study = write_study(tmp_path / "s.yaml", name="kill9", trials=3, concurrency=1)
+    study = write_study(tmp_path / "s.yaml", name="kill9", trials=3, concurrency=1, model="faulty_resnet18")
     storage = tmp_path / "ray"
-    proc = start(sweep_cmd(study, db_url, storage, "--fault", "{sleep_per_epoch: 1.5}"), tmp_path)
+    plugin = slow_plugin(tmp_path, seconds_per_epoch=1.5)
+    proc = start(sweep_cmd(study, db_url, storage, plugin=plugin), tmp_path)
     reports: list[tuple[int, str]] = []
     report: subprocess.Popen | None = None
     try:
@@ -208,8 +221,8 @@ def test_kill9_driver_with_readers_then_resume(tmp_path):
     assert finished_before and midway and any(r["epochs_done"] >= 2 for r in midway)
     assert integrity(db_file) == "ok"
 
-    res = subprocess.run(sweep_cmd(study, db_url, storage, "--resume"), capture_output=True, text=True, cwd=tmp_path,
-                         timeout=400)
+    res = subprocess.run(sweep_cmd(study, db_url, storage, "--resume", plugin=plugin), capture_output=True, text=True,
+                         cwd=tmp_path, timeout=400)
     assert res.returncode == 0, res.stdout + res.stderr
     assert_resumed_study(db_url, db_file, "kill9", 3, epochs_before, finished_before, res.stdout)
     # The trial killed midway is resumed (whether from its checkpoint or, if Ray's saved state predates
@@ -230,16 +243,16 @@ def test_sigint_and_sigterm_stop_cleanly_and_resume(tmp_path):
     db_file = tmp_path / "results.db"
     db_url = f"sqlite:///{db_file}"
     # One trial at a time, so that each stop finds one trial finished since the last and one midway.
-    study = write_study(tmp_path / "s.yaml", name="signals", trials=4, concurrency=1)
+    study = write_study(tmp_path / "s.yaml", name="signals", trials=4, concurrency=1, model="faulty_resnet18")
     storage = tmp_path / "ray"
     # >= 2 s epochs and a stop once the running trial has exactly 1 of its 3: the signal lands with >= 4 s
     # of that trial left, more than a graceful stop takes, so it reliably catches the trial midway.
-    slow = ("--fault", "{sleep_per_epoch: 2.0}")
+    plugin = slow_plugin(tmp_path, seconds_per_epoch=2.0)
     all_epochs: set = set()
     finished: dict = {}
     for sig, extra in ((signal.SIGINT, ()), (signal.SIGTERM, ("--resume",))):
         done_before = count(db_url, "SELECT count(*) AS n FROM runs WHERE status = 'completed'") if extra else 0
-        proc = start(sweep_cmd(study, db_url, storage, *extra, *slow), tmp_path)
+        proc = start(sweep_cmd(study, db_url, storage, *extra, plugin=plugin), tmp_path)
         try:
             wait_for(lambda: count(db_url, "SELECT count(*) AS n FROM runs WHERE status = 'completed'") > done_before
                      and count(db_url, "SELECT count(*) AS n FROM runs WHERE status = 'running' AND epochs_done = 1") >= 1,
@@ -267,8 +280,8 @@ def test_sigint_and_sigterm_stop_cleanly_and_resume(tmp_path):
         assert {r["optuna_trial"] for r in before if r["status"] == "interrupted"} <= running, (states, before)
         assert not running & {r["optuna_trial"] for r in before if r["status"] == "completed"}, (states, before)
 
-    res = subprocess.run(sweep_cmd(study, db_url, storage, "--resume"), capture_output=True, text=True, cwd=tmp_path,
-                         timeout=400)
+    res = subprocess.run(sweep_cmd(study, db_url, storage, "--resume", plugin=plugin), capture_output=True, text=True,
+                         cwd=tmp_path, timeout=400)
     assert res.returncode == 0, res.stdout + res.stderr
     assert_resumed_study(db_url, db_file, "signals", 4, all_epochs, finished, res.stdout)
     (exp,) = rows(db_url, "SELECT status FROM experiments")
@@ -293,23 +306,24 @@ def reported_epochs(trial_dir: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_trial_faults_retry_fail_diverge_oom(ray_local, tmp_path, db_url):
+def test_trial_faults_retry_fail_diverge_oom(ray_local, tmp_path, db_url, fault_plugin):
     """One sweep, one fault per trial (the sweep goes on past each):
     trial 0 raises once at epoch 2 -> retried from its epoch-1 checkpoint (reports 1, 2, 3; never 1 twice), completed;
     trial 1 raises at epoch 2 every time -> `failed` with the error text after its one retry;
     trial 2's loss turns NaN at step 6 (epoch 2) -> `diverged` after epoch 2, not later;
     trial 3 raises torch.cuda.OutOfMemoryError -> `failed`, the error says the cause and the fix;
-    trial 4 has no fault -> completed."""
-    from harness.specs import FaultSpec
+    trial 4 has no fault -> completed.
+    The faults come from a plugin model (tests/plugins/faults.py), planned per Ray trial name."""
     from harness.sweep import run_sweep
 
-    faults = {0: FaultSpec(raise_at_epoch=2, raise_once_file=tmp_path / "raised"),
-              1: FaultSpec(raise_at_epoch=2),
-              2: FaultSpec(nan_at_step=STEPS_PER_EPOCH + 2),
-              3: FaultSpec(oom_at_epoch=1)}
+    epoch_2 = STEPS_PER_EPOCH + 1  # the first step of epoch 2
+    fault_plugin({"trial_0": {"raise_at_step": epoch_2, "once_file": str(tmp_path / "raised")},
+                  "trial_1": {"raise_at_step": epoch_2},
+                  "trial_2": {"nan_at_step": STEPS_PER_EPOCH + 2},
+                  "trial_3": {"oom_at_step": 1}})
     lines: list[str] = []
-    result = run_sweep(write_study(tmp_path / "s.yaml", name="trial_faults", trials=5), db=db_url,
-                       storage_path=tmp_path / "ray", max_failures=1, echo=lines.append, faults=faults)
+    result = run_sweep(write_study(tmp_path / "s.yaml", name="trial_faults", trials=5, model="faulty_resnet18"),
+                       db=db_url, storage_path=tmp_path / "ray", max_failures=1, echo=lines.append)
     assert result.status == "completed"
     got = {r["optuna_trial"]: r for r in rows(db_url, "SELECT * FROM runs ORDER BY id")}
     assert sorted(got) == [0, 1, 2, 3, 4]
@@ -318,10 +332,10 @@ def test_trial_faults_retry_fail_diverge_oom(ray_local, tmp_path, db_url):
     assert (got[0]["status"], got[0]["epochs_done"]) == ("completed", 3)
     assert (tmp_path / "raised").exists()  # the fault did fire
     assert reported_epochs(tmp_path / "ray" / "trial_faults" / "trial_0") == [1, 2, 3]  # k+1 after the crash, not 1
-    assert "trial #0 crashed (RuntimeError: injected failure at epoch 2); retrying from its checkpoint at epoch 1" in text
+    assert "trial #0 crashed (RuntimeError: injected failure at step 5); retrying from its checkpoint at epoch 1" in text
 
     assert (got[1]["status"], got[1]["epochs_done"]) == ("failed", 1)
-    assert got[1]["error"].startswith("RuntimeError: injected failure at epoch 2"), got[1]["error"]
+    assert got[1]["error"].startswith("RuntimeError: injected failure at step 5"), got[1]["error"]
     assert "Traceback" in got[1]["error"] or "File " in got[1]["error"]  # the traceback tail is kept too
 
     assert (got[2]["status"], got[2]["epochs_done"]) == ("diverged", 2)

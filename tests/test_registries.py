@@ -147,3 +147,33 @@ def test_bad_data_specs(spec, match):
 def test_cifar_missing_files_says_how_to_fix(tmp_path):
     with pytest.raises(UserError, match="cifar-10-batches-py"):
         load(DataSpec(name="cifar10", root=tmp_path), torch.device("cpu"))
+
+
+def test_common_optimizers_are_timm_optimizers():
+    """Recipes accept these names without importing timm; each must be one timm builds."""
+    import timm.optim
+
+    from harness.recipes import COMMON_OPTIMIZERS
+
+    assert COMMON_OPTIMIZERS <= set(timm.optim.list_optimizers())
+
+
+@pytest.mark.parametrize("text", ["rand-m9-mstd0.5-inc1", "rand-m6-mstd0.5-inc1", "rand-m9-mstd0.5", "rand-n3-m7",
+                                  "rand-m9-p0.5", "rand-m9-mmax10", "rand", "rand-m9.5", "rand-x3", "rand-m9-inc2",
+                                  "randm9", "rand-m", "augmix-m9"])
+def test_randaugment_format_agrees_with_timm(text):
+    """The harness's format check (no timm import) accepts exactly what timm's parser builds."""
+    from timm.data.auto_augment import rand_augment_transform
+
+    from harness.recipes import RANDAUGMENT_FORMAT
+
+    try:
+        rand_augment_transform(text, {"translate_const": 10, "img_mean": (128, 128, 128)})
+        timm_ok = True
+    except (AssertionError, ValueError, KeyError):
+        timm_ok = False
+    ours = RANDAUGMENT_FORMAT.fullmatch(text) is not None
+    if text == "rand-m":  # timm skips an empty section; the harness asks for the number
+        assert not ours
+        return
+    assert ours == timm_ok, (text, ours, timm_ok)

@@ -40,13 +40,13 @@ def rows(db_url: str, query: str, **params):
 @pytest.mark.slow
 def test_run_grid_records_every_run_and_epoch(ray_local, tiny_spec, db_url, tmp_path):
     """Every RunSpec becomes one completed `runs` row with all its epochs and an evaluation."""
+    from harness.engine import Experiment, run_grid
     from harness.specs import ResourcesSpec
-    from harness.sweep import run_grid
 
     specs = [tiny_spec(recipe="naive", epochs=2), tiny_spec(recipe="cnn", epochs=3)]
     lines: list[str] = []
-    exp = run_grid(specs, db=db_url, experiment_name="grid", concurrency=2, resources=ResourcesSpec(cpu=1),
-                   storage_path=tmp_path / "ray", echo=lines.append)
+    exp = run_grid(specs, db=db_url, experiment=Experiment("benchmark", "grid"), concurrency=2,
+                   resources=ResourcesSpec(cpu=1), storage_path=tmp_path / "ray", echo=lines.append).experiment_id
     # Rows appear in the order the trials start (a race between the two), so sort by recipe.
     got = rows(db_url, "SELECT id, recipe, status, epochs_done, trial_id FROM runs WHERE experiment_id = :e "
                        "ORDER BY recipe DESC", e=exp)
@@ -75,6 +75,7 @@ STUDY = {
     "concurrency": 2,
     "resources": {"cpu": 1},
 }
+STEPS_PER_EPOCH = 4  # 64 images / batch 16
 
 
 def write_study(path: Path, **changes) -> Path:
@@ -155,7 +156,7 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM])
-def test_interrupted_sweep_resumes_to_exactly_trials(ray_local, tmp_path, db_url, sig):
+def test_interrupted_sweep_resumes_to_exactly_trials(ray_local, tmp_path, db_url, sig, fault_plugin):
     """A driver stopped by a signal mid-trial leaves `interrupted` runs; --resume continues the unfinished
     trial from its checkpoint (epochs 1..n, none lost), never re-runs a finished one, and the study
     ends with exactly `trials` trials and no Optuna trial RUNNING."""
@@ -164,9 +165,12 @@ def test_interrupted_sweep_resumes_to_exactly_trials(ray_local, tmp_path, db_url
     # 4 epochs of >= 1 s and a stop once the running trial has exactly 1: the signal lands with >= 3 s
     # of that trial left, more than a graceful stop takes, so it is reliably caught mid-trial.
     max_epochs = 4
-    study = write_study(tmp_path / "s.yaml", trials=3, scheduler={"type": "none", "max_epochs": max_epochs})
-    cmd = [sys.executable, "-m", "harness.cli", "sweep", str(study), "--db", db_url,
-           "--storage-path", str(tmp_path / "ray"), "--fault", '{sleep_per_epoch: 1.0}']
+    # The slowness comes from a plugin model (tests/plugins/faults.py) that sleeps before each step.
+    plugin = fault_plugin({"*": {"sleep_per_step": 1.0 / STEPS_PER_EPOCH}})
+    study = write_study(tmp_path / "s.yaml", trials=3, model="faulty_resnet18",
+                        scheduler={"type": "none", "max_epochs": max_epochs})
+    cmd = [sys.executable, "-m", "harness.cli", "--plugin", str(plugin), "sweep", str(study), "--db", db_url,
+           "--storage-path", str(tmp_path / "ray")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     try:
         # Stop it once a trial has finished and another is part-way through.
@@ -230,13 +234,14 @@ BAD = [
 def test_bad_study_refused_before_anything(tmp_path, changes, field, fix, monkeypatch):
     from click.testing import CliRunner
 
-    import harness.sweep
+    import ray
+
     from harness.cli import main
 
     if "gpu" in str(changes):
         monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
     started = []
-    monkeypatch.setattr(harness.sweep.ray, "init", lambda *a, **k: started.append(1))
+    monkeypatch.setattr(ray, "init", lambda *a, **k: started.append(1))
     path = write_study(tmp_path / "bad.yaml", **changes)
     monkeypatch.chdir(tmp_path)
     for args in (["sweep", "--validate", str(path)], ["sweep", str(path), "--db", f"sqlite:///{tmp_path / 'r.db'}"]):
@@ -273,10 +278,11 @@ def test_resume_of_unknown_study_refused(tmp_path):
 @pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("studies/*.yaml")), ids=lambda p: p.name)
 def test_shipped_studies_validate(path):
     """Each shipped study is valid, runs on this CPU machine as shipped, and says how to scale it up."""
-    from harness.sweep import check_resources, validate_study
+    from harness.specs import check_local_resources
+    from harness.study import validate_study
 
     study = validate_study(path)
-    check_resources(study.resources, field="resources", address=None)
+    check_local_resources(study.resources, field="resources")
     assert study.resources.gpu == 0 and study.model in ("vit_tiny", "swin_nano", "resnet18", "efficientnet_b0")
     assert "Scale up" in path.read_text()
 
@@ -288,7 +294,9 @@ def test_optuna_outcomes_told_apart_and_nothing_left_running(tmp_path):
     except trials kept for --resume."""
     import optuna
 
-    from harness.sweep import OPTUNA_KEY, _HarnessOptunaSearch, optuna_storage, settle_optuna
+    from harness.engine import OPTUNA_KEY, _HarnessOptunaSearch
+    from harness.study import optuna_storage
+    from harness.study import settle as settle_optuna
 
     db = f"sqlite:///{tmp_path / 'o.db'}"
     search = _HarnessOptunaSearch(space={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)},

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
 from harness.errors import UserError
-from harness.specs import FaultSpec
 from harness.store import EPOCH_METRICS
 from harness.train import fit, load_checkpoint, save_atomic
 
@@ -44,17 +42,19 @@ def test_report_every_epoch_with_all_metrics(tiny_spec):
     assert result.status == "completed" and result.epochs_done == 3
 
 
-def test_resume_equals_uninterrupted(tiny_spec, tmp_path):
-    """A run stopped after epoch 2 and resumed from last.pt ends with the same numbers."""
+def test_resume_equals_uninterrupted(tiny_spec, tmp_path, fault_plugin):
+    """A run that crashes in epoch 3 and is resumed from last.pt ends with the same numbers as one
+    that never stopped (the crash comes from a plugin model: vit_tiny raising once at step 9)."""
+    fault_plugin({"*": {"raise_at_step": 9, "once_file": str(tmp_path / "raised")}})  # 4 steps an epoch
     full, _ = collect(tiny_spec(recipe="vit", model="vit_tiny", epochs=4, overrides={"batch_size": 16},
                                 checkpoint_dir=tmp_path / "a"))
-    crashing = tiny_spec(recipe="vit", model="vit_tiny", epochs=4, overrides={"batch_size": 16},
-                         checkpoint_dir=tmp_path / "b", fault=FaultSpec(raise_at_epoch=3))
-    with pytest.raises(RuntimeError, match="injected"):
+    crashing = tiny_spec(recipe="vit", model="faulty_vit_tiny", epochs=4, overrides={"batch_size": 16},
+                         checkpoint_dir=tmp_path / "b")
+    with pytest.raises(RuntimeError, match="injected failure at step 9"):
         fit(crashing)
     ckpt = load_checkpoint(tmp_path / "b" / "last.pt")
     assert ckpt["epoch"] == 2 and len(ckpt["history"]) == 2
-    resumed, reports = collect(crashing.model_copy(update={"fault": None}), resume=tmp_path / "b" / "last.pt")
+    resumed, reports = collect(crashing, resume=tmp_path / "b" / "last.pt")
     assert [r.epoch for r in reports] == [3, 4]
     keys = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "grad_norm")
     assert [[m[k] for k in keys] for m in resumed.history] == [[m[k] for k in keys] for m in full.history]
@@ -103,8 +103,9 @@ def test_corrupt_or_tampered_checkpoint_is_refused(tmp_path):
         load_checkpoint(tampered)
 
 
-def test_nan_loss_stops_run_as_diverged(tiny_spec):
-    result, reports = collect(tiny_spec(epochs=4, fault=FaultSpec(nan_at_step=5)))
+def test_nan_loss_stops_run_as_diverged(tiny_spec, fault_plugin):
+    fault_plugin({"*": {"nan_at_step": 5}})
+    result, reports = collect(tiny_spec(model="faulty_resnet18", epochs=4))
     # 4 steps per epoch: step 5 is in epoch 2, which is the last one reported.
     assert result.status == "diverged"
     assert [r.epoch for r in reports] == [1, 2]

@@ -1,0 +1,112 @@
+"""The dataset registry without torch: names, what each needs, how many training images it gives.
+
+A spec is checked against this before anything loads or is written (`check_spec`), and a run's
+budget is resolved from `train_images` without decoding an image; neither imports torch, so
+`harness sweep --validate` stays fast. The loaders themselves live in harness/data.py and are
+imported only when a run loads its data. A plugin adds its own set with `register`:
+
+    register(DatasetEntry("my_set", loader=my_loader, train_images=lambda spec: 5000))
+
+where `my_loader(spec) -> harness.data.Dataset` returns uint8 tensor splits.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.errors import UserError, unknown
+
+
+class DataSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "digits"
+    image_size: int = Field(32, ge=8, le=1024, description="images are resized to this many pixels per side")
+    root: Path | None = Field(None, description="folder holding the dataset (cifar*, tinyimagenet, imagefolder)")
+    download: bool = Field(False, description="cifar*: download into root when missing (needs internet)")
+    num_classes: int = Field(10, ge=2, le=1000, description="synthetic only")
+    train_size: int | None = Field(None, ge=2, description="synthetic: images to generate (default 1000); others: cap")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share where the set has no split of its own")
+    split_seed: int = Field(0, description="the train/val split is fixed by this, not by the run seed")
+    workers: int | None = Field(None, ge=0, description="folder sets: DataLoader workers (None = half the cores, at most 8)")
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    loader: str | Callable[..., Any]  # "module:function" (imported when used) or the function
+    train_images: Callable[[DataSpec], int]  # the training images load() gives, decoding none
+    needs_root: bool = False
+    streamed: bool = False  # loader(spec, device) streams from files; otherwise loader(spec) -> tensor splits
+
+    def loader_fn(self) -> Callable[..., Any]:
+        if callable(self.loader):
+            return self.loader
+        module, _, fn = self.loader.partition(":")
+        return getattr(importlib.import_module(module), fn)
+
+
+DATASETS: dict[str, DatasetEntry] = {}
+
+
+def register(entry: DatasetEntry) -> DatasetEntry:
+    DATASETS[entry.name] = entry
+    return entry
+
+
+DIGITS_IMAGES, CIFAR_TRAIN_IMAGES = 1797, 50_000
+
+
+def n_val(total: int, spec: DataSpec) -> int:
+    """Held-out images where the set has no split of its own."""
+    return max(1, int(round(total * spec.val_fraction)))
+
+
+def _capped(n: int, spec: DataSpec) -> int:
+    return min(n, spec.train_size) if spec.train_size is not None else n
+
+
+def _synthetic_images(spec: DataSpec) -> int:
+    total = int(round((spec.train_size or 1000) / (1 - spec.val_fraction)))
+    return total - n_val(total, spec)
+
+
+def _folder_images(spec: DataSpec) -> int:
+    import torch
+
+    from harness.data import load_folder
+
+    return len(load_folder(spec, torch.device("cpu")).train)  # lists the files; decodes none
+
+
+register(DatasetEntry("digits", "harness.data:load_digits", lambda s: _capped(DIGITS_IMAGES - n_val(DIGITS_IMAGES, s), s)))
+register(DatasetEntry("synthetic", "harness.data:load_synthetic", _synthetic_images))
+for _name in ("cifar10", "cifar100"):
+    register(DatasetEntry(_name, "harness.data:load_cifar", lambda s: _capped(CIFAR_TRAIN_IMAGES, s), needs_root=True))
+for _name in ("tinyimagenet", "imagefolder"):
+    register(DatasetEntry(_name, "harness.data:load_folder", _folder_images, needs_root=True, streamed=True))
+
+
+def check_spec(spec: DataSpec, field: str = "data") -> None:
+    """Refuse what cannot load, before anything is written."""
+    if spec.name not in DATASETS:
+        raise unknown(f"{field}.name", spec.name, DATASETS)
+    if DATASETS[spec.name].needs_root:
+        if spec.root is None:
+            raise UserError(f"{field}.root", None, f"{spec.name} needs the folder it lives in: pass --data-root PATH.")
+        if not spec.root.exists() and not (spec.download and spec.name.startswith("cifar")):
+            raise UserError(f"{field}.root", str(spec.root), "No such folder. Check the path"
+                            + (", or add --download to fetch it." if spec.name.startswith("cifar") else "."))
+
+
+def train_images(spec: DataSpec) -> int:
+    """How many training images `load(spec)` will give, without decoding any (the run's budget is
+    resolved from it before anything trains)."""
+    check_spec(spec)
+    return DATASETS[spec.name].train_images(spec)

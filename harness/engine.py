@@ -1,0 +1,536 @@
+"""The one grid engine: trials through Ray Tune, recorded by one driver-side recorder. The only
+module that imports Ray.
+
+`harness sweep`, `harness benchmark` and `harness ablate` all end in `run_trials`: given a way to
+make each trial's `RunSpec` from its Ray config (`make_spec`) and either a fixed number of runs
+(a grid: config `{"run": i}`) or an Optuna study to sample from (`Search`: config = sampled recipe
+fields, stopped early by ASHA), it wires Ray Tune the way Ray's own Optuna example does:
+
+- how a trial runs: `_trainable` = `harness.train.fit()` with a `report` that hands every epoch
+  (and the trial's last.pt/best.pt as a Ray checkpoint) to `ray.tune.report`. A retried or resumed
+  trial gets its checkpoint back through `ray.tune.get_checkpoint()` and continues at epoch k+1.
+  Workers are reused across trials (`reuse_actors`): torch and timm are imported once per slot.
+- how a result is stored: `Recorder`, a `ray.tune.Callback` in the driver, the only database
+  writer. One `runs` row per trial, every epoch, the final status told apart (completed / stopped
+  early / diverged / failed / interrupted), the evaluation of the last report.
+- stops: Ctrl-C and SIGTERM stop Tune gracefully; what finished is read back from the state Tune
+  saved and the `runs` rows reconciled with it (`_reconcile`). An interrupted experiment keeps its
+  unfinished trials `interrupted` (and their Optuna trials RUNNING) for `--resume`.
+
+Private Ray attributes used (pinned by tests/test_engine_contract.py): OptunaSearch's `_ot_trials`,
+`_ot_study` and `_completed_trials` (the subclass tags each Optuna trial with its Ray trial id and
+tells Optuna the outcome itself).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+# Under `uv run`, Ray's uv hook would re-create the project's environment for every worker from the
+# working folder (and refuses to start when the project is elsewhere, e.g. `uv run --project`). Local
+# workers run this very interpreter, and cluster nodes must have the harness installed anyway.
+# Set RAY_ENABLE_UV_RUN_RUNTIME_ENV=1 to get Ray's behaviour back. (Read when Ray is imported.)
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+import ray  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
+from ray.tune.search import ConcurrencyLimiter  # noqa: E402
+from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+
+from harness.errors import UserError  # noqa: E402
+from harness.specs import ResourcesSpec, RunSpec, StudySpec, _check_resources, check_local_resources  # noqa: E402
+from harness.store import Store, check_url, experiments, now, runs  # noqa: E402
+from harness.train import EpochReport, fit  # noqa: E402
+
+OPTUNA_KEY = "_optuna_trial"  # added to each sampled config by the searcher: the Optuna trial number
+FINAL = ("completed", "stopped", "diverged", "failed", "time_limit")
+DEFAULT_STORAGE = Path("ray_results")
+# Ray saves its experiment state (trials, searcher) at most this often (s). Tune's default ("auto",
+# >= 10 s) would let a killed driver lose up to 10 s of trial bookkeeping; the state is small.
+EXPERIMENT_STATE_PERIOD_S = "1"
+
+log = logging.getLogger(__name__)
+
+
+class SpecMaker(Protocol):
+    """A trial's Ray config -> its RunSpec (and a one-line label for the log)."""
+
+    def __call__(self, config: dict[str, Any]) -> RunSpec: ...
+    def label(self, config: dict[str, Any]) -> str: ...
+
+
+@dataclass(frozen=True)
+class GridSpecs:
+    """config {'run': i} -> the i-th RunSpec of a fixed grid (benchmark, ablate)."""
+
+    runs: tuple[RunSpec, ...]
+
+    def __call__(self, config: dict[str, Any]) -> RunSpec:
+        return self.runs[int(config["run"])]
+
+    def label(self, config: dict[str, Any]) -> str:
+        s = self(config)
+        return f"{s.label()} / {s.recipe.label()} / seed {s.seed}"
+
+
+@dataclass(frozen=True)
+class Search:
+    """Trials sampled by the study's Optuna sampler (storage: the results database), stopped early
+    by ASHA when the study says so."""
+
+    study: StudySpec
+    db: str
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """The `experiments` row the trials are recorded under; `id` set = continue that one (--resume)."""
+
+    kind: str  # sweep | benchmark | ablate
+    name: str
+    description: str = ""
+    spec_yaml: str = ""
+    id: int | None = None
+
+
+@dataclass
+class Outcome:
+    experiment_id: int
+    status: str  # completed | interrupted
+    exp_dir: Path  # Ray's experiment folder (state and trial checkpoints)
+    known: set[str] = field(default_factory=set)  # every Ray trial id Tune holds (resumable ones included)
+
+
+# --- resources ---------------------------------------------------------------------------------
+
+def check_resources(resources: ResourcesSpec, *, field: str, address: str | None) -> str:
+    """Refuse per-trial resources no node can give (Ray would leave the trial PENDING forever).
+
+    Without a Ray cluster this checks this machine; with `address` (or a Ray already started in this
+    process) it checks the largest node of the cluster. Returns a description of what is there.
+    """
+    if address is None and not ray.is_initialized():
+        return check_local_resources(resources, field=field)
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    return _check_resources(resources, max((n.get("CPU", 0) for n in nodes), default=0),
+                            max((n.get("GPU", 0) for n in nodes), default=0), "the largest node of the Ray cluster", field)
+
+
+def can_restore(exp_dir: Path) -> bool:
+    """Whether Ray saved an experiment state there that `run_trials` can continue."""
+    return tune.Tuner.can_restore(str(exp_dir))
+
+
+def describe_cluster() -> str:
+    r = ray.cluster_resources()
+    return f"ray: {r.get('CPU', 0):g} CPUs, {r.get('GPU', 0):g} GPUs"
+
+
+# --- how a trial runs --------------------------------------------------------------------------
+
+def trial_name(trial: Any) -> str:
+    """'trial_7' (the Optuna trial number, as optuna-dashboard shows it) or 'run_3' (grid index)."""
+    c = trial.config or {}
+    if OPTUNA_KEY in c:
+        return f"trial_{c[OPTUNA_KEY]}"
+    if "run" in c:
+        return f"run_{c['run']}"
+    return f"trial_{str(trial.experiment_tag).split('_')[0]}"
+
+
+def _trainable(config: dict[str, Any], *, make_spec: SpecMaker) -> None:
+    """One Ray trial: fit() reporting every epoch to Tune, with last.pt/best.pt as the checkpoint."""
+    spec = make_spec(config)
+    with tempfile.TemporaryDirectory(prefix="harness-trial-") as tmp:
+        local = Path(tmp)
+        spec = spec.model_copy(update={"checkpoint_dir": local})
+        resume = None
+        restored = tune.get_checkpoint()  # set when Ray retries (max_failures) or --resume continues it
+        if restored is not None:
+            with restored.as_directory() as d:
+                for f in ("last.pt", "best.pt"):
+                    if (Path(d) / f).is_file():
+                        shutil.copy2(Path(d) / f, local / f)
+            resume = local / "last.pt" if (local / "last.pt").is_file() else None
+
+        def report(r: EpochReport) -> None:
+            metrics: dict[str, Any] = {**r.metrics, "epoch": r.epoch, "status": r.status}
+            if r.evaluation is not None:
+                metrics["evaluation"] = r.evaluation  # popped by the driver's recorder (kept out of Ray's logs)
+            # Ray copies the folder to the trial's storage (synchronously) before this returns.
+            ckpt = tune.Checkpoint.from_directory(str(local)) if r.checkpoint is not None else None
+            tune.report(metrics, checkpoint=ckpt)
+
+        fit(spec, report, resume=resume)
+
+
+class _HarnessOptunaSearch(OptunaSearch):
+    """OptunaSearch with the outcomes told apart (harness.study.outcome) and each Optuna trial
+    tagged with its Ray trial id (user attr `ray_trial_id`, visible in optuna-dashboard)."""
+
+    def suggest(self, trial_id: str) -> dict | None:
+        params = super().suggest(trial_id)
+        if params is not None:
+            ot_trial = self._ot_trials[trial_id]
+            ot_trial.set_user_attr("ray_trial_id", trial_id)
+            params = {**params, OPTUNA_KEY: ot_trial.number}
+        return params
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        from harness import study as study_mod
+
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        result = result or {}
+        study_mod.tell(self._ot_study, self._ot_trials[trial_id], result.get("status"), result.get(self.metric), error)
+        self._completed_trials.add(trial_id)
+
+
+def _tune_config(search: Search | None, *, concurrency: int, total: int, db: str) -> tuple[tune.TuneConfig, dict | None]:
+    """(TuneConfig, param_space): an Optuna searcher + ASHA for a sweep, a grid over run indices otherwise."""
+    common = dict(reuse_actors=True,  # a finished trial's worker takes the next: torch/timm imported once per slot
+                  trial_name_creator=trial_name, trial_dirname_creator=trial_name)
+    if search is None:
+        return (tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrency, scheduler=FIFOScheduler(), **common),
+                {"run": tune.grid_search(list(range(total)))})
+    from harness import study as study_mod
+
+    s = search.study
+    searcher = _HarnessOptunaSearch(space=study_mod.search_space(s), metric=s.metric, mode=s.mode,
+                                    sampler=study_mod.sampler(s), study_name=s.name,
+                                    storage=study_mod.optuna_storage(search.db))
+    scheduler = (ASHAScheduler(time_attr="epoch", metric=s.metric, mode=s.mode, max_t=s.scheduler.max_epochs,
+                               grace_period=s.scheduler.grace_period, reduction_factor=s.scheduler.reduction_factor)
+                 if s.scheduler.type == "asha" else FIFOScheduler())
+    return (tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency), scheduler=scheduler,
+                            num_samples=total, **common), None)
+
+
+# --- how a result is stored (driver side, the only DB writer) -----------------------------------
+
+# A restored Tuner unpickles its callbacks from the experiment folder; Tune.restore takes no new
+# ones. The recorder pickles as a key into this registry, so the restored Tuner gets this
+# process's live recorder (with its open store), never a stale copy.
+_LIVE: dict[str, Recorder] = {}
+
+
+def _live_recorder(key: str) -> tune.Callback:
+    return _LIVE.get(key) or tune.Callback()
+
+
+class Recorder(tune.Callback):
+    def __init__(self, *, key: str, store: Store, experiment_id: int, make_spec: SpecMaker, metric: str, mode: str,
+                 total: int, echo: Callable[[str], None], stopper: str) -> None:
+        self.key, self.store, self.experiment_id, self.make_spec = key, store, experiment_id, make_spec
+        self.metric, self.mode, self.total, self.echo, self.stopper = metric, mode, total, echo, stopper
+        self.run_ids: dict[str, int] = {}
+        self.last: dict[str, dict[str, Any]] = {}  # last result per trial seen in this session
+        self.finished: dict[str, str] = {}  # trial_id -> final status (this session)
+        self.started: set[str] = set()
+        self.known: set[str] = set()  # every trial Tune holds (finished, running, pending)
+        self.best: tuple[float, str] | None = None
+        _LIVE[key] = self
+
+    def __reduce__(self) -> tuple:
+        return (_live_recorder, (self.key,))
+
+    def _name(self, trial: Any) -> str:
+        return trial_name(trial).replace("_", " #" if OPTUNA_KEY in trial.config else " ")
+
+    def _counts(self) -> str:
+        with self.store.engine.connect() as c:
+            counts = dict(c.execute(sa.select(runs.c.status, sa.func.count())
+                                    .where(runs.c.experiment_id == self.experiment_id).group_by(runs.c.status)).all())
+        done = sum(v for k, v in counts.items() if k in FINAL)
+        return f"[{counts.get('running', 0)} running, {done}/{self.total} done]"
+
+    def _run_for(self, trial: Any) -> int:
+        tid = trial.trial_id
+        if tid not in self.run_ids:
+            with self.store.engine.connect() as c:
+                rid = c.execute(sa.select(runs.c.id).where(runs.c.experiment_id == self.experiment_id,
+                                                           runs.c.trial_id == tid)).scalar()
+            if rid is None:
+                spec = self.make_spec(trial.config)
+                rid = self.store.create_run(self.experiment_id, model=spec.model, recipe=spec.recipe.label(),
+                                            params=spec.model_dump(mode="json"), seed=spec.seed,
+                                            stands_for=spec.stands_for, trial_id=tid,
+                                            optuna_trial=trial.config.get(OPTUNA_KEY))
+            self.run_ids[tid] = rid
+        return self.run_ids[tid]
+
+    def _recorded(self, rid: int, column: sa.Column) -> Any:
+        with self.store.engine.connect() as c:
+            return c.execute(sa.select(column).where(runs.c.id == rid)).scalar()
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        rid = self._run_for(trial)
+        with self.store.engine.begin() as c:
+            c.execute(runs.update().where(runs.c.id == rid).values(status="running", error=None, finished_at=None))
+        again = "resumed" if trial.trial_id in self.started or self._recorded(rid, runs.c.epochs_done) else "started"
+        self.started.add(trial.trial_id)
+        self.echo(f"{self._name(trial)} {again}: {self.make_spec.label(trial.config)}  {self._counts()}")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        rid = self._run_for(trial)
+        evaluation = result.pop("evaluation", None)  # large; only the database keeps it
+        if trial.trial_id not in self.last and int(result["epoch"]) > 1:
+            self.echo(f"{self._name(trial)} continued from its checkpoint at epoch {int(result['epoch'])}")
+        self.store.log_epoch(rid, int(result["epoch"]), result)
+        if evaluation is not None:
+            self.store.save_evaluation(rid, evaluation)
+        self.last[trial.trial_id] = {k: result.get(k) for k in (self.metric, "epoch", "status", "time_total_s")}
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        rid = self._run_for(trial)
+        last = self.last.get(trial.trial_id)
+        if last is None:  # nothing reported this session (resumed at its last epoch): keep what is recorded
+            recorded = self._recorded(rid, runs.c.status)
+            status = recorded if recorded in FINAL else "completed"
+            last = {k: (trial.last_result or {}).get(k) for k in (self.metric, "epoch", "status", "time_total_s")}
+        else:  # a last report still "running" = the scheduler stopped it
+            status = {"running": "stopped"}.get(last.get("status"), last.get("status") or "completed")
+        self.store.finish_run(rid, status=status, wall_s=last.get("time_total_s"))
+        self.finished[trial.trial_id] = status
+        value = last.get(self.metric)
+        finite = isinstance(value, (int, float)) and math.isfinite(value)
+        shown = f"{self.metric} {value:.4f}" if finite else f"{self.metric} {value}"
+        what = {"stopped": f"stopped by {self.stopper} after epoch {last.get('epoch')}",
+                "completed": f"completed {last.get('epoch')} epochs",
+                "diverged": f"diverged (loss NaN/Inf) at epoch {last.get('epoch')}"}.get(status, status)
+        if status == "completed" and finite:
+            if self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0]):
+                self.best = (value, self._name(trial))
+        best = f"  best so far {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
+        self.echo(f"{self._name(trial)} {what}: {shown}{best}  {self._counts()}")
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.known.update(t.trial_id for t in trials)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.known.update(t.trial_id for t in trials)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        err = _error_text(trial).splitlines()[0]
+        epoch = (self.last.get(trial.trial_id) or {}).get("epoch") or 0
+        self.echo(f"{self._name(trial)} crashed ({err}); retrying from its checkpoint at epoch {epoch} "
+                  f"(failure {trial.num_failures} of at most {trial.max_failures} retried)")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        rid = self._run_for(trial)
+        text = _error_text(trial)
+        self.store.finish_run(rid, status="failed", error=text,
+                              wall_s=(self.last.get(trial.trial_id) or {}).get("time_total_s"))
+        self.finished[trial.trial_id] = "failed"
+        self.echo(f"{self._name(trial)} failed: {text.splitlines()[0]}  {self._counts()}")
+
+
+def _error_text(trial: Any) -> str:
+    """'ExcType: message' first (with a hint for known causes), then the traceback tail."""
+    raw = ""
+    path = trial.error_file
+    if path and Path(path).is_file():
+        raw = Path(path).read_text(errors="replace")
+        raw = raw.rsplit("Failure # ", 1)[-1]  # the file accumulates one block per failure; keep the latest
+    raw = re.sub(r"\x1b\[[0-9;]*m", "", raw)  # Ray colours its tracebacks
+    lines = [ln for ln in raw.splitlines() if ln.strip()]
+    summary = next((ln.strip() for ln in reversed(lines)
+                    if ":" in ln and not ln.startswith((" ", "\t")) and "Error" in ln.split(":")[0]), None)
+    summary = summary or (lines[-1].strip() if lines else "the trial's worker died (no error text)")
+    if "OutOfMemoryError" in raw or "out of memory" in raw.lower():
+        summary += "  [cause: out of GPU memory; lower batch_size, or give each trial more GPU (resources.gpu)]"
+    tail = "\n".join(lines[-40:])
+    return f"{summary}\n\n{tail}"[:8000]
+
+
+# --- running Tune ------------------------------------------------------------------------------
+
+def run_trials(make_spec: SpecMaker, *, experiment: Experiment, total: int, resources: ResourcesSpec,
+               concurrency: int, db: str, search: Search | None = None, address: str | None = None,
+               storage_path: Path | str = DEFAULT_STORAGE, ray_name: str | None = None, max_failures: int = 1,
+               resources_field: str = "resources", headline: Callable[[str], str] | None = None,
+               echo: Callable[[str], None] = print) -> Outcome:
+    """Run the trials through Ray Tune, recording each in `db`; returns how the experiment ended.
+
+    `ray_name` names Ray's experiment folder under `storage_path` (default `<kind>-<experiment id>`);
+    with `experiment.id` set the Tuner is restored from that folder: finished trials stay finished,
+    unfinished ones continue from their last checkpoint, and only the missing samples are created.
+    Bad input -> UserError before anything is written.
+    """
+    check_url(db)
+    if concurrency < 1:
+        raise UserError("concurrency", concurrency, "Run at least 1 trial at a time.")
+    if max_failures < 0:
+        raise UserError("--max-failures", max_failures, "Use 0 (no retries) or more.")
+    checked_here = address is None and not ray.is_initialized()
+    if checked_here:  # before starting Ray: a trial bigger than the machine would stay PENDING forever
+        check_resources(resources, field=resources_field, address=None)
+    _quiet_tune()
+    with _ray(address):
+        if not checked_here:  # the cluster's largest node
+            check_resources(resources, field=resources_field, address=address)
+        cluster = describe_cluster()
+        store = Store(db)
+        restore = experiment.id is not None
+        if restore:
+            exp = experiment.id
+            with store.engine.begin() as c:
+                c.execute(experiments.update().where(experiments.c.id == exp).values(status="running", finished_at=None))
+        else:
+            exp = store.create_experiment(kind=experiment.kind, name=experiment.name, description=experiment.description,
+                                          spec=experiment.spec_yaml, device=cluster)
+        storage = Path(storage_path).resolve()
+        exp_dir = storage / (ray_name or f"{experiment.kind}-{exp}")
+        recorder = Recorder(key=f"{db}#{exp}", store=store, experiment_id=exp, make_spec=make_spec,
+                            metric=search.study.metric if search else "val_acc", mode=search.study.mode if search else "max",
+                            total=total, echo=echo,
+                            stopper="ASHA" if search is not None and search.study.scheduler.type == "asha" else "none")
+        trainable = tune.with_resources(tune.with_parameters(_trainable, make_spec=make_spec),
+                                        {"cpu": resources.cpu, "gpu": resources.gpu})
+        try:
+            if restore:
+                tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=False)
+                with store.engine.connect() as c:
+                    done = c.execute(sa.select(sa.func.count()).where(runs.c.experiment_id == exp,
+                                                                      runs.c.status.in_(FINAL))).scalar()
+                echo(f"harness {experiment.kind} {experiment.name}: resuming ({done} of {total} trials finished)")
+            else:
+                tune_config, param_space = _tune_config(search, concurrency=concurrency, total=total, db=db)
+                tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
+                                   run_config=tune.RunConfig(
+                                       name=exp_dir.name, storage_path=str(storage), callbacks=[recorder], verbose=0,
+                                       failure_config=tune.FailureConfig(max_failures=max_failures),
+                                       # Only the latest checkpoint of a trial is needed to retry or resume it.
+                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+                echo(headline(cluster) if headline else
+                     f"harness {experiment.kind} {experiment.name}: {total} runs, {concurrency} at a time, "
+                     f"{resources.cpu:g} CPU + {resources.gpu:g} GPU each ({cluster})")
+            status = _fit(tuner, store, exp, recorder, exp_dir, echo)
+            return Outcome(exp, status, exp_dir, set(recorder.known))
+        finally:
+            store.close()
+            _LIVE.pop(recorder.key, None)
+
+
+def _fit(tuner: tune.Tuner, store: Store, exp: int, recorder: Recorder, exp_dir: Path,
+         echo: Callable[[str], None]) -> str:
+    """tuner.fit() with clean stops; returns the experiment's final status."""
+    interrupted = False
+    with _sigterm_stops_tune():
+        try:
+            tuner.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C while Tune was stopping
+            interrupted = True
+        except Exception:
+            store.mark_unfinished(exp, "interrupted")
+            store.finish_experiment(exp, "failed")
+            raise
+    return _reconcile(store, exp, recorder, exp_dir, echo, interrupted)
+
+
+def _reconcile(store: Store, exp: int, recorder: Recorder, exp_dir: Path, echo: Callable[[str], None],
+               interrupted: bool) -> str:
+    """Make the runs rows agree with the experiment state Tune saved last (its in-memory trials are
+    all marked TERMINATED by its cleanup after a Ctrl-C), then close the experiment."""
+    try:
+        saved = tune.ExperimentAnalysis(str(exp_dir)).trials
+    except Exception:  # noqa: BLE001 - no state saved at all (stopped during start-up)
+        saved = []
+    unfinished_ids = {t.trial_id for t in saved if t.status not in ("TERMINATED", "ERROR")}
+    recorder.known.update(t.trial_id for t in saved)
+    with store.engine.begin() as c:
+        for t in saved:  # finished in Tune, not in the database (a driver killed between the two)
+            if t.trial_id in unfinished_ids or t.trial_id in recorder.finished:
+                continue
+            last = t.last_result or {}
+            status = "failed" if t.status == "ERROR" else {"running": "stopped"}.get(last.get("status"), last.get("status") or "completed")
+            c.execute(runs.update().where(runs.c.experiment_id == exp, runs.c.trial_id == t.trial_id,
+                                          runs.c.status.notin_(FINAL)).values(status=status, finished_at=now()))
+    unfinished = store.mark_unfinished(exp, "interrupted")
+    with store.engine.connect() as c:
+        n_rows = c.execute(sa.select(sa.func.count()).where(runs.c.experiment_id == exp)).scalar()
+    interrupted = interrupted or bool(unfinished_ids) or unfinished > 0 or len(saved) < recorder.total
+    status = "interrupted" if interrupted else "completed"
+    store.finish_experiment(exp, status)
+    if interrupted:
+        echo(f"interrupted: {n_rows - unfinished} of {recorder.total} trials finished, {unfinished} interrupted "
+             "(their epochs so far are recorded)")
+    return status
+
+
+@contextmanager
+def _ray(address: str | None) -> Iterator[None]:
+    """Start (or attach to) Ray unless this process already did; shut down only what we started."""
+    if ray.is_initialized():
+        yield
+        return
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                 configure_logging=True)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        if address is None:
+            raise
+        raise UserError("--address", address, f"Cannot attach to a Ray cluster there ({str(e).splitlines()[0][:160]}); "
+                        "start one with `ray start --head` and pass its address, or leave --address out.") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextmanager
+def _sigterm_stops_tune() -> Iterator[None]:
+    """Ray Tune stops gracefully on SIGINT (and SIGUSR1) but not on SIGTERM: make SIGTERM do the same."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if callable(signal.getsignal(signal.SIGUSR1)):  # Tune's handler is installed: graceful stop
+            signal.raise_signal(signal.SIGUSR1)
+        else:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _quiet_tune() -> None:
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = EXPERIMENT_STATE_PERIOD_S
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # the recorder prints one line per failure
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "0")
+    for name in ("ray", "ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def run_grid(runs_: list[RunSpec], *, db: str, experiment: Experiment, concurrency: int, resources: ResourcesSpec,
+             address: str | None = None, storage_path: Path | str = DEFAULT_STORAGE, max_failures: int = 1,
+             echo: Callable[[str], None] = print) -> Outcome:
+    """Every RunSpec once (no early stopping, no Optuna): benchmark and ablate grids."""
+    if not runs_:
+        raise UserError("runs", [], "Nothing to run; list at least one model and recipe.")
+    outcome = run_trials(GridSpecs(tuple(runs_)), experiment=experiment, total=len(runs_), resources=resources,
+                         concurrency=concurrency, db=db, address=address, storage_path=storage_path,
+                         max_failures=max_failures, echo=echo)
+    echo(f"{experiment.kind} {outcome.status}: experiment {outcome.experiment_id} in {db}; "
+         f"Ray files in {outcome.exp_dir}")
+    return outcome

@@ -1,0 +1,161 @@
+"""The Optuna side of a sweep: the only module that imports Optuna.
+
+A study file is checked here (`validate_study`: names, bounds, every candidate value as a recipe
+value) without torch, timm or Ray, so `harness sweep --validate` answers in about a second. The
+search space, sampler and storage Ray's `OptunaSearch` is given are built here, and so is the
+rule that turns a finished trial into its Optuna state (`outcome`): a trial that finished all its
+epochs is COMPLETE (value = the metric at its last epoch), one stopped early is PRUNED (Optuna
+keeps its per-epoch values), a diverged or crashed one is FAIL. Ray's own OptunaSearch would tell
+Optuna COMPLETE with the truncated score when ASHA stops a trial.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import TrialState
+
+from harness.errors import UserError
+from harness.recipes import with_overrides
+from harness.specs import ParamSpec, StudySpec, load_study
+from harness.store import sqlite_path
+
+
+# --- validation (nothing here writes or starts anything) -----------------------------------------
+
+def validate_study(path: Path) -> StudySpec:
+    """The study file, fully checked: names, bounds, every candidate value as a recipe value."""
+    study = load_study(path)
+    where = f"{path}: "
+    base = study.base_recipe()
+    grid_sizes = []
+    for key, p in study.search.items():
+        candidates: list[tuple[str, Any]] = ([("values", v) for v in p.values or []] if p.type == "choice"
+                                             else [("low", _cast(p, p.low)), ("high", _cast(p, p.high))])
+        for sub, value in candidates:
+            if p.type == "choice" and not isinstance(value, (str, int, float, bool)) and value is not None:
+                raise UserError(f"{where}search.{key}.values", value, "A choice takes plain values "
+                                "(numbers, names, true/false, null), not lists or mappings.")
+            try:
+                with_overrides(base, {key: value}, "search")
+            except UserError as e:
+                raise UserError(f"{where}search.{key}.{sub}", value, f"Not a valid {key}: {e.fix}") from None
+        if study.sampler.type == "grid":
+            if p.type not in ("choice", "int"):
+                raise UserError(f"{where}search.{key}.type", p.type, "sampler grid needs a finite grid: "
+                                "use type: choice (or int) for every parameter, or sampler: {type: tpe}.")
+            grid_sizes.append(len(p.values) if p.type == "choice" else int(p.high) - int(p.low) + 1)
+    if study.sampler.type == "grid":
+        size = math.prod(grid_sizes)
+        if study.trials > size:
+            raise UserError(f"{where}trials", study.trials, f"The grid has only {size} points; set trials: {size}.")
+    if study.sampler.type == "cmaes":
+        try:
+            import cmaes  # noqa: F401
+        except ImportError:
+            raise UserError(f"{where}sampler.type", "cmaes", "Optuna's CMA-ES sampler needs the cmaes package: "
+                            "`uv add cmaes`, or use sampler: {type: tpe}.") from None
+    return study
+
+
+def _cast(p: ParamSpec, v: float | None) -> Any:
+    return int(v) if p.type in ("int", "logint") and v is not None else v
+
+
+# --- what Ray's OptunaSearch is given ----------------------------------------------------------
+
+def search_space(study: StudySpec) -> dict[str, optuna.distributions.BaseDistribution]:
+    return {k: _distribution(p) for k, p in study.search.items()}
+
+
+def _distribution(p: ParamSpec) -> optuna.distributions.BaseDistribution:
+    if p.type == "choice":
+        return optuna.distributions.CategoricalDistribution(p.values)
+    if p.type in ("int", "logint"):
+        return optuna.distributions.IntDistribution(int(p.low), int(p.high), log=p.type == "logint")
+    return optuna.distributions.FloatDistribution(p.low, p.high, log=p.type == "loguniform")
+
+
+def sampler(study: StudySpec) -> optuna.samplers.BaseSampler:
+    s = study.sampler
+    if s.type == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    if s.type == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=s.seed)
+    if s.type == "gp":
+        return optuna.samplers.GPSampler(seed=s.seed)
+    if s.type == "grid":
+        space = {k: (p.values if p.type == "choice" else list(range(int(p.low), int(p.high) + 1)))
+                 for k, p in study.search.items()}
+        return optuna.samplers.GridSampler(space, seed=s.seed)
+    return optuna.samplers.TPESampler(seed=s.seed)
+
+
+def optuna_storage(db: str) -> optuna.storages.RDBStorage:
+    """The results database is the Optuna storage too (optuna-dashboard reads the same file)."""
+    kwargs = {"connect_args": {"timeout": 60}} if db.startswith("sqlite") else {"pool_pre_ping": True}
+    return optuna.storages.RDBStorage(db, engine_kwargs=kwargs)
+
+
+def outcome(status: str | None, value: Any, error: bool) -> tuple[TrialState, float | None]:
+    """How a finished Ray trial is told to Optuna (see the module docstring)."""
+    finite = isinstance(value, (int, float)) and math.isfinite(value)
+    if status == "completed" and finite and not error:
+        return TrialState.COMPLETE, float(value)
+    if status in ("running", "time_limit") and finite and not error:
+        return TrialState.PRUNED, None  # stopped early: Optuna keeps its per-epoch values
+    return TrialState.FAIL, None  # crashed, diverged, or no finite metric
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, status: str | None, value: Any, error: bool) -> None:
+    state, values = outcome(status, value, error)
+    study.tell(trial, values, state=state, skip_if_finished=True)
+
+
+def study_exists(db: str, name: str) -> bool:
+    """Whether the database holds an Optuna study of this name (reading only: no tables created)."""
+    path = sqlite_path(db)
+    if path is not None and not path.exists():
+        return False
+    engine = sa.create_engine(db)
+    try:
+        if "studies" not in sa.inspect(engine).get_table_names():  # no Optuna tables: RDBStorage would create them
+            return False
+    finally:
+        engine.dispose()
+    storage = optuna_storage(db)
+    try:
+        return name in optuna.study.get_all_study_names(storage)
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+
+
+def settle(db: str, study_name: str, keep: set[str] = frozenset()) -> int:
+    """Fail every RUNNING Optuna trial of the study except those of Ray trials in `keep` (to be
+    resumed). Returns how many were failed."""
+    storage = optuna_storage(db)
+    try:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+        except KeyError:
+            return 0
+        n = 0
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.user_attrs.get("ray_trial_id") in keep:
+                continue
+            storage.set_trial_user_attr(t._trial_id, "harness_note", "left RUNNING by an interrupted driver; failed by harness")
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            n += 1
+        return n
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+
+
+def quiet() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
