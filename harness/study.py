@@ -1,7 +1,8 @@
 """The Optuna side of a sweep: the only module that imports Optuna.
 
 A study file is checked here (`validate_study`: names, bounds, every candidate value as a recipe
-value) without torch, timm or Ray, so `harness sweep --validate` answers in about a second. The
+value; `study_warnings`: what is valid but likely wrong) without torch, timm or Ray, so
+`harness sweep --validate` answers in about a second. The
 search space, sampler and storage Ray's `OptunaSearch` is given are built here, and so is the
 rule that turns a finished trial into its Optuna state (`outcome`): a trial that finished all its
 epochs is COMPLETE (value = the metric at its last epoch), one stopped early is PRUNED (Optuna
@@ -60,6 +61,41 @@ def validate_study(path: Path) -> StudySpec:
             raise UserError(f"{where}sampler.type", "cmaes", "Optuna's CMA-ES sampler needs the cmaes package: "
                             "`uv add cmaes`, or use sampler: {type: tpe}.") from None
     return study
+
+
+def longest_warmup(study: StudySpec) -> tuple[float, str]:
+    """The longest lr warmup (epochs) any trial of the study can get, and the field it comes from:
+    the high end (or largest value) of a searched warmup_epochs, else the fitted base recipe's."""
+    p = study.search.get("warmup_epochs")
+    if p is None:
+        where = "fixed.warmup_epochs" if "warmup_epochs" in study.fixed else "the fitted recipe's warmup_epochs"
+        return float(study.base_recipe().warmup_epochs), where
+    if p.type == "choice":
+        return max([float(v) for v in p.values or [] if isinstance(v, (int, float))], default=0.0), "search.warmup_epochs.values"
+    return float(p.high or 0), "search.warmup_epochs.high"
+
+
+def study_warnings(study: StudySpec, path: Path | str | None = None) -> list[str]:
+    """What a valid study may still get wrong (printed, not refused): an ASHA grace period that ends
+    inside the warmup, where trials are cut on how far their lr ramp has got, not on their recipe.
+    No torch, timm or Ray, like `validate_study`."""
+    where = f"{path}: " if path is not None else ""
+    out = []
+    s = study.scheduler
+    warmup, source = longest_warmup(study)
+    if s.type == "asha" and warmup > 0 and s.grace_period <= warmup:
+        k = math.floor(warmup) + 1  # the first epoch that ends after the longest warmup
+        w = f"{warmup:g} epoch{'' if warmup == 1 else 's'}"
+        raise_grace = (f"set scheduler.grace_period to at least {k} (the longest warmup, {w}, + 1)"
+                       if k <= s.max_epochs else
+                       f"raise scheduler.max_epochs well above {k} and grace_period to at least {k} (the longest warmup, "
+                       f"{w}, + 1)")
+        shorten = (f"or search warmup_epochs only below {s.grace_period}" if "warmup_epochs" in study.search
+                   else f"or set fixed.warmup_epochs below {s.grace_period}")
+        out.append(f"{where}scheduler.grace_period: got {s.grace_period}. ASHA's first cut (after epoch {s.grace_period}) "
+                   f"falls within the warmup ({source}: up to {w}): trials still ramping their lr "
+                   f"are stopped for it, so the study compares lr ramps, not recipes. Fix: {raise_grace}, {shorten}.")
+    return out
 
 
 def _cast(p: ParamSpec, v: float | None) -> Any:
