@@ -84,7 +84,8 @@ def make_data_spec(data_name: str, data_root: Path | None, download: bool, image
               help="registry name, fitted to this run (NAME@published: the source's values as published); "
                    "'tuned' = the model family's own")
 @data_options
-@click.option("--epochs", type=int, default=None, help="[default: 10; with --resume: the checkpoint's]")
+@click.option("--epochs", type=int, default=None, help="[default: 10; with --resume: the checkpoint's; another N "
+              "stretches its lr schedule to N epochs]")
 @click.option("--batch-size", type=int, default=None, help="images per step [default: the recipe's]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a recipe field (repeatable)")
@@ -107,12 +108,16 @@ def train(model: str, recipe: str, data_name: str, data_root: Path | None, downl
     from harness.runner import run_and_record
     from harness.specs import RunSpec, parse_spec, resolve_run
     from harness.store import check_url
-    from harness.train import load_checkpoint, resolve_device
+    from harness.train import check_resume_epochs, load_checkpoint, resolve_device
 
     check_url(db)
     if resume is not None:
-        # The checkpoint holds the resolved spec: resuming needs no other flag (--epochs may extend it).
-        config = load_checkpoint(resume)["config"]
+        # The checkpoint holds the resolved spec: resuming needs no other flag. --epochs N other than its
+        # own stretches the lr schedule to N (train.restore); fewer than the epochs done is refused here.
+        ckpt = load_checkpoint(resume)
+        if epochs is not None:
+            check_resume_epochs(ckpt, epochs, resume)
+        config = ckpt["config"]
         config.pop("fault", None)  # checkpoints before plugins carried a test-only field (always null)
         spec = parse_spec(RunSpec, {**config, "epochs": config["epochs"] if epochs is None else epochs}, "--resume")
     elif model is None:

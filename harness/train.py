@@ -311,15 +311,40 @@ class Progress:
         return True
 
 
-def restore(path: Path, spec: RunSpec, t: Training) -> Progress:
-    """Load last.pt into the training state; best.pt (when there) is the best so far."""
+def check_resume_epochs(ckpt: dict[str, Any], epochs: int, path: Path | str) -> None:
+    """Refuse a resume asked to end before the epochs the checkpoint has already trained."""
+    done = int(ckpt["epoch"])
+    if epochs < done:
+        planned = ckpt["config"].get("epochs")
+        raise UserError("--epochs", epochs, f"{path} has already trained {done} epochs (of {planned}); pass --epochs "
+                        f"{done} or more, or leave --epochs out (its own {planned}).")
+
+
+def restore(path: Path, spec: RunSpec, t: Training, log: Callable[[str], None] = lambda s: None) -> Progress:
+    """Load last.pt into the training state; best.pt (when there) is the best so far.
+
+    When `spec.epochs` differs from the checkpoint's, the lr schedule is stretched (or compressed):
+    the saved scheduler state (which holds the old length) is not loaded, and the scheduler
+    build_training made for `spec.epochs` is stepped to the checkpoint's update, so the run goes
+    on as if it had been planned for `spec.epochs` from the start (the recipe stays as it was
+    fitted to the old length: warmup updates, augmentation strength)."""
     ckpt = load_checkpoint(path)
     if ckpt["config"].get("model") != spec.model:
         raise UserError("--resume", str(path), f"checkpoint is of {ckpt['config'].get('model')}, not {spec.model}; "
                         "resume with the same model.")
+    check_resume_epochs(ckpt, spec.epochs, path)
     t.model.load_state_dict(ckpt["model"])
     t.optimizer.load_state_dict(ckpt["optimizer"])
-    t.scheduler.load_state_dict(ckpt["scheduler"])
+    planned = ckpt["config"].get("epochs", spec.epochs)
+    if planned == spec.epochs:
+        t.scheduler.load_state_dict(ckpt["scheduler"])
+    else:  # the saved state would keep the old length: the extra epochs would all run at min_lr
+        lr_old = max(g["lr"] for g in t.optimizer.param_groups)  # the old schedule's lr at this update
+        t.scheduler.step_update(num_updates=ckpt["global_step"])
+        lr_new = max(g["lr"] for g in t.optimizer.param_groups)
+        how = ("extending", "stretched") if spec.epochs > planned else ("shortening", "compressed")
+        log(f"{how[0]} {planned} -> {spec.epochs} epochs: the lr schedule is {how[1]} to {spec.epochs} epochs "
+            f"from update {ckpt['global_step']} (lr {lr_old:.2e} -> {lr_new:.2e})")
     if t.ema is not None and ckpt.get("ema") is not None:
         t.ema.load_state_dict(ckpt["ema"])
     best_path = Path(path).with_name("best.pt")
@@ -395,7 +420,7 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] = lambda r: None, *
     t = build_training(spec, ds, device)
     p = Progress()
     if resume is not None:
-        p = restore(resume, spec, t)
+        p = restore(resume, spec, t, log)
         log(f"resumed from {resume} at epoch {p.epoch}")
     if spec.checkpoint_dir is not None:
         spec.checkpoint_dir.mkdir(parents=True, exist_ok=True)

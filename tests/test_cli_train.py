@@ -44,8 +44,21 @@ def test_resume_from_checkpoint_continues_history(db_url, tmp_path):
     r = run("train", "--resume", tmp_path / "ck" / "last.pt", "--epochs", 3, "--db", db_url)
     assert r.exit_code == 0, r.output
     assert "resumed from" in r.output and "epoch   3/3" in r.output and "epoch   1/3" not in r.output
+    assert "extending 2 -> 3 epochs: the lr schedule is stretched to 3 epochs from update " in r.output
     second = rows(db_url, "select max(id) as id from runs")[0]["id"]
     assert [e["epoch"] for e in rows(db_url, f"select epoch from epochs where run_id={second} order by epoch")] == [1, 2, 3]
+
+
+def test_resume_with_fewer_epochs_than_done_exits_2_and_writes_nothing(db_url, tmp_path):
+    assert run("train", "--model", "resnet18", "--recipe", "naive", "--epochs", 2, "--db", db_url,
+               "--checkpoint-dir", tmp_path / "ck", *TINY).exit_code == 0
+    before = (tmp_path / "ck" / "last.pt").stat().st_mtime_ns
+    r = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "ck" / "last.pt"), "--epochs", "1", "--db", db_url])
+    assert r.exit_code == 2, r.output
+    assert "error: --epochs: got 1." in r.output and "already trained 2 epochs (of 2); pass --epochs 2 or more" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert rows(db_url, "select count(*) as n from runs")[0]["n"] == 1  # no second run row
+    assert (tmp_path / "ck" / "last.pt").stat().st_mtime_ns == before
 
 
 @pytest.mark.parametrize("args,field,fix", [

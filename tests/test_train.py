@@ -60,6 +60,34 @@ def test_resume_equals_uninterrupted(tiny_spec, tmp_path, fault_plugin):
     assert [[m[k] for k in keys] for m in resumed.history] == [[m[k] for k in keys] for m in full.history]
 
 
+def test_resume_with_more_epochs_stretches_the_lr_schedule(tiny_spec, tmp_path):
+    """Resuming a finished 2-epoch cosine run with epochs=5 continues as if it had been planned for 5
+    epochs: the saved scheduler (which holds the old length) is not loaded, so the new epochs do not
+    all run at min_lr; every new epoch's lr is the fresh 5-epoch schedule's at that update."""
+    short = tiny_spec(recipe="vit", epochs=2, overrides={"batch_size": 16, "lr": 0.01}, checkpoint_dir=tmp_path / "a")
+    first, _ = collect(short)
+    min_lr = short.recipe.min_lr
+    assert first.history[-1]["lr"] == pytest.approx(min_lr)  # the 2-epoch schedule has ended
+    longer = short.model_copy(update={"epochs": 5, "checkpoint_dir": tmp_path / "b"})
+    said: list[str] = []
+    resumed, reports = collect(longer, resume=tmp_path / "a" / "last.pt", log=said.append)
+    assert [r.epoch for r in reports] == [3, 4, 5] and resumed.status == "completed"
+    fresh, _ = collect(short.model_copy(update={"epochs": 5, "checkpoint_dir": None}))  # same recipe, planned for 5
+    assert [m["lr"] for m in resumed.history[2:]] == pytest.approx([m["lr"] for m in fresh.history[2:]], rel=1e-9)
+    assert resumed.history[2]["lr"] > 10 * min_lr
+    line = next(s for s in said if s.startswith("extending"))
+    assert "extending 2 -> 5 epochs: the lr schedule is stretched to 5 epochs from update 8" in line
+    assert f"(lr {min_lr:.2e} -> " in line
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["config"]["epochs"] == 5  # a later resume keeps the new length
+
+
+def test_resume_with_fewer_epochs_than_done_is_refused(tiny_spec, tmp_path):
+    spec = tiny_spec(epochs=2, checkpoint_dir=tmp_path / "a")
+    fit(spec)
+    with pytest.raises(UserError, match=r"--epochs: got 1\. .*already trained 2 epochs.*--epochs 2 or more"):
+        fit(spec.model_copy(update={"epochs": 1}), resume=tmp_path / "a" / "last.pt")
+
+
 def test_checkpoint_contents(tiny_spec, tmp_path):
     fit(tiny_spec(epochs=2, checkpoint_dir=tmp_path, checkpoint_every=1))
     names = sorted(p.name for p in tmp_path.iterdir())
