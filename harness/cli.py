@@ -285,8 +285,13 @@ def ablate(model: str, recipe: str, mode: str, steps: str | None, seeds: int, ep
               help="folder for the HTML pages")
 @click.option("--compare", type=int, multiple=True, metavar="RUN_ID",
               help="also overlay these runs in compare.html (repeatable; `--compare 3 --compare 7` or `--compare 3 7`)")
+@click.option("--watch", is_flag=True,
+              help="while an experiment in the database runs (another process writing it), rewrite the pages every "
+                   "--every seconds with a 'running' banner (open tabs reload themselves); ends by itself when none "
+                   "runs, or on Ctrl-C, with the final pages")
+@click.option("--every", type=int, default=30, show_default=True, help="seconds between rewrites with --watch")
 @click.argument("more_ids", nargs=-1, type=int, metavar="[RUN_ID]...")
-def report(db: str, out: Path, compare: tuple[int, ...], more_ids: tuple[int, ...]) -> None:
+def report(db: str, out: Path, compare: tuple[int, ...], watch: bool, every: int, more_ids: tuple[int, ...]) -> None:
     """Dashboards (Plotly HTML, offline) and before/after tables from the results database."""
     from harness import report as rep
     from harness.dashboards import write_dashboards
@@ -294,7 +299,13 @@ def report(db: str, out: Path, compare: tuple[int, ...], more_ids: tuple[int, ..
     ids = [*compare, *more_ids]
     if more_ids and not compare:
         raise UserError("RUN_ID", list(more_ids), "Run ids go after --compare, e.g. `harness report --compare 3 7`.")
-    path = write_dashboards(db, out, compare=ids or None)
+    if every < 1:
+        raise UserError("--every", every, "Rewrite at most once a second: --every 1 or more (default 30).")
+    if watch:
+        from harness.dashboards import watch as watch_pages
+
+        watch_pages(db, out, every=every, compare=ids or None, echo=click.echo)
+    path = write_dashboards(db, out, compare=ids or None)  # the final pages: no banner, no reload
     index = out / "index.html"
     store = rep.open_reader(db)
     try:

@@ -9,6 +9,11 @@ before_after-<id>.html (benchmarks: grouped bars + the table), sweep-<id>.html (
 from the study in the same database + a trial table), run-<id>.html (seed 003's four panels,
 seed 002's per-class accuracy, confusion matrix and prediction grid), compare.html (--compare).
 
+Live pages: while work runs, `write_dashboards(db, out, live=True)` (the grid driver every ~30 s,
+`harness report --watch`) marks every page it writes with a "running — updated HH:MM:SS" banner
+and a `<meta http-equiv="refresh">`, so an open browser tab reloads it; the final write
+(live=False) leaves both out. Each page is replaced atomically, so a reload never sees half a page.
+
 Every string that came from a user (experiment names, descriptions, class names, errors) goes
 through `esc()` before it reaches HTML or a Plotly label: names may hold markup or scripts.
 """
@@ -17,8 +22,9 @@ from __future__ import annotations
 
 import html
 import math
+import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +102,7 @@ th{background:#f4f4f4} .muted{color:#777} .note{background:#fff8e1;border-left:4
 .grid{display:flex;flex-wrap:wrap;gap:.5rem} .grid figure{margin:0;text-align:center;font-size:.75rem;border:3px solid #2ca02c;padding:2px}
 .grid figure.wrong{border-color:#d62728} .grid img{width:64px;height:64px;image-rendering:pixelated;display:block}
 pre{background:#f7f7f7;padding:.5rem;overflow:auto;max-height:20rem;white-space:pre-wrap;word-break:break-word}
+.live{position:sticky;top:0;z-index:10;background:#e3f2fd;border-left:4px solid #1e88e5;padding:.4rem 1rem;margin:0 0 1rem}
 .status-completed{color:#2ca02c}.status-diverged,.status-failed{color:#d62728}.status-stopped,.status-interrupted,.status-time_limit{color:#ff7f0e}
 """
 
@@ -106,6 +113,16 @@ def page(title: str, body: str, *, plots: bool = True, nav: bool = True) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title, 200)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">{script}<style>{STYLE}</style></head>'
             f'<body>{back}{body}</body></html>\n')
+
+
+def mark_live(html_page: str, *, refresh_s: float, stamp: str) -> str:
+    """A page made by `page()` as a live one: a meta refresh (the browser reloads it every
+    `refresh_s` seconds, whole seconds) and a banner saying when it was written (`stamp`, HH:MM:SS)."""
+    every = max(1, round(refresh_s))
+    refresh = f'<meta http-equiv="refresh" content="{every}">'
+    banner = (f'<p class="live" role="status"><b>running — updated {esc(stamp)}</b> '
+              f'<span class="muted">· this page reloads every {every} s until the work ends</span></p>')
+    return html_page.replace("<head>", "<head>" + refresh, 1).replace("<body>", "<body>" + banner, 1)
 
 
 def write_plotlyjs(out: Path) -> None:
@@ -486,12 +503,22 @@ def compare_page(runs: pd.DataFrame, epochs: pd.DataFrame) -> str:
     return page(f"compare {ids}", body)
 
 
-def write_dashboards(db: str, out: Path | str = "dashboards", *, compare: list[int] | None = None) -> Path:
+def write_dashboards(db: str, out: Path | str = "dashboards", *, compare: list[int] | None = None,
+                     live: bool = False, refresh_s: float = 30) -> Path:
     """Every page for the database at `db` into `out`; returns the path of index.html (or of
     compare.html when `compare` run ids are given). UserError, before writing, for a database that
-    does not exist or is not harness's, and for a missing run id."""
+    does not exist or is not harness's, and for a missing run id.
+
+    `live`: the work is still running (another process writing `db`): every page carries the
+    "running — updated HH:MM:SS" banner and reloads itself every `refresh_s` seconds; the final
+    write, live=False, has neither."""
     out = Path(out)
     check_out_dir(out)
+    stamp = time.strftime("%H:%M:%S")
+
+    def write(name: str, html_page: str) -> Path:
+        return write_text_atomic(out / name, mark_live(html_page, refresh_s=refresh_s, stamp=stamp) if live else html_page)
+
     store = rep.open_reader(db)
     try:
         if compare:
@@ -506,29 +533,60 @@ def write_dashboards(db: str, out: Path | str = "dashboards", *, compare: list[i
             eid = int(exp["id"])
             er = runs[runs["experiment_id"] == eid]
             ee = epochs[epochs["run_id"].isin(er["id"])]
-            write_text_atomic(out / f"experiment-{eid}.html", experiment_page(exp, er, ee))
+            write(f"experiment-{eid}.html", experiment_page(exp, er, ee))
             made[eid] = [link(f"experiment-{eid}.html", "curves")]
             if exp["kind"] == "benchmark":
                 _, _, tbl = rep.save_before_after(store, eid, out)
-                write_text_atomic(out / f"before_after-{eid}.html", before_after_page(exp, er, tbl))
+                write(f"before_after-{eid}.html", before_after_page(exp, er, tbl))
                 made[eid] += [link(f"before_after-{eid}.html", "before/after"), link(f"before_after-{eid}.md", "md"),
                               link(f"before_after-{eid}.csv", "csv")]
             if exp["kind"] == "ablate":
                 from harness.ablate import save_table
 
                 _, _, tbl = save_table(store, eid, out)
-                write_text_atomic(out / f"ablate-{eid}.html", ablate_page(exp, er, tbl))
+                write(f"ablate-{eid}.html", ablate_page(exp, er, tbl))
                 made[eid] += [link(f"ablate-{eid}.html", "ablation"), link(f"ablate-{eid}.md", "md"),
                               link(f"ablate-{eid}.csv", "csv")]
             if exp["kind"] == "sweep":
-                write_text_atomic(out / f"sweep-{eid}.html", sweep_page(db, exp, er))
+                write(f"sweep-{eid}.html", sweep_page(db, exp, er))
                 made[eid].append(link(f"sweep-{eid}.html", "sweep"))
             for _, run in er.iterrows():
-                write_text_atomic(out / f"run-{int(run['id'])}.html", run_page(store, run, ee[ee["run_id"] == run["id"]], exp["name"]))
-        index = write_text_atomic(out / "index.html", index_page(db, exps, runs, made))
+                write(f"run-{int(run['id'])}.html", run_page(store, run, ee[ee["run_id"] == run["id"]], exp["name"]))
+        index = write("index.html", index_page(db, exps, runs, made))
         if compare:
             chosen = runs[runs["id"].isin(compare)].set_index("id").loc[list(dict.fromkeys(compare))].reset_index()
-            return write_text_atomic(out / "compare.html", compare_page(chosen, epochs[epochs["run_id"].isin(compare)]))
+            return write("compare.html", compare_page(chosen, epochs[epochs["run_id"].isin(compare)]))
         return index
     finally:
         store.close()
+
+
+def running_experiments(db: str) -> list[str]:
+    """'benchmark #3'-style labels of the experiments in `db` whose status is still 'running'."""
+    store = rep.open_reader(db)
+    try:
+        df = store.read_sql("SELECT id, kind FROM experiments WHERE status = 'running' ORDER BY id")
+    finally:
+        store.close()
+    return [f"{k} #{int(i)}" for i, k in zip(df["id"], df["kind"])]
+
+
+def watch(db: str, out: Path | str = "dashboards", *, every: int = 30, compare: list[int] | None = None,
+          echo: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep) -> int:
+    """Rewrite the pages live every `every` seconds while an experiment in `db` is running (another
+    process writes it). Returns, with the number of live writes, once none is running or on Ctrl-C;
+    the caller then writes the final pages (live=False). An experiment whose driver was killed
+    stays 'running' in the database: Ctrl-C ends the watch then."""
+    writes = 0
+    try:
+        while True:
+            running = running_experiments(db)
+            if not running:
+                return writes
+            write_dashboards(db, out, compare=compare, live=True, refresh_s=every)
+            writes += 1
+            echo(f"pages updated {time.strftime('%H:%M:%S')} ({len(running)} running: {', '.join(running)})")
+            sleep(every)
+    except KeyboardInterrupt:
+        echo("stopped watching (Ctrl-C); writing the final pages")
+        return writes
