@@ -270,24 +270,43 @@ def waterfall_figure(table: pd.DataFrame, title: str):
 
 
 def run_ablation(ab: Ablation, *, db: str, out: Path, concurrency: int = 2, address: str | None = None,
-                 echo: Callable[[str], None] = print) -> int:
+                 echo: Callable[[str], None] = print, resume: bool = False, storage_path: Path | str = "ray_results",
+                 pages_every_s: float = 30.0) -> int:
+    """Run the ladder as an `ablate` experiment (with `resume`: continue the interrupted one of this
+    model, which must be the same ladder), then its table, waterfall and the dashboards."""
+    from harness.engine import Experiment, resumable, run_grid
     from harness.specs import ResourcesSpec
     from harness.store import check_url
-    from harness.engine import Experiment, run_grid
 
     check_url(db)
     check_out_dir(out)
-    for line in ab.describe():
-        echo(line)
+    name = f"ablate {ab.stands_for or ab.model}"
     spec = {"model": ab.model, "stands_for": ab.stands_for, "start": ab.start.label(), "end": ab.end.label(),
             "mode": ab.mode, "steps": list(ab.steps), "epochs": ab.runs[0].epochs, "seeds": len({r.seed for r in ab.runs}),
             "batch_size": ab.end.batch_size, "data": ab.runs[0].data.model_dump(mode="json"),
             "rungs": [f"{r.mode} {r.index}: {r.recipe.name}" for r in ab.rungs]}
-    exp = run_grid(list(ab.runs), db=db, experiment=Experiment(
-        "ablate", f"ablate {ab.stands_for or ab.model}",
-        f"{ab.start.label()} -> {ab.end.label()}, one ingredient at a time ({ab.mode})",
-        yaml.safe_dump(spec, sort_keys=False)), concurrency=concurrency, resources=ResourcesSpec(cpu=1),
-        address=address, echo=echo).experiment_id
+    exp_id = None
+    if resume:
+        row = resumable(db, kind="ablate", name=name, storage_path=storage_path, again=f"harness ablate --model {ab.stands_for or ab.model}")
+        stored = yaml.safe_load(row["spec"])
+        if stored != spec:
+            changed = sorted(k for k in spec if stored.get(k) != spec[k])
+            raise UserError("--resume", name, f"The ladder asked for differs from the one started in {', '.join(changed)}; "
+                            "pass the same flags to continue it, or run without --resume.")
+        exp_id = row["id"]
+    for line in ab.describe():
+        echo(line)
+
+    def pages() -> None:
+        from harness.dashboards import write_dashboards
+
+        write_dashboards(db, out, live=True, refresh_s=pages_every_s)
+
+    outcome = run_grid(list(ab.runs), db=db, experiment=Experiment(
+        "ablate", name, f"{ab.start.label()} -> {ab.end.label()}, one ingredient at a time ({ab.mode})",
+        yaml.safe_dump(spec, sort_keys=False), id=exp_id), concurrency=concurrency, resources=ResourcesSpec(cpu=1),
+        address=address, storage_path=storage_path, pages=pages, pages_every_s=pages_every_s, echo=echo)
+    exp = outcome.experiment_id
     from harness.dashboards import write_dashboards
 
     index = write_dashboards(db, out)
@@ -302,4 +321,8 @@ def run_ablation(ab: Ablation, *, db: str, out: Path, concurrency: int = 2, addr
     echo(f"table: {out / f'ablate-{exp}.md'} and .csv")
     echo(f"dashboards: {out / f'ablate-{exp}.html'} (waterfall), {index} (everything)")
     echo(f"results: experiment {exp} in {db}")
+    if outcome.status == "interrupted":
+        echo(f"continue with: harness ablate --model {ab.stands_for or ab.model} ... --resume (the same flags; "
+             f"experiment {exp} keeps what finished)")
+        raise SystemExit(130)
     return exp

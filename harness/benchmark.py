@@ -166,10 +166,13 @@ def resolved_yaml(spec: BenchmarkSpec, grid: Grid) -> str:
 
 
 def run_benchmark(spec: BenchmarkSpec, *, db: str, out: Path, address: str | None = None,
-                  echo: Callable[[str], None] = print, cuda: bool | None = None) -> int:
+                  echo: Callable[[str], None] = print, cuda: bool | None = None, resume: bool = False,
+                  storage_path: Path | str = "ray_results", pages_every_s: float = 30.0) -> int:
     """Validate everything, run the grid through Ray Tune (harness.engine.run_grid), then print the
     before/after table and write it (Markdown, CSV) with the dashboards into `out`. Returns the
-    experiment id."""
+    experiment id. With `resume`, the interrupted benchmark of this name continues: finished runs are
+    kept, interrupted ones continue from their checkpoints, missing ones start."""
+    from harness.engine import Experiment, resumable, run_grid
     from harness.store import check_url
 
     check_url(db)
@@ -178,6 +181,15 @@ def run_benchmark(spec: BenchmarkSpec, *, db: str, out: Path, address: str | Non
         import torch
 
         cuda = torch.cuda.is_available()
+    exp_id = None
+    if resume:
+        row = resumable(db, kind="benchmark", name=spec.name, storage_path=storage_path, again="harness benchmark")
+        stored = yaml.safe_load(row["spec"])
+        stored.pop("runs", None)
+        stored_spec = parse_spec(BenchmarkSpec, stored, f"{db} benchmark {spec.name}")
+        if stored_spec != spec.model_copy(update={"scale": stored_spec.scale}):
+            echo(f"note: the grid given differs from benchmark {spec.name} as it was started; --resume continues it as started.")
+        spec, exp_id = stored_spec, row["id"]
     grid = resolve_grid(spec, cuda=cuda)
     if grid.note:
         echo(grid.note)
@@ -188,16 +200,21 @@ def run_benchmark(spec: BenchmarkSpec, *, db: str, out: Path, address: str | Non
         # A grid file written for CPU asks for no GPU; on a GPU machine share the card between the
         # concurrent trials instead of training the full models on the CPU.
         resources = resources.model_copy(update={"gpu": round(1 / spec.concurrency, 3)})
-    from harness.engine import Experiment, run_grid
+
+    def pages() -> None:
+        from harness.dashboards import write_dashboards
+
+        write_dashboards(db, Path(out), live=True, refresh_s=pages_every_s)
 
     outcome = run_grid(grid.runs, db=db, experiment=Experiment("benchmark", spec.name, spec.description,
-                                                               resolved_yaml(spec, grid)),
-                       concurrency=spec.concurrency, resources=resources, address=address, echo=echo)
+                                                               resolved_yaml(spec, grid), id=exp_id),
+                       concurrency=spec.concurrency, resources=resources, address=address,
+                       storage_path=storage_path, pages=pages, pages_every_s=pages_every_s, echo=echo)
     exp, status = outcome.experiment_id, outcome.status
     finish(db, exp, Path(out), echo=echo)
     if status == "interrupted":
         # The partial table and dashboards are written above; the exit code still says it was cut short.
-        echo(f"interrupted: re-run `harness benchmark` for the missing runs (experiment {exp} keeps what finished)")
+        echo(f"continue with: harness benchmark --resume --db {db} (experiment {exp} keeps what finished)")
         raise SystemExit(130)
     return exp
 

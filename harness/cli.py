@@ -2,6 +2,8 @@
 
 Each command resolves its input into typed specs (refusing bad input with exit code 2 before
 anything is written), calls the library, and ends by saying where the results are.
+
+Length (~400 lines): one function per command, almost all of it click options with their help text.
 """
 
 from __future__ import annotations
@@ -228,9 +230,16 @@ def recipes_show(name: str, model: str | None, data_name: str, data_root: Path |
 @click.option("--out", type=click.Path(path_type=Path), default=Path("dashboards"), show_default=True,
               help="folder for the dashboards and the before/after table")
 @click.option("--address", default=None, help="attach to an existing Ray cluster (ray.init(address=...))")
+@click.option("--resume", is_flag=True, help="continue the interrupted benchmark of this grid's name: finished runs "
+              "are kept, interrupted ones continue from their checkpoints, missing ones start")
+@click.option("--storage-path", type=click.Path(path_type=Path), default=Path("ray_results"), show_default=True,
+              help="where Ray keeps trial checkpoints and its state (<path>/benchmark-<id>)")
+@click.option("--pages-every", type=click.FloatRange(min=1), default=30, show_default=True,
+              help="seconds between rewrites of the live dashboards while it runs")
 def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs: int | None, seeds: int | None,
               batch_size: int | None, data_name: str | None, image_size: int | None, scale: str | None, concurrency: int | None,
-              sets: tuple[str, ...], db: str, out: Path, address: str | None) -> None:
+              sets: tuple[str, ...], db: str, out: Path, address: str | None, resume: bool, storage_path: Path,
+              pages_every: float) -> None:
     """Models x recipes x seeds through Ray Tune, then the before/after table and dashboards.
 
     GRID is a benchmark YAML (default benchmarks/naive_vs_recipe.yaml); flags override its fields.
@@ -240,7 +249,8 @@ def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs
     spec = load_grid(grid, models=models, recipes=recipes, epochs=epochs, seeds=seeds, data=data_name,
                      image_size=image_size, scale=scale, concurrency=concurrency, batch_size=batch_size,
                      sets=parse_sets(sets))
-    run_benchmark(spec, db=db, out=out, address=address, echo=click.echo)
+    run_benchmark(spec, db=db, out=out, address=address, echo=click.echo, resume=resume, storage_path=storage_path,
+                  pages_every_s=pages_every)
 
 
 @main.command()
@@ -263,9 +273,14 @@ def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs
 @click.option("--out", type=click.Path(path_type=Path), default=Path("dashboards"), show_default=True,
               help="folder for the waterfall, the table and the dashboards")
 @click.option("--address", default=None, help="attach to an existing Ray cluster (ray.init(address=...))")
+@click.option("--resume", is_flag=True, help="continue the interrupted ablation of this model (the same flags)")
+@click.option("--storage-path", type=click.Path(path_type=Path), default=Path("ray_results"), show_default=True,
+              help="where Ray keeps trial checkpoints and its state (<path>/ablate-<id>)")
+@click.option("--pages-every", type=click.FloatRange(min=1), default=30, show_default=True,
+              help="seconds between rewrites of the live dashboards while it runs")
 def ablate(model: str, recipe: str, mode: str, steps: str | None, seeds: int, epochs: int, batch_size: int,
            data_name: str, data_root: Path | None, download: bool, image_size: int, scale: str, concurrency: int,
-           db: str, out: Path, address: str | None) -> None:
+           db: str, out: Path, address: str | None, resume: bool, storage_path: Path, pages_every: float) -> None:
     """Naive -> a model's fitted recipe one ingredient at a time: which one matters, at this budget."""
     import torch
 
@@ -276,7 +291,8 @@ def ablate(model: str, recipe: str, mode: str, steps: str | None, seeds: int, ep
     data = make_data_spec(data_name, data_root, download, image_size)
     ab = resolve_ablation(model, recipe=recipe, steps=steps, mode=mode, seeds=seeds, epochs=epochs, batch_size=batch_size,
                           data=data, scale=scale, cuda=torch.cuda.is_available())
-    run_ablation(ab, db=db, out=out, concurrency=concurrency, address=address, echo=click.echo)
+    run_ablation(ab, db=db, out=out, concurrency=concurrency, address=address, echo=click.echo, resume=resume,
+                 storage_path=storage_path, pages_every_s=pages_every)
 
 
 @main.command()
@@ -331,13 +347,19 @@ def report(db: str, out: Path, compare: tuple[int, ...], watch: bool, every: int
               help="where Ray keeps trial checkpoints and experiment state (<path>/<study name>); shared storage on a cluster")
 @click.option("--max-failures", type=int, default=1, show_default=True, help="retries of a crashing trial, from its last checkpoint")
 @click.option("--top", type=int, default=10, show_default=True, help="trials shown in the final table")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("dashboards"), show_default=True,
+              help="folder for the dashboards, rewritten while the sweep runs")
+@click.option("--pages-every", type=click.FloatRange(min=1), default=30, show_default=True,
+              help="seconds between rewrites of the live dashboards")
 def sweep(study: Path, validate: bool, resume: bool, db: str, address: str | None, storage_path: Path, max_failures: int,
-          top: int) -> None:
+          top: int, out: Path, pages_every: float) -> None:
     """Run an Optuna study through Ray Tune with ASHA; every trial and epoch goes to the database."""
     if validate:  # no torch, timm or Ray: the study file alone, in about a second
-        from harness.study import validate_study
+        from harness.study import study_warnings, validate_study
 
         s = validate_study(study)
+        for w in study_warnings(s, study):
+            click.echo(f"warning: {w}")
         if address is None:
             from harness.specs import check_local_resources
 
@@ -349,7 +371,7 @@ def sweep(study: Path, validate: bool, resume: bool, db: str, address: str | Non
     from harness.sweep import run_sweep
 
     result = run_sweep(study, db=db, resume=resume, address=address, storage_path=storage_path, max_failures=max_failures,
-                       echo=click.echo, top=top)
+                       echo=click.echo, top=top, out=out, pages_every_s=pages_every)
     if result.status == "interrupted":
         sys.exit(130)
 

@@ -9,6 +9,9 @@ pipeline that shuffles labels, and see the fault caught.
 The probes here are a few optimizer steps each (gradients: up to 3, overfit: up to 200, lr range:
 about 100). They are deliberately not `train.fit`: they need per-step control (an lr changed
 every step, a stop at 100% accuracy, per-parameter gradients) that the epoch loop does not give.
+
+Length (~710 lines): five checks and the recipe lint, each with its named, sourced thresholds at
+the top; they share the probe set-up, so they stay one module.
 """
 
 from __future__ import annotations

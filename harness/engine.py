@@ -20,6 +20,9 @@ fields, stopped early by ASHA), it wires Ray Tune the way Ray's own Optuna examp
 Private Ray attributes used (pinned by tests/test_engine_contract.py): OptunaSearch's `_ot_trials`,
 `_ot_study` and `_completed_trials` (the subclass tags each Optuna trial with its Ray trial id and
 tells Optuna the outcome itself).
+
+Length (~540 lines): this is every line of Ray the harness has, kept in one module on purpose
+(DESIGN.md: "Ray is imported in one module"); the recorder is most of it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,6 +56,7 @@ from ray.tune.search import ConcurrencyLimiter  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from harness.errors import UserError  # noqa: E402
+from harness.progress import LiveView  # noqa: E402
 from harness.specs import ResourcesSpec, RunSpec, StudySpec, _check_resources, check_local_resources  # noqa: E402
 from harness.store import Store, check_url, experiments, now, runs  # noqa: E402
 from harness.train import EpochReport, fit  # noqa: E402
@@ -130,6 +135,34 @@ def check_resources(resources: ResourcesSpec, *, field: str, address: str | None
                             max((n.get("GPU", 0) for n in nodes), default=0), "the largest node of the Ray cluster", field)
 
 
+def resumable(db: str, *, kind: str, name: str, storage_path: Path | str, again: str) -> dict:
+    """The latest unfinished `kind` experiment called `name`, with Ray's state there to continue it
+    (grids keep theirs in <storage_path>/<kind>-<id>); UserError otherwise. Reads only."""
+    from harness.store import sqlite_path
+
+    path = sqlite_path(db)
+    row = None
+    if path is None or path.exists():
+        store = Store(db, create=False)
+        try:
+            row = store.find_experiment(kind=kind, name=name)
+        except sa.exc.SQLAlchemyError:  # not a harness database (yet)
+            row = None
+        finally:
+            store.close()
+    if row is None:
+        raise UserError("--resume", name, f"No {kind} of that name in {db} to continue; run `{again}` without "
+                        "--resume (or pass the --db it was recorded in).")
+    if row["status"] == "completed":
+        raise UserError("--resume", name, f"The {kind} of that name in {db} (experiment {row['id']}) already completed; "
+                        f"nothing to continue. Run `{again}` without --resume for a new one.")
+    exp_dir = Path(storage_path).resolve() / f"{kind}-{row['id']}"
+    if not can_restore(exp_dir):
+        raise UserError("--storage-path", str(storage_path), f"No Ray state for {kind} experiment {row['id']} in {exp_dir}; "
+                        "pass the --storage-path it ran with (default ray_results, relative to where it ran).")
+    return row
+
+
 def can_restore(exp_dir: Path) -> bool:
     """Whether Ray saved an experiment state there that `run_trials` can continue."""
     return tune.Tuner.can_restore(str(exp_dir))
@@ -200,7 +233,63 @@ class _HarnessOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
-def _tune_config(search: Search | None, *, concurrency: int, total: int, db: str) -> tuple[tune.TuneConfig, dict | None]:
+class ResumableASHA(ASHAScheduler):
+    """ASHA whose rungs survive a stopped driver.
+
+    Tune pickles the scheduler once, with the Tuner, and never saves or restores its state (Ray 2.x),
+    so a resumed sweep would start its rungs empty: cut-offs computed from the resumed trials alone.
+    Here the state is written (ASHAScheduler.save, atomically) beside Tune's after every result and
+    read back (ASHAScheduler.restore) at the first call after a restart; a trial stopped before the
+    interruption is finished in Tune and stays stopped, and the rung records it left stay."""
+
+    def __init__(self, *, state_path: Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._state_path = str(state_path)
+        self._loaded = False
+
+    def __getstate__(self) -> dict:  # what the Tuner pickles: never "already loaded"
+        return {**self.__dict__, "_loaded": False}
+
+    def _load(self) -> None:
+        if not self._loaded:
+            if Path(self._state_path).is_file():
+                self.restore(self._state_path)
+            self._loaded = True
+
+    def _save(self) -> None:
+        tmp = f"{self._state_path}.tmp-{os.getpid()}"
+        self.save(tmp)
+        os.replace(tmp, self._state_path)
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self._load()
+        if trial.trial_id not in self._trial_info:  # a restored trial keeps its bracket
+            super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        self._load()
+        decision = super().on_trial_result(tune_controller, trial, result)
+        self._save()
+        return decision
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        self._load()
+        if trial.trial_id in self._trial_info:
+            super().on_trial_complete(tune_controller, trial, result)
+            self._save()
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        self._load()
+        if trial.trial_id in self._trial_info:
+            super().on_trial_remove(tune_controller, trial)
+            self._save()
+
+
+ASHA_STATE = "asha-state.pkl"  # beside Tune's own files in the experiment folder
+
+
+def _tune_config(search: Search | None, *, concurrency: int, total: int, db: str,
+                 exp_dir: Path) -> tuple[tune.TuneConfig, dict | None]:
     """(TuneConfig, param_space): an Optuna searcher + ASHA for a sweep, a grid over run indices otherwise."""
     common = dict(reuse_actors=True,  # a finished trial's worker takes the next: torch/timm imported once per slot
                   trial_name_creator=trial_name, trial_dirname_creator=trial_name)
@@ -213,8 +302,9 @@ def _tune_config(search: Search | None, *, concurrency: int, total: int, db: str
     searcher = _HarnessOptunaSearch(space=study_mod.search_space(s), metric=s.metric, mode=s.mode,
                                     sampler=study_mod.sampler(s), study_name=s.name,
                                     storage=study_mod.optuna_storage(search.db))
-    scheduler = (ASHAScheduler(time_attr="epoch", metric=s.metric, mode=s.mode, max_t=s.scheduler.max_epochs,
-                               grace_period=s.scheduler.grace_period, reduction_factor=s.scheduler.reduction_factor)
+    scheduler = (ResumableASHA(state_path=exp_dir / ASHA_STATE, time_attr="epoch", metric=s.metric, mode=s.mode,
+                               max_t=s.scheduler.max_epochs, grace_period=s.scheduler.grace_period,
+                               reduction_factor=s.scheduler.reduction_factor)
                  if s.scheduler.type == "asha" else FIFOScheduler())
     return (tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency), scheduler=scheduler,
                             num_samples=total, **common), None)
@@ -234,9 +324,13 @@ def _live_recorder(key: str) -> tune.Callback:
 
 class Recorder(tune.Callback):
     def __init__(self, *, key: str, store: Store, experiment_id: int, make_spec: SpecMaker, metric: str, mode: str,
-                 total: int, echo: Callable[[str], None], stopper: str) -> None:
+                 total: int, view: LiveView, stopper: str, pages: Callable[[], None] | None = None,
+                 pages_every_s: float = 30.0) -> None:
         self.key, self.store, self.experiment_id, self.make_spec = key, store, experiment_id, make_spec
-        self.metric, self.mode, self.total, self.echo, self.stopper = metric, mode, total, echo, stopper
+        self.metric, self.mode, self.total, self.view, self.stopper = metric, mode, total, view, stopper
+        self.echo = view.echo
+        self.pages, self.pages_every_s = pages, pages_every_s
+        self.pages_at = time.monotonic()  # the first rewrite comes one period in
         self.run_ids: dict[str, int] = {}
         self.last: dict[str, dict[str, Any]] = {}  # last result per trial seen in this session
         self.finished: dict[str, str] = {}  # trial_id -> final status (this session)
@@ -281,9 +375,13 @@ class Recorder(tune.Callback):
         rid = self._run_for(trial)
         with self.store.engine.begin() as c:
             c.execute(runs.update().where(runs.c.id == rid).values(status="running", error=None, finished_at=None))
-        again = "resumed" if trial.trial_id in self.started or self._recorded(rid, runs.c.epochs_done) else "started"
+        done = self._recorded(rid, runs.c.epochs_done) or 0
+        again = "resumed" if trial.trial_id in self.started or done else "started"
         self.started.add(trial.trial_id)
         self.echo(f"{self._name(trial)} {again}: {self.make_spec.label(trial.config)}  {self._counts()}")
+        spec = self.make_spec(trial.config)
+        self.view.run_started(trial.trial_id, f"{self._name(trial)}  {spec.model} / {spec.recipe.label()}", spec.epochs,
+                              done=done)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         rid = self._run_for(trial)
@@ -294,6 +392,18 @@ class Recorder(tune.Callback):
         if evaluation is not None:
             self.store.save_evaluation(rid, evaluation)
         self.last[trial.trial_id] = {k: result.get(k) for k in (self.metric, "epoch", "status", "time_total_s")}
+        self.view.epoch(trial.trial_id, int(result["epoch"]), result)
+        self._rewrite_pages()
+
+    def _rewrite_pages(self) -> None:
+        """The live pages, at most every `pages_every_s` (each write is atomic; a failure is logged, not fatal)."""
+        if self.pages is None or time.monotonic() - self.pages_at < self.pages_every_s:
+            return
+        try:
+            self.pages()
+        except Exception as e:  # noqa: BLE001 - a page is never worth a sweep
+            self.echo(f"warning: live pages not updated ({type(e).__name__}: {e})")
+        self.pages_at = time.monotonic()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         rid = self._run_for(trial)
@@ -306,6 +416,7 @@ class Recorder(tune.Callback):
             status = {"running": "stopped"}.get(last.get("status"), last.get("status") or "completed")
         self.store.finish_run(rid, status=status, wall_s=last.get("time_total_s"))
         self.finished[trial.trial_id] = status
+        self.view.run_finished(trial.trial_id)
         value = last.get(self.metric)
         finite = isinstance(value, (int, float)) and math.isfinite(value)
         shown = f"{self.metric} {value:.4f}" if finite else f"{self.metric} {value}"
@@ -320,6 +431,7 @@ class Recorder(tune.Callback):
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self.known.update(t.trial_id for t in trials)
+        self._rewrite_pages()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.known.update(t.trial_id for t in trials)
@@ -336,6 +448,7 @@ class Recorder(tune.Callback):
         self.store.finish_run(rid, status="failed", error=text,
                               wall_s=(self.last.get(trial.trial_id) or {}).get("time_total_s"))
         self.finished[trial.trial_id] = "failed"
+        self.view.run_finished(trial.trial_id)
         self.echo(f"{self._name(trial)} failed: {text.splitlines()[0]}  {self._counts()}")
 
 
@@ -363,12 +476,14 @@ def run_trials(make_spec: SpecMaker, *, experiment: Experiment, total: int, reso
                concurrency: int, db: str, search: Search | None = None, address: str | None = None,
                storage_path: Path | str = DEFAULT_STORAGE, ray_name: str | None = None, max_failures: int = 1,
                resources_field: str = "resources", headline: Callable[[str], str] | None = None,
+               pages: Callable[[], None] | None = None, pages_every_s: float = 30.0,
                echo: Callable[[str], None] = print) -> Outcome:
     """Run the trials through Ray Tune, recording each in `db`; returns how the experiment ended.
 
     `ray_name` names Ray's experiment folder under `storage_path` (default `<kind>-<experiment id>`);
     with `experiment.id` set the Tuner is restored from that folder: finished trials stay finished,
     unfinished ones continue from their last checkpoint, and only the missing samples are created.
+    `pages` (the live dashboards) is called at most every `pages_every_s` while trials run.
     Bad input -> UserError before anything is written.
     """
     check_url(db)
@@ -395,9 +510,10 @@ def run_trials(make_spec: SpecMaker, *, experiment: Experiment, total: int, reso
                                           spec=experiment.spec_yaml, device=cluster)
         storage = Path(storage_path).resolve()
         exp_dir = storage / (ray_name or f"{experiment.kind}-{exp}")
+        view = LiveView(title=f"{experiment.kind} {experiment.name}", total_runs=total, slots=concurrency, echo=echo)
         recorder = Recorder(key=f"{db}#{exp}", store=store, experiment_id=exp, make_spec=make_spec,
                             metric=search.study.metric if search else "val_acc", mode=search.study.mode if search else "max",
-                            total=total, echo=echo,
+                            total=total, view=view, pages=pages, pages_every_s=pages_every_s,
                             stopper="ASHA" if search is not None and search.study.scheduler.type == "asha" else "none")
         trainable = tune.with_resources(tune.with_parameters(_trainable, make_spec=make_spec),
                                         {"cpu": resources.cpu, "gpu": resources.gpu})
@@ -408,8 +524,9 @@ def run_trials(make_spec: SpecMaker, *, experiment: Experiment, total: int, reso
                     done = c.execute(sa.select(sa.func.count()).where(runs.c.experiment_id == exp,
                                                                       runs.c.status.in_(FINAL))).scalar()
                 echo(f"harness {experiment.kind} {experiment.name}: resuming ({done} of {total} trials finished)")
+                view.finished = done
             else:
-                tune_config, param_space = _tune_config(search, concurrency=concurrency, total=total, db=db)
+                tune_config, param_space = _tune_config(search, concurrency=concurrency, total=total, db=db, exp_dir=exp_dir)
                 tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                                    run_config=tune.RunConfig(
                                        name=exp_dir.name, storage_path=str(storage), callbacks=[recorder], verbose=0,
@@ -419,7 +536,8 @@ def run_trials(make_spec: SpecMaker, *, experiment: Experiment, total: int, reso
                 echo(headline(cluster) if headline else
                      f"harness {experiment.kind} {experiment.name}: {total} runs, {concurrency} at a time, "
                      f"{resources.cpu:g} CPU + {resources.gpu:g} GPU each ({cluster})")
-            status = _fit(tuner, store, exp, recorder, exp_dir, echo)
+            with view:
+                status = _fit(tuner, store, exp, recorder, exp_dir, view.echo)
             return Outcome(exp, status, exp_dir, set(recorder.known))
         finally:
             store.close()
@@ -524,13 +642,15 @@ def _quiet_tune() -> None:
 
 def run_grid(runs_: list[RunSpec], *, db: str, experiment: Experiment, concurrency: int, resources: ResourcesSpec,
              address: str | None = None, storage_path: Path | str = DEFAULT_STORAGE, max_failures: int = 1,
+             pages: Callable[[], None] | None = None, pages_every_s: float = 30.0,
              echo: Callable[[str], None] = print) -> Outcome:
-    """Every RunSpec once (no early stopping, no Optuna): benchmark and ablate grids."""
+    """Every RunSpec once (no early stopping, no Optuna): benchmark and ablate grids. With
+    `experiment.id` set, that grid continues from Ray's saved state (`resumable` finds it)."""
     if not runs_:
         raise UserError("runs", [], "Nothing to run; list at least one model and recipe.")
     outcome = run_trials(GridSpecs(tuple(runs_)), experiment=experiment, total=len(runs_), resources=resources,
                          concurrency=concurrency, db=db, address=address, storage_path=storage_path,
-                         max_failures=max_failures, echo=echo)
+                         max_failures=max_failures, pages=pages, pages_every_s=pages_every_s, echo=echo)
     echo(f"{experiment.kind} {outcome.status}: experiment {outcome.experiment_id} in {db}; "
          f"Ray files in {outcome.exp_dir}")
     return outcome

@@ -4,6 +4,9 @@ per-run summaries the dashboards draw.
 Everything here is a pure function of the rows in `experiments`, `runs`, `epochs` and
 `evaluations`: the same database always gives the same table, whoever wrote it (a finished
 benchmark, a sweep killed halfway, a single `harness train`).
+
+Length (~400 lines): the statistics (Wilson, Newcombe, paired bootstrap, the verdict) sit beside the
+tables that use them, with their levels named at the top.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import yaml
 
 from harness import plugins
 from harness.models import get_model_entry
+from harness.progress import LiveView
 from harness.specs import RunSpec
 from harness.store import Store
 from harness.train import EpochReport, RunResult, fit, resolve_device
@@ -55,11 +56,14 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
     if warning:
         echo(f"warning: {warning}")
 
+    view = LiveView(title=f"{kind} {spec.label()}", total_runs=1, slots=1, echo=echo)
+
     def report(r: EpochReport) -> None:
         store.log_epoch(run, r.epoch, r.metrics)
         if r.evaluation is not None:
             store.save_evaluation(run, r.evaluation)
-        echo(format_epoch(r, spec.epochs))
+        view.echo(format_epoch(r, spec.epochs))
+        view.epoch("run", r.epoch, r.metrics, plain=False)  # the line above is the plain form
 
     try:
         if resume is not None:
@@ -67,7 +71,10 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
 
             for i, m in enumerate(load_checkpoint(resume)["history"], start=1):
                 store.log_epoch(run, i, m)
-        result = fit(spec, report, resume=resume, log=echo)
+        with view:
+            view.run_started("run", spec.label(), spec.epochs)
+            result = fit(spec, report, resume=resume, log=view.echo)
+            view.run_finished("run")
     except KeyboardInterrupt:
         store.finish_run(run, status="interrupted", error="interrupted by the user")
         store.finish_experiment(exp, "interrupted")

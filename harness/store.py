@@ -160,9 +160,9 @@ def check_url(url: str, *, must_exist: bool = False, field: str = "--db") -> Non
             if must_exist:
                 raise UserError(field, url, "No such database yet; run `harness train`, `benchmark` or `sweep` first, or fix the path.")
             return
-        with open(path, "rb") as f:
-            if f.read(16) not in (b"SQLite format 3\x00", b""):
-                raise UserError(field, url, "Not an SQLite database; name a results database written by harness.")
+        # No open()/close() of the file here: closing any descriptor of an SQLite file drops every POSIX
+        # lock this process holds on it, and a driver that writes the database also writes the live
+        # pages (a disk I/O error on its next commit). SQLite itself tells a foreign file below.
     # A plain engine: make_engine's WAL pragma would rewrite the header of a database we may refuse.
     try:
         engine = sa.create_engine(url)
@@ -172,6 +172,8 @@ def check_url(url: str, *, must_exist: bool = False, field: str = "--db") -> Non
     try:
         names = set(sa.inspect(engine).get_table_names())
     except sa.exc.DatabaseError as e:
+        if "file is not a database" in str(e):
+            raise UserError(field, url, "Not an SQLite database; name a results database written by harness.") from None
         raise UserError(field, url, f"Cannot open it as a database ({str(e).splitlines()[0][:120]}).") from None
     finally:
         engine.dispose()

@@ -19,7 +19,9 @@ import yaml
 
 from harness import engine
 from harness import study as study_mod
+from harness.dashboards import write_dashboards
 from harness.errors import UserError
+from harness.files import check_out_dir
 from harness.models import CPU_VARIANT
 from harness.recipes import with_overrides
 from harness.specs import RunSpec, StudySpec, parse_spec
@@ -75,10 +77,14 @@ def _stored_study(db: str, name: str) -> tuple[dict | None, bool]:
 
 def run_sweep(study_path: Path, *, db: str, resume: bool = False, address: str | None = None,
               storage_path: Path | str = engine.DEFAULT_STORAGE, max_failures: int = 1,
-              echo: Callable[[str], None] = print, top: int = 10) -> SweepResult:
-    """Run (or with `resume`, continue) the study in `study_path`. Bad input -> UserError, nothing written."""
+              echo: Callable[[str], None] = print, top: int = 10, out: Path | None = None,
+              pages_every_s: float = 30.0) -> SweepResult:
+    """Run (or with `resume`, continue) the study in `study_path`. Bad input -> UserError, nothing written.
+    With `out`, the dashboards there are rewritten while it runs (live) and once at the end."""
     study = study_mod.validate_study(study_path)
     check_url(db)
+    if out is not None:
+        check_out_dir(Path(out))
     exp_row, has_optuna = _stored_study(db, study.name)
     storage = Path(storage_path).resolve()
     exp_dir = storage / study.name
@@ -106,6 +112,8 @@ def run_sweep(study_path: Path, *, db: str, resume: bool = False, address: str |
         if exp_dir.exists():
             raise UserError("--storage-path", str(exp_dir), "Ray files of a study with this name are already there but "
                             f"{db} has no record of it; delete that folder, or pass another --storage-path or --db.")
+    for w in study_mod.study_warnings(study, study_path):
+        echo(f"warning: {w}")
     study_mod.quiet()
     base = _base_run(study)
 
@@ -121,7 +129,9 @@ def run_sweep(study_path: Path, *, db: str, resume: bool = False, address: str |
                                                        id=exp_row["id"] if resume else None),
         total=study.trials, resources=study.resources, concurrency=study.concurrency, db=db,
         search=engine.Search(study, db), address=address, storage_path=storage, ray_name=study.name,
-        max_failures=max_failures, resources_field=f"{study_path}: resources", headline=headline, echo=echo)
+        max_failures=max_failures, resources_field=f"{study_path}: resources", headline=headline,
+        pages=(lambda: write_dashboards(db, Path(out), live=True, refresh_s=pages_every_s)) if out is not None else None,
+        pages_every_s=pages_every_s, echo=echo)
     # Optuna trials of unfinished Ray trials stay RUNNING while the sweep can be resumed;
     # anything else RUNNING (an orphan of a killed driver, a NaN the searcher could not tell) fails.
     study_mod.settle(db, study.name, keep=outcome.known if outcome.status == "interrupted" else set())
@@ -131,6 +141,8 @@ def run_sweep(study_path: Path, *, db: str, resume: bool = False, address: str |
     finally:
         store.close()
     result.status, result.storage = outcome.status, outcome.exp_dir
+    if out is not None:
+        echo(f"dashboards: {write_dashboards(db, Path(out))} (open it in a browser; works offline)")
     echo(f"results: experiment {outcome.experiment_id} ({study.trials} trials) in {db} (tables experiments/runs/epochs; "
          f"Optuna study '{study.name}' in the same database: `optuna-dashboard {db}`); "
          f"Ray files and trial checkpoints in {outcome.exp_dir}")

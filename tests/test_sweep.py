@@ -4,6 +4,7 @@ synthetic 16 px images, the results database checked row by row."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -58,6 +59,14 @@ def test_run_grid_records_every_run_and_epoch(ray_local, tiny_spec, db_url, tmp_
     (e,) = rows(db_url, "SELECT kind, status FROM experiments WHERE id = :e", e=exp)
     assert e == {"kind": "benchmark", "status": "completed"}
     assert any("completed" in ln for ln in lines) and str(tmp_path / "ray") in lines[-1]
+    # Not a terminal: one plain line per epoch, with the numbers the database holds.
+    for r in got:
+        for e in rows(db_url, "SELECT epoch, val_acc FROM epochs WHERE run_id = :r ORDER BY epoch", r=r["id"]):
+            want = f" epoch {e['epoch']}/{r['epochs_done']}  val acc {e['val_acc']:.4f}"
+            assert sum(want in ln for ln in lines) >= 1, (want, lines)
+    per_epoch = [ln for ln in lines if re.match(r"run \d epoch \d/\d  val acc", ln)]
+    assert len(per_epoch) == 5, lines  # 2 + 3 epochs, one line each
+    assert all("done" in ln and "elapsed" in ln for ln in per_epoch)
 
 
 STUDY = {

@@ -1,0 +1,155 @@
+"""Every grid resumable (issue 14): a benchmark driver killed with -9 mid-grid, then `--resume`, ends
+with the same (run, epoch) rows as a grid that never stopped; the live pages say "running" while it
+runs and not after; ASHA's rungs survive a restarted driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+STEPS_PER_EPOCH = 4  # 64 images / batch 16
+GRID = {
+    "name": "kgrid",
+    "models": ["faulty_resnet18"],  # resnet18 from tests/plugins/faults.py, sleeping before each step
+    "recipes": ["naive", "cnn"],
+    "epochs": 3,
+    "seeds": 1,
+    "batch_size": 16,
+    "data": {"name": "synthetic", "image_size": 16, "num_classes": 4, "train_size": 64},
+    "scale": "full",
+    "concurrency": 1,
+    "resources": {"cpu": 1},
+}
+BANNER = "running — updated"
+
+
+def rows(db_url: str, query: str, **params) -> list[dict]:
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as c:
+            return [dict(r) for r in c.execute(sa.text(query), params).mappings()]
+    finally:
+        engine.dispose()
+
+
+def epoch_keys(db_url: str) -> list[tuple]:
+    """(model, recipe, seed, epoch) of every epoch row, duplicates kept."""
+    return sorted((r["model"], r["recipe"], r["seed"], r["epoch"]) for r in rows(
+        db_url, "SELECT r.model, r.recipe, r.seed, e.epoch FROM epochs e JOIN runs r ON r.id = e.run_id"))
+
+
+def slow_plugin(tmp_path: Path, seconds_per_epoch: float) -> Path:
+    where = tmp_path / "plugin"
+    where.mkdir(exist_ok=True)
+    (where / "faults.json").write_text(json.dumps({"*": {"sleep_per_step": seconds_per_epoch / STEPS_PER_EPOCH}}))
+    return Path(shutil.copy(Path(__file__).parent / "plugins" / "faults.py", where / "faults.py"))
+
+
+def benchmark_cmd(plugin: Path, grid: Path, db_url: str, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "harness.cli", "--plugin", str(plugin), "benchmark", str(grid), "--db", db_url,
+            "--out", str(out), "--pages-every", "1", *extra]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_kill9_benchmark_then_resume_equals_uninterrupted(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump(GRID))
+    plugin = slow_plugin(tmp_path, seconds_per_epoch=3.0)
+    db_url = f"sqlite:///{tmp_path / 'results.db'}"
+    out = tmp_path / "dash"
+    proc = subprocess.Popen(benchmark_cmd(plugin, grid, db_url, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=tmp_path, start_new_session=True)
+    saw_banner = False
+    try:
+        t0 = time.monotonic()
+        while True:  # until run 0 finished and run 1 is midway
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() - t0 < 300, "timed out waiting for the grid"
+            index = out / "index.html"
+            saw_banner = saw_banner or (index.is_file() and BANNER in index.read_text(encoding="utf-8"))
+            try:
+                done = rows(db_url, "SELECT count(*) AS n FROM runs WHERE status = 'completed'")[0]["n"]
+                midway = rows(db_url, "SELECT count(*) AS n FROM runs WHERE status = 'running' AND epochs_done >= 1")[0]["n"]
+            except sa.exc.OperationalError:
+                done = midway = 0
+            if done >= 1 and midway >= 1 and saw_banner:
+                break
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert saw_banner, "the live page never said it was running"
+    before = epoch_keys(db_url)
+    assert before and len(set(before)) == len(before)
+
+    res = subprocess.run(benchmark_cmd(plugin, grid, db_url, out, "--resume"), capture_output=True, text=True,
+                         cwd=tmp_path, timeout=400)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "resuming (1 of 2 trials finished)" in res.stdout, res.stdout
+    after = epoch_keys(db_url)
+    assert set(before) <= set(after)  # nothing recorded was lost
+    (exp,) = rows(db_url, "SELECT id, status FROM experiments")
+    assert exp["status"] == "completed"
+    assert len(rows(db_url, "SELECT id FROM runs")) == 2  # the same runs continued, none added
+    assert BANNER not in (out / "index.html").read_text(encoding="utf-8")  # the final write removed it
+
+    # The same grid, never stopped: the same (run, epoch) rows, none duplicated, none lost.
+    ref_url = f"sqlite:///{tmp_path / 'ref.db'}"
+    ref = subprocess.run(benchmark_cmd(plugin, grid, ref_url, tmp_path / "ref_dash"), capture_output=True, text=True,
+                         cwd=tmp_path, timeout=400)
+    assert ref.returncode == 0, ref.stdout + ref.stderr
+    assert after == epoch_keys(ref_url)
+
+    again = subprocess.run(benchmark_cmd(plugin, grid, db_url, out, "--resume"), capture_output=True, text=True,
+                           cwd=tmp_path, timeout=120)
+    assert again.returncode == 2 and "already completed" in again.stderr, again.stdout + again.stderr
+
+
+def _trial(tid: str) -> SimpleNamespace:
+    return SimpleNamespace(trial_id=tid, config={}, status="RUNNING")
+
+
+def test_asha_rungs_survive_a_restarted_driver(tmp_path):
+    """The scheduler Tune pickled at the start (empty) is what a restored Tuner gets back; its first
+    call loads the saved rungs: the same cut-offs, and a trial ASHA stopped is not revived."""
+    from ray.tune.schedulers import TrialScheduler
+
+    from harness.engine import ResumableASHA
+
+    state = tmp_path / "asha-state.pkl"
+    sched = ResumableASHA(state_path=state, time_attr="epoch", metric="val_acc", mode="max", max_t=9,
+                          grace_period=1, reduction_factor=3)
+    as_pickled_at_start = pickle.dumps(sched)
+    decisions = {}
+    for i, acc in enumerate([0.9, 0.8, 0.7, 0.2, 0.1]):
+        t = _trial(f"t{i}")
+        sched.on_trial_add(None, t)
+        decisions[t.trial_id] = sched.on_trial_result(None, t, {"epoch": 1, "val_acc": acc})
+    assert TrialScheduler.STOP in decisions.values()  # ASHA did cut some
+    rungs = [(m, dict(r)) for m, r in sched._brackets[0]._rungs]
+
+    restored = pickle.loads(as_pickled_at_start)  # a new driver: Tune restores the start-time pickle
+    late = _trial("t9")
+    restored.on_trial_add(None, late)
+    assert [(m, dict(r)) for m, r in restored._brackets[0]._rungs] == rungs  # the rung records are back
+    # A weak newcomer is cut against the old records (a fresh ASHA would let it pass: no records yet).
+    assert restored.on_trial_result(None, late, {"epoch": 1, "val_acc": 0.05}) == TrialScheduler.STOP
+    fresh = ResumableASHA(state_path=tmp_path / "other.pkl", time_attr="epoch", metric="val_acc", mode="max", max_t=9,
+                          grace_period=1, reduction_factor=3)
+    fresh.on_trial_add(None, _trial("x"))
+    assert fresh.on_trial_result(None, _trial("x"), {"epoch": 1, "val_acc": 0.05}) == TrialScheduler.CONTINUE
