@@ -3,7 +3,7 @@
 Each command resolves its input into typed specs (refusing bad input with exit code 2 before
 anything is written), calls the library, and ends by saying where the results are.
 
-Length (~400 lines): one function per command, almost all of it click options with their help text.
+Length (~450 lines): one function per command, almost all of it click options with their help text.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import click
 import yaml
 
 from harness.errors import UserError
-from harness.store import DEFAULT_DB
+from harness import DEFAULT_DB
 
 EXIT_BAD_INPUT = 2
 

@@ -17,8 +17,8 @@ and a `<meta http-equiv="refresh">`, so an open browser tab reloads it; the fina
 Every string that came from a user (experiment names, descriptions, class names, errors) goes
 through `esc()` before it reaches HTML or a Plotly label: names may hold markup or scripts.
 
-Length (~600 lines): one builder per page kind (and the live/watch mode) (index, experiment, sweep, run, before/after,
-ablation, compare), sharing the page shell, the escaping and the table helpers defined here.
+Length (~600 lines): one builder per page kind (index, experiment, sweep, run, before/after,
+ablation, compare) and the live/watch mode, sharing the page shell, the escaping and the table helpers.
 """
 
 from __future__ import annotations

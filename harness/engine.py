@@ -21,7 +21,7 @@ Private Ray attributes used (pinned by tests/test_engine_contract.py): OptunaSea
 `_ot_study` and `_completed_trials` (the subclass tags each Optuna trial with its Ray trial id and
 tells Optuna the outcome itself).
 
-Length (~540 lines): this is every line of Ray the harness has, kept in one module on purpose
+Length (~650 lines): this is every line of Ray the harness has, kept in one module on purpose
 (DESIGN.md: "Ray is imported in one module"); the recorder is most of it.
 """
 

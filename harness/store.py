@@ -21,10 +21,10 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 
+from harness import DEFAULT_DB  # noqa: F401 (re-exported: store.DEFAULT_DB)
 from harness.errors import UserError
 
 SCHEMA_VERSION = 2  # 2: epochs gained train_batch_acc and val_acc_raw (added in place to a v1 file)
-DEFAULT_DB = "sqlite:///results.db"
 # INSERT ... ON CONFLICT DO UPDATE, per dialect: the two databases harness runs on.
 UPSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 

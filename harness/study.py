@@ -16,14 +16,18 @@ import math
 from pathlib import Path
 from typing import Any
 
-import optuna
-import sqlalchemy as sa
-from optuna.trial import TrialState
+from typing import TYPE_CHECKING
 
 from harness.errors import UserError
 from harness.recipes import with_overrides
 from harness.specs import ParamSpec, StudySpec, load_study
-from harness.store import sqlite_path
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import TrialState
+
+# optuna and sqlalchemy are imported inside the functions that use them: validating a study file
+# (`harness sweep --validate`) needs neither, and importing them is most of its time.
 
 
 # --- validation (nothing here writes or starts anything) -----------------------------------------
@@ -109,6 +113,8 @@ def search_space(study: StudySpec) -> dict[str, optuna.distributions.BaseDistrib
 
 
 def _distribution(p: ParamSpec) -> optuna.distributions.BaseDistribution:
+    import optuna
+
     if p.type == "choice":
         return optuna.distributions.CategoricalDistribution(p.values)
     if p.type in ("int", "logint"):
@@ -117,6 +123,8 @@ def _distribution(p: ParamSpec) -> optuna.distributions.BaseDistribution:
 
 
 def sampler(study: StudySpec) -> optuna.samplers.BaseSampler:
+    import optuna
+
     s = study.sampler
     if s.type == "random":
         return optuna.samplers.RandomSampler(seed=s.seed)
@@ -133,12 +141,16 @@ def sampler(study: StudySpec) -> optuna.samplers.BaseSampler:
 
 def optuna_storage(db: str) -> optuna.storages.RDBStorage:
     """The results database is the Optuna storage too (optuna-dashboard reads the same file)."""
+    import optuna
+
     kwargs = {"connect_args": {"timeout": 60}} if db.startswith("sqlite") else {"pool_pre_ping": True}
     return optuna.storages.RDBStorage(db, engine_kwargs=kwargs)
 
 
 def outcome(status: str | None, value: Any, error: bool) -> tuple[TrialState, float | None]:
     """How a finished Ray trial is told to Optuna (see the module docstring)."""
+    from optuna.trial import TrialState
+
     finite = isinstance(value, (int, float)) and math.isfinite(value)
     if status == "completed" and finite and not error:
         return TrialState.COMPLETE, float(value)
@@ -154,6 +166,11 @@ def tell(study: optuna.Study, trial: optuna.Trial, status: str | None, value: An
 
 def study_exists(db: str, name: str) -> bool:
     """Whether the database holds an Optuna study of this name (reading only: no tables created)."""
+    import optuna
+    import sqlalchemy as sa
+
+    from harness.store import sqlite_path
+
     path = sqlite_path(db)
     if path is not None and not path.exists():
         return False
@@ -174,6 +191,9 @@ def study_exists(db: str, name: str) -> bool:
 def settle(db: str, study_name: str, keep: set[str] = frozenset()) -> int:
     """Fail every RUNNING Optuna trial of the study except those of Ray trials in `keep` (to be
     resumed). Returns how many were failed."""
+    import optuna
+    from optuna.trial import TrialState
+
     storage = optuna_storage(db)
     try:
         try:
@@ -194,4 +214,6 @@ def settle(db: str, study_name: str, keep: set[str] = frozenset()) -> int:
 
 
 def quiet() -> None:
+    import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -6,7 +6,7 @@
 the device, on-device augmentation, no host sync per step), evaluation, checkpoint, report.
 benchmarks/throughput.py times `train_epoch()` itself against a plain timm loop.
 
-Length (~430 lines): the loop's helpers (checkpoints, the per-class evaluation of the best weights)
+Length (~460 lines): the loop's helpers (checkpoints, the per-class evaluation of the best weights)
 live beside the one loop they serve; `fit()` itself reads top to bottom in ~45 lines.
 """
 
