@@ -408,20 +408,20 @@ def packing_specs(args: argparse.Namespace, device: str = "cuda") -> list[Any]:
 
 def pack_with_ray(args: argparse.Namespace, mode: str, tmp: Path, log: Callable[[str], None], *,
                   device: str = "cuda", gpu_per_trial: float | None = None) -> dict[str, Any]:
-    """4 trials through harness.sweep.run_grid, the sweeps' own path: 1 GPU each one at a time,
+    """4 trials through harness.engine.run_grid, the sweeps' own path: 1 GPU each one at a time,
     or 0.25 GPU each four at a time (Ray fractional resources)."""
     import sqlite3
 
+    from harness.engine import Experiment, run_grid
     from harness.specs import ResourcesSpec
-    from harness.sweep import run_grid
 
     cpus = max(1, (os.cpu_count() or 4) // 4)
     concurrency, gpu = (1, 1.0) if mode == "sequential" else (4, 0.25)
     gpu = gpu if gpu_per_trial is None else gpu_per_trial
     db = tmp / f"{mode}.db"
-    exp = run_grid(packing_specs(args, device), db=f"sqlite:///{db}", experiment_name=f"packing-{mode}", kind="benchmark",
+    exp = run_grid(packing_specs(args, device), db=f"sqlite:///{db}", experiment=Experiment("benchmark", f"packing-{mode}"),
                    concurrency=concurrency, resources=ResourcesSpec(cpu=cpus, gpu=gpu), storage_path=tmp / "ray",
-                   echo=log)
+                   echo=log).experiment_id
     with sqlite3.connect(db) as c:
         runs = c.execute("select status, wall_s, images_per_s, error from runs where experiment_id = ?", (exp,)).fetchall()
     ok = [r for r in runs if r[0] == "completed"]
@@ -430,7 +430,7 @@ def pack_with_ray(args: argparse.Namespace, mode: str, tmp: Path, log: Callable[
 
 
 def pack_with_processes(args: argparse.Namespace, mode: str, index: int) -> dict[str, Any]:
-    """Fallback without harness.sweep: each trial its own process, as a Ray worker would be."""
+    """Fallback without harness.engine (Ray): each trial its own process, as a Ray worker would be."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", str(index))}
     if mode == "sequential":
         outputs = [subprocess.run(trial_command(args, i), capture_output=True, text=True, env=env) for i in range(4)]
@@ -450,9 +450,9 @@ def packing(args: argparse.Namespace, device: torch.device, dev_name: str, log: 
             "Nothing measured on this device.")
         return 0
     try:
-        import harness.sweep  # noqa: F401
+        import harness.engine  # noqa: F401  (Ray; the GPU image may lack it: then plain processes)
 
-        how = "ray" if hasattr(harness.sweep, "run_grid") and not args.packing_processes else "processes"
+        how = "processes" if args.packing_processes else "ray"
     except ImportError:
         how = "processes"
     index = device.index or 0
@@ -480,7 +480,7 @@ def packing(args: argparse.Namespace, device: torch.device, dev_name: str, log: 
     text = "\n".join([
         f"# Packing 4 small trials on {dev_name}", "",
         f"- trial: {args.packing_model}, tuned recipe, {args.packing_data} at 32 px, {args.packing_epochs} epochs, "
-        f"{'torch.compile' if args.compile else 'eager'}; via {'harness.sweep.run_grid (Ray Tune)' if how == 'ray' else 'one process per trial'}",
+        f"{'torch.compile' if args.compile else 'eager'}; via {'harness.engine.run_grid (Ray Tune)' if how == 'ray' else 'one process per trial'}",
         f"- {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; GPU utilisation from nvidia-smi every 0.5 s", "",
         md_table(rows, list(rows[0])), "",
         f"4 concurrent finish {speedup:.2f}x sooner than 4 in a row: {verdict}.",
@@ -599,7 +599,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="--packing: 32 px data (synthetic = 10,000 CIFAR-sized images) [default: synthetic]")
     p.add_argument("--packing-epochs", type=int, default=5, help="--packing: epochs per trial [default: 5]")
     p.add_argument("--packing-processes", action="store_true",
-                   help="--packing: one plain process per trial instead of harness.sweep.run_grid (Ray)")
+                   help="--packing: one plain process per trial instead of harness.engine.run_grid (Ray)")
     p.add_argument("--loader", action="store_true", help="measure imagefolder JPEG decoding against training speed")
     p.add_argument("--loader-images", type=int, default=512, help="--loader: JPEGs to generate [default: 512]")
     p.add_argument("--loader-size", type=int, default=224, help="--loader: decoded size [default: 224]")

@@ -7,7 +7,7 @@ time; an ingredient is a named group of recipe fields (`recipes.INGREDIENTS`). M
   full recipe with that one ingredient taken back to naive's values);
 - `both`: the two ladders (the order matters in `add` because ingredients interact; `drop` is the check).
 
-Every rung x seed is a `RunSpec` run through the benchmark's Ray grid (`sweep.run_grid`), recorded as
+Every rung x seed is a `RunSpec` run through the benchmark's Ray grid (`engine.run_grid`), recorded as
 one experiment of kind `ablate`; each run's `tags` (mode, rung, ingredient) say where it sits. The table
 and the waterfall are computed from those rows only (`ablation_table`), like the before/after table.
 """

@@ -185,12 +185,16 @@ def run_benchmark(spec: BenchmarkSpec, *, db: str, out: Path, address: str | Non
     if resume:
         row = resumable(db, kind="benchmark", name=spec.name, storage_path=storage_path, again="harness benchmark")
         stored = yaml.safe_load(row["spec"])
-        stored.pop("runs", None)
+        stored_runs = stored.pop("runs", None)
         stored_spec = parse_spec(BenchmarkSpec, stored, f"{db} benchmark {spec.name}")
         if stored_spec != spec.model_copy(update={"scale": stored_spec.scale}):
             echo(f"note: the grid given differs from benchmark {spec.name} as it was started; --resume continues it as started.")
         spec, exp_id = stored_spec, row["id"]
     grid = resolve_grid(spec, cuda=cuda)
+    if resume and yaml.safe_load(resolved_yaml(spec, grid)).get("runs") != stored_runs:
+        # Run i must be the run that was started as run i: its checkpoint continues under that spec.
+        raise UserError("--resume", spec.name, "The grid resolves to other runs than when it was started (the data, "
+                        "the device or the harness changed); run it without --resume.")
     if grid.note:
         echo(grid.note)
     for line in budget_lines(grid):

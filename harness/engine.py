@@ -51,7 +51,7 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 import ray  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from ray import tune  # noqa: E402
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler  # noqa: E402
 from ray.tune.search import ConcurrencyLimiter  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
@@ -239,27 +239,45 @@ class ResumableASHA(ASHAScheduler):
     Tune pickles the scheduler once, with the Tuner, and never saves or restores its state (Ray 2.x),
     so a resumed sweep would start its rungs empty: cut-offs computed from the resumed trials alone.
     Here the state is written (ASHAScheduler.save, atomically) beside Tune's after every result and
-    read back (ASHAScheduler.restore) at the first call after a restart; a trial stopped before the
-    interruption is finished in Tune and stays stopped, and the rung records it left stay."""
+    read back (ASHAScheduler.restore) at the first call after a restart. The trials it stopped are
+    part of that state: Tune saves its own at most every second, so a trial stopped just before a
+    kill can come back as unfinished, and is stopped again at its first result.
+
+    The state file is found through the experiment folder `run_trials` is working in now
+    (`_STATE_DIRS`), so a moved `--storage-path` still finds it."""
 
     def __init__(self, *, state_path: Path, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._state_path = str(state_path)
+        self._state_name = Path(state_path).parent.name  # the experiment folder's name
+        self._state_path = str(state_path)  # where it was first written (the fallback)
+        self._stopped: set[str] = set()
         self._loaded = False
 
     def __getstate__(self) -> dict:  # what the Tuner pickles: never "already loaded"
         return {**self.__dict__, "_loaded": False}
 
+    def _path(self) -> Path:
+        folder = _STATE_DIRS.get(self._state_name)
+        return folder / ASHA_STATE if folder is not None else Path(self._state_path)
+
     def _load(self) -> None:
-        if not self._loaded:
-            if Path(self._state_path).is_file():
-                self.restore(self._state_path)
-            self._loaded = True
+        if self._loaded:
+            return
+        path = self._path()
+        if path.is_file():
+            keep = {k: self.__dict__[k] for k in ("_state_name", "_state_path")}
+            self.restore(str(path))
+            self.__dict__.update(keep)
+        self._loaded = True
 
     def _save(self) -> None:
-        tmp = f"{self._state_path}.tmp-{os.getpid()}"
-        self.save(tmp)
-        os.replace(tmp, self._state_path)
+        path = self._path()
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        try:
+            self.save(str(tmp))
+            os.replace(tmp, path)
+        except OSError as e:  # a full disk must not stop the sweep; the resume then starts ASHA over
+            log.warning("ASHA state not saved to %s: %s", path, e)
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         self._load()
@@ -268,7 +286,11 @@ class ResumableASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         self._load()
+        if trial.trial_id in self._stopped:  # stopped before a restart that Tune's state missed
+            return TrialScheduler.STOP
         decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP:
+            self._stopped.add(trial.trial_id)
         self._save()
         return decision
 
@@ -285,6 +307,7 @@ class ResumableASHA(ASHAScheduler):
             self._save()
 
 
+_STATE_DIRS: dict[str, Path] = {}  # experiment folder name -> where run_trials finds it in this process
 ASHA_STATE = "asha-state.pkl"  # beside Tune's own files in the experiment folder
 
 
@@ -319,7 +342,17 @@ _LIVE: dict[str, Recorder] = {}
 
 
 def _live_recorder(key: str) -> tune.Callback:
-    return _LIVE.get(key) or tune.Callback()
+    if key not in _LIVE:  # a restored Tuner without its recorder would record nothing: refuse loudly
+        raise RuntimeError(f"no live recorder for {key}: restore the experiment through harness.engine.run_trials")
+    return _LIVE[key]
+
+
+def _recorder_key(db: str, exp: int) -> str:
+    """The same database however its URL is spelled (sqlite:///./r.db and sqlite:///r.db)."""
+    from harness.store import sqlite_path
+
+    path = sqlite_path(db)
+    return f"{path.resolve() if path is not None else db}#{exp}"
 
 
 class Recorder(tune.Callback):
@@ -510,8 +543,9 @@ def run_trials(make_spec: SpecMaker, *, experiment: Experiment, total: int, reso
                                           spec=experiment.spec_yaml, device=cluster)
         storage = Path(storage_path).resolve()
         exp_dir = storage / (ray_name or f"{experiment.kind}-{exp}")
+        _STATE_DIRS[exp_dir.name] = exp_dir
         view = LiveView(title=f"{experiment.kind} {experiment.name}", total_runs=total, slots=concurrency, echo=echo)
-        recorder = Recorder(key=f"{db}#{exp}", store=store, experiment_id=exp, make_spec=make_spec,
+        recorder = Recorder(key=_recorder_key(db, exp), store=store, experiment_id=exp, make_spec=make_spec,
                             metric=search.study.metric if search else "val_acc", mode=search.study.mode if search else "max",
                             total=total, view=view, pages=pages, pages_every_s=pages_every_s,
                             stopper="ASHA" if search is not None and search.study.scheduler.type == "asha" else "none")

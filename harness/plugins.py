@@ -80,7 +80,7 @@ def load_entry_points() -> None:
         return
     _entry_points_loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()
+        load([ep.module], field=f"entry point {ep.name}")  # recorded: runs carry it to their workers
 
 
 def active() -> tuple[str, ...]:

@@ -14,8 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+
+
+_TERMINAL_ECHOS = (print, click.echo)
 
 
 def _duration(seconds: float) -> str:
@@ -43,7 +47,9 @@ class LiveView:
                  live: bool | None = None) -> None:
         self.title, self.total_runs, self.slots = title, total_runs, max(1, slots)
         self._echo = echo
-        self.live = sys.stdout.isatty() if live is None else live
+        # Live bars only where lines would reach the terminal anyway: a caller's own echo (a log file,
+        # a list in a test) gets every line through it instead.
+        self.live = (sys.stdout.isatty() and echo in _TERMINAL_ECHOS) if live is None else live
         self.runs: dict[str, _Run] = {}
         self.finished = 0
         self.epoch_seconds: list[float] = []  # measured epoch times: the ETA's unit of work

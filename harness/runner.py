@@ -1,7 +1,7 @@
 """One run in this process, recorded: `fit()` with a report callable that writes the store.
 
 Used by `harness train` (and the doctor). Sweeps and benchmarks go through Ray instead
-(harness/sweep.py), whose driver writes the same rows.
+(harness/engine.py), whose driver writes the same rows.
 """
 
 from __future__ import annotations

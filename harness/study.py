@@ -1,4 +1,4 @@
-"""The Optuna side of a sweep: the only module that imports Optuna.
+"""The Optuna side of a sweep (the dashboards import Optuna only for its plots).
 
 A study file is checked here (`validate_study`: names, bounds, every candidate value as a recipe
 value; `study_warnings`: what is valid but likely wrong) without torch, timm or Ray, so

@@ -307,7 +307,7 @@ class Progress:
     best_state: dict[str, torch.Tensor] | None = None  # on the host: the best epoch's (EMA) weights
 
     def improve(self, epoch: int, val_acc: float, model: torch.nn.Module) -> bool:
-        if val_acc <= self.best_acc:
+        if not val_acc > self.best_acc:  # NaN is never an improvement
             return False
         self.best_acc, self.best_epoch = val_acc, epoch
         self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

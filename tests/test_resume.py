@@ -126,7 +126,8 @@ def _trial(tid: str) -> SimpleNamespace:
 
 def test_asha_rungs_survive_a_restarted_driver(tmp_path):
     """The scheduler Tune pickled at the start (empty) is what a restored Tuner gets back; its first
-    call loads the saved rungs: the same cut-offs, and a trial ASHA stopped is not revived."""
+    call loads the saved rungs: the same cut-offs, and a trial ASHA stopped is not revived even if
+    Tune's own state (saved at most every second) still lists it as unfinished."""
     from ray.tune.schedulers import TrialScheduler
 
     from harness.engine import ResumableASHA
@@ -147,6 +148,9 @@ def test_asha_rungs_survive_a_restarted_driver(tmp_path):
     late = _trial("t9")
     restored.on_trial_add(None, late)
     assert [(m, dict(r)) for m, r in restored._brackets[0]._rungs] == rungs  # the rung records are back
+    # A trial ASHA stopped, which Tune's own (older) state still had as unfinished, is stopped again.
+    stopped = next(tid for tid, d in decisions.items() if d == TrialScheduler.STOP)
+    assert restored.on_trial_result(None, _trial(stopped), {"epoch": 2, "val_acc": 0.99}) == TrialScheduler.STOP
     # A weak newcomer is cut against the old records (a fresh ASHA would let it pass: no records yet).
     assert restored.on_trial_result(None, late, {"epoch": 1, "val_acc": 0.05}) == TrialScheduler.STOP
     fresh = ResumableASHA(state_path=tmp_path / "other.pkl", time_attr="epoch", metric="val_acc", mode="max", max_t=9,
