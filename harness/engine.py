@@ -342,6 +342,9 @@ _LIVE: dict[str, Recorder] = {}
 
 
 def _live_recorder(key: str) -> tune.Callback:
+    if key not in _LIVE:  # a key pickled before keys were canonical: "sqlite:///r.db#3"
+        db, _, exp = key.rpartition("#")
+        key = _recorder_key(db, int(exp)) if exp.isdigit() else key
     if key not in _LIVE:  # a restored Tuner without its recorder would record nothing: refuse loudly
         raise RuntimeError(f"no live recorder for {key}: restore the experiment through harness.engine.run_trials")
     return _LIVE[key]
