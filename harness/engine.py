@@ -27,6 +27,7 @@ Length (~650 lines): this is every line of Ray the harness has, kept in one modu
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -367,6 +368,8 @@ class Recorder(tune.Callback):
         self.echo = view.echo
         self.pages, self.pages_every_s = pages, pages_every_s
         self.pages_at = time.monotonic()  # the first rewrite comes one period in
+        self.exp_dir: Path | None = None  # set by run_trials: where Tune keeps its state
+        self.backup_at = 0.0
         self.run_ids: dict[str, int] = {}
         self.last: dict[str, dict[str, Any]] = {}  # last result per trial seen in this session
         self.finished: dict[str, str] = {}  # trial_id -> final status (this session)
@@ -430,6 +433,16 @@ class Recorder(tune.Callback):
         self.last[trial.trial_id] = {k: result.get(k) for k in (self.metric, "epoch", "status", "time_total_s")}
         self.view.epoch(trial.trial_id, int(result["epoch"]), result)
         self._rewrite_pages()
+        self._backup_state()
+
+    def _backup_state(self) -> None:
+        """A whole copy of Tune's state files, at most every second (see `backup_state`)."""
+        if self.exp_dir is not None and time.monotonic() - self.backup_at >= 1.0:
+            try:
+                backup_state(self.exp_dir)
+            except OSError as e:
+                log.warning("Tune state not backed up: %s", e)
+            self.backup_at = time.monotonic()
 
     def _rewrite_pages(self) -> None:
         """The live pages, at most every `pages_every_s` (each write is atomic; a failure is logged, not fatal)."""
@@ -468,6 +481,7 @@ class Recorder(tune.Callback):
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self.known.update(t.trial_id for t in trials)
         self._rewrite_pages()
+        self._backup_state()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.known.update(t.trial_id for t in trials)
@@ -507,6 +521,62 @@ def _error_text(trial: Any) -> str:
 
 
 # --- running Tune ------------------------------------------------------------------------------
+
+STATE_BACKUP = ".harness-last-good"  # in the experiment folder: Tune's state files as last seen whole
+_STATE_FILES = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl", "tuner.pkl")
+
+
+def _whole(path: Path) -> bool:
+    """Whether a Tune state file is complete: Tune copies them into the storage folder in place, so a
+    driver killed mid-copy leaves an empty or cut-off file that Tuner.restore cannot read."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    if not data:
+        return False
+    if path.suffix == ".json":
+        try:
+            json.loads(data)
+        except ValueError:
+            return False
+    return True
+
+
+def backup_state(exp_dir: Path) -> None:
+    """Keep a copy of each of Tune's state files that is whole (each copy replaced atomically)."""
+    good = exp_dir / STATE_BACKUP
+    for pattern in _STATE_FILES:
+        for f in exp_dir.glob(pattern):
+            kept = good / f.name
+            mtime = f.stat().st_mtime
+            if (kept.is_file() and kept.stat().st_mtime >= mtime) or time.time() - mtime < 0.5:
+                continue  # already kept, or maybe still being written (a .pkl cannot be checked like JSON)
+            if _whole(f):
+                good.mkdir(exist_ok=True)
+                tmp = kept.with_name(f".{f.name}.tmp-{os.getpid()}")
+                shutil.copy2(f, tmp)
+                os.replace(tmp, kept)
+
+
+def repair_state(exp_dir: Path, echo: Callable[[str], None]) -> None:
+    """Before a restore: put back the last whole copy of any state file a kill left cut off."""
+    good = exp_dir / STATE_BACKUP
+    for kept in sorted(good.glob("*")) if good.is_dir() else []:
+        if kept.name.startswith("."):
+            continue
+        live = exp_dir / kept.name
+        if not _whole(live):
+            shutil.copy2(kept, live)
+            echo(f"note: {live.name} was cut off (the driver was killed while Tune wrote it); "
+                 "using its last whole copy, up to a second older")
+    for pattern in _STATE_FILES:
+        for live in exp_dir.glob(pattern):
+            if not _whole(live):
+                raise UserError("--resume", str(exp_dir), f"Ray's saved state {live.name} is cut off (the driver was "
+                                "killed while writing it) and no whole copy was kept; run without --resume "
+                                "(what finished stays in the database).")
+
 
 def run_trials(make_spec: SpecMaker, *, experiment: Experiment, total: int, resources: ResourcesSpec,
                concurrency: int, db: str, search: Search | None = None, address: str | None = None,
@@ -555,7 +625,9 @@ def run_trials(make_spec: SpecMaker, *, experiment: Experiment, total: int, reso
         trainable = tune.with_resources(tune.with_parameters(_trainable, make_spec=make_spec),
                                         {"cpu": resources.cpu, "gpu": resources.gpu})
         try:
+            recorder.exp_dir = exp_dir
             if restore:
+                repair_state(exp_dir, echo)
                 tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=False)
                 with store.engine.connect() as c:
                     done = c.execute(sa.select(sa.func.count()).where(runs.c.experiment_id == exp,

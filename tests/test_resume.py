@@ -157,3 +157,27 @@ def test_asha_rungs_survive_a_restarted_driver(tmp_path):
                           grace_period=1, reduction_factor=3)
     fresh.on_trial_add(None, _trial("x"))
     assert fresh.on_trial_result(None, _trial("x"), {"epoch": 1, "val_acc": 0.05}) == TrialScheduler.CONTINUE
+
+
+def test_state_cut_off_by_a_kill_is_repaired_from_its_last_whole_copy(tmp_path):
+    """Tune copies its state files into the storage folder in place; a driver killed mid-copy leaves
+    an empty or cut-off file (seen: `Failed to restore the run state`, then trials without configs).
+    The recorder keeps the last whole copy; a restore puts it back first."""
+    from harness.engine import STATE_BACKUP, backup_state, repair_state
+
+    exp_dir = tmp_path / "benchmark-1"
+    exp_dir.mkdir()
+    state = exp_dir / "experiment_state-2026.json"
+    state.write_text(json.dumps({"trial_data": [1, 2, 3]}))
+    old = time.time() - 5
+    os.utime(state, (old, old))  # written a while ago: not mid-write
+    backup_state(exp_dir)
+    assert (exp_dir / STATE_BACKUP / state.name).is_file()
+    state.write_text('{"trial_da')  # the kill lands mid-copy
+    backup_state(exp_dir)  # a cut-off file never replaces the whole copy
+    notes: list[str] = []
+    repair_state(exp_dir, notes.append)
+    assert json.loads(state.read_text()) == {"trial_data": [1, 2, 3]}
+    assert notes and "cut off" in notes[0]
+    repair_state(exp_dir, notes.append)  # a whole file is left alone
+    assert len(notes) == 1

@@ -64,7 +64,7 @@ def test_run_grid_records_every_run_and_epoch(ray_local, tiny_spec, db_url, tmp_
         for e in rows(db_url, "SELECT epoch, val_acc FROM epochs WHERE run_id = :r ORDER BY epoch", r=r["id"]):
             want = f" epoch {e['epoch']}/{r['epochs_done']}  val acc {e['val_acc']:.4f}"
             assert sum(want in ln for ln in lines) >= 1, (want, lines)
-    per_epoch = [ln for ln in lines if re.match(r"run \d epoch \d/\d  val acc", ln)]
+    per_epoch = [ln for ln in lines if re.match(r"run \d  .+ epoch \d/\d  val acc", ln)]
     assert len(per_epoch) == 5, lines  # 2 + 3 epochs, one line each
     assert all("done" in ln and "elapsed" in ln for ln in per_epoch)
 
