@@ -535,7 +535,7 @@ def _whole(path: Path) -> bool:
         return False
     if not data:
         return False
-    if path.suffix == ".json":
+    if path.name.startswith("experiment_state-"):  # JSON; the others are pickles (search_gen_state's ".json" too)
         try:
             json.loads(data)
         except ValueError:
