@@ -7,6 +7,10 @@ keeps its own tables (`studies`, `trials`, ...) in the same database; the names 
 Only one process writes (the CLI process: `harness train`, or the sweep driver's Tune callback).
 SQLite runs in WAL mode with a busy timeout so readers (report, optuna-dashboard) never block it,
 and every write is its own committed transaction: a kill loses at most the epoch in flight.
+PostgreSQL (`postgresql://user:password@host/db`, driver psycopg 3, installed with harness) is the
+same schema on a server that several machines reach; every connection gives up after
+`CONNECT_TIMEOUT_S` instead of hanging, and `check_url` turns a server that cannot be reached or
+refuses us into one message naming the field, the URL (password hidden) and the fix.
 """
 
 from __future__ import annotations
@@ -24,7 +28,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from harness import DEFAULT_DB  # noqa: F401 (re-exported: store.DEFAULT_DB)
 from harness.errors import UserError
 
-SCHEMA_VERSION = 2  # 2: epochs gained train_batch_acc and val_acc_raw (added in place to a v1 file)
+# 2: epochs gained train_batch_acc and val_acc_raw; 3: runs gained node/node_id/gpus and epochs node_id
+# (both added in place to an older database: see Store._migrate)
+SCHEMA_VERSION = 3
+# Seconds a connection to a database server may take before it is reported instead of waited for
+# (a firewall that drops packets would otherwise hang the command for minutes: the TCP default).
+CONNECT_TIMEOUT_S = 5
 # INSERT ... ON CONFLICT DO UPDATE, per dialect: the two databases harness runs on.
 UPSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
@@ -70,6 +79,11 @@ runs = sa.Table(
     sa.Column("images_per_s", sa.Float),
     sa.Column("trial_id", sa.String(64)),  # Ray Tune trial id
     sa.Column("optuna_trial", sa.Integer),  # Optuna trial number
+    # Where it ran (its latest epoch's, for a trial retried on another node): hostname, Ray node id
+    # (NULL outside Ray), and its GPUs as "<id>: <name>" joined by "; " ("" = CPU only).
+    sa.Column("node", sa.String(255)),
+    sa.Column("node_id", sa.String(64)),
+    sa.Column("gpus", sa.Text),
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("finished_at", sa.DateTime),
 )
@@ -85,6 +99,7 @@ epochs = sa.Table(
     sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id"), primary_key=True),
     sa.Column("epoch", sa.Integer, primary_key=True),  # 1-based; a retried epoch replaces its row
     *(sa.Column(m, sa.Float) for m in EPOCH_METRICS),
+    sa.Column("node_id", sa.String(64)),  # the Ray node that trained this epoch (NULL outside Ray)
 )
 
 evaluations = sa.Table(
@@ -122,6 +137,18 @@ def _finite(v: Any) -> Any:
     return v
 
 
+def _connect_args(url: str) -> dict[str, Any]:
+    return {"connect_timeout": CONNECT_TIMEOUT_S} if url.startswith("postgresql") else {}
+
+
+def shown_url(url: str) -> str:
+    """The URL as messages show it: the password, if any, as ***."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return url
+
+
 def make_engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 60})
@@ -136,7 +163,7 @@ def make_engine(url: str) -> sa.Engine:
             cur.close()
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    return sa.create_engine(url, pool_pre_ping=True, connect_args=_connect_args(url))
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -147,9 +174,13 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def check_url(url: str, *, must_exist: bool = False, field: str = "--db") -> None:
-    """Refuse a URL that does not parse, a missing database (for readers) or a foreign database."""
+    """Refuse a URL that does not parse, a missing database (for readers) or a foreign database.
+
+    A server database is connected to (within CONNECT_TIMEOUT_S): an unreachable host, wrong
+    credentials or a missing database are refused here, before anything is started or written.
+    """
     try:
-        sa.engine.make_url(url)
+        parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError:
         raise UserError(field, url, "Not a database URL; use e.g. sqlite:///results.db or postgresql://user@host/db.") from None
     path = sqlite_path(url)
@@ -163,24 +194,48 @@ def check_url(url: str, *, must_exist: bool = False, field: str = "--db") -> Non
         # No open()/close() of the file here: closing any descriptor of an SQLite file drops every POSIX
         # lock this process holds on it, and a driver that writes the database also writes the live
         # pages (a disk I/O error on its next commit). SQLite itself tells a foreign file below.
+    shown = shown_url(url)
     # A plain engine: make_engine's WAL pragma would rewrite the header of a database we may refuse.
     try:
-        engine = sa.create_engine(url)
+        engine = sa.create_engine(url, connect_args=_connect_args(url))
     except (sa.exc.NoSuchModuleError, ImportError) as e:
-        raise UserError(field, url, f"No database driver for it ({str(e)[:120]}); use sqlite:///results.db, "
-                        "or install the driver (e.g. `uv add psycopg` for postgresql://).") from None
+        raise UserError(field, shown, f"No database driver for it ({str(e)[:120]}); use sqlite:///results.db or "
+                        "postgresql://user:password@host/db (psycopg 3, installed with harness).") from None
     try:
         names = set(sa.inspect(engine).get_table_names())
     except sa.exc.DatabaseError as e:
         if "file is not a database" in str(e):
-            raise UserError(field, url, "Not an SQLite database; name a results database written by harness.") from None
-        raise UserError(field, url, f"Cannot open it as a database ({str(e).splitlines()[0][:120]}).") from None
+            raise UserError(field, shown, "Not an SQLite database; name a results database written by harness.") from None
+        if path is None and isinstance(e, sa.exc.OperationalError):
+            raise UserError(field, shown, _server_fix(parsed, e)) from None
+        raise UserError(field, shown, f"Cannot open it as a database ({str(e).splitlines()[0][:120]}).") from None
     finally:
         engine.dispose()
     if names and "harness_meta" not in names and names & {"experiments", "runs", "epochs"}:
-        raise UserError(field, url, "This database has tables named like harness's but is not a harness database; use another file.")
+        raise UserError(field, shown, "This database has tables named like harness's but is not a harness database; "
+                        "use another file or database.")
     if must_exist and "harness_meta" not in names:
-        raise UserError(field, url, "Not a harness results database (no harness_meta table); name one written by harness.")
+        raise UserError(field, shown, "Not a harness results database (no harness_meta table); name one written by harness.")
+
+
+def _server_fix(u: sa.engine.URL, e: Exception) -> str:
+    """What went wrong connecting to a database server, in one sentence with the fix (the driver's
+    own first line in brackets; libpq never puts the password in it)."""
+    text = str(getattr(e, "orig", None) or e)
+    first = " ".join(text.split())[:200]
+    host = f"{u.host or 'localhost'}:{u.port or 5432}"
+    low = text.lower()
+    if "password authentication failed" in low or "no password supplied" in low or ("role" in low and "does not exist" in low):
+        return (f"The server at {host} refused the credentials ({first}); put the right user and password in the URL "
+                "(postgresql://USER:PASSWORD@host/db), or in PGPASSWORD / ~/.pgpass, or ask the server's admin for a role.")
+    if "database" in low and "does not exist" in low:
+        return (f"No database {u.database!r} on the server at {host}; create it once "
+                f"(`createdb -h {u.host or 'localhost'} -U {u.username or 'USER'} {u.database}`) or name an existing one.")
+    if "timeout" in low or "timed out" in low:
+        return (f"Nothing answered at {host} within {CONNECT_TIMEOUT_S} s; check the host name and port, and that the server "
+                "runs and accepts TCP connections from this machine (listen_addresses, pg_hba.conf, firewall).")
+    return (f"Cannot reach the database server at {host} ({first}); check the host name and port, and that the server "
+            "runs and accepts connections from this machine (listen_addresses, pg_hba.conf, firewall).")
 
 
 class Store:
@@ -190,7 +245,7 @@ class Store:
         self.url = url
         self.engine = make_engine(url)
         if create and self.engine.dialect.name not in UPSERT:
-            raise UserError("--db", url, f"harness writes results to {' or '.join(UPSERT)}; use sqlite:///results.db "
+            raise UserError("--db", shown_url(url), f"harness writes results to {' or '.join(UPSERT)}; use sqlite:///results.db "
                             "or postgresql://user@host/db.")
         if create:
             metadata.create_all(self.engine)
@@ -202,11 +257,14 @@ class Store:
                     self._migrate(c)
 
     def _migrate(self, c: sa.Connection) -> None:
-        """v1 -> v2: the new nullable epoch metrics, added in place (old rows keep NULL there)."""
-        have = {col["name"] for col in sa.inspect(c).get_columns("epochs")}
-        for m in EPOCH_METRICS:
-            if m not in have:
-                c.execute(sa.text(f"ALTER TABLE epochs ADD COLUMN {m} FLOAT"))
+        """An older schema -> this one: every column added since (all nullable) is added in place, and
+        old rows keep NULL there (v2: the newer epoch metrics; v3: where each run and epoch ran)."""
+        for table in (runs, epochs):
+            have = {col["name"] for col in sa.inspect(c).get_columns(table.name)}
+            for col in table.columns:
+                if col.name not in have:
+                    assert col.nullable, f"{table.name}.{col.name}: only nullable columns can be added in place"
+                    c.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {col.name} {col.type.compile(c.dialect)}"))
         c.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
 
     def close(self) -> None:
@@ -241,14 +299,19 @@ class Store:
                 seed=seed, status="running", epochs_done=0, trial_id=trial_id, optuna_trial=optuna_trial,
                 created_at=now())).inserted_primary_key[0]
 
-    def log_epoch(self, run_id: int, epoch: int, metrics: dict[str, float]) -> None:
+    def log_epoch(self, run_id: int, epoch: int, metrics: dict[str, float], *, where: dict[str, str] | None = None) -> None:
         """Insert or replace one epoch (a trial retried from a checkpoint re-reports later epochs),
         then refresh the run's summary from its epochs, in one transaction: an upsert on the
-        (run_id, epoch) primary key and one UPDATE whose numbers SQL computes."""
+        (run_id, epoch) primary key and one UPDATE whose numbers SQL computes.
+
+        `where` ({"node", "node_id", "gpus"}): the machine that trained this epoch. The epoch keeps its
+        node id; the run gets this (its latest) epoch's node, node id and GPUs, so a trial retried on
+        another node shows where it last ran. None (e.g. old callers): the run's are left as they are."""
         values = {m: _finite(metrics.get(m)) for m in EPOCH_METRICS}
+        values["node_id"] = (where or {}).get("node_id")
         upsert = UPSERT[self.engine.dialect.name](epochs).values(run_id=run_id, epoch=epoch, **values)
         upsert = upsert.on_conflict_do_update(index_elements=[epochs.c.run_id, epochs.c.epoch],
-                                              set_={m: upsert.excluded[m] for m in EPOCH_METRICS})
+                                              set_={m: upsert.excluded[m] for m in values})
         mine = epochs.c.run_id == run_id
         best_acc = sa.select(sa.func.max(epochs.c.val_acc)).where(mine).scalar_subquery()
         # The first epoch that reached the best accuracy (an alias: the max above must not be
@@ -261,7 +324,8 @@ class Store:
             c.execute(runs.update().where(runs.c.id == run_id).values(
                 epochs_done=sa.select(sa.func.count()).select_from(epochs).where(mine).scalar_subquery(),
                 best_val_acc=best_acc, best_epoch=best_epoch,
-                final_val_acc=values["val_acc"], images_per_s=values["images_per_s"]))
+                final_val_acc=values["val_acc"], images_per_s=values["images_per_s"],
+                **({k: where.get(k) for k in ("node", "node_id", "gpus")} if where is not None else {})))
 
     def finish_run(self, run_id: int, *, status: str, error: str | None = None, wall_s: float | None = None) -> None:
         with self.engine.begin() as c:
