@@ -38,7 +38,7 @@ from plotly.subplots import make_subplots
 from harness import report as rep
 from harness.files import check_out_dir, write_text_atomic
 from harness.models import stand_in_label
-from harness.store import Store
+from harness.store import Store, shown_url
 
 PLOTLY_JS = "plotly.min.js"
 # Seed 003's overfitting colour codes for the train-val gap in points: < 5 good fit (green), 5-10
@@ -291,14 +291,37 @@ def samples_grid(ev: dict) -> str:
 
 # --- pages --------------------------------------------------------------------------------------
 
+def has_nodes(runs: pd.DataFrame) -> bool:
+    """Whether any run says where it ran (schema v3); pages of older databases show no node columns."""
+    return "node" in runs and bool(runs["node"].notna().any())
+
+
+def gpus_text(gpus: Any) -> str:
+    """The GPUs cell: "0: NVIDIA H100; 1: ..." as recorded, "CPU only" for "", blank when not recorded."""
+    if not isinstance(gpus, str):
+        return ""
+    return gpus or "CPU only"
+
+
+def where_line(run: pd.Series) -> str:
+    """The run page's 'ran on' line (nothing when the run does not say where it ran)."""
+    if not isinstance(run.get("node"), str):
+        return ""
+    ray_id = f" (Ray node {esc(run['node_id'][:12])}…)" if isinstance(run.get("node_id"), str) and run["node_id"] else ""
+    return (f"<p class='where'>ran on <b>{esc(run['node'])}</b>{ray_id} · GPUs: {esc(gpus_text(run.get('gpus')))}"
+            + (" · the latest epoch's node: a trial retried elsewhere shows where it ended" if ray_id else "") + "</p>")
+
+
 def runs_table(runs: pd.DataFrame, summary: pd.DataFrame | None = None) -> str:
+    nodes = has_nodes(runs)
     rows = []
     for _, r in runs.iterrows():
+        where = [r["node"], gpus_text(r["gpus"])] if nodes else []
         rows.append([link(f"run-{int(r['id'])}.html", f"#{int(r['id'])}"), r["label"], r["recipe"], r["seed"], status(r["status"]),
                      pct(r["best_val_acc"]), r["best_epoch"] if pd.notna(r["best_epoch"]) else "", pct(r["final_val_acc"]),
-                     r["epochs_done"], "" if pd.isna(r["wall_s"]) else f"{r['wall_s']:.0f}", r["error"] or ""])
+                     r["epochs_done"], "" if pd.isna(r["wall_s"]) else f"{r['wall_s']:.0f}", *where, r["error"] or ""])
     return table(["run", "model (what ran)", "recipe", "seed", "status", "best val %", "best epoch", "final val %",
-                  "epochs", "wall s", "error"], rows)
+                  "epochs", "wall s", *(["node", "GPUs"] if nodes else []), "error"], rows)
 
 
 def experiment_header(exp: pd.Series, runs: pd.DataFrame) -> str:
@@ -409,15 +432,17 @@ def sweep_page(db: str, exp: pd.Series, runs: pd.DataFrame) -> str:
                 body += f"<h2>{esc(title)}</h2>" + fig_html(fig, f"optuna-{eid}-{i}")
             except Exception as e:  # noqa: BLE001 - e.g. importances need >= 2 finished trials with varied params
                 body += f"<h2>{esc(title)}</h2><p class='muted'>not available yet: {esc(e, 300)}</p>"
+    nodes = has_nodes(runs)  # where each trial ran, once a database records it
     rows = []
     for _, r in runs.sort_values("best_val_acc", ascending=False, na_position="last").iterrows():
         recipe = (r["params"] or {}).get("recipe", {}) if isinstance(r["params"], dict) else {}
         rows.append([link(f"run-{int(r['id'])}.html", f"#{int(r['id'])}"),
                      "" if pd.isna(r["optuna_trial"]) else int(r["optuna_trial"]), status(r["status"]),
                      pct(r["best_val_acc"]), r["best_epoch"] if pd.notna(r["best_epoch"]) else "", r["epochs_done"],
-                     *[recipe.get(k, "") for k in keys], r["error"] or ""])
+                     *[recipe.get(k, "") for k in keys], *([r["node"], gpus_text(r["gpus"])] if nodes else []),
+                     r["error"] or ""])
     body += "<h2>Trials (best first)</h2>" + table(["run", "optuna trial", "status", "best val %", "best epoch", "epochs",
-                                                    *keys, "error"], rows)
+                                                    *keys, *(["node", "GPUs"] if nodes else []), "error"], rows)
     body += f"<p>{link(f'experiment-{eid}.html', 'training curves of every trial')}</p>"
     return page(f"sweep: {exp['name']}", body)
 
@@ -429,7 +454,7 @@ def run_page(store: Store, run: pd.Series, epochs: pd.DataFrame, exp_name: str) 
     body = (f"<h1>{esc(title)}</h1><p class='muted'>experiment {exp_link} · "
             f"status {status(run['status'])} · best val {pct(run['best_val_acc'])}% at epoch "
             f"{'' if pd.isna(run['best_epoch']) else int(run['best_epoch'])} · final {pct(run['final_val_acc'])}% · "
-            f"{int(run['epochs_done'])} epochs</p>")
+            f"{int(run['epochs_done'])} epochs</p>") + where_line(run)
     if isinstance(run["stands_for"], str) and run["stands_for"]:
         body += f"<p class='note'>Ran: {esc(stand_in_label(run['model'], run['stands_for']))}.</p>"
     if run["error"]:
@@ -461,7 +486,7 @@ def run_page(store: Store, run: pd.Series, epochs: pd.DataFrame, exp_name: str) 
 
 
 def index_page(db: str, exps: pd.DataFrame, runs: pd.DataFrame, made: dict[int, list[Raw]]) -> str:
-    body = f"<h1>harness results</h1><p class='muted'>database {esc(db)}</p>"
+    body = f"<h1>harness results</h1><p class='muted'>database {esc(shown_url(db))}</p>"
     if exps.empty:
         body += ("<div class='empty'><b>Nothing yet.</b> This database holds no experiments. Run "
                  "<code>harness benchmark</code>, <code>harness sweep STUDY.yaml</code> or <code>harness train --model …</code>, "

@@ -93,6 +93,10 @@ def read_experiments(store: Store) -> pd.DataFrame:
     return store.read_sql("SELECT * FROM experiments ORDER BY id")
 
 
+# Where each run ran (schema v3): hostname, Ray node id, GPUs ("" = CPU only); None when not recorded.
+WHERE_COLUMNS = ("node", "node_id", "gpus")
+
+
 def read_runs(store: Store, experiment_id: int | None = None, run_ids: list[int] | None = None) -> pd.DataFrame:
     if run_ids is not None:
         if not run_ids:
@@ -104,6 +108,9 @@ def read_runs(store: Store, experiment_id: int | None = None, run_ids: list[int]
     else:
         df = store.read_sql("SELECT * FROM runs ORDER BY id")
     df["params"] = df["params"].map(_json)
+    for col in WHERE_COLUMNS:  # a database from before schema v3, read as it is (readers never migrate)
+        if col not in df:
+            df[col] = None
     # Table cells: the short form, "vit_tiny (for vit_base)"; the pages say "CPU stand-in" around them.
     df["label"] = [stand_in_label(m, s, short=True) for m, s in zip(df["model"], df["stands_for"])]
     return df

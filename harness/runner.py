@@ -28,6 +28,20 @@ def describe_device(spec: RunSpec) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
+def where_it_runs(spec: RunSpec) -> dict[str, str | None]:
+    """This machine, as the store records where a run ran (outside Ray: no node id)."""
+    import socket
+
+    import torch
+
+    dev = resolve_device(spec.device)
+    gpus = ""
+    if dev.type == "cuda":
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        gpus = f"{index}: {torch.cuda.get_device_name(index)}"
+    return {"node": socket.gethostname(), "node_id": None, "gpus": gpus}
+
+
 def format_epoch(r: EpochReport, epochs: int) -> str:
     m = r.metrics
     return (f"epoch {r.epoch:>3}/{epochs}  train loss {m['train_loss']:.4f} acc {m['train_acc']:.3f}  "
@@ -40,6 +54,7 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
     plugins.load(spec.plugins)  # a resumed checkpoint names the plugins its model or data came from
     entry = get_model_entry(spec.model)
     device = describe_device(spec)
+    where = where_it_runs(spec)
     store = Store(db)
     exp = store.create_experiment(kind=kind, name=f"{spec.model}/{spec.recipe.name}", device=device,
                                   spec=yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
@@ -59,7 +74,7 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
     view = LiveView(title=f"{kind} {spec.label()}", total_runs=1, slots=1, echo=echo)
 
     def report(r: EpochReport) -> None:
-        store.log_epoch(run, r.epoch, r.metrics)
+        store.log_epoch(run, r.epoch, r.metrics, where=where)
         if r.evaluation is not None:
             store.save_evaluation(run, r.evaluation)
         view.echo(format_epoch(r, spec.epochs))
@@ -69,6 +84,7 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
         if resume is not None:
             from harness.train import load_checkpoint
 
+            # Epochs before the checkpoint: where they ran is not in it, so not claimed for this machine.
             for i, m in enumerate(load_checkpoint(resume)["history"], start=1):
                 store.log_epoch(run, i, m)
         with view:

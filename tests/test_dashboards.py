@@ -163,6 +163,9 @@ def test_every_page_is_valid_html_with_its_figures_data(bench_db, pages):
     naive = runs[runs["recipe"] == "naive"]["best_val_acc"].mean() * 100
     assert any(b["y"][0] == pytest.approx(naive) for b in bars)
     assert "resnet18 (for resnet50)" in (out / f"before_after-{exp}.html").read_text()
+    # Runs that do not say where they ran (dbfill records none): no node column, no "ran on" line.
+    assert "<th>node</th>" not in (out / f"experiment-{exp}.html").read_text()
+    assert "ran on" not in (out / "run-1.html").read_text()
 
 
 def test_hostile_strings_escaped_everywhere(bench_db, pages):
@@ -242,6 +245,7 @@ def test_interrupted_sweep_database(db_url, tmp_path):
     for title in ("optimization history", "parallel coordinates", "hyperparameter importances", "slice"):
         assert f"<h2>{title}" in sweep
     assert "<td>lr</td>" not in sweep and "<th>lr</th>" in sweep  # the search key is a trial-table column
+    assert "<th>node</th>" not in sweep and "<th>GPUs</th>" not in sweep  # no run says where it ran
     assert "No epoch recorded yet" in (tmp_path / f"run-{never}.html").read_text()
 
 
@@ -266,6 +270,34 @@ def test_sweep_page_has_optuna_figures(db_url, tmp_path):
     assert [f"optuna-{exp}-{i}" for i in range(5)] == [d for d in page.plot_divs if d.startswith("optuna")]
     values = [v for t in plot_data(page) for v in (t.get("y") or []) if isinstance(v, float)]
     assert any(v == pytest.approx(study.best_value) for v in values)
+
+
+def test_pages_show_where_each_run_ran(db_url, tmp_path):
+    """Node and GPUs of every run: columns on the sweep and experiment pages, a line on the run page
+    (the latest epoch's node for a trial retried elsewhere); "" GPUs reads "CPU only"."""
+    store = Store(db_url)
+    exp = store.create_experiment(kind="sweep", name="spread", spec="search:\n  lr: {type: loguniform}\n")
+    metrics = {"train_acc": 0.5, "val_acc": 0.4, "train_loss": 1.0, "val_loss": 1.1, "lr": 1e-3}
+    gpu = store.create_run(exp, model="resnet18", recipe="naive", params={"recipe": {"lr": 1e-3}}, seed=0, optuna_trial=0)
+    store.log_epoch(gpu, 1, metrics, where={"node": "box-a", "node_id": "a" * 56, "gpus": ""})
+    store.log_epoch(gpu, 2, metrics, where={"node": "gpu-box-b", "node_id": "b" * 56, "gpus": "0: NVIDIA H100; 1: NVIDIA H100"})
+    cpu = store.create_run(exp, model="resnet18", recipe="naive", params={"recipe": {"lr": 1e-2}}, seed=0, optuna_trial=1)
+    store.log_epoch(cpu, 1, metrics, where={"node": HOSTILE, "node_id": None, "gpus": ""})
+    older = store.create_run(exp, model="resnet18", recipe="naive", params={}, seed=0, optuna_trial=2)
+    store.log_epoch(older, 1, metrics)  # a caller that does not say where
+    store.close()
+    write_dashboards(db_url, tmp_path)
+    for name in (f"sweep-{exp}.html", f"experiment-{exp}.html"):
+        text = (tmp_path / name).read_text(encoding="utf-8")
+        parse(tmp_path / name)
+        assert "<th>node</th><th>GPUs</th>" in text, name
+        assert "<td>gpu-box-b</td><td>0: NVIDIA H100; 1: NVIDIA H100</td>" in text, name
+        assert "<td>CPU only</td>" in text and "box-a" not in text, name  # the latest epoch's node only
+        assert "<script>alert" not in text and "&lt;script&gt;" in text, name
+    run_page = (tmp_path / f"run-{gpu}.html").read_text(encoding="utf-8")
+    assert f"ran on <b>gpu-box-b</b> (Ray node {'b' * 12}…) · GPUs: 0: NVIDIA H100; 1: NVIDIA H100" in run_page
+    assert "ran on" in (tmp_path / f"run-{cpu}.html").read_text() and "GPUs: CPU only" in (tmp_path / f"run-{cpu}.html").read_text()
+    assert "ran on" not in (tmp_path / f"run-{older}.html").read_text()
 
 
 def test_report_cli_compare_and_bad_input(bench_db, tmp_path):

@@ -91,7 +91,7 @@ def _old_schema(url: str, version: int) -> None:
     from harness import store as st
 
     old = sa.MetaData()
-    for t in (st.meta, st.experiments, st.runs, st.epochs):
+    for t in (st.meta, st.experiments, st.runs, st.epochs, st.evaluations, st.checks):
         t.to_metadata(old)
     gone = {"runs": ["node", "node_id", "gpus"], "epochs": ["node_id"]}
     if version < 2:
@@ -144,3 +144,39 @@ def test_foreign_tables_refused_on_both(empty_db):
     with pytest.raises(UserError, match="not a harness database"):
         check_url(empty_db, must_exist=True)  # a reader too
     assert tables(empty_db) == {"runs"}
+
+
+def test_a_reader_leaves_an_older_database_as_it_is(empty_db, tmp_path):
+    """Readers (report, dashboards) never migrate: a v2 database is read as it is, its runs say nowhere
+    that they ran, and the pages show no node columns."""
+    from harness import report as rep
+    from harness import store as st
+    from harness.dashboards import write_dashboards
+
+    _old_schema(empty_db, 2)
+    reader = rep.open_reader(empty_db)
+    r = rep.read_runs(reader).iloc[0]
+    reader.close()
+    assert (r["model"], r["node"], r["node_id"], r["gpus"]) == ("m", None, None, None)
+    write_dashboards(empty_db, tmp_path / "d")
+    assert "<th>node</th>" not in (tmp_path / "d" / "experiment-1.html").read_text()
+    engine = sa.create_engine(empty_db)
+    with engine.connect() as c:
+        assert c.execute(sa.select(st.meta.c.value).where(st.meta.c.key == "schema_version")).scalar() == "2"
+    engine.dispose()
+    assert "node" not in {c["name"] for c in sa.inspect(sa.create_engine(empty_db)).get_columns("runs")}
+
+
+def test_harness_train_records_this_machine(empty_db, tiny_spec, tmp_path, monkeypatch):
+    """A plain `harness train` run (no Ray) records the hostname, no Ray node id, and "" GPUs on a CPU."""
+    import socket
+
+    from harness import report as rep
+    from harness.runner import run_and_record
+
+    monkeypatch.chdir(tmp_path)
+    run_and_record(tiny_spec(epochs=1, device="cpu"), db=empty_db, echo=lambda _: None)
+    reader = rep.open_reader(empty_db)
+    r, e = rep.read_runs(reader).iloc[0], rep.read_epochs(reader).iloc[0]
+    reader.close()
+    assert (r["node"], r["node_id"], r["gpus"], e["node_id"]) == (socket.gethostname(), None, "", None)
