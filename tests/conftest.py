@@ -21,14 +21,14 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 # Tests that run against both backends, as Optuna tests every storage: (test file, test name or "*").
 # Their `db_url` is parametrized ["sqlite", "postgresql"]; every other test gets SQLite only. Chosen
-# for what the server changes: the store itself, the report's reads, and recording + resume through
-# Ray (a sweep stopped by a signal, a benchmark killed with -9) with the Optuna study beside them.
-# (tests/test_store.py parametrizes its own empty database the same way.)
+# for what the server changes: the report's reads, and a sweep through Ray recorded, stopped by a
+# signal and resumed, with its Optuna study in the same database (tests/test_store.py parametrizes
+# its own empty database the same way). Not here, for CI time: the benchmark kill -9 resume
+# (test_resume.py), ~190 s more on PostgreSQL on a 2-core machine; the sweep resume covers resume.
 BOTH_BACKENDS = {
     ("test_report.py", "*"),
     ("test_sweep.py", "test_sweep_records_statuses_asha_stops_and_settles_optuna"),
     ("test_sweep.py", "test_interrupted_sweep_resumes_to_exactly_trials"),
-    ("test_resume.py", "test_kill9_benchmark_then_resume_equals_uninterrupted"),
 }
 
 
