@@ -30,7 +30,7 @@ from harness.files import check_out_dir, write_text_atomic
 from harness.models import CPU_VARIANT, get_model_entry, stand_in_label
 from harness.recipes import INGREDIENTS, Budget, Recipe, parse_ref, resolve_recipe
 from harness.specs import RunSpec
-from harness.store import Store
+from harness.store import Store, shown_url
 
 Mode = Literal["add", "drop", "both"]
 DEFAULT_EPOCHS = 6  # 11 vit_tiny rungs of 6 epochs fit in 10 minutes on 2 cores (README)
@@ -320,7 +320,7 @@ def run_ablation(ab: Ablation, *, db: str, out: Path, concurrency: int = 2, addr
     echo("")
     echo(f"table: {out / f'ablate-{exp}.md'} and .csv")
     echo(f"dashboards: {out / f'ablate-{exp}.html'} (waterfall), {index} (everything)")
-    echo(f"results: experiment {exp} in {db}")
+    echo(f"results: experiment {exp} in {shown_url(db)}")
     if outcome.status == "interrupted":
         echo(f"continue with: harness ablate --model {ab.stands_for or ab.model} ... --resume (the same flags; "
              f"experiment {exp} keeps what finished)")

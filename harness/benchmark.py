@@ -173,7 +173,7 @@ def run_benchmark(spec: BenchmarkSpec, *, db: str, out: Path, address: str | Non
     experiment id. With `resume`, the interrupted benchmark of this name continues: finished runs are
     kept, interrupted ones continue from their checkpoints, missing ones start."""
     from harness.engine import Experiment, resumable, run_grid
-    from harness.store import check_url
+    from harness.store import check_url, shown_url
 
     check_url(db)
     check_out_dir(Path(out))
@@ -186,7 +186,7 @@ def run_benchmark(spec: BenchmarkSpec, *, db: str, out: Path, address: str | Non
         row = resumable(db, kind="benchmark", name=spec.name, storage_path=storage_path, again="harness benchmark")
         stored = yaml.safe_load(row["spec"])
         stored_runs = stored.pop("runs", None)
-        stored_spec = parse_spec(BenchmarkSpec, stored, f"{db} benchmark {spec.name}")
+        stored_spec = parse_spec(BenchmarkSpec, stored, f"{shown_url(db)} benchmark {spec.name}")
         if stored_spec != spec.model_copy(update={"scale": stored_spec.scale}):
             echo(f"note: the grid given differs from benchmark {spec.name} as it was started; --resume continues it as started.")
         spec, exp_id = stored_spec, row["id"]
@@ -218,7 +218,7 @@ def run_benchmark(spec: BenchmarkSpec, *, db: str, out: Path, address: str | Non
     finish(db, exp, Path(out), echo=echo)
     if status == "interrupted":
         # The partial table and dashboards are written above; the exit code still says it was cut short.
-        echo(f"continue with: harness benchmark --resume --db {db} (experiment {exp} keeps what finished)")
+        echo(f"continue with: harness benchmark --resume --db {shown_url(db)} (experiment {exp} keeps what finished)")
         raise SystemExit(130)
     return exp
 
@@ -227,6 +227,7 @@ def finish(db: str, experiment_id: int, out: Path, *, echo: Callable[[str], None
     """The table in the terminal, its Markdown/CSV and the dashboards in `out`."""
     from harness import report as rep
     from harness.dashboards import write_dashboards
+    from harness.store import shown_url
 
     index = write_dashboards(db, out)
     store = rep.open_reader(db)
@@ -241,7 +242,7 @@ def finish(db: str, experiment_id: int, out: Path, *, echo: Callable[[str], None
     echo("")
     echo(f"table: {out / f'before_after-{experiment_id}.md'} and .csv")
     echo(f"dashboards: {out / f'before_after-{experiment_id}.html'} (before/after), {index} (everything)")
-    echo(f"results: experiment {experiment_id} in {db}")
+    echo(f"results: experiment {experiment_id} in {shown_url(db)}")
     return index
 
 

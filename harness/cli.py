@@ -445,7 +445,9 @@ def doctor(model: str, recipe: str, data_name: str, data_root: Path | None, down
         counts = {s: sum(r.status == s for r in report.results) for s in ("PASS", "WARN", "FAIL")}
         click.echo(f"{counts['FAIL']} FAIL, {counts['WARN']} WARN, {counts['PASS']} PASS in "
                    f"{time.monotonic() - t0:.0f}s ({time.process_time() - cpu0:.0f}s CPU)")
-        click.echo(f"results: experiment {exp} (kind doctor) in {db}; lr range curve: {html}")
+        from harness.store import shown_url
+
+        click.echo(f"results: experiment {exp} (kind doctor) in {shown_url(db)}; lr range curve: {html}")
     if code:
         raise SystemExit(code)
 

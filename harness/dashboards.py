@@ -303,6 +303,15 @@ def gpus_text(gpus: Any) -> str:
     return gpus or "CPU only"
 
 
+def node_text(r: pd.Series) -> str:
+    """The node cell: the hostname, and the Ray node id's first 8 characters when Ray ran it (two
+    nodes can share a hostname: several raylets on one machine, or containers)."""
+    if not isinstance(r.get("node"), str):
+        return ""
+    node_id = r.get("node_id")
+    return f"{r['node']} · {node_id[:8]}" if isinstance(node_id, str) and node_id else r["node"]
+
+
 def where_line(run: pd.Series) -> str:
     """The run page's 'ran on' line (nothing when the run does not say where it ran)."""
     if not isinstance(run.get("node"), str):
@@ -316,7 +325,7 @@ def runs_table(runs: pd.DataFrame, summary: pd.DataFrame | None = None) -> str:
     nodes = has_nodes(runs)
     rows = []
     for _, r in runs.iterrows():
-        where = [r["node"], gpus_text(r["gpus"])] if nodes else []
+        where = [node_text(r), gpus_text(r["gpus"])] if nodes else []
         rows.append([link(f"run-{int(r['id'])}.html", f"#{int(r['id'])}"), r["label"], r["recipe"], r["seed"], status(r["status"]),
                      pct(r["best_val_acc"]), r["best_epoch"] if pd.notna(r["best_epoch"]) else "", pct(r["final_val_acc"]),
                      r["epochs_done"], "" if pd.isna(r["wall_s"]) else f"{r['wall_s']:.0f}", *where, r["error"] or ""])
@@ -439,7 +448,7 @@ def sweep_page(db: str, exp: pd.Series, runs: pd.DataFrame) -> str:
         rows.append([link(f"run-{int(r['id'])}.html", f"#{int(r['id'])}"),
                      "" if pd.isna(r["optuna_trial"]) else int(r["optuna_trial"]), status(r["status"]),
                      pct(r["best_val_acc"]), r["best_epoch"] if pd.notna(r["best_epoch"]) else "", r["epochs_done"],
-                     *[recipe.get(k, "") for k in keys], *([r["node"], gpus_text(r["gpus"])] if nodes else []),
+                     *[recipe.get(k, "") for k in keys], *([node_text(r), gpus_text(r["gpus"])] if nodes else []),
                      r["error"] or ""])
     body += "<h2>Trials (best first)</h2>" + table(["run", "optuna trial", "status", "best val %", "best epoch", "epochs",
                                                     *keys, *(["node", "GPUs"] if nodes else []), "error"], rows)

@@ -34,7 +34,9 @@ import os
 import re
 import shutil
 import signal
+import socket
 import tempfile
+import uuid
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -59,7 +61,7 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 from harness.errors import UserError  # noqa: E402
 from harness.progress import LiveView  # noqa: E402
 from harness.specs import ResourcesSpec, RunSpec, StudySpec, _check_resources, check_local_resources  # noqa: E402
-from harness.store import Store, check_url, experiments, now, runs  # noqa: E402
+from harness.store import Store, check_url, experiments, now, runs, shown_url  # noqa: E402
 from harness.train import EpochReport, fit  # noqa: E402
 
 OPTUNA_KEY = "_optuna_trial"  # added to each sampled config by the searcher: the Optuna trial number
@@ -68,6 +70,9 @@ DEFAULT_STORAGE = Path("ray_results")
 # Ray saves its experiment state (trials, searcher) at most this often (s). Tune's default ("auto",
 # >= 10 s) would let a killed driver lose up to 10 s of trial bookkeeping; the state is small.
 EXPERIMENT_STATE_PERIOD_S = "1"
+WHERE = ("node", "node_id", "gpus")  # where a trial ran: in every result, stored by the recorder
+CONNECT_TIMEOUT_S = 5  # a cluster address that does not answer in this long is reported, not waited for
+STORAGE_PROBE_S = 30  # how long every node gets to say whether it sees --storage-path
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +157,10 @@ def resumable(db: str, *, kind: str, name: str, storage_path: Path | str, again:
         finally:
             store.close()
     if row is None:
-        raise UserError("--resume", name, f"No {kind} of that name in {db} to continue; run `{again}` without "
+        raise UserError("--resume", name, f"No {kind} of that name in {shown_url(db)} to continue; run `{again}` without "
                         "--resume (or pass the --db it was recorded in).")
     if row["status"] == "completed":
-        raise UserError("--resume", name, f"The {kind} of that name in {db} (experiment {row['id']}) already completed; "
+        raise UserError("--resume", name, f"The {kind} of that name in {shown_url(db)} (experiment {row['id']}) already completed; "
                         f"nothing to continue. Run `{again}` without --resume for a new one.")
     exp_dir = Path(storage_path).resolve() / f"{kind}-{row['id']}"
     if not can_restore(exp_dir):
@@ -167,6 +172,60 @@ def resumable(db: str, *, kind: str, name: str, storage_path: Path | str, again:
 def can_restore(exp_dir: Path) -> bool:
     """Whether Ray saved an experiment state there that `run_trials` can continue."""
     return tune.Tuner.can_restore(str(exp_dir))
+
+
+def check_shared_storage(storage: Path, *, field: str = "--storage-path") -> None:
+    """On a cluster of several nodes, refuse a storage path some node cannot see.
+
+    Ray keeps trial checkpoints and experiment state under `storage`; a node that writes them to its
+    own disk leaves the driver (and a retried trial on another node) without them. The driver writes
+    a marker file there and a zero-CPU task on each node looks for it (zero CPU: it runs even where
+    every CPU is taken)."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    made = not storage.exists()
+    storage.mkdir(parents=True, exist_ok=True)
+    marker = storage / f".harness-probe-{uuid.uuid4().hex}"
+    marker.write_text("harness: can every node see this folder?\n")
+    probe = ray.remote(num_cpus=0)(_sees)
+    try:
+        refs = {n["NodeID"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(str(marker)) for n in nodes}
+        try:
+            seen = dict(zip(refs, ray.get(list(refs.values()), timeout=STORAGE_PROBE_S)))
+        except ray.exceptions.GetTimeoutError:
+            raise UserError(field, str(storage), f"Not every node of the Ray cluster answered within {STORAGE_PROBE_S} s "
+                            "when asked whether it sees this folder; check `ray status` and try again.") from None
+    finally:
+        marker.unlink(missing_ok=True)
+    blind = [f"{host} (node {node_id[:8]})" for node_id, (sees, host) in seen.items() if not sees]
+    if blind:
+        if made:
+            shutil.rmtree(storage, ignore_errors=True)
+        raise UserError(field, str(storage), f"{', '.join(blind)} cannot see this folder (Ray keeps trial checkpoints and "
+                        "its state there, and a trial retried on another node needs them): put it on a filesystem every "
+                        "node mounts at the same path (NFS, a shared disk), e.g. --storage-path /shared/ray_results.")
+
+
+def _sees(path: str) -> tuple[bool, str]:
+    return os.path.exists(path), socket.gethostname()
+
+
+def where_am_i() -> dict[str, str]:
+    """The machine a trial runs on: hostname, Ray node id, and its GPUs as "<id>: <name>" joined by
+    "; " ("" = CPU only). Ray sets CUDA_VISIBLE_DEVICES to the trial's GPUs, so torch's device i is
+    Ray's i-th GPU id."""
+    gpus = ""
+    ids = ray.get_gpu_ids()
+    if ids:
+        import torch
+
+        names = [torch.cuda.get_device_name(i) if torch.cuda.is_available() else "?" for i in range(len(ids))]
+        gpus = "; ".join(f"{gid}: {name}" for gid, name in zip(ids, names))
+    return {"node": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id(), "gpus": gpus}
 
 
 def describe_cluster() -> str:
@@ -201,8 +260,10 @@ def _trainable(config: dict[str, Any], *, make_spec: SpecMaker) -> None:
                         shutil.copy2(Path(d) / f, local / f)
             resume = local / "last.pt" if (local / "last.pt").is_file() else None
 
+        where = where_am_i()
+
         def report(r: EpochReport) -> None:
-            metrics: dict[str, Any] = {**r.metrics, "epoch": r.epoch, "status": r.status}
+            metrics: dict[str, Any] = {**r.metrics, "epoch": r.epoch, "status": r.status, **where}
             if r.evaluation is not None:
                 metrics["evaluation"] = r.evaluation  # popped by the driver's recorder (kept out of Ray's logs)
             # Ray copies the folder to the trial's storage (synchronously) before this returns.
@@ -427,7 +488,8 @@ class Recorder(tune.Callback):
         evaluation = result.pop("evaluation", None)  # large; only the database keeps it
         if trial.trial_id not in self.last and int(result["epoch"]) > 1:
             self.echo(f"{self._name(trial)} continued from its checkpoint at epoch {int(result['epoch'])}")
-        self.store.log_epoch(rid, int(result["epoch"]), result)
+        where = {k: result.get(k) for k in WHERE}  # left in the result: Tune's own logs show them too
+        self.store.log_epoch(rid, int(result["epoch"]), result, where=where if where["node_id"] else None)
         if evaluation is not None:
             self.store.save_evaluation(rid, evaluation)
         self.last[trial.trial_id] = {k: result.get(k) for k in (self.metric, "epoch", "status", "time_total_s")}
@@ -604,6 +666,7 @@ def run_trials(make_spec: SpecMaker, *, experiment: Experiment, total: int, reso
     with _ray(address):
         if not checked_here:  # the cluster's largest node
             check_resources(resources, field=resources_field, address=address)
+        check_shared_storage(Path(storage_path).resolve())
         cluster = describe_cluster()
         store = Store(db)
         restore = experiment.id is not None
@@ -706,18 +769,55 @@ def _ray(address: str | None) -> Iterator[None]:
         yield
         return
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if address is not None:
+        _probe(address)
+        # Ray retries a refused GCS connection for ~20 s (one try a second); the head answered the
+        # probe, so a few tries tell a wrong token or version from a slow start.
+        os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(CONNECT_TIMEOUT_S))
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+        # "local": a new Ray for this run even when `ray start` left one running on this machine
+        # (address=None would attach to it, and to its CPUs and its other jobs).
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                  configure_logging=True)
     except (ConnectionError, ValueError, RuntimeError) as e:
         if address is None:
             raise
-        raise UserError("--address", address, f"Cannot attach to a Ray cluster there ({str(e).splitlines()[0][:160]}); "
-                        "start one with `ray start --head` and pass its address, or leave --address out.") from None
+        raise UserError("--address", address, _attach_fix(address, e)) from None
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _probe(address: str) -> None:
+    """A TCP connect to the head first: ray.init waits indefinitely for an address nobody answers."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError("--address", address, "Give the head node's HOST:PORT as `ray start --head` printed it "
+                        "(e.g. 10.0.0.5:6379), or leave --address out to run on this machine.")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise UserError("--address", address, f"Nothing answered at {host}:{port} within {CONNECT_TIMEOUT_S} s "
+                        f"({e.strerror or type(e).__name__}); start the head there with `ray start --head --port {port}`, "
+                        "check the host name, port and firewall, or leave --address out to run on this machine.") from None
+
+
+def _attach_fix(address: str, e: BaseException) -> str:
+    """Why attaching to a cluster that answered failed, with the fix."""
+    chain, cause = [], e
+    while cause is not None:
+        chain.append(f"{type(cause).__name__}: {cause}")
+        cause = cause.__cause__ or cause.__context__
+    text = " ".join(chain)
+    if "InvalidAuthToken" in text or "AuthenticationError" in text:
+        return ("The cluster there requires Ray's token authentication and this machine did not present its token: "
+                "export RAY_AUTH_MODE=token here (as on every node), with the head's token in ~/.ray/auth_token "
+                "(`ray get-auth-token` on the head prints it) or in RAY_AUTH_TOKEN.")
+    return (f"Cannot attach to a Ray cluster there ({str(e).splitlines()[0][:160]}); check that it is a Ray head "
+            "node's GCS port and that this machine runs the same Ray version, or leave --address out.")
 
 
 @contextmanager
@@ -760,6 +860,6 @@ def run_grid(runs_: list[RunSpec], *, db: str, experiment: Experiment, concurren
     outcome = run_trials(GridSpecs(tuple(runs_)), experiment=experiment, total=len(runs_), resources=resources,
                          concurrency=concurrency, db=db, address=address, storage_path=storage_path,
                          max_failures=max_failures, pages=pages, pages_every_s=pages_every_s, echo=echo)
-    echo(f"{experiment.kind} {outcome.status}: experiment {outcome.experiment_id} in {db}; "
+    echo(f"{experiment.kind} {outcome.status}: experiment {outcome.experiment_id} in {shown_url(db)}; "
          f"Ray files in {outcome.exp_dir}")
     return outcome

@@ -15,7 +15,7 @@ from harness import plugins
 from harness.models import get_model_entry
 from harness.progress import LiveView
 from harness.specs import RunSpec
-from harness.store import Store
+from harness.store import Store, shown_url
 from harness.train import EpochReport, RunResult, fit, resolve_device
 
 
@@ -94,7 +94,7 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
     except KeyboardInterrupt:
         store.finish_run(run, status="interrupted", error="interrupted by the user")
         store.finish_experiment(exp, "interrupted")
-        echo(f"interrupted; epochs so far are in {db} (run {run}); resume with "
+        echo(f"interrupted; epochs so far are in {shown_url(db)} (run {run}); resume with "
              f"`harness train --resume {spec.checkpoint_dir}/last.pt`")
         raise SystemExit(130) from None
     except Exception as e:
@@ -105,7 +105,7 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
     store.finish_experiment(exp, "completed")
     best = f"{result.best_val_acc:.3f} at epoch {result.best_epoch}" if result.best_val_acc is not None else "none"
     echo(f"{result.status}: best val acc {best}, final {result.final_val_acc:.3f}, {result.wall_s:.0f}s")
-    echo(f"results: run {run} (experiment {exp}) in {db}; checkpoints in {spec.checkpoint_dir}/; "
-         f"dashboards: `harness report --db {db}`")
+    echo(f"results: run {run} (experiment {exp}) in {shown_url(db)}; checkpoints in {spec.checkpoint_dir}/; "
+         f"dashboards: `harness report --db {shown_url(db)}`")
     store.close()
     return result

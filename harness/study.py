@@ -143,7 +143,10 @@ def optuna_storage(db: str) -> optuna.storages.RDBStorage:
     """The results database is the Optuna storage too (optuna-dashboard reads the same file)."""
     import optuna
 
-    kwargs = {"connect_args": {"timeout": 60}} if db.startswith("sqlite") else {"pool_pre_ping": True}
+    from harness.store import CONNECT_TIMEOUT_S
+
+    kwargs = ({"connect_args": {"timeout": 60}} if db.startswith("sqlite") else
+              {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}})
     return optuna.storages.RDBStorage(db, engine_kwargs=kwargs)
 
 

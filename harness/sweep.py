@@ -25,7 +25,7 @@ from harness.files import check_out_dir
 from harness.models import CPU_VARIANT
 from harness.recipes import with_overrides
 from harness.specs import RunSpec, StudySpec, parse_spec
-from harness.store import Store, check_url, sqlite_path
+from harness.store import Store, check_url, sqlite_path, shown_url
 
 
 @dataclass(frozen=True)
@@ -90,9 +90,9 @@ def run_sweep(study_path: Path, *, db: str, resume: bool = False, address: str |
     exp_dir = storage / study.name
     if resume:
         if exp_row is None:
-            raise UserError(f"{study_path}: name", study.name, f"No sweep of that name in {db} to resume; "
+            raise UserError(f"{study_path}: name", study.name, f"No sweep of that name in {shown_url(db)} to resume; "
                             "run it without --resume (or pass the --db it was recorded in).")
-        stored = parse_spec(StudySpec, yaml.safe_load(exp_row["spec"]), f"{db} study {study.name}")
+        stored = parse_spec(StudySpec, yaml.safe_load(exp_row["spec"]), f"{shown_url(db)} study {study.name}")
         if not engine.can_restore(exp_dir):
             raise UserError("--storage-path", str(storage), f"No Ray experiment state for {study.name} in {exp_dir}; "
                             "pass the --storage-path the sweep ran with (Ray's files live there).")
@@ -106,12 +106,12 @@ def run_sweep(study_path: Path, *, db: str, resume: bool = False, address: str |
             stored = parse_spec(StudySpec, yaml.safe_load(exp_row["spec"]), "stored") if exp_row else None
             if stored is not None and stored.search != study.search:
                 raise UserError(f"{study_path}: name", study.name, f"A study of that name with a different search space is "
-                                f"already in {db}; give this one a new name (or --resume to continue the stored one).")
-            raise UserError(f"{study_path}: name", study.name, f"A study of that name is already in {db}; continue it with "
+                                f"already in {shown_url(db)}; give this one a new name (or --resume to continue the stored one).")
+            raise UserError(f"{study_path}: name", study.name, f"A study of that name is already in {shown_url(db)}; continue it with "
                             "--resume, or give this one a new name.")
         if exp_dir.exists():
             raise UserError("--storage-path", str(exp_dir), "Ray files of a study with this name are already there but "
-                            f"{db} has no record of it; delete that folder, or pass another --storage-path or --db.")
+                            f"{shown_url(db)} has no record of it; delete that folder, or pass another --storage-path or --db.")
     for w in study_mod.study_warnings(study, study_path):
         echo(f"warning: {w}")
     study_mod.quiet()
@@ -143,11 +143,11 @@ def run_sweep(study_path: Path, *, db: str, resume: bool = False, address: str |
     result.status, result.storage = outcome.status, outcome.exp_dir
     if out is not None:
         echo(f"dashboards: {write_dashboards(db, Path(out))} (open it in a browser; works offline)")
-    echo(f"results: experiment {outcome.experiment_id} ({study.trials} trials) in {db} (tables experiments/runs/epochs; "
-         f"Optuna study '{study.name}' in the same database: `optuna-dashboard {db}`); "
+    echo(f"results: experiment {outcome.experiment_id} ({study.trials} trials) in {shown_url(db)} (tables experiments/runs/epochs; "
+         f"Optuna study '{study.name}' in the same database: `optuna-dashboard {shown_url(db)}`); "
          f"Ray files and trial checkpoints in {outcome.exp_dir}")
     if outcome.status == "interrupted":
-        echo(f"continue with: harness sweep {study_path} --resume --db {db} --storage-path {storage}")
+        echo(f"continue with: harness sweep {study_path} --resume --db {shown_url(db)} --storage-path {storage}")
     return result
 
 
