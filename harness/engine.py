@@ -21,7 +21,7 @@ Private Ray attributes used (pinned by tests/test_engine_contract.py): OptunaSea
 `_ot_study` and `_completed_trials` (the subclass tags each Optuna trial with its Ray trial id and
 tells Optuna the outcome itself).
 
-Length (~650 lines): this is every line of Ray the harness has, kept in one module on purpose
+Length (~870 lines): this is every line of Ray the harness has, kept in one module on purpose
 (DESIGN.md: "Ray is imported in one module"); the recorder is most of it.
 """
 
@@ -190,7 +190,14 @@ def check_shared_storage(storage: Path, *, field: str = "--storage-path") -> Non
     storage.mkdir(parents=True, exist_ok=True)
     marker = storage / f".harness-probe-{uuid.uuid4().hex}"
     marker.write_text("harness: can every node see this folder?\n")
-    probe = ray.remote(num_cpus=0)(_sees)
+
+    def sees(path: str) -> tuple[bool, str]:  # nested: pickled by value, so a node's worker imports no harness
+        import os
+        import socket
+
+        return os.path.exists(path), socket.gethostname()
+
+    probe = ray.remote(num_cpus=0)(sees)
     try:
         refs = {n["NodeID"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
                 .remote(str(marker)) for n in nodes}
@@ -208,10 +215,6 @@ def check_shared_storage(storage: Path, *, field: str = "--storage-path") -> Non
         raise UserError(field, str(storage), f"{', '.join(blind)} cannot see this folder (Ray keeps trial checkpoints and "
                         "its state there, and a trial retried on another node needs them): put it on a filesystem every "
                         "node mounts at the same path (NFS, a shared disk), e.g. --storage-path /shared/ray_results.")
-
-
-def _sees(path: str) -> tuple[bool, str]:
-    return os.path.exists(path), socket.gethostname()
 
 
 def where_am_i() -> dict[str, str]:

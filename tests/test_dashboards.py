@@ -291,7 +291,8 @@ def test_pages_show_where_each_run_ran(db_url, tmp_path):
         text = (tmp_path / name).read_text(encoding="utf-8")
         parse(tmp_path / name)
         assert "<th>node</th><th>GPUs</th>" in text, name
-        assert "<td>gpu-box-b</td><td>0: NVIDIA H100; 1: NVIDIA H100</td>" in text, name
+        # The hostname and the Ray node id's start: two nodes may share a hostname.
+        assert f"<td>gpu-box-b · {'b' * 8}</td><td>0: NVIDIA H100; 1: NVIDIA H100</td>" in text, name
         assert "<td>CPU only</td>" in text and "box-a" not in text, name  # the latest epoch's node only
         assert "<script>alert" not in text and "&lt;script&gt;" in text, name
     run_page = (tmp_path / f"run-{gpu}.html").read_text(encoding="utf-8")

@@ -172,7 +172,7 @@ def test_readers_work_while_another_process_writes(pg_url, tmp_path):
     reader.close()
     assert runs["epochs_done"].tolist() == [40, 40] and set(runs["node"]) == {"writer-box"}
     write_dashboards(pg_url, tmp_path / "dash")
-    assert "<td>writer-box</td><td>CPU only</td>" in (tmp_path / "dash" / "experiment-1.html").read_text()
+    assert f"<td>writer-box · {'n' * 8}</td><td>CPU only</td>" in (tmp_path / "dash" / "experiment-1.html").read_text()
 
 
 # --- Optuna and harness in one database ---------------------------------------------------------
@@ -210,4 +210,4 @@ def test_optuna_study_and_harness_tables_share_the_database(pg_url, tmp_path):
     write_dashboards(pg_url, tmp_path / "d")
     sweep = (tmp_path / "d" / f"sweep-{exp}.html").read_text()
     assert f"optuna-{exp}-0" in sweep and "No Optuna study" not in sweep
-    assert "<td>node-0</td><td>0: GPU 0</td>" in sweep and "<td>node-1</td><td>0: GPU 1</td>" in sweep
+    assert f"<td>node-0 · {'0' * 8}</td><td>0: GPU 0</td>" in sweep and f"<td>node-1 · {'1' * 8}</td><td>0: GPU 1</td>" in sweep
