@@ -36,9 +36,9 @@ import shutil
 import signal
 import socket
 import tempfile
-import uuid
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -208,7 +208,7 @@ def check_shared_storage(storage: Path, *, field: str = "--storage-path") -> Non
                             "when asked whether it sees this folder; check `ray status` and try again.") from None
     finally:
         marker.unlink(missing_ok=True)
-    blind = [f"{host} (node {node_id[:8]})" for node_id, (sees, host) in seen.items() if not sees]
+    blind = [f"{host} (node {node_id[:8]})" for node_id, (found, host) in seen.items() if not found]
     if blind:
         if made:
             shutil.rmtree(storage, ignore_errors=True)

@@ -7,20 +7,13 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from harness.cli import main
+from dbrows import rows
 
 TINY = ["--data", "synthetic", "--image-size", "16", "--threads", "1", "--set", "batch_size=16"]
 
 
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def rows(db_url, query):
-    engine = sa.create_engine(db_url)
-    with engine.connect() as c:
-        out = [dict(r) for r in c.execute(sa.text(query)).mappings()]
-    engine.dispose()
-    return out
 
 
 def test_train_records_every_epoch(db_url, tmp_path):

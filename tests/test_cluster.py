@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import yaml
+from dbrows import rows
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
@@ -156,38 +157,13 @@ def write_study(path: Path, **changes) -> Path:
     return path
 
 
-def rows(db: str, query: str, **params) -> list[dict]:
-    engine = sa.create_engine(db)
-    try:
-        with engine.connect() as c:
-            return [dict(r) for r in c.execute(sa.text(query), params).mappings()]
-    finally:
-        engine.dispose()
-
-
-def test_sweep_runs_on_both_nodes_and_records_where(cluster, pg_url, tmp_path):
-    """The README's command against PostgreSQL: trials ran on both nodes, every epoch once, and each
-    run (and epoch) names the node it ran on; the sweep page shows it."""
-    res = sweep(cluster, write_study(tmp_path / "s.yaml"), pg_url, tmp_path / "ray")
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "ray: 2 CPUs" in res.stdout
-    runs = rows(pg_url, "SELECT id, status, epochs_done, node, node_id, gpus FROM runs ORDER BY id")
-    assert len(runs) == 2 and all(r["status"] == "completed" and r["epochs_done"] == 2 for r in runs), runs
-    assert {r["node_id"] for r in runs} == {cluster.head_id, cluster.worker_id}
-    assert all(r["node"] == socket.gethostname() and r["gpus"] == "" for r in runs)
-    for r in runs:
-        eps = rows(pg_url, "SELECT epoch, node_id FROM epochs WHERE run_id = :r ORDER BY epoch", r=r["id"])
-        assert [(e["epoch"], e["node_id"]) for e in eps] == [(1, r["node_id"]), (2, r["node_id"])]
-    page = next((tmp_path / "dashboards").glob("sweep-*.html")).read_text()
-    assert cluster.worker_id[:8] in page and cluster.head_id[:8] in page
-
-
-def test_worker_node_killed_mid_sweep_continues_on_the_other(cluster, db_url, tmp_path, fault_plugin):
-    """Kill the worker node while its trial trains: the trial is retried on the head node from its
-    last checkpoint (--max-failures), what was recorded stays, no epoch is trained or recorded twice."""
+def test_sweep_across_two_nodes_survives_the_worker_node_dying(cluster, pg_url, tmp_path, fault_plugin):
+    """The README's command against PostgreSQL, one trial on each node; the worker node is killed while
+    its trial trains: the trial is retried on the head node from its last checkpoint (--max-failures),
+    what was recorded stays, no epoch is trained or recorded twice, and every row says where it ran."""
     plugin = fault_plugin({"*": {"sleep_per_step": 0.4}})  # ~2 s an epoch: time to kill a node mid-trial
-    study = write_study(tmp_path / "s.yaml", model="faulty_resnet18", trials=2, scheduler={"type": "none", "max_epochs": 4})
-    proc = sweep(cluster, study, db_url, tmp_path / "ray", "--plugin", str(plugin),
+    study = write_study(tmp_path / "s.yaml", model="faulty_resnet18", scheduler={"type": "none", "max_epochs": 4})
+    proc = sweep(cluster, study, pg_url, tmp_path / "ray", "--plugin", str(plugin),
                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 240
@@ -196,29 +172,36 @@ def test_worker_node_killed_mid_sweep_continues_on_the_other(cluster, db_url, tm
             assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() is not None else "timeout"
             time.sleep(0.3)
             try:
-                on_worker = rows(db_url, "SELECT id, epochs_done FROM runs WHERE node_id = :n AND epochs_done >= 1 "
+                on_worker = rows(pg_url, "SELECT id, epochs_done FROM runs WHERE node_id = :n AND epochs_done >= 1 "
                                          "AND status = 'running'", n=cluster.worker_id)
-            except sa.exc.OperationalError:  # the database is not created yet
+            except (sa.exc.ProgrammingError, sa.exc.OperationalError):  # the tables are not created yet
                 pass
         victim = on_worker[0]["id"]
-        before = rows(db_url, "SELECT epoch, val_acc, node_id FROM epochs WHERE run_id = :r ORDER BY epoch", r=victim)
+        before = rows(pg_url, "SELECT epoch, val_acc, node_id FROM epochs WHERE run_id = :r ORDER BY epoch", r=victim)
         cluster.kill("node_b")
         out, _ = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out[-4000:]
-    assert "retrying from its checkpoint" in out, out[-4000:]
-    runs = rows(db_url, "SELECT id, status, epochs_done, node_id FROM runs ORDER BY id")
+    assert "ray: 2 CPUs" in out and "retrying from its checkpoint" in out, out[-4000:]
+    runs = rows(pg_url, "SELECT id, status, epochs_done, node, node_id, gpus FROM runs ORDER BY id")
     assert [(r["status"], r["epochs_done"]) for r in runs] == [("completed", 4), ("completed", 4)], runs
-    after = rows(db_url, "SELECT epoch, val_acc, node_id FROM epochs WHERE run_id = :r ORDER BY epoch", r=victim)
-    assert [e["epoch"] for e in after] == [1, 2, 3, 4]
+    assert all(r["node"] == socket.gethostname() and r["gpus"] == "" for r in runs)
+    # Every epoch once (1..4 per run), each trained on one of the two nodes, and both nodes trained.
+    epochs = rows(pg_url, "SELECT run_id, epoch, node_id FROM epochs ORDER BY run_id, epoch")
+    assert [(e["run_id"], e["epoch"]) for e in epochs] == [(r["id"], k) for r in runs for k in range(1, 5)]
+    assert {e["node_id"] for e in epochs} == {cluster.head_id, cluster.worker_id}
+    after = rows(pg_url, "SELECT epoch, val_acc, node_id FROM epochs WHERE run_id = :r ORDER BY epoch", r=victim)
     # What the worker recorded before it died is still there, unchanged (a retried epoch would have
     # replaced its row, and been trained on the head node); the rest ran on the head node.
     kept = [e for e in after if e["node_id"] == cluster.worker_id]
     assert kept and kept == before[:len(kept)], (before, after)
     assert all(e["node_id"] == cluster.head_id for e in after[len(kept):])
     assert {r["node_id"] for r in runs} == {cluster.head_id}  # where each run ran last
+    page = next((tmp_path / "dashboards").glob("sweep-*.html")).read_text()
+    assert f"{socket.gethostname()} · {cluster.head_id[:8]}" in page
+    assert f"Ray node {cluster.head_id[:12]}" in (tmp_path / "dashboards" / f"run-{victim}.html").read_text()
 
 
 def test_cluster_mistakes_refused_in_seconds(cluster, tmp_path):

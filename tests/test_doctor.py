@@ -8,7 +8,6 @@ import json
 import math
 
 import pytest
-import sqlalchemy as sa
 import timm
 import torch
 from click.testing import CliRunner
@@ -18,6 +17,7 @@ from harness.cli import main
 from harness.data import BatchAugment, DataSpec, TensorSplit, load
 from harness.models import build_model
 from harness.recipes import RECIPES, get_recipe, tuned_recipe_name, with_overrides
+from dbrows import rows
 
 CPU = torch.device("cpu")
 
@@ -286,14 +286,6 @@ FAST = ["--data", "synthetic", "--image-size", "16", "--threads", "1", "--overfi
 
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def rows(db_url, query):
-    engine = sa.create_engine(db_url)
-    with engine.connect() as c:
-        out = [dict(r) for r in c.execute(sa.text(query)).mappings()]
-    engine.dispose()
-    return out
 
 
 def test_doctor_command_labels_stand_in_records_checks_and_writes_curve(db_url, tmp_path):

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import yaml
+from dbrows import rows
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -46,15 +47,6 @@ STEPS_PER_EPOCH = 4
 def write_study(path: Path, **changes) -> Path:
     path.write_text(yaml.safe_dump({**STUDY, **changes}, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
-
-
-def rows(db_url: str, query: str, **params) -> list[dict]:
-    engine = sa.create_engine(db_url)
-    try:
-        with engine.connect() as c:
-            return [dict(r) for r in c.execute(sa.text(query), params).mappings()]
-    finally:
-        engine.dispose()
 
 
 def count(db_url: str, query: str, **params) -> int:

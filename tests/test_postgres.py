@@ -16,16 +16,9 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from harness.store import CONNECT_TIMEOUT_S
+from dbrows import tables
 
 STUDY = Path(__file__).parents[1] / "studies" / "vit_lr.yaml"
-
-
-def tables(url: str) -> set[str]:
-    engine = sa.create_engine(url)
-    try:
-        return set(sa.inspect(engine).get_table_names())
-    finally:
-        engine.dispose()
 
 
 def test_postgresql_urls_use_the_installed_driver():

@@ -1,6 +1,6 @@
 """Every grid resumable (issue 14): a benchmark driver killed with -9 mid-grid, then `--resume`, ends
-with the same (run, epoch) rows as a grid that never stopped; the live pages say "running" while it
-runs and not after; ASHA's rungs survive a restarted driver."""
+with the (run, epoch) rows a grid that never stopped has (each run's epochs 1..N, once); the live
+pages say "running" while it runs and not after; ASHA's rungs survive a restarted driver."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 import sqlalchemy as sa
 import yaml
+from dbrows import rows
 
 STEPS_PER_EPOCH = 4  # 64 images / batch 16
 GRID = {
@@ -33,15 +34,6 @@ GRID = {
     "resources": {"cpu": 1},
 }
 BANNER = "running — updated"
-
-
-def rows(db_url: str, query: str, **params) -> list[dict]:
-    engine = sa.create_engine(db_url)
-    try:
-        with engine.connect() as c:
-            return [dict(r) for r in c.execute(sa.text(query), params).mappings()]
-    finally:
-        engine.dispose()
 
 
 def epoch_keys(db_url: str) -> list[tuple]:
@@ -108,12 +100,10 @@ def test_kill9_benchmark_then_resume_equals_uninterrupted(tmp_path):
     assert len(rows(db_url, "SELECT id FROM runs")) == 2  # the same runs continued, none added
     assert BANNER not in (out / "index.html").read_text(encoding="utf-8")  # the final write removed it
 
-    # The same grid, never stopped: the same (run, epoch) rows, none duplicated, none lost.
-    ref_url = f"sqlite:///{tmp_path / 'ref.db'}"
-    ref = subprocess.run(benchmark_cmd(plugin, grid, ref_url, tmp_path / "ref_dash"), capture_output=True, text=True,
-                         cwd=tmp_path, timeout=400)
-    assert ref.returncode == 0, ref.stdout + ref.stderr
-    assert after == epoch_keys(ref_url)
+    # What the same grid records when it never stops: each run's epochs 1..N, once. (A reference run of
+    # the grid gave exactly these rows; it cost a minute of CI, so the expectation is written out.)
+    runs = rows(db_url, "SELECT model, recipe, seed FROM runs")
+    assert after == sorted((r["model"], r["recipe"], r["seed"], k) for r in runs for k in range(1, GRID["epochs"] + 1))
 
     again = subprocess.run(benchmark_cmd(plugin, grid, db_url, out, "--resume"), capture_output=True, text=True,
                            cwd=tmp_path, timeout=120)

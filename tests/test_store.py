@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
+from dbrows import tables
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -14,14 +15,6 @@ def empty_db(request, tmp_path):
     if request.param == "postgresql":
         return request.getfixturevalue("pg_url")
     return f"sqlite:///{tmp_path / 'results.db'}"
-
-
-def tables(url: str) -> set[str]:
-    engine = sa.create_engine(url)
-    try:
-        return set(sa.inspect(engine).get_table_names())
-    finally:
-        engine.dispose()
 
 
 A = {"node": "box-a", "node_id": "a" * 56, "gpus": ""}

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import yaml
+from dbrows import rows
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -28,15 +29,6 @@ def ray_local():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
-
-
-def rows(db_url: str, query: str, **params):
-    engine = sa.create_engine(db_url)
-    try:
-        with engine.connect() as c:
-            return [dict(r) for r in c.execute(sa.text(query), params).mappings()]
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.slow
