@@ -312,6 +312,14 @@ def node_text(r: pd.Series) -> str:
     return f"{r['node']} · {node_id[:8]}" if isinstance(node_id, str) and node_id else r["node"]
 
 
+def where_cells(r: pd.Series, nodes: bool) -> list[str]:
+    """The node and GPUs cells of a runs table row (none when no run of the table records a node)."""
+    return [node_text(r), gpus_text(r["gpus"])] if nodes else []
+
+
+WHERE_HEADERS = ["node", "GPUs"]
+
+
 def where_line(run: pd.Series) -> str:
     """The run page's 'ran on' line (nothing when the run does not say where it ran)."""
     if not isinstance(run.get("node"), str):
@@ -325,12 +333,12 @@ def runs_table(runs: pd.DataFrame, summary: pd.DataFrame | None = None) -> str:
     nodes = has_nodes(runs)
     rows = []
     for _, r in runs.iterrows():
-        where = [node_text(r), gpus_text(r["gpus"])] if nodes else []
         rows.append([link(f"run-{int(r['id'])}.html", f"#{int(r['id'])}"), r["label"], r["recipe"], r["seed"], status(r["status"]),
                      pct(r["best_val_acc"]), r["best_epoch"] if pd.notna(r["best_epoch"]) else "", pct(r["final_val_acc"]),
-                     r["epochs_done"], "" if pd.isna(r["wall_s"]) else f"{r['wall_s']:.0f}", *where, r["error"] or ""])
+                     r["epochs_done"], "" if pd.isna(r["wall_s"]) else f"{r['wall_s']:.0f}", *where_cells(r, nodes),
+                     r["error"] or ""])
     return table(["run", "model (what ran)", "recipe", "seed", "status", "best val %", "best epoch", "final val %",
-                  "epochs", "wall s", *(["node", "GPUs"] if nodes else []), "error"], rows)
+                  "epochs", "wall s", *(WHERE_HEADERS if nodes else []), "error"], rows)
 
 
 def experiment_header(exp: pd.Series, runs: pd.DataFrame) -> str:
@@ -448,10 +456,10 @@ def sweep_page(db: str, exp: pd.Series, runs: pd.DataFrame) -> str:
         rows.append([link(f"run-{int(r['id'])}.html", f"#{int(r['id'])}"),
                      "" if pd.isna(r["optuna_trial"]) else int(r["optuna_trial"]), status(r["status"]),
                      pct(r["best_val_acc"]), r["best_epoch"] if pd.notna(r["best_epoch"]) else "", r["epochs_done"],
-                     *[recipe.get(k, "") for k in keys], *([node_text(r), gpus_text(r["gpus"])] if nodes else []),
+                     *[recipe.get(k, "") for k in keys], *where_cells(r, nodes),
                      r["error"] or ""])
     body += "<h2>Trials (best first)</h2>" + table(["run", "optuna trial", "status", "best val %", "best epoch", "epochs",
-                                                    *keys, *(["node", "GPUs"] if nodes else []), "error"], rows)
+                                                    *keys, *(WHERE_HEADERS if nodes else []), "error"], rows)
     body += f"<p>{link(f'experiment-{eid}.html', 'training curves of every trial')}</p>"
     return page(f"sweep: {exp['name']}", body)
 

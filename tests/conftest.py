@@ -10,7 +10,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -143,9 +142,7 @@ def pg_server():
             pytest.fail(why + " (HARNESS_REQUIRE_POSTGRES is set)")
         pytest.skip(why)
     server = PgServer(bindir)
-    t0 = time.monotonic()
     server.start()
-    server.startup_s = time.monotonic() - t0
     yield server
     server.stop()
 
