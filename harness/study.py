@@ -81,8 +81,8 @@ def longest_warmup(study: StudySpec) -> tuple[float, str]:
 
 def study_warnings(study: StudySpec, path: Path | str | None = None) -> list[str]:
     """What a valid study may still get wrong (printed, not refused): an ASHA grace period that ends
-    inside the warmup, where trials are cut on how far their lr ramp has got, not on their recipe.
-    No torch, timm or Ray, like `validate_study`."""
+    inside the warmup, where trials are cut on how far their lr ramp has got, not on their recipe; a
+    grid study with fewer trials than grid points. No torch, timm or Ray, like `validate_study`."""
     where = f"{path}: " if path is not None else ""
     out = []
     s = study.scheduler
@@ -99,6 +99,11 @@ def study_warnings(study: StudySpec, path: Path | str | None = None) -> list[str
         out.append(f"{where}scheduler.grace_period: got {s.grace_period}. ASHA's first cut (after epoch {s.grace_period}) "
                    f"falls within the warmup ({source}: up to {w}): trials still ramping their lr "
                    f"are stopped for it, so the study compares lr ramps, not recipes. Fix: {raise_grace}, {shorten}.")
+    if study.sampler.type == "grid":  # more trials than points is refused by validate_study
+        size = math.prod(len(v) for v in grid_space(study).values())
+        if study.trials < size:
+            out.append(f"{where}trials: got {study.trials}. The grid has {size} points; only {study.trials} of them "
+                       f"(picked in an order shuffled by sampler.seed) will run. Fix: set trials: {size} to run the whole grid.")
     return out
 
 
@@ -133,10 +138,51 @@ def sampler(study: StudySpec) -> optuna.samplers.BaseSampler:
     if s.type == "gp":
         return optuna.samplers.GPSampler(seed=s.seed)
     if s.type == "grid":
-        space = {k: (p.values if p.type == "choice" else list(range(int(p.low), int(p.high) + 1)))
-                 for k, p in study.search.items()}
-        return optuna.samplers.GridSampler(space, seed=s.seed)
+        return _grid_sampler_class()(grid_space(study), seed=s.seed)
     return optuna.samplers.TPESampler(seed=s.seed)
+
+
+def grid_space(study: StudySpec) -> dict[str, list[Any]]:
+    """Every value each parameter of a grid study takes (choice values, or each int from low to high)."""
+    return {k: (p.values if p.type == "choice" else list(range(int(p.low), int(p.high) + 1)))
+            for k, p in study.search.items()}
+
+
+_GRID_SAMPLER: type | None = None
+
+
+def _grid_sampler_class() -> type[optuna.samplers.GridSampler]:
+    """Optuna's GridSampler without its stop at the end of the grid (built on first use: optuna is
+    imported lazily; module `__getattr__` below lets pickle find it by name, as Tune saves the searcher).
+
+    `GridSampler.after_trial` calls `study.stop()` once the last grid point is told (optuna 5.0,
+    samplers/_grid.py: `if len(target_grids) == 0: study.stop()`, and the same for the last
+    unfinished point), and `Study.stop` raises RuntimeError outside `study.optimize`
+    (`if not self._thread_local.in_optimize_loop: raise`; optuna issues #4121/#5141: the ask-and-tell
+    interface, which is how Ray's OptunaSearch drives Optuna). The raise came out of `study.tell` in
+    the searcher's on_trial_complete, so Tune took the grid's last trial for crashed and retried it
+    (or, with --max-failures 0, recorded it failed), although Optuna had stored it COMPLETE (`_tell`
+    stores the state in a `finally`). There is no optimize loop to stop: the harness bounds the trials
+    itself (Tune's num_samples = `trials`, which `validate_study` keeps within the grid), so the stop
+    is dropped and every other part of GridSampler (grid ids, the seeded order) is Optuna's."""
+    global _GRID_SAMPLER
+    if _GRID_SAMPLER is None:
+        import optuna
+
+        class HarnessGridSampler(optuna.samplers.GridSampler):
+            def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+                return None  # GridSampler's only post-trial step is study.stop(); see above
+
+        HarnessGridSampler.__module__, HarnessGridSampler.__qualname__ = __name__, "HarnessGridSampler"
+        HarnessGridSampler.__doc__ = _grid_sampler_class.__doc__
+        _GRID_SAMPLER = HarnessGridSampler
+    return _GRID_SAMPLER
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: `harness.study.HarnessGridSampler` for pickle
+    if name == "HarnessGridSampler":
+        return _grid_sampler_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def optuna_storage(db: str) -> optuna.storages.RDBStorage:

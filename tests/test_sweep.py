@@ -229,6 +229,8 @@ BAD = [
     ({"resources": {"cpu": 1, "gpu": 0.5}}, "resources.gpu", "no GPU"),
     ({"resources": {"cpu": 512}}, "resources.cpu", "at most"),
     ({"sampler": {"type": "grid"}}, "search.lr.type", "grid"),
+    ({"sampler": {"type": "grid"}, "search": {"lr": {"type": "choice", "values": [0.1, 0.01]}}}, "trials",
+     "only 2 points; set trials: 2"),
 ]
 
 
@@ -324,3 +326,32 @@ def test_optuna_outcomes_told_apart_and_nothing_left_running(tmp_path):
     assert states == {**{tid: o[2] for tid, o in outcomes.items()}, "keep": "RUNNING", "orphan": "FAIL"}
     assert study.best_value == 0.9  # the stopped trial's 0.4 is not a COMPLETE score
     assert settle_optuna(db, "s") == 1 and "RUNNING" not in {t.state.name for t in study.get_trials()}
+
+
+@pytest.mark.slow
+def test_grid_study_ends_cleanly_every_point_complete(ray_local, tmp_path, db_url):
+    """Issue 20 item 8: Optuna's GridSampler calls study.stop() when the last grid point is told, which
+    raises outside study.optimize; the grid's last trial was taken for crashed and retried (failed with
+    max_failures=0). Now each point runs once and ends COMPLETE, in `runs` and in Optuna."""
+    import json
+
+    from harness.sweep import run_sweep
+
+    grid = [0.001, 0.01, 0.1]
+    lines: list[str] = []
+    result = run_sweep(write_study(tmp_path / "g.yaml", name="t_grid", search={"lr": {"type": "choice", "values": grid}},
+                                   sampler={"type": "grid", "seed": 0}, scheduler={"type": "none", "max_epochs": 2},
+                                   trials=3, concurrency=1),
+                       db=db_url, storage_path=tmp_path / "ray", max_failures=0, echo=lines.append)
+    assert result.status == "completed"
+    got = rows(db_url, "SELECT id, status, error, epochs_done, params FROM runs ORDER BY id")
+    assert [(r["status"], r["error"], r["epochs_done"]) for r in got] == [("completed", None, 2)] * 3, got
+    lrs = [(json.loads(r["params"]) if isinstance(r["params"], str) else r["params"])["recipe"]["lr"] for r in got]
+    assert sorted(lrs) == grid  # each grid point exactly once
+    epochs = [(e["run_id"], e["epoch"]) for e in rows(db_url, "SELECT run_id, epoch FROM epochs ORDER BY run_id, epoch")]
+    assert epochs == [(r["id"], k) for r in got for k in (1, 2)]
+    assert optuna_states(db_url, "t_grid") == ["COMPLETE"] * 3
+    (exp,) = rows(db_url, "SELECT status FROM experiments")
+    assert exp["status"] == "completed"
+    text = "\n".join(lines)
+    assert "crashed" not in text and "failed" not in text and "retrying" not in text, text
