@@ -8,6 +8,7 @@ Length (~450 lines): one function per command, almost all of it click options wi
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,24 +59,41 @@ def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def data_options(f):
-    f = click.option("--data", "data_name", default="digits", show_default=True,
-                     help="digits | synthetic | cifar10 | cifar100 | tinyimagenet | imagefolder")(f)
-    f = click.option("--data-root", type=click.Path(path_type=Path), default=None,
-                     help="folder of the dataset (cifar*, tinyimagenet, imagefolder)")(f)
-    f = click.option("--download", is_flag=True, help="cifar*: download into --data-root (needs internet)")(f)
-    f = click.option("--image-size", type=int, default=32, show_default=True, help="pixels per side")(f)
-    return f
+def data_options(image_size: int = 32):
+    """The data flags, declared once for every command that loads data; the command receives them as one
+    `data_opts` dict for `make_data_spec(**data_opts)`."""
+    def decorate(f):
+        @functools.wraps(f)
+        def command(*args, data_name, data_root, download, image_size, train_size, workers, **kwargs):
+            return f(*args, data_opts=dict(data_name=data_name, data_root=data_root, download=download,
+                                           image_size=image_size, train_size=train_size, workers=workers), **kwargs)
+        for option in reversed((
+            click.option("--data", "data_name", default="digits", show_default=True,
+                         help="digits | synthetic | cifar10 | cifar100 | tinyimagenet | imagefolder"),
+            click.option("--data-root", type=click.Path(path_type=Path), default=None,
+                         help="folder of the dataset (cifar*, tinyimagenet, imagefolder)"),
+            click.option("--download", is_flag=True, help="cifar*: download into --data-root (needs internet)"),
+            click.option("--image-size", type=int, default=image_size, show_default=True, help="pixels per side"),
+            click.option("--train-size", type=int, default=None,
+                         help="train on this many images, drawn class-balanced (synthetic: how many to generate)"),
+            click.option("--workers", type=int, default=None,
+                         help="folder sets: image-decoding loader workers [default: half the cores, at most 8]"),
+        )):
+            command = option(command)
+        return command
+    return decorate
 
 
-def make_data_spec(data_name: str, data_root: Path | None, download: bool, image_size: int):
+def make_data_spec(data_name: str, data_root: Path | None, download: bool, image_size: int,
+                   train_size: int | None = None, workers: int | None = None):
     from pydantic import ValidationError
 
     from harness.data import DataSpec
     from harness.specs import _user_error
 
     try:
-        return DataSpec(name=data_name, root=data_root, download=download, image_size=image_size)
+        return DataSpec(name=data_name, root=data_root, download=download, image_size=image_size,
+                        train_size=train_size, workers=workers)
     except ValidationError as e:
         raise _user_error(e, DataSpec, prefix="--data.") from None
 
@@ -85,7 +103,7 @@ def make_data_spec(data_name: str, data_root: Path | None, download: bool, image
 @click.option("--recipe", default="tuned", show_default=True,
               help="registry name, fitted to this run (NAME@published: the source's values as published); "
                    "'tuned' = the model family's own")
-@data_options
+@data_options()
 @click.option("--epochs", type=int, default=None, help="[default: 10; with --resume: the checkpoint's; another N "
               "stretches its lr schedule to N epochs]")
 @click.option("--batch-size", type=int, default=None, help="images per step [default: the recipe's]")
@@ -102,7 +120,7 @@ def make_data_spec(data_name: str, data_root: Path | None, download: bool, image
 @click.option("--max-hours", type=float, default=None, help="stop with a checkpoint after this much wall time")
 @click.option("--resume", type=click.Path(path_type=Path), default=None, help="continue from a checkpoint (its config is used)")
 @click.option("--threads", type=int, default=None, help="torch CPU threads")
-def train(model: str, recipe: str, data_name: str, data_root: Path | None, download: bool, image_size: int,
+def train(model: str, recipe: str, data_opts: dict,
           epochs: int | None, batch_size: int | None, seed: int, sets: tuple[str, ...], db: str, device: str, compile_: bool, pretrained: bool,
           pretrained_file: Path | None, checkpoint_dir: Path | None, checkpoint_every: int, max_hours: float | None,
           resume: Path | None, threads: int | None) -> None:
@@ -127,7 +145,7 @@ def train(model: str, recipe: str, data_name: str, data_root: Path | None, downl
     else:
         if batch_size is not None and batch_size < 1:
             raise UserError("--batch-size", batch_size, "Use at least 1 image per step, e.g. --batch-size 64.")
-        data = make_data_spec(data_name, data_root, download, image_size)
+        data = make_data_spec(**data_opts)
         spec = resolve_run(model=model, recipe=recipe, data=data, overrides=parse_sets(sets), batch_size=batch_size,
                            epochs=10 if epochs is None else epochs, seed=seed,
                            device=device, compile=compile_, pretrained=pretrained, pretrained_file=pretrained_file,
@@ -177,10 +195,10 @@ def recipes(ctx: click.Context) -> None:
 @recipes.command("show")
 @click.argument("name")
 @click.option("--model", default=None, help="fit for this model's family (with NAME tuned) [default: vit_base]")
-@data_options
+@data_options()
 @click.option("--epochs", type=int, default=12, show_default=True, help="the run to fit to")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="the run's batch size")
-def recipes_show(name: str, model: str | None, data_name: str, data_root: Path | None, download: bool, image_size: int,
+def recipes_show(name: str, model: str | None, data_opts: dict,
                  epochs: int, batch_size: int) -> None:
     """One recipe as published (with its source) and fitted to a run: the lr, warmup and strengths it
     will actually use, and the rule behind each."""
@@ -188,7 +206,7 @@ def recipes_show(name: str, model: str | None, data_name: str, data_root: Path |
     from harness.specs import resolve_run
 
     ref, _ = parse_ref(name, "NAME")
-    data = make_data_spec(data_name, data_root, download, image_size)
+    data = make_data_spec(**data_opts)
     for flag, v in (("--epochs", epochs), ("--batch-size", batch_size)):
         if v < 1:
             raise UserError(flag, v, f"Use at least 1, e.g. {flag} 12.")
@@ -262,10 +280,7 @@ def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs
 @click.option("--seeds", type=int, default=1, show_default=True, help="seeds per rung (>= 2: paired bootstrap intervals)")
 @click.option("--epochs", type=int, default=6, show_default=True, help="the budget every rung trains for")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="one batch size on every rung")
-@click.option("--data", "data_name", default="digits", show_default=True, help="dataset name (as for train)")
-@click.option("--data-root", type=click.Path(path_type=Path), default=None, help="folder of the dataset")
-@click.option("--download", is_flag=True, help="cifar*: download into --data-root (needs internet)")
-@click.option("--image-size", type=int, default=16, show_default=True, help="pixels per side")
+@data_options(image_size=16)
 @click.option("--scale", type=click.Choice(["auto", "tiny", "full"]), default="auto", show_default=True,
               help="auto: the full model on CUDA, its same-family CPU stand-in otherwise")
 @click.option("--concurrency", type=int, default=2, show_default=True, help="runs at once")
@@ -279,7 +294,7 @@ def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs
 @click.option("--pages-every", type=click.FloatRange(min=1), default=30, show_default=True,
               help="seconds between rewrites of the live dashboards while it runs")
 def ablate(model: str, recipe: str, mode: str, steps: str | None, seeds: int, epochs: int, batch_size: int,
-           data_name: str, data_root: Path | None, download: bool, image_size: int, scale: str, concurrency: int,
+           data_opts: dict, scale: str, concurrency: int,
            db: str, out: Path, address: str | None, resume: bool, storage_path: Path, pages_every: float) -> None:
     """Naive -> a model's fitted recipe one ingredient at a time: which one matters, at this budget."""
     import torch
@@ -288,7 +303,7 @@ def ablate(model: str, recipe: str, mode: str, steps: str | None, seeds: int, ep
 
     if concurrency < 1:
         raise UserError("--concurrency", concurrency, "Run at least 1 at a time, e.g. --concurrency 2.")
-    data = make_data_spec(data_name, data_root, download, image_size)
+    data = make_data_spec(**data_opts)
     ab = resolve_ablation(model, recipe=recipe, steps=steps, mode=mode, seeds=seeds, epochs=epochs, batch_size=batch_size,
                           data=data, scale=scale, cuda=torch.cuda.is_available())
     run_ablation(ab, db=db, out=out, concurrency=concurrency, address=address, echo=click.echo, resume=resume,
@@ -379,7 +394,7 @@ def sweep(study: Path, validate: bool, resume: bool, db: str, address: str | Non
 @main.command()
 @click.option("--model", required=True, help="registry name (see `harness models`)")
 @click.option("--recipe", default="tuned", show_default=True, help="registry name, or 'tuned' for the model family's own")
-@data_options
+@data_options()
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a recipe field (repeatable)")
 @click.option("--scale", type=click.Choice(["auto", "tiny", "full"]), default="auto", show_default=True,
               help="auto: the CPU stand-in on a CPU, the named model on a GPU; tiny: always the stand-in; full: the named model")
@@ -392,7 +407,7 @@ def sweep(study: Path, validate: bool, resume: bool, db: str, address: str | Non
 @click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLAlchemy URL of the results database")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("dashboards/doctor"), show_default=True,
               help="folder for the lr range test's Plotly HTML")
-def doctor(model: str, recipe: str, data_name: str, data_root: Path | None, download: bool, image_size: int,
+def doctor(model: str, recipe: str, data_opts: dict,
            sets: tuple[str, ...], scale: str, device: str, seed: int, threads: int | None, overfit_steps: int,
            lr_steps: int, as_json: bool, db: str, out: Path) -> None:
     """Seed 004's pre-training checks (shapes, gradients, overfit 32 images, lr range test) and
@@ -414,7 +429,7 @@ def doctor(model: str, recipe: str, data_name: str, data_root: Path | None, down
         raise UserError("--threads", threads, "Use 1 or more.")
     dev = resolve_device(device)
     run_model, stands_for = doc.resolve_scale(model, scale, dev)
-    data = make_data_spec(data_name, data_root, download, image_size)
+    data = make_data_spec(**data_opts)
     spec = resolve_run(model=run_model, recipe=recipe, data=data, overrides=parse_sets(sets), seed=seed,
                        device=str(dev), stands_for=stands_for)
     if stands_for is not None:
@@ -424,7 +439,7 @@ def doctor(model: str, recipe: str, data_name: str, data_root: Path | None, down
 
         torch.set_num_threads(threads)
     echo = (lambda s: click.echo(s, err=True)) if as_json else click.echo
-    echo(f"doctor: {spec.label()} with recipe {spec.recipe.name} on {data.name} {image_size}px, {dev}")
+    echo(f"doctor: {spec.label()} with recipe {spec.recipe.name} on {data.name} {data.image_size}px, {dev}")
     report = doc.run_doctor(model=run_model, recipe=spec.recipe, data_spec=data, device=dev, stands_for=stands_for,
                             seed=seed, overfit_steps=overfit_steps, lr_steps=lr_steps, log=echo)
     out.mkdir(parents=True, exist_ok=True)

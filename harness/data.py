@@ -1,4 +1,4 @@
-"""Dataset registry and the batch pipeline.
+"""Dataset loaders (the registry without torch is harness/datasets.py) and the batch pipeline.
 
 Small sets (digits, synthetic, CIFAR) are held whole as uint8 tensors on the training device and
 batched by index permutation, with augmentation applied to whole batches there: no DataLoader
@@ -13,14 +13,14 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.datasets import DATASETS, DataSpec, check_spec, n_val, train_images  # noqa: F401 (re-exported)
+from harness.datasets import (DATASETS, DataSpec, check_spec, list_folder, n_val, stratified_order,  # noqa: F401
+                              train_images)  # (train_images re-exported)
 from harness.errors import UserError
 from harness.recipes import Recipe
 
@@ -94,12 +94,20 @@ class FolderSplit:
 
 
 def head(split: Split, n: int) -> Split:
-    """The first `n` images of a split (the splits are already in random order)."""
+    """The first `n` images of a split. Training splits are stored in a class-mixed order (a seeded
+    permutation, or `datasets.stratified_order` for folder and CIFAR sets and wherever `train_size`
+    caps), so this is a fixed sample that covers every class: the training-accuracy probe."""
     if isinstance(split, TensorSplit):
         return TensorSplit(split.x[:n], split.y[:n])
     assert isinstance(split, FolderSplit)
     idx = range(min(n, len(split)))
     return FolderSplit(torch.utils.data.Subset(split.dataset, idx), split.device, split.workers)
+
+
+def probe(ds: Dataset) -> Split:
+    """The training-accuracy probe: as many training images as the validation set holds, the same
+    ones every epoch (a stratified sample: see `head`)."""
+    return head(ds.train, len(ds.val))
 
 
 @dataclass
@@ -134,8 +142,8 @@ def _split(x: torch.Tensor, y: torch.Tensor, spec: DataSpec) -> tuple[TensorSpli
     order = torch.randperm(len(y), generator=g)
     k = n_val(len(y), spec)
     val, train = order[:k], order[k:]
-    if spec.train_size is not None:
-        train = train[: spec.train_size]
+    if spec.train_size is not None:  # a cap keeps the class balance (without one, the order stays as it was)
+        train = train[stratified_order(y[train].tolist(), spec.split_seed)][: spec.train_size]
     return TensorSplit(x[train], y[train]), TensorSplit(x[val], y[val])
 
 
@@ -183,8 +191,9 @@ def load_cifar(spec: DataSpec) -> Dataset:
     for p in parts:
         x = _resize_uint8(torch.from_numpy(p.data).permute(0, 3, 1, 2).contiguous(), spec.image_size)
         y = torch.tensor(p.targets, dtype=torch.long)
-        if spec.train_size is not None and p.train:
-            x, y = x[: spec.train_size], y[: spec.train_size]
+        if p.train:  # class-mixed whatever the file's order, so a cap and the probe see every class
+            keep = torch.tensor(stratified_order(p.targets, spec.split_seed))[: spec.train_size]
+            x, y = x[keep], y[keep]
         splits.append(TensorSplit(x, y))
     return Dataset(spec.name, len(parts[0].classes), list(parts[0].classes), spec.image_size, splits[0], splits[1],
                    hflip=True, description=f"{spec.name} ({spec.root}, {spec.image_size} px): "
@@ -211,48 +220,15 @@ class _Files(torch.utils.data.Dataset):
             return self.transform(im.convert("RGB")), label
 
 
-def _folder_classes(root: Path, field: str) -> tuple[list[tuple[str, int]], list[str]]:
-    from torchvision.datasets import ImageFolder
-
-    try:
-        folder = ImageFolder(str(root))
-    except (FileNotFoundError, RuntimeError) as e:
-        raise UserError(field, str(root), f"not an image folder ({e}). Expected one sub-folder of images per class.") from None
-    return list(folder.samples), list(folder.classes)
-
-
 def load_folder(spec: DataSpec, device: torch.device) -> Dataset:
-    root = Path(spec.root)  # type: ignore[arg-type]
+    """imagefolder / tinyimagenet, split as `datasets.list_folder` describes, decoded by loader workers."""
+    listing = list_folder(spec)
     workers = spec.workers if spec.workers is not None else min(8, (os.cpu_count() or 2) // 2)
-    if spec.name == "tinyimagenet":
-        if (root / "tiny-imagenet-200").is_dir():
-            root = root / "tiny-imagenet-200"
-        train, classes = _folder_classes(root / "train", "data.root")
-        index = {c: i for i, c in enumerate(classes)}
-        ann = root / "val" / "val_annotations.txt"
-        if not ann.is_file():
-            raise UserError("data.root", str(spec.root), "no val/val_annotations.txt: expected the tiny-imagenet-200 layout.")
-        val = []
-        for line in ann.read_text().splitlines():
-            fname, wnid = line.split("\t")[:2]
-            val.append((str(root / "val" / "images" / fname), index[wnid]))
-    elif (root / "train").is_dir() and (root / "val").is_dir():
-        train, classes = _folder_classes(root / "train", "data.root")
-        val, val_classes = _folder_classes(root / "val", "data.root")
-        if val_classes != classes:
-            raise UserError("data.root", str(root), "train/ and val/ must hold the same class folders.")
-    else:
-        samples, classes = _folder_classes(root, "data.root")
-        g = torch.Generator().manual_seed(spec.split_seed)
-        order = torch.randperm(len(samples), generator=g).tolist()
-        k = n_val(len(samples), spec)
-        val, train = [samples[i] for i in order[:k]], [samples[i] for i in order[k:]]
-    if spec.train_size is not None:
-        train = train[: spec.train_size]
+    train, val, classes = listing.train, listing.val, listing.classes
     return Dataset(spec.name, len(classes), classes, spec.image_size,
                    FolderSplit(_Files(train, spec.image_size), device, workers),
                    FolderSplit(_Files(val, spec.image_size), device, workers), hflip=True,
-                   description=f"{spec.name} ({root}, {spec.image_size} px): {len(train)} train / {len(val)} val, "
+                   description=f"{spec.name} ({listing.root}, {spec.image_size} px): {len(train)} train / {len(val)} val, "
                                f"{len(classes)} classes, {workers} loader workers")
 
 

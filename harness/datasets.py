@@ -13,7 +13,8 @@ where `my_loader(spec) -> harness.data.Dataset` returns uint8 tensor splits.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,12 +78,86 @@ def _synthetic_images(spec: DataSpec) -> int:
     return total - n_val(total, spec)
 
 
-def _folder_images(spec: DataSpec) -> int:
-    import torch
+def stratified_order(labels: Sequence[int], seed: int) -> list[int]:
+    """A seeded, class-mixed order of `labels`' indices in which every prefix holds each class in
+    proportion to its share of the whole (within one image): the i-th of a class's n images (in a
+    seeded shuffle) sits at (i + u) / n, u uniform in [0, 1), and the order sorts by that. So
+    `order[:k]` is a stratified sample of size k: a `train_size` cap keeps the class balance, and the
+    training-accuracy probe (the split's first images) covers every class. torchvision's ImageFolder
+    lists samples sorted by class, where a plain prefix holds only the first classes."""
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    keyed = []
+    for members in by_class.values():
+        rng.shuffle(members)
+        n = len(members)
+        keyed.extend(((rank + rng.random()) / n, i) for rank, i in enumerate(members))
+    return [i for _, i in sorted(keyed)]
 
-    from harness.data import load_folder
 
-    return len(load_folder(spec, torch.device("cpu")).train)  # lists the files; decodes none
+@dataclass(frozen=True)
+class FolderListing:
+    """The (path, label) pairs of a folder set's splits, the training ones in stratified order
+    (capped at `train_size`), listed without decoding an image."""
+
+    root: Path
+    train: list[tuple[str, int]]
+    val: list[tuple[str, int]]
+    classes: list[str]
+
+
+def _folder_classes(root: Path, field: str) -> tuple[list[tuple[str, int]], list[str]]:
+    from torchvision.datasets import ImageFolder  # lists the files (imports torch; only for folder sets)
+
+    try:
+        folder = ImageFolder(str(root))
+    except (FileNotFoundError, RuntimeError) as e:
+        raise UserError(field, str(root), f"not an image folder ({e}). Expected one sub-folder of images per class.") from None
+    return list(folder.samples), list(folder.classes)
+
+
+def list_folder(spec: DataSpec) -> FolderListing:
+    """How each folder layout is split:
+    - `tinyimagenet`: `train/<wnid>/...` (the images/ sub-folder is found by ImageFolder's walk); val
+      labels from `val/val_annotations.txt` (file -> wnid), mapped through the train classes' indices;
+    - `imagefolder` with `train/` and `val/`: those two, which must hold the same class folders;
+    - `imagefolder` flat (one folder per class): a held-out `val_fraction`, stratified by class and
+      fixed by `split_seed`.
+    The training list is in `stratified_order` (by `split_seed`) in every layout, then capped."""
+    root = Path(spec.root)  # type: ignore[arg-type]
+    if spec.name == "tinyimagenet":
+        if (root / "tiny-imagenet-200").is_dir():
+            root = root / "tiny-imagenet-200"
+        train, classes = _folder_classes(root / "train", "data.root")
+        index = {c: i for i, c in enumerate(classes)}
+        ann = root / "val" / "val_annotations.txt"
+        if not ann.is_file():
+            raise UserError("data.root", str(spec.root), "no val/val_annotations.txt: expected the tiny-imagenet-200 layout.")
+        val = []
+        for n, line in enumerate(ann.read_text().splitlines(), 1):
+            fname, wnid = (line.split("\t") + [""])[:2]
+            if wnid not in index:
+                raise UserError("data.root", str(ann), f"line {n} names class {wnid!r}, which train/ has no folder for: "
+                                "expected the tiny-imagenet-200 layout (val_annotations.txt: file<TAB>wnid<TAB>box).")
+            val.append((str(root / "val" / "images" / fname), index[wnid]))
+    elif (root / "train").is_dir() and (root / "val").is_dir():
+        train, classes = _folder_classes(root / "train", "data.root")
+        val, val_classes = _folder_classes(root / "val", "data.root")
+        if val_classes != classes:
+            raise UserError("data.root", str(root), "train/ and val/ must hold the same class folders.")
+    else:
+        samples, classes = _folder_classes(root, "data.root")
+        order = stratified_order([label for _, label in samples], spec.split_seed)
+        k = n_val(len(samples), spec)
+        val, train = [samples[i] for i in order[:k]], [samples[i] for i in order[k:]]
+    train = [train[i] for i in stratified_order([label for _, label in train], spec.split_seed)]
+    return FolderListing(root, _capped_list(train, spec), val, classes)
+
+
+def _capped_list(items: list, spec: DataSpec) -> list:
+    return items[: spec.train_size] if spec.train_size is not None else items
 
 
 register(DatasetEntry("digits", "harness.data:load_digits", lambda s: _capped(DIGITS_IMAGES - n_val(DIGITS_IMAGES, s), s)))
@@ -90,7 +165,7 @@ register(DatasetEntry("synthetic", "harness.data:load_synthetic", _synthetic_ima
 for _name in ("cifar10", "cifar100"):
     register(DatasetEntry(_name, "harness.data:load_cifar", lambda s: _capped(CIFAR_TRAIN_IMAGES, s), needs_root=True))
 for _name in ("tinyimagenet", "imagefolder"):
-    register(DatasetEntry(_name, "harness.data:load_folder", _folder_images, needs_root=True, streamed=True))
+    register(DatasetEntry(_name, "harness.data:load_folder", lambda s: len(list_folder(s).train), needs_root=True, streamed=True))
 
 
 def check_spec(spec: DataSpec, field: str = "data") -> None:

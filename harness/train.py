@@ -197,12 +197,13 @@ class EpochSums:
     diverged: bool  # a finiteness check failed mid-epoch
 
 
-def build_training(spec: RunSpec, ds: data_mod.Dataset, device: torch.device) -> Training:
+def build_training(spec: RunSpec, ds: data_mod.Dataset, device: torch.device, *,
+                   log: Callable[[str], None] = lambda s: None) -> Training:
     recipe = spec.recipe
     entry = get_model_entry(spec.model)
     model = build_model(spec.model, num_classes=ds.num_classes, image_size=spec.data.image_size,
                         drop_path_rate=recipe.drop_path_rate, drop_rate=recipe.drop_rate,
-                        pretrained=spec.pretrained, pretrained_file=spec.pretrained_file).to(device)
+                        pretrained=spec.pretrained, pretrained_file=spec.pretrained_file, log=log).to(device)
     cuda = device.type == "cuda"
     channels_last = spec.channels_last if spec.channels_last is not None else (cuda and entry.family in ("resnet", "efficientnet"))
     if channels_last:  # NHWC: what cuDNN's tensor-core convolutions want; no effect on transformers
@@ -419,8 +420,11 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] = lambda r: None, *
         torch.set_num_threads(spec.threads)
     _seed_epoch(spec.seed, 0)
     ds = data_mod.load(spec.data, device)
-    train_probe = data_mod.head(ds.train, len(ds.val))  # a fixed slice of the (shuffled) training set
-    t = build_training(spec, ds, device)
+    train_probe = data_mod.probe(ds)  # fixed training images covering every class (train_acc, the gap)
+    # A resumed run's weights come from its checkpoint: the pretrained ones it started from are not
+    # fetched or read again (the hub may be offline, the file gone).
+    start = spec if resume is None else spec.model_copy(update={"pretrained": False, "pretrained_file": None})
+    t = build_training(start, ds, device, log=log)
     p = Progress()
     if resume is not None:
         p = restore(resume, spec, t, log)
