@@ -126,45 +126,137 @@ def get_model_entry(name: str, field: str = "model") -> ModelEntry:
 
 def build_model(name: str, *, num_classes: int, image_size: int, drop_path_rate: float = 0.0,
                 drop_rate: float = 0.0, pretrained: bool = False, pretrained_file: Path | None = None,
-                in_chans: int = 3) -> torch.nn.Module:
-    """A timm model sized for `image_size`. Pretrained weights come from timm's hub or a local file;
-    timm adapts them (new classifier, resampled patch embedding and position embeddings)."""
+                in_chans: int = 3, log: Callable[[str], None] = lambda s: None) -> torch.nn.Module:
+    """A timm model sized for `image_size`. Pretrained weights come from timm's hub or a local file
+    (`load_file_weights`); either way they are adapted as timm adapts its own (a new classifier when the
+    classes differ, patch embedding and position embeddings resampled to this image size). What a file
+    needed adapting goes to `log`."""
     import timm
     import torch
 
     entry = get_model_entry(name)
     if entry.factory is not None:
         if pretrained or pretrained_file is not None:
-            raise UserError("--pretrained", name, f"{name} is a plugin's model; load its weights in its factory.")
+            field = "--pretrained-file" if pretrained_file is not None else "--pretrained"
+            raise UserError(field, name, f"{name} is a plugin's model; load its weights in its factory.")
         return entry.factory(num_classes=num_classes, image_size=image_size, in_chans=in_chans,
                              drop_rate=drop_rate, drop_path_rate=drop_path_rate)
     kwargs = {**entry.fixed, **entry.size_kwargs(image_size), "num_classes": num_classes, "in_chans": in_chans,
               "drop_rate": drop_rate, "drop_path_rate": drop_path_rate}
-    if pretrained_file is not None:
-        if not Path(pretrained_file).is_file():
-            raise UserError("--pretrained-file", str(pretrained_file), "No such file; give the path of a .pth/.safetensors state dict.")
-        if entry.fixed:
-            raise UserError("--pretrained-file", str(pretrained_file), f"{name} is not a published size and has no weights to load.")
-        kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_file)}
-        pretrained = True
-    elif pretrained and entry.fixed:
+    state = read_state_dict(pretrained_file) if pretrained_file is not None else None  # a bad file fails before a build
+    if state is None and pretrained and entry.fixed:
         raise UserError("--pretrained", name, f"{name} is not a published size and has no pretrained weights; use swin_tiny.")
+    hub = pretrained and state is None
     try:
-        model = timm.create_model(entry.timm_name, pretrained=pretrained, **kwargs)
+        model = timm.create_model(entry.timm_name, pretrained=hub, **kwargs)
     except (OSError, RuntimeError) as e:
-        if pretrained_file is not None:
-            raise UserError("--pretrained-file", str(pretrained_file),
-                            f"could not load it as {entry.timm_name} weights ({str(e).splitlines()[0][:160]}).") from None
-        if pretrained:
+        if hub:
             raise UserError("--pretrained", name,
                             f"could not fetch timm's weights for {entry.timm_name} ({type(e).__name__}; offline?). "
                             "Download them elsewhere and pass --pretrained-file PATH.") from None
         raise
-    if entry.family == "efficientnet" and num_classes < TF_HEAD_INIT_CLASSES:
+    new_head = True  # from scratch, or timm's hub weights (1000 classes) under a smaller head
+    if state is not None:
+        new_head = load_file_weights(model, entry, state, source=str(pretrained_file), log=log)
+    if entry.family == "efficientnet" and num_classes < TF_HEAD_INIT_CLASSES and new_head:
         bound = 1.0 / TF_HEAD_INIT_CLASSES ** 0.5
         with torch.no_grad():
             model.get_classifier().weight.uniform_(-bound, bound)
     return model
+
+
+def check_pretrained_file(name: str, path: Path, *, image_size: int) -> None:
+    """Refuse (UserError) a weights file the run could not start from: missing, unreadable, or not this
+    model's architecture. Called before a run is recorded, so a bad file leaves no database row."""
+    build_model(name, num_classes=2, image_size=image_size, pretrained_file=path)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
+
+
+def read_state_dict(path: Path, field: str = "--pretrained-file") -> dict[str, torch.Tensor]:
+    """The tensors of a local weights file, read by timm's own reader: `.safetensors`, or anything
+    `torch.save` wrote (loaded with weights_only=True; of a training checkpoint, its `state_dict_ema`,
+    `model_ema`, `state_dict` or `model` entry, so a harness checkpoint works too; `module.` prefixes of
+    DataParallel dropped). UserError naming the file and the fix when it is none of these."""
+    import torch
+    from timm.models import load_state_dict
+
+    fix = "save one with torch.save(model.state_dict(), PATH) or safetensors.torch.save_file(model.state_dict(), PATH)."
+    if not Path(path).is_file():
+        raise UserError(field, str(path), f"No such file; give the path of a .pth/.safetensors state dict ({fix[:-1]}).")
+    try:
+        state = load_state_dict(str(path))
+    except Exception as e:  # pickle, zip, safetensors header or a non-dict: whatever the reader chokes on, it is the file
+        if "Unsupported global" in str(e):  # torch.save(model): code to run on load, which weights_only refuses
+            raise UserError(field, str(path), "Holds pickled Python objects (a whole model?), which are not loaded "
+                            f"(torch.load(weights_only=True) runs no code from a file); {fix}") from None
+        raise UserError(field, str(path), f"Not a readable state dict ({_first_line(e)}); {fix}") from None
+    if not state or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise UserError(field, str(path), f"Holds no tensors by name (not a state dict); {fix}")
+    return dict(state)
+
+
+# timm's adapters for its own checkpoints of these families made at another image size: ViT resamples
+# the patch embedding and the position embeddings, Swin the patch embedding and relative-position tables.
+# CNN weights fit any image size as they are.
+FILE_FILTERS = {"vit": "timm.models.vision_transformer:checkpoint_filter_fn",
+                "swin": "timm.models.swin_transformer:checkpoint_filter_fn"}
+RESAMPLED_NAMES = {"pos_embed": "position embeddings", "patch_embed.proj.weight": "patch embedding"}
+
+
+def load_file_weights(model: torch.nn.Module, entry: ModelEntry, state: dict[str, torch.Tensor], *,
+                      source: str, log: Callable[[str], None] = lambda s: None) -> bool:
+    """Load `state` (a file's tensors) into `model` the way timm loads its hub weights, with the checks
+    timm leaves out: every tensor of the model except the classifier must come from the file, in its
+    shape, and the file must hold nothing else (timm loads non-strictly once the classes differ, so a
+    ResNet file in a ViT run would silently train from scratch). The classifier is loaded when its shape
+    matches, else replaced by the model's new one, and `log` says so. Returns True when the head is new."""
+    import importlib
+
+    field = "--pretrained-file"
+    what = f"{entry.name} (timm {entry.timm_name}{', ' + str(entry.fixed) if entry.fixed else ''})"
+    fix = (f"give a state dict of timm.create_model({entry.timm_name!r}{''.join(f', {k}={v!r}' for k, v in entry.fixed.items())}) "
+           f"(any number of classes{'; any image size' if entry.family in FILE_FILTERS else ''}).")
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    if entry.family in FILE_FILTERS:
+        module, _, fn = FILE_FILTERS[entry.family].partition(":")
+        try:
+            state = getattr(importlib.import_module(module), fn)(state, model)
+        except Exception as e:  # timm's adapter met tensors it cannot resample: not this family's weights
+            raise UserError(field, source, f"Not weights for {what}: timm could not adapt them ({_first_line(e)}); {fix}") from None
+    own = model.state_dict()
+    heads = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)  # timm's name for the head: fc, head, classifier, head.fc
+    head_keys = {f"{h}.{p}" for h in heads for p in ("weight", "bias")} & set(own)
+    head_fits = all(k in state and state[k].shape == own[k].shape for k in head_keys)
+    missing = sorted(set(own) - set(state) - head_keys)
+    extra = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) - head_keys if state[k].shape != own[k].shape)
+    if missing or extra or wrong:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} of its {len(own)} tensors are not in the file (e.g. {', '.join(missing[:3])})")
+        if extra:
+            problems.append(f"{len(extra)} in the file are not its (e.g. {', '.join(extra[:3])})")
+        if wrong:
+            problems.append(f"{len(wrong)} differ in shape (e.g. {wrong[0]}: {tuple(state[wrong[0]].shape)} in the file, "
+                            f"{tuple(own[wrong[0]].shape)} in the model)")
+        raise UserError(field, source, f"Not weights for {what}: {'; '.join(problems)}; {fix}")
+    if not head_fits:
+        weight = next((k for k in sorted(head_keys) if k.endswith(".weight")), None)
+        had = f"its {state[weight].shape[0]}-class head" if weight in state else "it has no classifier, so"
+        state = {k: v for k, v in state.items() if k not in head_keys}
+        log(f"--pretrained-file: {had} ({', '.join(heads)}) is replaced by a new {own[weight].shape[0]}-class head, "
+            "trained from scratch; every other weight is the file's")
+    resampled = [f"{RESAMPLED_NAMES.get(k, k)} {shapes[k]} -> {tuple(v.shape)}" for k, v in state.items()
+                 if k in shapes and shapes[k] != tuple(v.shape)]
+    if resampled:
+        log(f"--pretrained-file: weights made at another image size, resampled by timm to this one: {'; '.join(resampled)}")
+    model.load_state_dict(state, strict=head_fits)
+    return not head_fits
 
 
 def count_params(model: torch.nn.Module) -> int:

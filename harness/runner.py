@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from harness import plugins
-from harness.models import get_model_entry
+from harness.models import check_pretrained_file, get_model_entry
 from harness.progress import LiveView
 from harness.specs import RunSpec
 from harness.store import Store, shown_url
@@ -53,6 +53,8 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
                    echo: Callable[[str], None] = print, kind: str = "train") -> RunResult:
     plugins.load(spec.plugins)  # a resumed checkpoint names the plugins its model or data came from
     entry = get_model_entry(spec.model)
+    if spec.pretrained_file is not None and resume is None:  # a bad weights file is refused before a row exists
+        check_pretrained_file(spec.model, spec.pretrained_file, image_size=spec.data.image_size)
     device = describe_device(spec)
     where = where_it_runs(spec)
     store = Store(db)
