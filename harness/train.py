@@ -420,7 +420,7 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] = lambda r: None, *
         torch.set_num_threads(spec.threads)
     _seed_epoch(spec.seed, 0)
     ds = data_mod.load(spec.data, device)
-    train_probe = data_mod.head(ds.train, len(ds.val))  # a fixed slice of the (shuffled) training set
+    train_probe = data_mod.probe(ds)  # fixed training images covering every class (train_acc, the gap)
     # A resumed run's weights come from its checkpoint: the pretrained ones it started from are not
     # fetched or read again (the hub may be offline, the file gone).
     start = spec if resume is None else spec.model_copy(update={"pretrained": False, "pretrained_file": None})
