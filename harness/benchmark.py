@@ -20,7 +20,7 @@ from harness.errors import UserError
 from harness.files import check_out_dir
 from harness.models import ALL, CPU_VARIANT, MODELS, get_model_entry
 from harness.recipes import parse_ref
-from harness.specs import BenchmarkSpec, RunSpec, parse_spec, read_yaml, resolve_run
+from harness.specs import BenchmarkSpec, LrPoint, RunSpec, parse_lrs, parse_spec, read_yaml, resolve_run
 
 DEFAULT_GRID = Path("benchmarks/naive_vs_recipe.yaml")
 REPO_GRID = Path(__file__).resolve().parent.parent / DEFAULT_GRID  # when run from another folder
@@ -41,7 +41,7 @@ def split_names(value: str | list[Any] | None) -> list[str] | None:
 def load_grid(path: Path | None, *, models: str | None = None, recipes: str | None = None, epochs: int | None = None,
               seeds: int | None = None, data: str | None = None, image_size: int | None = None, scale: str | None = None,
               concurrency: int | None = None, batch_size: int | None = None,
-              sets: dict[str, Any] | None = None) -> BenchmarkSpec:
+              sets: dict[str, Any] | None = None, lrs: str | None = None) -> BenchmarkSpec:
     """The grid file with the command line's overrides applied, validated (UserError on bad input)."""
     for flag, v, least in (("--epochs", epochs, "Train at least 1 epoch"), ("--seeds", seeds, "Run at least 1 seed"),
                            ("--concurrency", concurrency, "Run at least 1 trial at a time"),
@@ -73,8 +73,18 @@ def load_grid(path: Path | None, *, models: str | None = None, recipes: str | No
         raw["data"] = d
     if sets:
         raw["set"] = {**(raw.get("set") or {}), **sets}
-    spec: BenchmarkSpec = parse_spec(BenchmarkSpec, raw, str(source))
     where = f"{source}: "
+    if lrs is not None:
+        raw["lrs"] = lrs
+    if raw.get("lrs") is not None:  # normalised once: the stored spec holds the axis as it resolved
+        field = "--lrs" if lrs is not None else where + "lrs"
+        raw["lrs"] = [p.label for p in parse_lrs(raw["lrs"], field)]
+        fixed = sorted({"lr", "min_lr", "warmup_lr"} & set(raw.get("set") or {}))
+        if fixed:
+            by = "--set" if sets and set(fixed) & set(sets) else where + "set"
+            raise UserError(by, {k: raw["set"][k] for k in fixed}, "The lr axis sets each run's lr (and scales its "
+                            "schedule's floor and warmup start with it); drop the lr from --set/set:, or drop the axis.")
+    spec: BenchmarkSpec = parse_spec(BenchmarkSpec, raw, str(source))
     for name in spec.models:
         if name != "all":
             get_model_entry(name, "--models" if models is not None else where + "models")
@@ -117,14 +127,17 @@ def resolve_grid(spec: BenchmarkSpec, *, cuda: bool) -> Grid:
         pairs.append((ran, name if ran != name else None))
     seen: set[str] = set()
     pairs = [p for p in pairs if not (p[0] in seen or seen.add(p[0]))]  # one per model that runs, first wins
+    points = parse_lrs(spec.lrs, "lrs") if spec.lrs else (None,)
     runs: list[RunSpec] = []
     for ran, stands_for in pairs:
         for recipe in spec.recipes:
-            for seed in range(spec.seeds):
-                runs.append(resolve_run(model=ran, recipe=recipe, data=spec.data, overrides=spec.set, epochs=spec.epochs,
-                                        batch_size=spec.batch_size, recipe_field="recipes", seed=seed, stands_for=stands_for,
-                                        # one torch thread per CPU a trial holds: concurrent trials do not oversubscribe
-                                        threads=max(1, int(spec.resources.cpu)) if not cuda else None))
+            for point in points:
+                for seed in range(spec.seeds):
+                    run = resolve_run(model=ran, recipe=recipe, data=spec.data, overrides=spec.set, epochs=spec.epochs,
+                                      batch_size=spec.batch_size, recipe_field="recipes", seed=seed, stands_for=stands_for,
+                                      # one torch thread per CPU a trial holds: concurrent trials do not oversubscribe
+                                      threads=max(1, int(spec.resources.cpu)) if not cuda else None)
+                    runs.append(at_lr(run, point) if point is not None else run)
     swapped = [f"{ran} for {sf}" for ran, sf in pairs if sf]
     note = None
     if swapped:
@@ -134,20 +147,33 @@ def resolve_grid(spec: BenchmarkSpec, *, cuda: bool) -> Grid:
     return Grid(runs, scale, note)
 
 
+def at_lr(run: RunSpec, point: LrPoint) -> RunSpec:
+    """`run` at one point of the lr axis: its whole lr schedule (peak, cosine floor, warmup start)
+    multiplied by one factor, so the schedule keeps the recipe's shape at every point (a floor left
+    at the recipe's value would sit above a lowered peak). The run records where it sits."""
+    r = run.recipe
+    own = r.scaled_lr()
+    f = point.factor(own)
+    recipe = r.model_copy(update={"lr": r.lr * f, "min_lr": r.min_lr * f, "warmup_lr": r.warmup_lr * f})
+    return run.model_copy(update={"recipe": recipe, "tags": {**run.tags, "lr_point": point.label, "lr_mult": f,
+                                                             "lr": recipe.scaled_lr(), "own_lr": own}})
+
+
 def budget_lines(grid: Grid) -> list[str]:
     """What each recipe of the grid gets, resolved once: batch, updates, lr, warmup (the fitted values)."""
     first = grid.runs[0]
     out = [f"budget: {first.epochs} epochs x {first.train_images} images on {first.data.name} at {first.data.image_size} px, "
            f"{len({r.seed for r in grid.runs})} seed(s)"]
-    seen = set()
+    by_recipe: dict[tuple[str, str], list[RunSpec]] = {}
     for r in grid.runs:
-        key = (r.model, r.recipe.label())
-        if key in seen:
-            continue
-        seen.add(key)
-        rc = r.recipe
+        by_recipe.setdefault((r.model, r.recipe.label()), []).append(r)
+    for (model, label), group in by_recipe.items():
+        r, rc = group[0], group[0].recipe
         spe = r.updates() // r.epochs
-        out.append(f"  {r.model:<16} {rc.label():<20} batch {rc.batch_size}, {r.updates()} updates, lr {rc.scaled_lr():.3g}, "
+        own = r.tags.get("own_lr", rc.scaled_lr())
+        axis = list(dict.fromkeys(f"{g.recipe.scaled_lr():.3g}" for g in group))
+        lr = f"lr {own:.3g}" + (f" (own); lr axis {', '.join(axis)}" if "lr_point" in r.tags else "")
+        out.append(f"  {model:<16} {label:<20} batch {rc.batch_size}, {r.updates()} updates, {lr}, "
                    f"warmup {round(rc.warmup_epochs * spe)} updates, {rc.schedule}")
     for model in dict.fromkeys(r.model for r in grid.runs):
         warning = get_model_entry(model).size_warning(first.data.image_size)
@@ -229,18 +255,30 @@ def finish(db: str, experiment_id: int, out: Path, *, echo: Callable[[str], None
     from harness.dashboards import write_dashboards
     from harness.store import shown_url
 
+    from harness import sensitivity as sens
+
     index = write_dashboards(db, out)
     store = rep.open_reader(db)
     try:
         table = rep.before_after(store, experiment_id)
+        _, points, summary = sens.sensitivity(store, experiment_id)
     finally:
         store.close()
     echo("")
     echo("before/after (final val acc %; one seed: [95% binomial interval], several: mean ± std; Δ in points; "
          "the legend is in the .md):")
     echo(rep.to_text(rep.format_before_after(table)))
+    if not points.empty:
+        echo("")
+        echo(f"lr sensitivity (final val acc % over seeds: median [min–max]; window = within {sens.WINDOW_POINTS:g} points "
+             "of the best median; the legend is in the .md):")
+        echo(rep.to_text(sens.format_summary(summary)))
+        echo("")
+        echo(rep.to_text(sens.format_curve(points)))
     echo("")
     echo(f"table: {out / f'before_after-{experiment_id}.md'} and .csv")
+    if not points.empty:
+        echo(f"lr sensitivity: {out / f'sensitivity-{experiment_id}.md'} and .csv, page {out / f'sensitivity-{experiment_id}.html'}")
     echo(f"dashboards: {out / f'before_after-{experiment_id}.html'} (before/after), {index} (everything)")
     echo(f"results: experiment {experiment_id} in {shown_url(db)}")
     return index

@@ -244,6 +244,9 @@ def recipes_show(name: str, model: str | None, data_opts: dict,
               help="auto: full models on CUDA, same-family CPU stand-ins otherwise [default: the grid file's, auto]")
 @click.option("--concurrency", type=int, default=None, help="trials at once [default: the grid file's]")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a recipe field in every run (repeatable)")
+@click.option("--lrs", default=None, help="an lr axis: multipliers of each recipe's own lr (x0.1,x0.3,x1,x3,x10), "
+              "absolute lrs at the run's batch (1e-4,3e-4,1e-3), or default (= x0.1,x0.3,x1,x3,x10); adds the lr "
+              "sensitivity table and page [default: the grid file's; none = each recipe at its own lr]")
 @click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLAlchemy URL of the results database")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("dashboards"), show_default=True,
               help="folder for the dashboards and the before/after table")
@@ -256,8 +259,8 @@ def recipes_show(name: str, model: str | None, data_opts: dict,
               help="seconds between rewrites of the live dashboards while it runs")
 def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs: int | None, seeds: int | None,
               batch_size: int | None, data_name: str | None, image_size: int | None, scale: str | None, concurrency: int | None,
-              sets: tuple[str, ...], db: str, out: Path, address: str | None, resume: bool, storage_path: Path,
-              pages_every: float) -> None:
+              sets: tuple[str, ...], lrs: str | None, db: str, out: Path, address: str | None, resume: bool,
+              storage_path: Path, pages_every: float) -> None:
     """Models x recipes x seeds through Ray Tune, then the before/after table and dashboards.
 
     GRID is a benchmark YAML (default benchmarks/naive_vs_recipe.yaml); flags override its fields.
@@ -266,7 +269,7 @@ def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs
 
     spec = load_grid(grid, models=models, recipes=recipes, epochs=epochs, seeds=seeds, data=data_name,
                      image_size=image_size, scale=scale, concurrency=concurrency, batch_size=batch_size,
-                     sets=parse_sets(sets))
+                     sets=parse_sets(sets), lrs=lrs)
     run_benchmark(spec, db=db, out=out, address=address, echo=click.echo, resume=resume, storage_path=storage_path,
                   pages_every_s=pages_every)
 

@@ -179,7 +179,7 @@ def _from_spec(params: object) -> tuple[int | None, object, object]:
 
 RUN_SUMMARY_COLUMNS = ["run_id", "label", "model", "stands_for", "recipe", "seed", "status", "best", "final", "final_lo",
                        "final_hi", "n_val", "batch", "updates", "epochs_to_90", "gap", "chance", "at_chance",
-                       "ends_at_chance"]
+                       "ends_at_chance", "lr", "lr_mult"]
 
 
 def run_summary(store: Store, runs: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
@@ -211,16 +211,22 @@ def run_summary(store: Store, runs: pd.DataFrame, epochs: pd.DataFrame) -> pd.Da
     # epoch and the last are judged: a run can touch chance+20% once and collapse after.
     s["at_chance"] = (s["best"] < CHANCE_MARGIN * s["chance"]).fillna(False).astype(bool)
     s["ends_at_chance"] = (s["final"] < CHANCE_MARGIN * s["chance"]).fillna(False).astype(bool)
+    # Where the run sits on a grid's lr axis (NaN without one): its peak lr and the multiple of its recipe's own.
+    tags = s["params"].map(lambda p: (p.get("tags") or {}) if isinstance(p, dict) else {})
+    s["lr"] = tags.map(lambda t: t.get("lr", math.nan)).astype(float)
+    s["lr_mult"] = tags.map(lambda t: t.get("lr_mult", math.nan)).astype(float)
     return s[RUN_SUMMARY_COLUMNS]
 
 
 # --- the before/after table ---------------------------------------------------------------------
 
 TABLE_COLUMNS = [
-    "model", "ran", "stands_for", "before_recipe", "after_recipe", "before_runs", "after_runs", "batch", "updates",
-    "n_val", "before_best_mean", "before_best_std", "after_best_mean", "after_best_std", "delta_best",
-    "before_final_mean", "before_final_std", "before_final_lo", "before_final_hi",
-    "after_final_mean", "after_final_std", "after_final_lo", "after_final_hi", "delta_final",
+    "model", "ran", "stands_for", "before_recipe", "after_recipe", "lrs", "before_lr", "after_lr", "before_runs",
+    "after_runs", "batch", "updates", "n_val", "before_best_mean", "before_best_std", "after_best_mean", "after_best_std",
+    "delta_best", "before_final_mean", "before_final_std", "before_final_lo", "before_final_hi",
+    "before_final_median", "before_final_min", "before_final_max", "before_collapsed",
+    "after_final_mean", "after_final_std", "after_final_lo", "after_final_hi",
+    "after_final_median", "after_final_min", "after_final_max", "after_collapsed", "delta_final",
     "delta_final_lo", "delta_final_hi", "interval", "verdict",
     "before_epochs_to_90", "after_epochs_to_90", "before_gap", "after_gap", "flags",
 ]
@@ -272,43 +278,81 @@ def compare(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, object]:
     return out
 
 
+def _collapsed(side: pd.DataFrame) -> int:
+    """Runs that ended at chance or diverged/failed: a run that did not train, whatever the reason."""
+    return int((side["ends_at_chance"] | side["status"].isin(["diverged", "failed"])).sum())
+
+
+def _comparison(label: dict, baseline: str, other: str | None, before: pd.DataFrame, after: pd.DataFrame,
+                lrs: str) -> dict:
+    """One row of the before/after table: `before` (the baseline's runs) against `after` (another recipe's)."""
+    both = pd.concat([before, after])
+    row = {**label, "before_recipe": baseline, "after_recipe": other, "lrs": lrs,
+           "before_lr": _one(before["lr"]), "after_lr": _one(after["lr"]),
+           "before_runs": len(before), "after_runs": len(after), "batch": _one(both["batch"]),
+           "updates": _one(both["updates"]), "n_val": _one(both["n_val"])}
+    for side, df in (("before", before), ("after", after)):
+        for metric in ("best", "final"):
+            vals = 100.0 * df[metric].astype(float)
+            row[f"{side}_{metric}_mean"] = vals.mean() if vals.notna().any() else math.nan
+            row[f"{side}_{metric}_std"] = vals.std(ddof=1) if vals.notna().sum() > 1 else math.nan
+        # Several seeds: the mean of a bimodal set (some collapse, some train) is no run's result, so the
+        # median, the min-max and the collapses stand next to it.
+        finals = 100.0 * df["final"].astype(float)
+        row[f"{side}_final_median"], row[f"{side}_final_min"], row[f"{side}_final_max"] = (
+            (finals.median(), finals.min(), finals.max()) if finals.notna().any() else (math.nan,) * 3)
+        row[f"{side}_collapsed"] = _collapsed(df)
+        # One run: its binomial interval; several: the spread of the seeds says more.
+        one = len(df) == 1
+        row[f"{side}_final_lo"] = 100 * df["final_lo"].iloc[0] if one else math.nan
+        row[f"{side}_final_hi"] = 100 * df["final_hi"].iloc[0] if one else math.nan
+        row[f"{side}_epochs_to_90"] = df["epochs_to_90"].astype(float).mean() if len(df) else math.nan
+        row[f"{side}_gap"] = df["gap"].astype(float).mean() if len(df) else math.nan
+    row["delta_best"] = row["after_best_mean"] - row["before_best_mean"]
+    row["delta_final"] = row["after_final_mean"] - row["before_final_mean"]
+    row.update(compare(before, after))
+    for side, recipe, df in (("before", baseline, before), ("after", other, after)):
+        k = row[f"{side}_collapsed"]
+        if len(df) >= 2 and k and row["verdict"]:  # the finding is the collapse, not the mean
+            row["verdict"] += f"; {recipe} collapsed in {k} of {len(df)} seeds"
+    row["flags"] = "; ".join(_flags(before, baseline) + (_flags(after, other) if other else []))
+    return row
+
+
+def _best_lr(runs: pd.DataFrame) -> pd.DataFrame:
+    """A recipe's runs at the lr of its highest median final accuracy over seeds (ties: the lower lr)."""
+    med = runs.groupby("lr")["final"].median()
+    if med.dropna().empty:
+        return runs.iloc[0:0]
+    return runs[runs["lr"] == med.idxmax()]
+
+
 def before_after(store: Store, experiment_id: int) -> pd.DataFrame:
     """Per model of one experiment: the baseline recipe (naive, when present) against each other
-    recipe, accuracies in percent as mean and sample std over seeds. Raw numbers (CSV-ready)."""
+    recipe, accuracies in percent as mean and sample std over seeds (with median, min-max and
+    collapses). With an lr axis: once at each recipe's own lr (the x1 point) and once each at its
+    best lr in the grid, whether the recipe matters beyond its learning rate. Raw numbers (CSV-ready)."""
     runs = read_runs(store, experiment_id)
     if runs.empty:
         return pd.DataFrame(columns=TABLE_COLUMNS)
     summary = run_summary(store, runs, read_epochs(store, runs["id"].tolist()))
+    axis = summary["lr_mult"].notna().any()
     rows = []
     # Models in the order their first run was created (the grid's order).
     for (model, stands_for), group in summary.groupby(["model", summary["stands_for"].fillna("")], sort=False):
+        label = {"model": stand_in_label(model, stands_for or None, short=True), "ran": model,
+                 "stands_for": stands_for or None}
         recipes = list(dict.fromkeys(group["recipe"]))
         baseline = "naive" if "naive" in recipes else recipes[0]
         others = [r for r in recipes if r != baseline] or [None]
-        before = group[group["recipe"] == baseline]
+        own = group[np.isclose(group["lr_mult"], 1.0)] if axis else group
         for other in others:
-            after = group[group["recipe"] == other] if other else group.iloc[0:0]
-            both = pd.concat([before, after])
-            row = {"model": stand_in_label(model, stands_for or None, short=True), "ran": model, "stands_for": stands_for or None,
-                   "before_recipe": baseline, "after_recipe": other,
-                   "before_runs": len(before), "after_runs": len(after), "batch": _one(both["batch"]),
-                   "updates": _one(both["updates"]), "n_val": _one(both["n_val"])}
-            for side, df in (("before", before), ("after", after)):
-                for metric in ("best", "final"):
-                    vals = 100.0 * df[metric].astype(float)
-                    row[f"{side}_{metric}_mean"] = vals.mean() if vals.notna().any() else math.nan
-                    row[f"{side}_{metric}_std"] = vals.std(ddof=1) if vals.notna().sum() > 1 else math.nan
-                # One run: its binomial interval; several: the spread of the seeds says more.
-                one = len(df) == 1
-                row[f"{side}_final_lo"] = 100 * df["final_lo"].iloc[0] if one else math.nan
-                row[f"{side}_final_hi"] = 100 * df["final_hi"].iloc[0] if one else math.nan
-                row[f"{side}_epochs_to_90"] = df["epochs_to_90"].astype(float).mean() if len(df) else math.nan
-                row[f"{side}_gap"] = df["gap"].astype(float).mean() if len(df) else math.nan
-            row["delta_best"] = row["after_best_mean"] - row["before_best_mean"]
-            row["delta_final"] = row["after_final_mean"] - row["before_final_mean"]
-            row.update(compare(before, after))
-            row["flags"] = "; ".join(_flags(before, baseline) + (_flags(after, other) if other else []))
-            rows.append(row)
+            of = lambda df, recipe: df[df["recipe"] == recipe] if recipe else df.iloc[0:0]  # noqa: E731
+            if not axis or not own.empty:
+                rows.append(_comparison(label, baseline, other, of(own, baseline), of(own, other), "own"))
+            if axis:
+                rows.append(_comparison(label, baseline, other, _best_lr(of(group, baseline)),
+                                        _best_lr(of(group, other)) if other else group.iloc[0:0], "best"))
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
@@ -322,26 +366,41 @@ def _num(v: float, fmt: str = "{:.1f}") -> str:
     return "-" if pd.isna(v) else fmt.format(v)
 
 
-def format_final(mean: float, std: float, lo: float, hi: float) -> str:
-    """A final-accuracy cell: '83.3 [79.2, 86.8]' for one run (its binomial interval), 'mean ± std'
-    over seeds, '-' for none."""
+def format_final(mean: float, std: float, lo: float, hi: float, median: float = math.nan, low: float = math.nan,
+                 high: float = math.nan) -> str:
+    """A final-accuracy cell: '83.3 [79.2, 86.8]' for one run (its binomial interval), 'mean ± std;
+    median m [min–max]' over seeds, '-' for none."""
     if pd.notna(lo) and pd.notna(mean):
         return f"{mean:.1f} [{lo:.1f}, {hi:.1f}]"
+    if pd.notna(std) and pd.notna(median):
+        return f"{_pm(mean, std)}; median {median:.1f} [{low:.1f}–{high:.1f}]"
     return _pm(mean, std)
 
 
+def _final(r: pd.Series, side: str) -> str:
+    return format_final(*(r.get(f"{side}_final_{k}", math.nan) for k in ("mean", "std", "lo", "hi", "median", "min", "max")))
+
+
 def format_before_after(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as people read it: 'naive → vit', 'a ± s → b ± s', signed differences."""
+    """The table as people read it: 'naive → vit', 'a ± s → b ± s', signed differences. With several
+    seeds it adds the collapses (k/n), with an lr axis the lrs compared (each recipe's own, or its best)."""
+    seeds = bool(((table["before_runs"] > 1) | (table["after_runs"] > 1)).any()) if len(table) else False
+    axis = bool((table["lrs"] == "best").any()) if "lrs" in table and len(table) else False
     rows = []
     for _, r in table.iterrows():
         arrow = lambda a, b: f"{a} → {b}"  # noqa: E731
-        rows.append({
-            "model": r["model"],
-            "recipes": arrow(r["before_recipe"], r["after_recipe"] or "-"),
+        row = {"model": r["model"], "recipes": arrow(r["before_recipe"], r["after_recipe"] or "-")}
+        if axis:
+            row["lr"] = ("each at its own (x1)" if r["lrs"] == "own" else
+                         "each at its best: " + arrow(_num(r["before_lr"], "{:.3g}"), _num(r["after_lr"], "{:.3g}")))
+        row |= {
             "seeds": arrow(r["before_runs"], r["after_runs"]),
             "batch, updates": f"{_num(r['batch'], '{:.0f}')}, {_num(r['updates'], '{:.0f}')}",
-            "final val acc % [95% CI]": arrow(format_final(r["before_final_mean"], r["before_final_std"], r["before_final_lo"], r["before_final_hi"]),
-                                              format_final(r["after_final_mean"], r["after_final_std"], r["after_final_lo"], r["after_final_hi"])),
+            "final val acc % [95% CI]": arrow(_final(r, "before"), _final(r, "after")),
+        }
+        if seeds:
+            row["collapsed"] = arrow(f"{r['before_collapsed']}/{r['before_runs']}", f"{r['after_collapsed']}/{r['after_runs']}")
+        row |= {
             "Δ final [95% CI]": (_num(r["delta_final"], "{:+.1f}") + (f" [{r['delta_final_lo']:+.1f}, {r['delta_final_hi']:+.1f}]"
                                                                     if pd.notna(r["delta_final_lo"]) else "")),
             "verdict": r["verdict"] or "",
@@ -350,7 +409,8 @@ def format_before_after(table: pd.DataFrame) -> pd.DataFrame:
             "epochs to 90% of best": arrow(_num(r["before_epochs_to_90"]), _num(r["after_epochs_to_90"])),
             "final train–val gap (pts)": arrow(_num(r["before_gap"], "{:+.1f}"), _num(r["after_gap"], "{:+.1f}")),
             "flags": r["flags"] or "",
-        })
+        }
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -359,7 +419,10 @@ TABLE_LEGEND = (
     "validation set itself, so it is optimistic). One seed: [95% Wilson interval] on the validation images; several: "
     "mean ± sample std. Δ = after − before in points with its 95% interval: Newcombe's (two binomial proportions) for "
     "one seed, a paired bootstrap over seeds for two or more. Verdict: better / worse when the interval excludes 0, "
-    "else no detectable difference. Batch and updates are per run (one batch size for every recipe of a grid). "
+    "else no detectable difference. With several seeds, also the median [min–max] (the mean of seeds that split "
+    "between collapsing and training is no run's result) and the runs that collapsed (ended at chance, diverged or "
+    "failed) as k/n. With an lr axis, each pair is compared at each recipe's own lr and at each one's best lr in the "
+    "grid (the highest median): whether the recipe matters beyond its learning rate. Batch and updates are per run (one batch size for every recipe of a grid). "
     "Gap = train − val accuracy at the last epoch, both measured in eval mode without augmentation. "
     "Recipes say their form: published (the source's values) or fitted (derived for this run's budget).")
 

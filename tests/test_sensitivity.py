@@ -1,0 +1,141 @@
+"""The lr axis: the sensitivity numbers, the window, the danger-zone flags and the collapse counts
+against a table computed by hand; the before/after table at own and best lrs; `--lrs` refusals."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from harness import report as rep
+from harness import sensitivity as sens
+from harness.benchmark import load_grid, resolve_grid
+from harness.cli import main
+from harness.store import Store
+
+# Final val acc in % per (recipe, lr) for seeds 0, 1, 2 on digits (10 classes: chance 10%, a run
+# "collapsed" below 1.2 x 10% = 12%). "D" = diverged (its last val acc 5%, counted at chance).
+FINALS = {
+    ("naive", 1e-4): [70, 72, 68],
+    ("naive", 1e-3): [65, 10, 11],   # two of three seeds collapse: the danger zone
+    ("naive", 1e-2): ["D", 9, 10],   # all fail: not a danger zone, just failure
+    ("vit (fitted)", 1e-4): [60, 62, 64],
+    ("vit (fitted)", 1e-3): [80, 84, 82],
+    ("vit (fitted)", 1e-2): [78, 11, 79],  # one collapse among trained seeds: danger
+}
+OWN_LR = {"naive": 1e-3, "vit (fitted)": 1e-3}
+
+
+@pytest.fixture
+def grid_db(db_url):
+    store = Store(db_url)
+    exp = store.create_experiment(kind="benchmark", name="lr grid", spec="")
+    for (recipe, lr), finals in FINALS.items():
+        for seed, final in enumerate(finals):
+            tags = {"lr_point": f"{lr:g}", "lr_mult": lr / OWN_LR[recipe], "lr": lr, "own_lr": OWN_LR[recipe]}
+            params = {"data": {"name": "digits"}, "recipe": {"batch_size": 64}, "epochs": 1, "train_images": 1000,
+                      "tags": tags}
+            run = store.create_run(exp, model="vit_tiny", stands_for="vit_base", recipe=recipe, params=params, seed=seed)
+            acc = 0.05 if final == "D" else final / 100
+            store.log_epoch(run, 1, {"train_loss": 1.0, "train_acc": acc, "val_loss": 1.0, "val_acc": acc, "lr": lr})
+            store.finish_run(run, status="diverged" if final == "D" else "completed")
+    store.finish_experiment(exp, "completed")
+    store.close()
+    return db_url, exp
+
+
+def test_sensitivity_table_matches_hand_computation(grid_db):
+    db, exp = grid_db
+    store = rep.open_reader(db)
+    try:
+        runs, points, summary = sens.sensitivity(store, exp)
+    finally:
+        store.close()
+    assert len(runs) == 18 and len(points) == 6
+    p = points.set_index(["recipe", "lr"])
+    assert p.loc[("naive", 1e-3), ["median", "min", "max"]].tolist() == [11, 10, 65]
+    assert p.loc[("naive", 1e-2), ["median", "collapsed", "diverged"]].tolist() == [10, 2, 1]  # diverged at chance
+    assert p.loc[("vit (fitted)", 1e-2), ["median", "min", "max", "collapsed"]].tolist() == [78, 11, 79, 1]
+    assert p["danger"].to_dict() == {("naive", 1e-4): False, ("naive", 1e-3): True, ("naive", 1e-2): False,
+                                     ("vit (fitted)", 1e-4): False, ("vit (fitted)", 1e-3): False,
+                                     ("vit (fitted)", 1e-2): True}
+
+    s = summary.set_index("recipe")
+    naive, vit = s.loc["naive"], s.loc["vit (fitted)"]
+    assert (naive["best_lr"], naive["best_median"], naive["window_lo"], naive["window_hi"]) == (1e-4, 70, 1e-4, 1e-4)
+    assert naive["window_decades"] == 0 and naive["best_at_edge"]
+    assert math.isclose(naive["lr_sensitivity"], (0 + (70 - 11) + (70 - 10)) / 3)
+    assert (naive["own_lr_where"], naive["naive_lr_where"], naive["danger_lrs"]) == ("above the window", "above the window", "0.001")
+    assert math.isclose(naive["own_lr_vs_best"], 10) and (naive["collapsed"], naive["diverged"]) == ("4/9", "1/9")
+
+    assert (vit["best_lr"], vit["best_median"], vit["window_lo"], vit["window_hi"]) == (1e-3, 82, 1e-3, 1e-2)
+    assert math.isclose(vit["window_decades"], 1.0) and not vit["best_at_edge"]
+    assert math.isclose(vit["lr_sensitivity"], ((82 - 62) + 0 + (82 - 78)) / 3)
+    assert (vit["own_lr_where"], vit["naive_lr_where"], vit["danger_lrs"]) == ("in the window", "in the window", "0.01")
+
+    text = rep.to_text(sens.format_summary(summary))
+    assert "0.0001 (70.0) at the grid's edge" in text and "0.001–0.01 (1.00 decades)" in text
+    assert "0.001: 10x above the best, above the window" in text and "39.7" in text and "8.0" in text
+
+
+def test_before_after_at_own_and_best_lr_shows_collapses(grid_db):
+    db, exp = grid_db
+    store = rep.open_reader(db)
+    try:
+        table = rep.before_after(store, exp)
+    finally:
+        store.close()
+    own, best = table[table["lrs"] == "own"].iloc[0], table[table["lrs"] == "best"].iloc[0]
+    # At the own lr (1e-3 for both): naive [65, 10, 11] against vit [80, 84, 82].
+    assert (own["before_final_median"], own["before_final_min"], own["before_final_max"]) == (11, 10, 65)
+    assert (own["before_collapsed"], own["after_collapsed"]) == (2, 0)
+    assert math.isclose(own["before_final_mean"], (65 + 10 + 11) / 3)
+    assert own["verdict"] == "better; naive collapsed in 2 of 3 seeds"
+    # Each at its best: naive 1e-4 [70, 72, 68] against vit 1e-3 [80, 84, 82]: +10, +12, +14 paired.
+    assert (best["before_lr"], best["after_lr"], best["before_final_median"], best["after_final_median"]) == (1e-4, 1e-3, 70, 82)
+    assert math.isclose(best["delta_final"], 12) and best["verdict"] == "better"
+    shown = rep.to_text(rep.format_before_after(table))
+    assert "each at its own (x1)" in shown and "each at its best: 0.0001 → 0.001" in shown
+    assert "2/3 → 0/3" in shown and "median 11.0 [10.0–65.0]" in shown
+
+
+def test_lr_axis_resolves_each_recipe_around_its_own_lr():
+    spec = load_grid(None, models="vit_base", lrs="x10,x0.1,x1")
+    grid = resolve_grid(spec, cuda=False)
+    assert spec.lrs == ["x0.1", "x1", "x10"]  # sorted, stored normalised
+    by = {(r.recipe.label(), r.tags["lr_point"]): r for r in grid.runs}
+    assert len(grid.runs) == 6
+    naive, vit = by[("naive", "x1")], by[("vit (fitted)", "x1")]
+    assert math.isclose(naive.tags["lr"], 1e-3) and math.isclose(vit.tags["lr"], 5e-4 * 64 / 512)
+    low = by[("vit (fitted)", "x0.1")]
+    assert math.isclose(low.recipe.scaled_lr(), vit.recipe.scaled_lr() / 10)
+    # The whole schedule scales: the cosine floor stays below the lowered peak.
+    assert math.isclose(low.recipe.min_lr, vit.recipe.min_lr / 10) and low.recipe.min_lr < low.recipe.scaled_lr()
+    absolute = resolve_grid(load_grid(None, models="vit_base", lrs="3e-4"), cuda=False)
+    assert all(math.isclose(r.recipe.scaled_lr(), 3e-4) for r in absolute.runs)
+
+
+@pytest.mark.parametrize("lrs,value,fix", [
+    ("0", "'0'", "must be a positive number"),
+    ("x-3", "'x-3'", "must be a positive number"),
+    ("fast", "'fast'", "Not a learning rate. Write multipliers"),
+    ("x1,x3,x1", "'x1'", "x1 is listed twice; list each lr once."),
+    ("1e-4,x3", "'1e-4,x3'", "Multipliers and absolute lrs are mixed"),
+])
+def test_bad_lrs_refused_before_anything(tmp_path, monkeypatch, lrs, value, fix):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["benchmark", "--models", "vit_base", "--lrs", lrs, "--db", f"sqlite:///{tmp_path}/r.db",
+                                  "--out", str(tmp_path / "d")])
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith(f"error: --lrs: got {value}.") and fix in r.output
+    assert list(tmp_path.iterdir()) == []  # no database, no pages, no Ray folder
+
+
+def test_lr_axis_with_a_fixed_lr_refused(tmp_path, monkeypatch):
+    """An lr set for every run (--set lr=...) and an lr axis contradict each other."""
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["benchmark", "--models", "vit_base", "--lrs", "default", "--set", "lr=3e-4",
+                                  "--db", f"sqlite:///{tmp_path}/r.db"])
+    assert r.exit_code == 2 and "error: --set: got {'lr': '3e-4'}." in r.output and "drop the lr from --set" in r.output
+    assert list(tmp_path.iterdir()) == []
