@@ -7,9 +7,24 @@ calls the registries' own `register` functions:
     register(ModelEntry("my_net", "resnet", factory=build_my_net, description="..."))
 
 Name it with `harness --plugin my_models ...` (repeatable), or ship it as an entry point in the
-`harness.plugins` group of your package (loaded by every command). Runs remember the plugins that
-were loaded when their spec was made (`RunSpec.plugins`): a Ray worker, a resumed checkpoint or a
-retried trial imports them again before it builds anything. The reliability tests use exactly this
+`harness.plugins` group of your package (loaded by every command):
+
+    [project.entry-points."harness.plugins"]
+    my_models = "my_pkg.models"            # a module: importing it registers
+    my_recipes = "my_pkg.recipes:register" # module:attr: imported, then the attribute is loaded
+
+An entry point is loaded as Python packaging defines it (`EntryPoint.load()`: the module, or the
+object its `attr` names, dotted paths allowed). A loaded object that is callable is then called with
+no arguments: that is how a `module:function` plugin registers (as a Sphinx extension's `setup` or a
+Jupyter extension's loader is called), so registering can live in a function rather than at import.
+pytest and flake8 only load their entry-point objects because they use them later as plugin objects
+or checkers; the harness has nothing to use an object for but registering. A non-callable attribute
+(a constant, say) is loaded and not called. `--plugin my_pkg.recipes:register` means the same.
+
+Runs remember the plugins that were loaded when their spec was made (`RunSpec.plugins`: a file as its
+absolute path, a module by name, an entry point as `module:attr`), and a Ray worker, a resumed
+checkpoint or a retried trial loads them again before it builds anything: the package must be
+importable there, but need not be installed as a distribution. The reliability tests use exactly this
 to plant faults (tests/plugins/faults.py: a model that raises, returns NaN or sleeps on cue), so
 the training loop carries no test branches.
 """
@@ -21,7 +36,7 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Iterable
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 from harness.errors import UserError
@@ -37,7 +52,7 @@ def _is_file(ref: str) -> bool:
 
 
 def resolve(ref: str, field: str = "--plugin") -> str:
-    """A file plugin as an absolute path (workers run elsewhere); a module name as given."""
+    """A file plugin as an absolute path (workers run elsewhere); a module or `module:attr` as given."""
     if _is_file(ref):
         path = Path(ref).expanduser().resolve()
         if not path.is_file():
@@ -46,41 +61,61 @@ def resolve(ref: str, field: str = "--plugin") -> str:
     return ref
 
 
+def _load_object(ref: str, field: str) -> None:
+    """Import `module` or load `module:attr` (EntryPoint.load, the packaging spec's rules); call what
+    an attr names when it is callable (the module docstring says why)."""
+    ep = EntryPoint(name=ref, value=ref, group=ENTRY_POINT_GROUP)
+    try:
+        module, attr = ep.module, ep.attr  # a value outside the spec's `module[:attr]` pattern fails here
+    except AttributeError:
+        raise UserError(field, ref, "Not a plugin reference; give a module (my_pkg.plugin), module:function "
+                        "(my_pkg.plugin:register) or the path of a .py file.") from None
+    try:
+        obj = ep.load()
+    except ModuleNotFoundError as e:
+        if e.name is not None and (module == e.name or module.startswith(e.name + ".")):
+            raise UserError(field, ref, "No module of that name is importable here; install it, or give the "
+                            "path of its .py file.") from None
+        raise
+    except AttributeError as e:
+        if attr and attr.split(".")[-1] in str(e):
+            raise UserError(field, ref, f"Module {module} has no {attr}; name a function in it, or the module "
+                            "alone if importing it registers.") from None
+        raise
+    if attr and callable(obj):
+        obj()
+
+
 def load(refs: Iterable[str], field: str = "--plugin") -> tuple[str, ...]:
-    """Import each plugin once (module name or .py file). Returns the resolved references."""
+    """Import each plugin once (module, module:attr or .py file). Returns the resolved references."""
     resolved = []
     for ref in refs:
         key = resolve(ref, field)
         resolved.append(key)
         if key in _LOADED:
             continue
-        try:
-            if _is_file(key):
-                # A stable module name per path: the same file loaded twice is one module.
-                name = "harness_plugin_" + hashlib.sha1(key.encode()).hexdigest()[:12]
-                spec = importlib.util.spec_from_file_location(name, key)
-                module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-                sys.modules[name] = module
-                spec.loader.exec_module(module)  # type: ignore[union-attr]
-            else:
-                importlib.import_module(key)
-        except ModuleNotFoundError as e:
-            if e.name == key:
-                raise UserError(field, ref, "No module of that name is importable here; install it, or give the "
-                                "path of its .py file.") from None
-            raise
+        if _is_file(key):
+            # A stable module name per path: the same file loaded twice is one module.
+            name = "harness_plugin_" + hashlib.sha1(key.encode()).hexdigest()[:12]
+            spec = importlib.util.spec_from_file_location(name, key)
+            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+            sys.modules[name] = module
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            _load_object(key, field)
         _LOADED[key] = None
     return tuple(resolved)
 
 
 def load_entry_points() -> None:
-    """Import every plugin installed under the `harness.plugins` entry-point group (once)."""
+    """Load every plugin installed under the `harness.plugins` entry-point group (once), each as
+    `module` or `module:attr` (extras ignored), so a run records what its workers must load again."""
     global _entry_points_loaded
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        load([ep.module], field=f"entry point {ep.name}")  # recorded: runs carry it to their workers
+        load([f"{ep.module}:{ep.attr}" if ep.attr else ep.module], field=f"entry point {ep.name} ({ep.value})")
 
 
 def active() -> tuple[str, ...]:

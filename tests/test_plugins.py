@@ -7,10 +7,10 @@ import subprocess
 import sys
 import textwrap
 
-import sqlalchemy as sa
 from click.testing import CliRunner
 
 from harness.cli import main
+from dbrows import rows
 
 PLUGIN = '''
 import torch
@@ -70,12 +70,19 @@ def test_plugin_model_dataset_recipe_train_and_resume(tmp_path, db_url):
     out = subprocess.run([sys.executable, "-m", "harness.cli", "train", "--resume", str(tmp_path / "ck" / "last.pt"),
                           "--epochs", "3", "--db", db_url], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "epoch   3/3" in out.stdout
-    engine = sa.create_engine(db_url)
-    with engine.connect() as c:
-        got = c.execute(sa.text("SELECT model, recipe, status FROM runs ORDER BY id")).all()
-    engine.dispose()
-    assert [tuple(r) for r in got] == [("tinynet", "naive_fast", "completed")] * 2
+    # It resumed: only epoch 3 trained in the new process (a restart from epoch 1 also prints "epoch   3/3").
+    assert f"resumed from {tmp_path / 'ck' / 'last.pt'} at epoch 2" in out.stdout, out.stdout
+    assert "epoch   3/3" in out.stdout and "epoch   1/3" not in out.stdout and "epoch   2/3" not in out.stdout
+    runs = rows(db_url, "SELECT id, model, recipe, status, epochs_done, best_val_acc, final_val_acc FROM runs ORDER BY id")
+    assert [(r["model"], r["recipe"], r["status"], r["epochs_done"]) for r in runs] == [
+        ("tinynet", "naive_fast", "completed", 2), ("tinynet", "naive_fast", "completed", 3)]
+    first, second = (rows(db_url, f"SELECT * FROM epochs WHERE run_id = {r['id']} ORDER BY epoch") for r in runs)
+    assert [e["epoch"] for e in first] == [1, 2] and [e["epoch"] for e in second] == [1, 2, 3]  # each once
+    metrics = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "grad_norm")
+    # Epochs 1-2 of the resumed run are the first run's, carried in the checkpoint; epoch 3 was trained after them.
+    assert [{k: e[k] for k in metrics} for e in second[:2]] == [{k: e[k] for k in metrics} for e in first]
+    assert all(second[2][k] is not None for k in metrics) and second[2]["val_acc"] == runs[1]["final_val_acc"]
+    assert runs[1]["best_val_acc"] == max(e["val_acc"] for e in second)
 
 
 def test_missing_plugin_is_bad_input(tmp_path):

@@ -13,20 +13,13 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
-import harness.cli
 from harness.cli import main
 from harness.models import build_model
 from dbrows import rows
 
 # Tiny runs: 64 synthetic images of 16 px, one epoch.
-TINY = ["--data", "synthetic", "--image-size", "16", "--epochs", "1", "--threads", "1", "--batch-size", "16"]
-
-
-@pytest.fixture(autouse=True)
-def small_data(monkeypatch):
-    """The CLI's data spec with 64 training images (as `--train-size 64` would give)."""
-    make = harness.cli.make_data_spec
-    monkeypatch.setattr(harness.cli, "make_data_spec", lambda *a, **k: make(*a, **k).model_copy(update={"train_size": 64}))
+TINY = ["--data", "synthetic", "--train-size", "64", "--image-size", "16", "--epochs", "1", "--threads", "1",
+        "--batch-size", "16"]
 
 
 @pytest.fixture(scope="module")
