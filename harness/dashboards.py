@@ -5,9 +5,11 @@ figures and writes simple pages around them (`fig.to_html(full_html=False)`), wi
 written once into the folder (`plotly.min.js`) so every page opens offline from file://.
 
 Pages: index.html (every experiment), experiment-<id>.html (its runs, curves overlaid),
-before_after-<id>.html (benchmarks: grouped bars + the table), sweep-<id>.html (Optuna's figures
-from the study in the same database + a trial table), run-<id>.html (seed 003's four panels,
-seed 002's per-class accuracy, confusion matrix and prediction grid), compare.html (--compare).
+before_after-<id>.html (benchmarks: grouped bars + the table), sensitivity-<id>.html (benchmarks
+with an lr axis: accuracy against lr per recipe, every seed a dot, + its tables), sweep-<id>.html
+(Optuna's figures from the study in the same database + a trial table), run-<id>.html (seed 003's
+four panels, seed 002's per-class accuracy, confusion matrix and prediction grid), compare.html
+(--compare).
 
 Live pages: while work runs, `write_dashboards(db, out, live=True)` (the grid driver every ~30 s,
 `harness report --watch`) marks every page it writes with a "running — updated HH:MM:SS" banner
@@ -17,8 +19,8 @@ and a `<meta http-equiv="refresh">`, so an open browser tab reloads it; the fina
 Every string that came from a user (experiment names, descriptions, class names, errors) goes
 through `esc()` before it reaches HTML or a Plotly label: names may hold markup or scripts.
 
-Length (~600 lines): one builder per page kind (index, experiment, sweep, run, before/after,
-ablation, compare) and the live/watch mode, sharing the page shell, the escaping and the table helpers.
+Length (~700 lines): one builder per page kind (index, experiment, sweep, run, before/after, lr
+sensitivity, ablation, compare) and the live/watch mode, sharing the page shell, the escaping and the table helpers.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from harness import report as rep
+from harness import sensitivity
 from harness.files import check_out_dir, write_text_atomic
 from harness.models import stand_in_label
 from harness.store import Store, shown_url
@@ -255,6 +258,70 @@ def before_after_figure(table: pd.DataFrame, title: str) -> go.Figure:
     return fig
 
 
+def sensitivity_figure(runs: pd.DataFrame, points: pd.DataFrame, summary: pd.DataFrame, title: str) -> go.Figure:
+    """Final val accuracy against lr (log x), one panel per model (`sensitivity.sensitivity`'s frames): per
+    recipe the seeds' median with its min–max band, every seed a dot (✕ collapsed or diverged, hollow not
+    finished), chance dotted, each recipe's own lr dashed in its colour and the naive lr dash-dotted."""
+    models, recipes = list(dict.fromkeys(points["model"])), list(dict.fromkeys(points["recipe"]))
+    color = {r: PALETTE[i % len(PALETTE)] for i, r in enumerate(recipes)}
+    ncols = 2 if len(models) == 4 else min(len(models), 3)
+    nrows = math.ceil(len(models) / ncols)
+    fig = make_subplots(rows=nrows, cols=ncols, shared_yaxes=True, horizontal_spacing=0.03, vertical_spacing=0.12,
+                        subplot_titles=[esc(m, 80) for m in models])
+
+    def vline(x: float, text: str, c: str, y: float, hover: str, line: dict, **cell: int) -> None:
+        fig.add_scatter(x=[x, x], y=[0, 100], mode="lines", name=text, line=line, showlegend=False,
+                        hovertemplate=f"{hover}: %{{x:.3g}}<extra></extra>", **cell)
+        fig.add_annotation(x=math.log10(x), y=y, text=text, showarrow=False, xanchor="left", xshift=2, font=dict(color=c, size=11),
+                           bgcolor="rgba(255,255,255,0.8)", **cell)  # a log axis places annotations at log10(x)
+
+    shown: set[str] = set()  # recipes already in the legend
+    for i, model in enumerate(models):
+        cell = dict(row=i // ncols + 1, col=i % ncols + 1)
+        mine = runs[runs["model_label"] == model]
+        vline(sensitivity.NAIVE_LR, "naive lr (seed 000)", "#555", 94 - 7 * len(recipes), "naive lr (seed 000)",
+              dict(color="#bbb", dash="dashdot", width=4), **cell)  # under the own lrs: the naive recipe's is 1e-3 too
+        for j, recipe in enumerate(recipes):
+            p = points[(points["model"] == model) & (points["recipe"] == recipe)]
+            if p.empty:
+                continue
+            c, name, first = color[recipe], esc(recipe, 60), recipe not in shown
+            shown.add(recipe)
+            fig.add_scatter(x=[*p["lr"], *p["lr"][::-1]], y=[*p["max"], *p["min"][::-1]], fill="toself", fillcolor=c,
+                            opacity=0.15, line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=name, **cell)
+            fig.add_scatter(x=p["lr"], y=p["median"], mode="lines+markers", name=f"{name}: median [min–max]", legendgroup=name,
+                            showlegend=first, line=dict(color=c, width=2.5), marker=dict(size=8, color=c),
+                            customdata=p[["seeds", "min", "max", "collapsed", "diverged"]].to_numpy(),
+                            hovertemplate=(f"<b>{name}</b> lr %{{x:.3g}}<br>median %{{y:.1f}}% [%{{customdata[1]:.1f}}–"
+                                           "%{customdata[2]:.1f}] over %{customdata[0]} seeds<br>collapsed %{customdata[3]}, "
+                                           "diverged %{customdata[4]}<extra></extra>"), **cell)
+            r = mine[mine["recipe"] == recipe]
+            k, n = r.groupby("lr").cumcount(), r.groupby("lr")["lr"].transform("size")
+            jitter = 10 ** (0.03 * (j - (len(recipes) - 1) / 2) + 0.012 * (k - (n - 1) / 2))  # decades, so seeds don't overlap
+            bad = r["collapsed"] | r["diverged"]
+            fig.add_scatter(x=r["lr"] * jitter, y=r["acc"], mode="markers", legendgroup=name, showlegend=False,
+                            marker=dict(color=c, size=[11 if b else 7 for b in bad], opacity=0.8, line=dict(width=1, color=c),
+                                        symbol=["x" if b else "circle-open" if s in ("running", "interrupted") else "circle"
+                                                for b, s in zip(bad, r["status"])]),
+                            customdata=list(zip(r["run_id"], r["seed"], r["lr"], r["status"].map(esc),
+                                                ["collapsed" if cl else "" for cl in r["collapsed"]])),
+                            hovertemplate=(f"{name} · run #%{{customdata[0]}} · seed %{{customdata[1]}}<br>lr %{{customdata[2]:.3g}}: "
+                                           "%{y:.1f}%<br>%{customdata[3]} %{customdata[4]}<extra></extra>"), **cell)
+            own = summary[(summary["model"] == model) & (summary["recipe"] == recipe)]["own_lr"]
+            if not own.empty and pd.notna(own.iloc[0]):
+                vline(float(own.iloc[0]), "own lr", c, 94 - 7 * j, f"{name}: own lr", dict(color=c, dash="dash", width=1.5), **cell)
+        chance = 100 * float(mine["chance"].astype(float).median())
+        if not math.isnan(chance):
+            fig.add_hline(y=chance, line=dict(color="#777", dash="dot", width=1.5), annotation_text=f"chance {chance:.0f}%",
+                          annotation_position="top left", annotation_font=dict(size=10, color="#777"), **cell)
+    for sym, text in (("circle", "seed"), ("x", "seed collapsed or diverged")):
+        fig.add_scatter(x=[None], y=[None], mode="markers", marker=dict(symbol=sym, color="#555", size=9), name=text)
+    fig.update_xaxes(type="log", title_text="peak learning rate (at the run's batch; log scale)", exponentformat="e", dtick="D2")
+    fig.update_yaxes(range=[0, 100], title_text="final val accuracy %", col=1)
+    fig.update_layout(title=esc(title, 200), height=140 + 400 * nrows, legend=dict(font=dict(size=11)), margin=dict(t=90, r=20))
+    return fig
+
+
 def evaluation_figures(ev: dict) -> tuple[go.Figure, go.Figure]:
     names = [esc(n, 40) for n in ev["class_names"]]
     acc = [100 * float(a) for a in ev["per_class_acc"]]
@@ -354,10 +421,12 @@ def experiment_header(exp: pd.Series, runs: pd.DataFrame) -> str:
             f"started {esc(str(exp['created_at'])[:19])} UTC · harness {esc(exp['code_version'])}</p>{note}")
 
 
-def experiment_page(exp: pd.Series, runs: pd.DataFrame, epochs: pd.DataFrame) -> str:
+def experiment_page(exp: pd.Series, runs: pd.DataFrame, epochs: pd.DataFrame, *, lr_axis: bool = False) -> str:
     links = []
     if exp["kind"] == "benchmark":
         links.append(link(f"before_after-{int(exp['id'])}.html", "before/after table and bars"))
+    if lr_axis:
+        links.append(link(f"sensitivity-{int(exp['id'])}.html", "lr sensitivity: accuracy against learning rate"))
     if exp["kind"] == "sweep":
         links.append(link(f"sweep-{int(exp['id'])}.html", "Optuna figures and trial table"))
     if exp["kind"] == "ablate":
@@ -383,9 +452,11 @@ def table_section(title: str, legend: str, shown: pd.DataFrame, *, cls: str, ste
             f"{esc(curves)}: {link(f'experiment-{eid}.html', 'experiment page')}.</p>")
 
 
-def before_after_page(exp: pd.Series, runs: pd.DataFrame, table_df: pd.DataFrame) -> str:
+def before_after_page(exp: pd.Series, runs: pd.DataFrame, table_df: pd.DataFrame, *, lr_axis: bool = False) -> str:
     eid = int(exp["id"])
     body = experiment_header(exp, runs)
+    if lr_axis:
+        body += f"<p>{link(f'sensitivity-{eid}.html', 'lr sensitivity: accuracy against learning rate, every seed')}</p>"
     if table_df.empty:
         body += "<p class='empty'>No runs recorded yet.</p>"
     else:
@@ -393,6 +464,18 @@ def before_after_page(exp: pd.Series, runs: pd.DataFrame, table_df: pd.DataFrame
         body += table_section("Before/after table", rep.TABLE_LEGEND, rep.format_before_after(table_df), cls="before-after",
                               stem=f"before_after-{eid}", eid=eid, curves="curves of every run")
     return page(f"before/after: {exp['name']}", body)
+
+
+def sensitivity_page(exp: pd.Series, runs: pd.DataFrame, sens: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> str:
+    """Accuracy against lr per model x recipe over seeds (`sensitivity.save_sensitivity`'s frames), then its two tables."""
+    eid, (lr_runs, points, summary) = int(exp["id"]), sens
+    body = experiment_header(exp, runs) + f"<p>{link(f'before_after-{eid}.html', 'before/after table and bars')}</p>"
+    body += fig_html(sensitivity_figure(lr_runs, points, summary, f"{exp['name']}: final accuracy against learning rate"),
+                     f"sensitivity-{eid}")
+    body += table_section("LR sensitivity per recipe", sensitivity.LEGEND, sensitivity.format_summary(summary), cls="sensitivity",
+                          stem=f"sensitivity-{eid}", eid=eid, curves="curves of every run")
+    body += "<h2>Per learning rate</h2>" + frame_table(sensitivity.format_curve(points), "sensitivity-lr")
+    return page(f"lr sensitivity: {exp['name']}", body)
 
 
 def ablate_page(exp: pd.Series, runs: pd.DataFrame, table_df: pd.DataFrame) -> str:
@@ -578,13 +661,18 @@ def write_dashboards(db: str, out: Path | str = "dashboards", *, compare: list[i
             eid = int(exp["id"])
             er = runs[runs["experiment_id"] == eid]
             ee = epochs[epochs["run_id"].isin(er["id"])]
-            write(f"experiment-{eid}.html", experiment_page(exp, er, ee))
+            sens = sensitivity.save_sensitivity(store, eid, out) if exp["kind"] == "benchmark" else None
+            lr_axis = sens is not None and not sens[1].empty  # a benchmark with an lr axis (`--lrs`)
+            write(f"experiment-{eid}.html", experiment_page(exp, er, ee, lr_axis=lr_axis))
             made[eid] = [link(f"experiment-{eid}.html", "curves")]
             if exp["kind"] == "benchmark":
                 _, _, tbl = rep.save_before_after(store, eid, out)
-                write(f"before_after-{eid}.html", before_after_page(exp, er, tbl))
+                write(f"before_after-{eid}.html", before_after_page(exp, er, tbl, lr_axis=lr_axis))
                 made[eid] += [link(f"before_after-{eid}.html", "before/after"), link(f"before_after-{eid}.md", "md"),
                               link(f"before_after-{eid}.csv", "csv")]
+            if lr_axis:
+                write(f"sensitivity-{eid}.html", sensitivity_page(exp, er, sens))
+                made[eid].append(link(f"sensitivity-{eid}.html", "lr sensitivity"))
             if exp["kind"] == "ablate":
                 from harness.ablate import save_table
 
