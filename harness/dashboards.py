@@ -245,7 +245,9 @@ def before_after_figure(table: pd.DataFrame, title: str) -> go.Figure:
     one seed = the 95% binomial interval of the final accuracy, several = std over seeds."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("final val accuracy % (95% interval)", "best val accuracy %"),
                         horizontal_spacing=0.08)
-    x = [esc(f"{m} · {a or '-'}") for m, a in zip(table["model"], table["after_recipe"])]
+    # With an lr axis a pair has two rows: each recipe at its own lr, and each at its best lr in the grid.
+    at = table["lrs"].map({"best": " (each at its best lr)"}).fillna("") if "lrs" in table else [""] * len(table)
+    x = [esc(f"{m} · {a or '-'}{w}") for m, a, w in zip(table["model"], table["after_recipe"], at)]
     for col, metric in ((1, "final"), (2, "best")):
         for side, color, label in (("before", "#9e9e9e", "before"), ("after", "#1f77b4", "after")):
             recipes = table[f"{side}_recipe"].fillna("-").astype(str)

@@ -59,6 +59,8 @@ def lr_runs(store: Store, experiment_id: int) -> pd.DataFrame:
     s["diverged"] = s["status"].isin(["diverged", "failed"])
     s["collapsed"] = s["ends_at_chance"].astype(bool) & ~s["diverged"]
     s["acc"] = (100.0 * s["final"]).where(~s["diverged"] & s["final"].notna(), chance)
+    # A run still training (a live page) or cut short has no final accuracy yet: left out, not counted at chance.
+    s.loc[s["status"].isin(["running", "interrupted"]), "acc"] = float("nan")
     s["model_label"] = [rep.stand_in_label(m, sf or None, short=True) for m, sf in zip(s["model"], s["stands_for"].fillna(""))]
     return s
 
@@ -70,6 +72,9 @@ def curve(runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=CURVE_COLUMNS)
     rows = []
     for (label, recipe, lr), g in runs.groupby(["model_label", "recipe", "lr"], sort=False):
+        g = g[g["acc"].notna()]
+        if g.empty:
+            continue
         bad = int(g["collapsed"].sum() + g["diverged"].sum())
         rows.append({"model": label, "ran": g["model"].iloc[0], "stands_for": g["stands_for"].iloc[0], "recipe": recipe,
                      "lr": lr, "lr_point": g["lr_point"].iloc[0], "lr_mult": g["lr_mult"].iloc[0], "seeds": len(g),
@@ -154,7 +159,8 @@ def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([{
         "model": s["model"], "recipe": s["recipe"], "seeds x lrs": f"{s['seeds']} x {s['lrs']}",
         "best lr (median %)": f"{s['best_lr']:.3g} ({s['best_median']:.1f})" + (" at the grid's edge" if s["best_at_edge"] else ""),
-        f"window (within {WINDOW_POINTS:g} pts)": (f"{s['window_lo']:.3g}–{s['window_hi']:.3g} ({s['window_decades']:.2f} decades)"
+        f"window (within {WINDOW_POINTS:g} pts)": ((f"{s['window_lo']:.3g}–{s['window_hi']:.3g} ({s['window_decades']:.2f} decades)"
+                                                    if s["window_hi"] > s["window_lo"] else f"{s['window_lo']:.3g} only")
                                                    + (f"; not at {s['window_gaps']}" if s["window_gaps"] else "")),
         "LR sensitivity (pts)": f"{s['lr_sensitivity']:.1f}",
         "own lr": f"{s['own_lr']:.3g}: {_ratio(s['own_lr_vs_best'])}, {s['own_lr_where']}",
