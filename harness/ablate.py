@@ -271,15 +271,24 @@ def waterfall_figure(table: pd.DataFrame, title: str):
 
 def run_ablation(ab: Ablation, *, db: str, out: Path, concurrency: int = 2, address: str | None = None,
                  echo: Callable[[str], None] = print, resume: bool = False, storage_path: Path | str = "ray_results",
-                 pages_every_s: float = 30.0) -> int:
+                 pages_every_s: float = 30.0, cuda: bool | None = None) -> int:
     """Run the ladder as an `ablate` experiment (with `resume`: continue the interrupted one of this
-    model, which must be the same ladder), then its table, waterfall and the dashboards."""
+    model, which must be the same ladder), then its table, waterfall and the dashboards.
+    `cuda` (default: torch.cuda.is_available(), as `resolve_ablation` was told): on a GPU machine the
+    trials share the card as the benchmark's do (`benchmark.grid_resources`), so the full models it
+    chose train on the GPU they were chosen for."""
+    from harness.benchmark import grid_resources
     from harness.engine import Experiment, resumable, run_grid
     from harness.specs import ResourcesSpec
     from harness.store import check_url
 
     check_url(db)
     check_out_dir(out)
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    resources = grid_resources(ResourcesSpec(cpu=1), cuda=cuda, concurrency=concurrency)
     name = f"ablate {ab.stands_for or ab.model}"
     spec = {"model": ab.model, "stands_for": ab.stands_for, "start": ab.start.label(), "end": ab.end.label(),
             "mode": ab.mode, "steps": list(ab.steps), "epochs": ab.runs[0].epochs, "seeds": len({r.seed for r in ab.runs}),
@@ -304,7 +313,7 @@ def run_ablation(ab: Ablation, *, db: str, out: Path, concurrency: int = 2, addr
 
     outcome = run_grid(list(ab.runs), db=db, experiment=Experiment(
         "ablate", name, f"{ab.start.label()} -> {ab.end.label()}, one ingredient at a time ({ab.mode})",
-        yaml.safe_dump(spec, sort_keys=False), id=exp_id), concurrency=concurrency, resources=ResourcesSpec(cpu=1),
+        yaml.safe_dump(spec, sort_keys=False), id=exp_id), concurrency=concurrency, resources=resources,
         address=address, storage_path=storage_path, pages=pages, pages_every_s=pages_every_s, echo=echo)
     exp = outcome.experiment_id
     from harness.dashboards import write_dashboards

@@ -20,7 +20,7 @@ from harness.errors import UserError
 from harness.files import check_out_dir
 from harness.models import ALL, CPU_VARIANT, MODELS, get_model_entry
 from harness.recipes import parse_ref
-from harness.specs import BenchmarkSpec, LrPoint, RunSpec, parse_lrs, parse_spec, read_yaml, resolve_run
+from harness.specs import BenchmarkSpec, LrPoint, ResourcesSpec, RunSpec, parse_lrs, parse_spec, read_yaml, resolve_run
 
 DEFAULT_GRID = Path("benchmarks/naive_vs_recipe.yaml")
 REPO_GRID = Path(__file__).resolve().parent.parent / DEFAULT_GRID  # when run from another folder
@@ -191,6 +191,16 @@ def resolved_yaml(spec: BenchmarkSpec, grid: Grid) -> str:
     return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
 
 
+def grid_resources(resources: ResourcesSpec, *, cuda: bool, concurrency: int) -> ResourcesSpec:
+    """Per-trial resources of a grid (benchmark and ablate): on a GPU machine (where the grid resolves
+    to the full models) a grid written for CPU, asking for no GPU, shares the card between its
+    concurrent trials (gpu = 1/concurrency) instead of training the full models on the CPU; a trial's
+    device follows its grant (engine.device_for_grant)."""
+    if cuda and resources.gpu == 0:
+        return resources.model_copy(update={"gpu": round(1 / max(1, concurrency), 3)})
+    return resources
+
+
 def run_benchmark(spec: BenchmarkSpec, *, db: str, out: Path, address: str | None = None,
                   echo: Callable[[str], None] = print, cuda: bool | None = None, resume: bool = False,
                   storage_path: Path | str = "ray_results", pages_every_s: float = 30.0) -> int:
@@ -225,11 +235,7 @@ def run_benchmark(spec: BenchmarkSpec, *, db: str, out: Path, address: str | Non
         echo(grid.note)
     for line in budget_lines(grid):
         echo(line)
-    resources = spec.resources
-    if cuda and resources.gpu == 0:
-        # A grid file written for CPU asks for no GPU; on a GPU machine share the card between the
-        # concurrent trials instead of training the full models on the CPU.
-        resources = resources.model_copy(update={"gpu": round(1 / spec.concurrency, 3)})
+    resources = grid_resources(spec.resources, cuda=cuda, concurrency=spec.concurrency)
 
     def pages() -> None:
         from harness.dashboards import write_dashboards

@@ -141,6 +141,56 @@ def check_resources(resources: ResourcesSpec, *, field: str, address: str | None
                             max((n.get("GPU", 0) for n in nodes), default=0), "the largest node of the Ray cluster", field)
 
 
+def gpu_idle_warning(resources: ResourcesSpec, gpus: float, *, field: str, where: str = "this machine") -> str | None:
+    """One line when trials ask for no GPU where there are some (None otherwise).
+
+    Ray >= 2.60 no longer hides the cards from a task granted 0 GPUs, but the trainable follows the
+    grant (`device_for_grant`), so such trials train on the CPU while the GPUs idle: say so, and how to
+    share a card instead (benchmark and ablate do that themselves on a GPU machine)."""
+    if resources.gpu > 0 or gpus <= 0:
+        return None
+    key = field.rsplit(": ", 1)[-1]  # a study's field is "<file>: resources"
+    return (f"warning: {field}.gpu is 0 on {where} with {gpus:g} GPU{'s' if gpus != 1 else ''}: trials train on the CPU; "
+            f"set {key}: {{gpu: 0.5}} (or 1/concurrency) to share a card between trials, or 1 for a card each.")
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def device_for_grant(requested: str, gpu_ids: list, cuda_available: bool) -> str:
+    """The device a Ray trial trains on, from what Ray granted it (`ray.get_gpu_ids()`), not from
+    whether this process can see a GPU: Ray 2.60 leaves CUDA_VISIBLE_DEVICES untouched for a trial
+    granted 0 GPUs (ray/_private/utils.py `set_visible_accelerator_ids` skips it unless
+    RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1), so `cuda.is_available()` is true in a CPU trial on a GPU machine.
+
+    - "auto": no GPU granted -> "cpu"; granted (a fraction shows as one id, e.g. ['0'] for gpu: 0.5)
+      -> "cuda", which is the granted card: Ray sets CUDA_VISIBLE_DEVICES to the grant, so torch
+      numbers the granted cards from cuda:0. Granted but CUDA unusable here -> "cpu", as `auto` does
+      everywhere.
+    - "cpu": stays "cpu" (asked for explicitly, even with a grant).
+    - "cuda" / "cuda:N" asked for explicitly: kept when the trial was granted a card for it; N counts
+      the granted cards only (cuda:1 needs a grant of 2 GPUs). A CUDA device the trial was not
+      granted is refused: it would train on a card Ray gave to another trial (or to nobody).
+    """
+    if requested == "auto":
+        return "cuda" if gpu_ids and cuda_available else "cpu"
+    if not requested.startswith("cuda"):
+        return requested
+    tail = requested.partition(":")[2]
+    if tail and not tail.isdigit():
+        return requested  # not a device: train.resolve_device refuses it with torch's own message
+    index = int(tail or 0)
+    if index >= len(gpu_ids):
+        granted = f"{len(gpu_ids)} GPU{'s' if len(gpu_ids) != 1 else ''} (visible to it as cuda:0..cuda:{len(gpu_ids) - 1})" \
+            if gpu_ids else "no GPU"
+        raise UserError("device", requested, f"this trial was granted {granted}; use device auto (the granted card), "
+                        "or ask for more GPUs per trial in resources.gpu.")
+    return requested
+
+
 def resumable(db: str, *, kind: str, name: str, storage_path: Path | str, again: str) -> dict:
     """The latest unfinished `kind` experiment called `name`, with Ray's state there to continue it
     (grids keep theirs in <storage_path>/<kind>-<id>); UserError otherwise. Reads only."""
@@ -264,6 +314,9 @@ def _trainable(config: dict[str, Any], *, make_spec: SpecMaker) -> None:
             resume = local / "last.pt" if (local / "last.pt").is_file() else None
 
         where = where_am_i()
+        import torch
+
+        spec = spec.model_copy(update={"device": device_for_grant(spec.device, ray.get_gpu_ids(), torch.cuda.is_available())})
 
         def report(r: EpochReport) -> None:
             metrics: dict[str, Any] = {**r.metrics, "epoch": r.epoch, "status": r.status, **where}
@@ -665,10 +718,15 @@ def run_trials(make_spec: SpecMaker, *, experiment: Experiment, total: int, reso
     checked_here = address is None and not ray.is_initialized()
     if checked_here:  # before starting Ray: a trial bigger than the machine would stay PENDING forever
         check_resources(resources, field=resources_field, address=None)
+        idle = gpu_idle_warning(resources, _local_gpus(), field=resources_field)
     _quiet_tune()
     with _ray(address):
         if not checked_here:  # the cluster's largest node
             check_resources(resources, field=resources_field, address=address)
+            idle = gpu_idle_warning(resources, ray.cluster_resources().get("GPU", 0), field=resources_field,
+                                    where="the Ray cluster")
+        if idle:
+            echo(idle)
         check_shared_storage(Path(storage_path).resolve())
         cluster = describe_cluster()
         store = Store(db)

@@ -100,17 +100,24 @@ def load_checkpoint(path: Path, field_name: str = "--resume") -> dict[str, Any]:
 
 # --- evaluation ---------------------------------------------------------------------------------
 
+def _eval_input(x: torch.Tensor, augment: data_mod.BatchAugment, channels_last: bool) -> torch.Tensor:
+    """A batch as the model sees it in evaluation: normalized, in the memory format it trained with."""
+    x = augment.normalize(x)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split: data_mod.Split, augment: data_mod.BatchAugment, *, batch_size: int,
-             autocast: Any) -> tuple[float, float]:
-    """Plain cross-entropy and accuracy on a split (no smoothing, so recipes compare fairly)."""
+             autocast: Any, channels_last: bool = False) -> tuple[float, float]:
+    """Plain cross-entropy and accuracy on a split (no smoothing, so recipes compare fairly).
+    `channels_last`: feed NHWC batches, as training does (`Training.eval_channels_last`)."""
     model.eval()
     loss_sum = torch.zeros((), device=augment.mean.device)
     correct = torch.zeros((), device=augment.mean.device, dtype=torch.long)
     n = 0
     for x, y in split.batches(batch_size, shuffle=False, generator=None, drop_last=False):
         with autocast():
-            out = model(augment.normalize(x))
+            out = model(_eval_input(x, augment, channels_last))
         loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
         correct += (out.argmax(1) == y).sum()
         n += len(y)
@@ -127,7 +134,7 @@ def _png(img: torch.Tensor) -> str:
 
 @torch.no_grad()
 def evaluate_classes(model: torch.nn.Module, ds: data_mod.Dataset, augment: data_mod.BatchAugment, *, batch_size: int,
-                     autocast: Any, samples: int) -> dict[str, Any]:
+                     autocast: Any, samples: int, channels_last: bool = False) -> dict[str, Any]:
     """Per-class accuracy, confusion matrix and a grid of validation predictions (mistakes first)."""
     model.eval()
     k = ds.num_classes
@@ -136,7 +143,7 @@ def evaluate_classes(model: torch.nn.Module, ds: data_mod.Dataset, augment: data
     right: list[tuple[torch.Tensor, int, int]] = []
     for x, y in ds.val.batches(batch_size, shuffle=False, generator=None, drop_last=False):
         with autocast():
-            pred = model(augment.normalize(x)).argmax(1)
+            pred = model(_eval_input(x, augment, channels_last)).argmax(1)
         confusion += torch.bincount((y * k + pred).cpu(), minlength=k * k).view(k, k)
         for img, t, p in zip(x, y.tolist(), pred.tolist()):
             bucket = wrong if t != p else right
@@ -183,6 +190,12 @@ class Training:
 
     def autocast(self) -> Any:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp)
+
+    @property
+    def eval_channels_last(self) -> bool:
+        """Evaluation batches in the training memory format: on CUDA only (the CPU path, and so its
+        numbers, stay as they were; a CPU run with channels_last forced evaluates NCHW as before)."""
+        return self.channels_last and self.device.type == "cuda"
 
 
 @dataclass
@@ -285,7 +298,7 @@ def _finite_on_host(x: torch.Tensor) -> tuple[torch.Tensor, Any]:
     event = None
     if x.device.type == "cuda":
         event = torch.cuda.Event()
-        event.record()
+        event.record(torch.cuda.current_stream(x.device))  # the stream of the device doing the work
     return flag, event
 
 
@@ -384,14 +397,15 @@ def measure(t: Training, sums: EpochSums, ds: data_mod.Dataset, train_probe: dat
     train_s = time.monotonic() - t0
     eval_model = t.ema.module if t.ema is not None else t.model
     batch = 2 * t.batch_size
-    val_loss, val_acc = evaluate(eval_model, ds.val, t.augment, batch_size=batch, autocast=t.autocast)
+    cl = t.eval_channels_last
+    val_loss, val_acc = evaluate(eval_model, ds.val, t.augment, batch_size=batch, autocast=t.autocast, channels_last=cl)
     # The raw weights too when an EMA is kept: the two can differ by tens of points on short runs.
     val_acc_raw = val_acc if t.ema is None else evaluate(t.model, ds.val, t.augment, batch_size=batch,
-                                                         autocast=t.autocast)[1]
+                                                         autocast=t.autocast, channels_last=cl)[1]
     # Train accuracy as val is measured (eval mode, no augmentation, no mixing) on a fixed slice
     # of the training set: accuracy on augmented/mixed batches against unmixed labels is no
     # measure of fit, and made "train - val gaps" of -59 points.
-    _, train_acc = evaluate(eval_model, train_probe, t.augment, batch_size=batch, autocast=t.autocast)
+    _, train_acc = evaluate(eval_model, train_probe, t.augment, batch_size=batch, autocast=t.autocast, channels_last=cl)
     metrics = {"train_loss": train_loss, "train_acc": train_acc, "train_batch_acc": float(sums.correct) / max(seen, 1),
                "val_loss": val_loss, "val_acc": val_acc, "val_acc_raw": val_acc_raw,
                "lr": max(g["lr"] for g in t.optimizer.param_groups),
@@ -416,6 +430,10 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] = lambda r: None, *
     t_start = time.monotonic()
     plugins.load(spec.plugins)  # a Ray worker or a resumed run imports the models/datasets the spec names
     device = resolve_device(spec.device)
+    if device.type == "cuda" and device.index is not None:
+        # cuda:N the current device before anything is built: the streams, events (the divergence
+        # check's, CUDA timing) and cuDNN/cuBLAS handles that take "the current device" are N's, not cuda:0's.
+        torch.cuda.set_device(device)
     if spec.threads:
         torch.set_num_threads(spec.threads)
     _seed_epoch(spec.seed, 0)
@@ -450,7 +468,8 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] = lambda r: None, *
         if status != "running" and p.best_state is not None and spec.eval_samples >= 0:
             eval_model.load_state_dict(p.best_state)  # the run ends: evaluate its best weights per class
             evaluation = {"epoch": p.best_epoch, **evaluate_classes(eval_model, ds, t.augment, batch_size=2 * t.batch_size,
-                                                                   autocast=t.autocast, samples=spec.eval_samples)}
+                                                                   autocast=t.autocast, samples=spec.eval_samples,
+                                                                   channels_last=t.eval_channels_last)}
         report(EpochReport(epoch, metrics, ckpt_path, status, evaluation))
         if status != "running":
             break

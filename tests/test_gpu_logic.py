@@ -1,0 +1,191 @@
+"""The GPU-only decisions, tested on a CPU (issue 23): what only a GPU has is mocked.
+
+- a Ray trial's device follows its grant (`engine.device_for_grant`), not `cuda.is_available()`
+  (Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for a trial granted 0 GPUs);
+- asking for no GPU where there are some is said once, with the fix;
+- ablate asks for the GPU share the benchmark does on a GPU machine (it picks the full models there);
+- fit() makes cuda:N the current device before building anything;
+- evaluation feeds channels_last batches when training does, on CUDA only.
+No training runs: every test stops at the decision it checks (well under a second each).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from harness import engine, train
+from harness.benchmark import grid_resources
+from harness.datasets import DataSpec
+from harness.errors import UserError
+from harness.specs import ResourcesSpec, resolve_run
+
+
+class Stop(Exception):
+    """Raised by a mock to end the code path right after the decision under test."""
+
+
+def _spec(**fields):
+    return resolve_run(model="resnet18", recipe="naive", data=DataSpec(), **fields)
+
+
+# --- the device a trial trains on ---------------------------------------------------------------
+
+@pytest.mark.parametrize("requested, gpu_ids, cuda, expected", [
+    ("auto", [], True, "cpu"),           # granted nothing on a GPU machine: the CPU, not cuda:0
+    ("auto", [], False, "cpu"),
+    ("auto", ["0"], True, "cuda"),       # the granted card is cuda:0 under Ray's CUDA_VISIBLE_DEVICES
+    ("auto", [3], True, "cuda"),         # ids are ints when CUDA_VISIBLE_DEVICES was unset at start
+    ("auto", ["0"], False, "cpu"),       # granted but CUDA unusable in the worker: as `auto` does anywhere
+    ("cpu", ["0"], True, "cpu"),         # explicit cpu stays, grant or not
+    ("cpu", [], True, "cpu"),
+    ("cuda", ["1"], True, "cuda"),
+    ("cuda:0", ["2"], True, "cuda:0"),   # index 0 of the granted cards
+    ("cuda:1", ["2", "5"], True, "cuda:1"),
+])
+def test_device_for_grant(requested, gpu_ids, cuda, expected):
+    assert engine.device_for_grant(requested, gpu_ids, cuda) == expected
+
+
+@pytest.mark.parametrize("requested, gpu_ids, says", [
+    ("cuda:1", ["0"], "granted 1 GPU (visible to it as cuda:0..cuda:0)"),  # only the grant is visible
+    ("cuda", [], "granted no GPU"),  # a card nobody granted it
+])
+def test_device_for_grant_refuses_an_ungranted_card(requested, gpu_ids, says):
+    with pytest.raises(UserError, match="device") as e:
+        engine.device_for_grant(requested, gpu_ids, True)
+    assert says in str(e.value)
+
+
+def test_trainable_trains_where_ray_granted(monkeypatch):
+    """The wiring: on a GPU machine, a trial Ray granted no GPU hands fit() device cpu; one granted a
+    share hands it cuda."""
+    seen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(engine.tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(engine, "where_am_i", lambda: {"node": "n", "node_id": "x", "gpus": ""})
+    monkeypatch.setattr(engine, "fit", lambda spec, report, resume=None: seen.append(spec.device))
+    spec = _spec()
+    assert spec.device == "auto"
+    for ids in ([], ["0"]):
+        monkeypatch.setattr(engine.ray, "get_gpu_ids", lambda ids=ids: ids)
+        engine._trainable({"run": 0}, make_spec=lambda config: spec)
+    assert seen == ["cpu", "cuda"]
+
+
+# --- the warning: no GPU asked for where there are some ------------------------------------------
+
+def _run_trials_echo(monkeypatch, tmp_path: Path, resources: ResourcesSpec, *, gpus: int, field: str = "resources"):
+    """run_trials up to the point where Ray would be used: what it echoed."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(engine, "_ray", lambda address: __import__("contextlib").nullcontext())
+
+    def stop(*a, **k):
+        raise Stop
+
+    monkeypatch.setattr(engine, "check_shared_storage", stop)
+    said: list[str] = []
+    with pytest.raises(Stop):
+        engine.run_trials(lambda c: None, experiment=engine.Experiment("sweep", "s", "", ""), total=1,
+                          resources=resources, concurrency=1, db=f"sqlite:///{tmp_path / 'r.db'}",
+                          resources_field=field, echo=said.append)
+    return said
+
+
+def test_warns_once_when_no_gpu_is_asked_for_on_a_gpu_machine(monkeypatch, tmp_path):
+    said = _run_trials_echo(monkeypatch, tmp_path, ResourcesSpec(cpu=1), gpus=2, field="studies/vit.yaml: resources")
+    assert said == ["warning: studies/vit.yaml: resources.gpu is 0 on this machine with 2 GPUs: trials train on the "
+                    "CPU; set resources: {gpu: 0.5} (or 1/concurrency) to share a card between trials, or 1 for a card each."]
+
+
+@pytest.mark.parametrize("resources, gpus", [(ResourcesSpec(cpu=1), 0), (ResourcesSpec(cpu=1, gpu=0.5), 1)])
+def test_no_warning_without_gpus_or_with_a_grant(monkeypatch, tmp_path, resources, gpus):
+    assert _run_trials_echo(monkeypatch, tmp_path, resources, gpus=gpus) == []
+
+
+# --- ablate shares the card as the benchmark does ------------------------------------------------
+
+def test_grid_resources_rule():
+    cpu_grid = ResourcesSpec(cpu=2)
+    assert grid_resources(cpu_grid, cuda=False, concurrency=4) == cpu_grid
+    assert grid_resources(cpu_grid, cuda=True, concurrency=4) == ResourcesSpec(cpu=2, gpu=0.25)
+    assert grid_resources(cpu_grid, cuda=True, concurrency=3).gpu == 0.333
+    asked = ResourcesSpec(cpu=1, gpu=1)
+    assert grid_resources(asked, cuda=True, concurrency=4) == asked  # a grid that asks for a GPU keeps it
+
+
+@pytest.mark.parametrize("cuda, gpu", [(True, 0.5), (False, 0)])
+def test_ablate_asks_for_the_gpu_its_models_were_chosen_for(monkeypatch, tmp_path, cuda, gpu):
+    from harness import ablate
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    ab = ablate.resolve_ablation("vit_base", steps="clip", cuda=cuda)
+    assert (ab.stands_for is None) == cuda  # the full model on the (mocked) GPU machine, the stand-in on CPU
+    asked = []
+
+    def run_grid(runs, *, resources, **kw):
+        asked.append(resources)
+        raise Stop
+
+    monkeypatch.setattr(engine, "run_grid", run_grid)
+    with pytest.raises(Stop):  # cuda not passed: detected as the CLI's resolve_ablation was told
+        ablate.run_ablation(ab, db=f"sqlite:///{tmp_path / 'r.db'}", out=tmp_path / "out", concurrency=2, echo=lambda s: None)
+    assert asked == [ResourcesSpec(cpu=1, gpu=gpu)]
+
+
+# --- cuda:N is the current device in fit() -------------------------------------------------------
+
+def _fit_until_data(monkeypatch, device: str) -> list:
+    calls: list = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d)))
+
+    def load(data, dev):
+        calls.append(("load", dev))
+        raise Stop
+
+    monkeypatch.setattr(train.data_mod, "load", load)
+    with pytest.raises(Stop):
+        train.fit(_spec(device=device))
+    return calls
+
+
+def test_fit_makes_cuda_n_current_before_building(monkeypatch):
+    dev = torch.device("cuda:1")
+    assert _fit_until_data(monkeypatch, "cuda:1") == [("set_device", dev), ("load", dev)]
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])  # plain cuda is the current device already
+def test_fit_leaves_the_current_device_alone_otherwise(monkeypatch, device):
+    assert _fit_until_data(monkeypatch, device) == [("load", torch.device(device))]
+
+
+# --- evaluation in the training memory format, on CUDA only --------------------------------------
+
+def test_eval_channels_last_on_cuda_only():
+    flag = train.Training.eval_channels_last.fget
+    assert flag(SimpleNamespace(channels_last=True, device=torch.device("cuda:0")))
+    assert not flag(SimpleNamespace(channels_last=True, device=torch.device("cpu")))  # CPU path unchanged
+    assert not flag(SimpleNamespace(channels_last=False, device=torch.device("cuda:0")))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_evaluate_feeds_the_memory_format_asked_for(channels_last):
+    x = torch.randint(0, 255, (4, 3, 8, 8), dtype=torch.uint8)
+    y = torch.tensor([0, 1, 0, 1])
+    split = SimpleNamespace(batches=lambda *a, **k: iter([(x, y)]))
+    augment = SimpleNamespace(mean=torch.zeros(1, 3, 1, 1), normalize=lambda b: b.float() / 255)
+    nhwc = []
+
+    class Model(torch.nn.Module):
+        def forward(self, b):
+            nhwc.append(b.is_contiguous(memory_format=torch.channels_last))
+            return b.flatten(1)[:, :2]
+
+    loss, acc = train.evaluate(Model(), split, augment, batch_size=4, autocast=lambda: torch.autocast("cpu", enabled=False),
+                               channels_last=channels_last)
+    assert nhwc == [channels_last] and 0 <= acc <= 1 and loss == loss
