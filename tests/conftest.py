@@ -1,5 +1,6 @@
 """Shared fixtures: a fresh results database per test (SQLite; also PostgreSQL for the tests in
-BOTH_BACKENDS), one PostgreSQL server for the session, and tiny, fast run specs."""
+BOTH_BACKENDS), one PostgreSQL server and one local Ray for the session, tiny, fast run specs, and
+the HARNESS_REQUIRE_* switches that turn a skip into a failure (CI sets the ones it can honour)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Their `db_url` is parametrized ["sqlite", "postgresql"]; every other test gets SQLite only. Chosen
 # for what the server changes: the report's reads, and a sweep through Ray recorded, stopped by a
 # signal and resumed, with its Optuna study in the same database (tests/test_store.py parametrizes
-# its own empty database the same way). Not here, for CI time: the benchmark kill -9 resume
-# (test_resume.py), ~190 s more on PostgreSQL on a 2-core machine; the sweep resume covers resume.
+# its own empty database the same way). The signal-stop test here is the suite's one SIGTERM stop (on
+# both backends); tests/test_faults.py stops drivers with SIGINT and kill -9, on SQLite. Not here, for
+# CI time: the benchmark kill -9 resume (test_resume.py), ~190 s more on PostgreSQL on a 2-core
+# machine; the sweep resume covers resume.
 BOTH_BACKENDS = {
     ("test_report.py", "*"),
     ("test_sweep.py", "test_sweep_records_statuses_asha_stops_and_settles_optuna"),
@@ -154,6 +157,93 @@ def pg_url(pg_server):
     name = pg_server.create_database()
     yield pg_server.url(name)
     pg_server.drop_database(name)
+
+
+def require_or_skip(switch: str, why: str) -> None:
+    """Skip with `why`, or fail when the environment variable `switch` is set (CI sets it where the
+    machine can run the test): a missing prerequisite must not pass CI as a quiet skip."""
+    if os.environ.get(switch):
+        pytest.fail(f"{why} ({switch} is set)")
+    pytest.skip(why)
+
+
+# --- Ray: one local instance for the whole session -------------------------------------------------
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray (2 CPUs) for every in-process test that needs one, started on first use and shut
+    down at the end of the session: ray.init costs seconds, several times that on a loaded 2-core
+    machine. harness.engine reuses an initialized Ray (`_ray`: "unless this process already did") and
+    leaves it running, so run_grid/run_sweep and in-process `harness benchmark/ablate/sweep` calls all
+    run on this one. address="local": a new Ray for the tests even when a cluster already runs on this
+    machine. Tests whose driver must be killed run it as a subprocess, which starts its own Ray."""
+    import ray
+
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def ray_tripwire(monkeypatch):
+    """For bad-input tests: any attempt to start or attach to Ray fails the test and is recorded (the
+    list it returns must stay empty). Works with the session's Ray up too: harness.engine would reuse
+    it without calling ray.init, so `ray.is_initialized` reads False here and `ray.init` is the tripwire."""
+    import ray
+
+    calls: list[tuple] = []
+
+    def tripwire(*a, **k):
+        calls.append((a, k))
+        raise AssertionError("bad input started Ray")
+
+    monkeypatch.setattr(ray, "init", tripwire)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    return calls
+
+
+# --- what a run that never stopped records -----------------------------------------------------------
+
+# Per-epoch metrics that are functions of (spec, seed): each epoch reseeds every RNG from (seed, epoch),
+# so a run resumed from its checkpoint replays the same batches, augmentations and mixing. The timing
+# columns (epoch_s, images_per_s) are not.
+DETERMINISTIC_METRICS = ("train_loss", "train_acc", "train_batch_acc", "val_loss", "val_acc", "val_acc_raw", "lr",
+                         "grad_norm")
+
+
+def recorded_metrics(db: str, run_id: int) -> list[tuple]:
+    from dbrows import rows
+
+    cols = ", ".join(DETERMINISTIC_METRICS)
+    return [tuple(r[m] for m in DETERMINISTIC_METRICS)
+            for r in rows(db, f"SELECT {cols} FROM epochs WHERE run_id = :r ORDER BY epoch", r=run_id)]
+
+
+def uninterrupted_metrics(db: str, run_id: int, plan_file: Path | None = None) -> list[tuple]:
+    """The deterministic metrics of every epoch of run `run_id` as a run that never stopped has them:
+    its stored spec (`runs.params`, the resolved RunSpec) trained again here, in this process, from
+    scratch, without Ray. Same spec, same torch thread count (spec.threads), same machine: the same
+    floating-point path, so the numbers are equal, not close. `plan_file`: a fault plugin's plan to
+    empty first (its models then only count steps: same numbers, no sleeping)."""
+    import json
+    import warnings
+
+    from dbrows import rows
+
+    from harness.specs import RunSpec
+    from harness.train import fit
+
+    if plan_file is not None:
+        plan_file.write_text("{}")
+    (run,) = rows(db, "SELECT params FROM runs WHERE id = :r", r=run_id)
+    params = run["params"] if isinstance(run["params"], dict) else json.loads(run["params"])
+    spec = RunSpec.model_validate(params).model_copy(update={"checkpoint_dir": None})
+    assert spec.threads, "a run recorded without a thread count is not reproducible bit for bit"
+    with warnings.catch_warnings():  # the fault plugin asks Ray for a trial name; here there is none
+        warnings.filterwarnings("ignore", message=".*get_trial_name.*", category=UserWarning)
+        result = fit(spec)
+    return [tuple(m[k] for k in DETERMINISTIC_METRICS) for m in result.history]
 
 
 @pytest.fixture

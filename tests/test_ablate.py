@@ -115,7 +115,7 @@ def test_bad_input_exits_2_and_writes_nothing(args, field, fix, tmp_path):
 
 
 @pytest.mark.slow
-def test_ablate_end_to_end_through_ray(tmp_path, monkeypatch):
+def test_ablate_end_to_end_through_ray(ray_local, tmp_path, monkeypatch):
     """Three rungs of resnet18 on synthetic data, through the benchmark's Ray grid, into one `ablate` experiment."""
     monkeypatch.chdir(tmp_path)
     db = f"sqlite:///{tmp_path / 'results.db'}"

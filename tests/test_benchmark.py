@@ -107,7 +107,7 @@ def test_db_that_is_not_a_harness_database_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_benchmark_end_to_end_through_ray(tmp_path, monkeypatch):
+def test_benchmark_end_to_end_through_ray(ray_local, tmp_path, monkeypatch):
     """A real 2-run grid through Ray Tune: rows in the database, the table printed and saved, dashboards."""
     monkeypatch.chdir(tmp_path)
     grid = tmp_path / "grid.yaml"

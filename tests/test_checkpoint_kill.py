@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import torch
@@ -16,14 +15,28 @@ from harness.errors import UserError
 from harness.train import load_checkpoint
 
 WRITER = textwrap.dedent("""
-    import sys, torch
+    import io, sys, time, torch
     from pathlib import Path
     from harness.train import save_atomic
     path = Path(sys.argv[1])
-    big = torch.randn(4_000_000)  # 16 MB: each save takes long enough to be killed mid-write
-    i = 0
-    while True:
-        i += 1
+    real_save = torch.save
+
+    def save_that_stops_midway(obj, f, *a, **k):
+        # The 4th save: half its bytes written to the temp file, then stop there and say so. The
+        # test's SIGKILL lands on that event, so it is mid-write every time (a timed kill could find
+        # the save finished between its look at the folder and the signal).
+        buf = io.BytesIO()
+        real_save(obj, buf, *a, **k)
+        data = buf.getvalue()
+        f.write(data[: len(data) // 2])
+        f.flush()
+        print("mid-write", flush=True)
+        time.sleep(600)
+
+    big = torch.randn(1_000_000)
+    for i in range(1, 5):
+        if i == 4:
+            torch.save = save_that_stops_midway
         w = big + i
         save_atomic({"model": {"w": w}, "epoch": i, "checksum": float(w.double().sum())}, path)
         print(i, flush=True)
@@ -35,18 +48,19 @@ def test_sigkill_mid_write_keeps_previous_checkpoint(tmp_path):
     path = tmp_path / "last.pt"
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
     try:
-        for _ in range(3):  # let a few saves complete
-            assert proc.stdout.readline()
-        # Kill as soon as a temp file is being written, i.e. mid-save.
-        deadline = time.monotonic() + 30
-        while not list(tmp_path.glob(".*.tmp-*")) and time.monotonic() < deadline:
-            time.sleep(0.001)
+        lines = [proc.stdout.readline().strip() for _ in range(4)]  # three whole saves, then the 4th midway
+        assert lines == ["1", "2", "3", "mid-write"], lines
+        (temp,) = tmp_path.glob(".*.tmp-*")  # the 4th save's temp file, half written, not yet renamed
+        assert 0 < temp.stat().st_size
         os.kill(proc.pid, signal.SIGKILL)
     finally:
+        if proc.poll() is None:
+            proc.kill()
         proc.wait()
-    assert list(tmp_path.glob(".*.tmp-*")), "the kill did not land mid-write; nothing was tested"
+    assert proc.returncode == -signal.SIGKILL
+    assert list(tmp_path.glob(".*.tmp-*")) == [temp]  # the kill left the half-written temp file behind
     ckpt = load_checkpoint(path)  # what --resume does: the last complete save loads ...
-    assert ckpt["epoch"] >= 3
+    assert ckpt["epoch"] == 3
     assert float(ckpt["model"]["w"].double().sum()) == ckpt["checksum"]  # whole, not a half-written mix
     assert list(tmp_path.glob(".*.tmp-*")) == []  # ... and the stale temp file is gone
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

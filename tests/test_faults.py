@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import yaml
+from conftest import recorded_metrics, uninterrupted_metrics
 from dbrows import rows
 
 pytestmark = pytest.mark.timeout(600)
@@ -125,8 +126,10 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
 
 
 def assert_resumed_study(db_url: str, db_file: Path, name: str, trials: int, epochs_before: set, finished_before: dict,
-                         resume_out: str) -> list[dict]:
-    """What issue 7 asks of every resumed sweep."""
+                         resume_out: str, plugin: Path) -> list[dict]:
+    """What issue 7 asks of every resumed sweep; and the numbers: every epoch of every trial is what the
+    same trial trained here from scratch, never stopped, records (tests/conftest.py: uninterrupted_metrics;
+    `plugin`'s sleep is switched off for that)."""
     got = rows(db_url, "SELECT r.id, r.status, r.epochs_done, r.trial_id, r.optuna_trial FROM runs r "
                        "JOIN experiments e ON e.id = r.experiment_id WHERE e.name = :n ORDER BY r.id", n=name)
     assert len(got) == trials, got  # exactly `trials`, no duplicates
@@ -145,6 +148,8 @@ def assert_resumed_study(db_url: str, db_file: Path, name: str, trials: int, epo
     assert len(states) == trials and set(states.values()) == {"COMPLETE"}, states  # none left RUNNING
     assert integrity(db_file) == "ok"
     assert "database is locked" not in resume_out
+    for r in got:
+        assert recorded_metrics(db_url, r["id"]) == uninterrupted_metrics(db_url, r["id"], plugin.with_name("faults.json")), r
     return got
 
 
@@ -216,7 +221,7 @@ def test_kill9_driver_with_readers_then_resume(tmp_path):
     res = subprocess.run(sweep_cmd(study, db_url, storage, "--resume", plugin=plugin), capture_output=True, text=True,
                          cwd=tmp_path, timeout=400)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert_resumed_study(db_url, db_file, "kill9", 3, epochs_before, finished_before, res.stdout)
+    assert_resumed_study(db_url, db_file, "kill9", 3, epochs_before, finished_before, res.stdout, plugin)
     # The trial killed midway is resumed (whether from its checkpoint or, if Ray's saved state predates
     # its first checkpoint, from epoch 1: seen once on a busy machine; see docs/reliability.md).
     assert "trial #1 resumed" in res.stdout, res.stdout
@@ -224,14 +229,15 @@ def test_kill9_driver_with_readers_then_resume(tmp_path):
     assert exp["status"] == "completed"
 
 
-# --- 2: SIGINT, then SIGTERM of the resumed driver, then resume to the end -------------------------
+# --- 2: SIGINT, then SIGINT of the resumed driver, then resume to the end --------------------------
+# SIGTERM is tested once, on SQLite and PostgreSQL: tests/test_sweep.py::test_interrupted_sweep_resumes_to_exactly_trials.
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_sigint_and_sigterm_stop_cleanly_and_resume(tmp_path):
+def test_sigint_stops_cleanly_and_a_resumed_sweep_stops_and_resumes_again(tmp_path):
     """Ctrl-C (SIGINT) stops the driver cleanly (exit 130, unfinished runs `interrupted`, the resume command
-    printed); the resumed driver stopped by SIGTERM does the same; the second resume finishes the study
-    with exactly `trials` trials, every epoch kept, finished trials not re-run."""
+    printed); the resumed driver stopped by Ctrl-C again does the same; the second resume finishes the
+    study with exactly `trials` trials, every epoch kept, finished trials not re-run."""
     db_file = tmp_path / "results.db"
     db_url = f"sqlite:///{db_file}"
     # One trial at a time, so that each stop finds one trial finished since the last and one midway.
@@ -242,7 +248,7 @@ def test_sigint_and_sigterm_stop_cleanly_and_resume(tmp_path):
     plugin = slow_plugin(tmp_path, seconds_per_epoch=2.0)
     all_epochs: set = set()
     finished: dict = {}
-    for sig, extra in ((signal.SIGINT, ()), (signal.SIGTERM, ("--resume",))):
+    for sig, extra in ((signal.SIGINT, ()), (signal.SIGINT, ("--resume",))):
         done_before = count(db_url, "SELECT count(*) AS n FROM runs WHERE status = 'completed'") if extra else 0
         proc = start(sweep_cmd(study, db_url, storage, *extra, plugin=plugin), tmp_path)
         try:
@@ -275,22 +281,12 @@ def test_sigint_and_sigterm_stop_cleanly_and_resume(tmp_path):
     res = subprocess.run(sweep_cmd(study, db_url, storage, "--resume", plugin=plugin), capture_output=True, text=True,
                          cwd=tmp_path, timeout=400)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert_resumed_study(db_url, db_file, "signals", 4, all_epochs, finished, res.stdout)
+    assert_resumed_study(db_url, db_file, "signals", 4, all_epochs, finished, res.stdout, plugin)
     (exp,) = rows(db_url, "SELECT status FROM experiments")
     assert exp["status"] == "completed"
 
 
 # --- 3, 4, 5: trials that crash once, always, diverge, run out of memory ---------------------------
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield ray
-    ray.shutdown()
-
 
 def reported_epochs(trial_dir: Path) -> list[int]:
     """Every result the trial reported to Ray, in order, across its retries (Ray appends to result.json)."""

@@ -215,15 +215,32 @@ def test_cnns_below_their_floor_are_told_so():
 
 # --- 8. metrics that measure what they say ---------------------------------------------------------
 
-def test_train_accuracy_is_measured_clean_and_both_weights_are_evaluated(tiny_spec):
-    """Under mixup the batch accuracy is against unmixed labels; train_acc is eval-mode, unaugmented."""
-    spec = tiny_spec(epochs=2, overrides={"batch_size": 16, "mixup_alpha": 0.8, "cutmix_alpha": 1.0, "ema_decay": 0.9})
+def test_train_accuracy_is_measured_clean_and_both_weights_are_evaluated(tiny_spec, tmp_path):
+    """Under mixup the batch accuracy is against unmixed labels; train_acc is measured clean: the weights
+    evaluated (EMA here) in eval mode, without augmentation or mixing, on a fixed slice of the training set
+    (its first len(val) images). Checked by measuring exactly that, independently, with each epoch's saved
+    weights: the reported train_acc must be that number."""
+    spec = tiny_spec(epochs=2, overrides={"batch_size": 16, "mixup_alpha": 0.8, "cutmix_alpha": 1.0, "ema_decay": 0.9,
+                                          "randaugment": "rand-m9-mstd0.5-inc1", "crop": "rrc", "hflip": 0.5},
+                     checkpoint_dir=tmp_path / "ck", checkpoint_every=1)
     reports = []
     fit(spec, reports.append)
+    ds = load(spec.data, CPU)  # the same data (the synthetic set is a function of its spec)
+    probe_x, probe_y = ds.train.x[: len(ds.val)], ds.train.y[: len(ds.val)]
+    assert len(probe_y) == 16 and len(ds.train) == 64  # a slice of the training set, not all of it
+    model = build_model(spec.model, num_classes=ds.num_classes, image_size=ds.image_size)
     for r in reports:
         m = r.metrics
         assert {"train_acc", "train_batch_acc", "val_acc", "val_acc_raw"} <= set(m)
-        assert 0 <= m["train_acc"] <= 1 and 0 <= m["val_acc_raw"] <= 1
+        ckpt = torch.load(tmp_path / "ck" / f"epoch_{r.epoch}.pt", map_location="cpu", weights_only=True)
+        ema = {k.removeprefix("module."): v for k, v in ckpt["ema"].items()}  # the weights measure() evaluated
+        model.load_state_dict(ema)
+        model.eval()  # BatchNorm on running statistics, drop path off
+        with torch.no_grad():
+            x = (probe_x.float() - BatchAugment(ds, device=CPU).mean) / BatchAugment(ds, device=CPU).std  # normalised only
+            clean = float((model(x).argmax(1) == probe_y).float().mean())
+        assert m["train_acc"] == pytest.approx(clean, abs=1e-9), (r.epoch, m["train_acc"], clean)
+        assert 0 <= m["val_acc_raw"] <= 1
     assert any(r.metrics["val_acc"] != r.metrics["val_acc_raw"] for r in reports)  # the EMA and raw weights differ
 
 

@@ -62,18 +62,14 @@ CASES = {  # case: (URL from (server, database, silent port), what the message s
 
 
 @pytest.fixture
-def no_ray(tmp_path, monkeypatch):
-    """Bad input must not start Ray: ray.init is a tripwire; the command runs in an empty folder."""
-    import ray
-
-    def tripwire(*a, **k):
-        raise AssertionError("bad input started Ray")
-
-    monkeypatch.setattr(ray, "init", tripwire)
+def no_ray(tmp_path, monkeypatch, ray_tripwire):
+    """Bad input must not start Ray (tests/conftest.py `ray_tripwire`: never reached, even with the
+    session's Ray up); the command runs in an empty folder."""
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    return work
+    yield work
+    assert not ray_tripwire, "bad input tried to start Ray"
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -93,7 +89,10 @@ def test_bad_server_url_refused_fast(case, pg_server, pg_url, silent_port, no_ra
         assert res.output.count("error: ") == 1 and "Traceback" not in res.output, res.output
         assert f"--db: got '{shown}'" in res.output and fix in res.output, res.output
         assert password not in res.output  # the password is never printed
-        assert took < CONNECT_TIMEOUT_S + 10, f"{case} ({args[0]}): {took:.1f} s"
+        # The property: the connect timeout ends the wait ("no answer": without it a server that accepts
+        # and never answers is waited for forever). The store's connect and Optuna's may each spend one
+        # timeout, and a loaded 2-core machine adds seconds: the margin is wide, the failure still clear.
+        assert took < 3 * CONNECT_TIMEOUT_S + 30, f"{case} ({args[0]}): {took:.1f} s"
     assert not any(no_ray.iterdir())  # no dashboards, no checkpoints, no ray_results
     assert tables(pg_url) == set()  # and nothing in the database the good URL names
 
@@ -107,7 +106,10 @@ def test_unroutable_host_gives_up_within_the_connect_timeout(no_ray):
     res = CliRunner().invoke(main, ["report", "--db", "postgresql://harness:pw-x@10.255.255.1:5432/harness"])
     took = time.monotonic() - t0
     assert res.exit_code == 2 and "10.255.255.1:5432" in res.output and "pw-x" not in res.output, res.output
-    assert took < 2 * CONNECT_TIMEOUT_S + 5, f"{took:.1f} s"
+    # The property: the connect timeout ends it. Without one the kernel's SYN retries take ~127 s
+    # (tcp_syn_retries 6); libpq may try the host twice (with and without TLS) and a loaded machine
+    # adds seconds, so the margin is wide and still far from the ~2 min a missing timeout costs.
+    assert took < 4 * CONNECT_TIMEOUT_S + 30, f"{took:.1f} s"
     assert not any(no_ray.iterdir())
 
 
