@@ -707,21 +707,39 @@ def running_experiments(db: str) -> list[str]:
 
 
 def watch(db: str, out: Path | str = "dashboards", *, every: int = 30, compare: list[int] | None = None,
-          echo: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep) -> int:
+          echo: Callable[[str], None] = print, sleep: Callable[[float], None] | None = None) -> int:
     """Rewrite the pages live every `every` seconds while an experiment in `db` is running (another
     process writes it). Returns, with the number of live writes, once none is running or on Ctrl-C;
     the caller then writes the final pages (live=False). An experiment whose driver was killed
-    stays 'running' in the database: Ctrl-C ends the watch then."""
+    stays 'running' in the database: Ctrl-C ends the watch then.
+
+    Ctrl-C sets a flag (a SIGINT handler) instead of raising KeyboardInterrupt wherever the main
+    thread happens to be: raised inside a library's cleanup (a database connection closing, a file
+    being replaced) it could be swallowed there, and the watch went on rewriting. A rewrite under way
+    finishes; the wait between rewrites ends at once."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    except ValueError:  # not the main thread: Ctrl-C cannot reach this loop anyway
+        previous = None
     writes = 0
     try:
-        while True:
+        while not stop.is_set():
             running = running_experiments(db)
             if not running:
                 return writes
             write_dashboards(db, out, compare=compare, live=True, refresh_s=every)
             writes += 1
             echo(f"pages updated {time.strftime('%H:%M:%S')} ({len(running)} running: {', '.join(running)})")
-            sleep(every)
-    except KeyboardInterrupt:
+            if sleep is not None:
+                sleep(every)
+            else:
+                stop.wait(every)
         echo("stopped watching (Ctrl-C); writing the final pages")
         return writes
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)

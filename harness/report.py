@@ -348,7 +348,8 @@ def before_after(store: Store, experiment_id: int) -> pd.DataFrame:
         own = group[np.isclose(group["lr_mult"], 1.0)] if axis else group
         for other in others:
             of = lambda df, recipe: df[df["recipe"] == recipe] if recipe else df.iloc[0:0]  # noqa: E731
-            if not axis or not own.empty:
+            # On an absolute lr axis a recipe's own lr may be no grid point: then only the best-lr row.
+            if not axis or (not of(own, baseline).empty and (other is None or not of(own, other).empty)):
                 rows.append(_comparison(label, baseline, other, of(own, baseline), of(own, other), "own"))
             if axis:
                 rows.append(_comparison(label, baseline, other, _best_lr(of(group, baseline)),
