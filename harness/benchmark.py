@@ -9,6 +9,7 @@ whether the full models or their same-family CPU stand-ins run (every label says
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +80,7 @@ def load_grid(path: Path | None, *, models: str | None = None, recipes: str | No
     if raw.get("lrs") is not None:  # normalised once: the stored spec holds the axis as it resolved
         field = "--lrs" if lrs is not None else where + "lrs"
         raw["lrs"] = [p.label for p in parse_lrs(raw["lrs"], field)]
-        fixed = sorted({"lr", "min_lr", "warmup_lr"} & set(raw.get("set") or {}))
+        fixed = sorted({"lr"} & set(raw.get("set") or {}))  # a floor or warmup start set is scaled with the axis
         if fixed:
             by = "--set" if sets and set(fixed) & set(sets) else where + "set"
             raise UserError(by, {k: raw["set"][k] for k in fixed}, "The lr axis sets each run's lr (and scales its "
@@ -197,7 +198,8 @@ def grid_resources(resources: ResourcesSpec, *, cuda: bool, concurrency: int) ->
     concurrent trials (gpu = 1/concurrency) instead of training the full models on the CPU; a trial's
     device follows its grant (engine.device_for_grant)."""
     if cuda and resources.gpu == 0:
-        return resources.model_copy(update={"gpu": round(1 / max(1, concurrency), 3)})
+        # Floored, not rounded: 7 x round(1/7, 3) = 1.001 GPUs, and the 7th trial would wait.
+        return resources.model_copy(update={"gpu": math.floor(1000 / max(1, concurrency)) / 1000})
     return resources
 
 

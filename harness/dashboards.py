@@ -301,7 +301,7 @@ def sensitivity_figure(runs: pd.DataFrame, points: pd.DataFrame, summary: pd.Dat
             k, n = r.groupby("lr").cumcount(), r.groupby("lr")["lr"].transform("size")
             jitter = 10 ** (0.03 * (j - (len(recipes) - 1) / 2) + 0.012 * (k - (n - 1) / 2))  # decades, so seeds don't overlap
             bad = r["collapsed"] | r["diverged"]
-            fig.add_scatter(x=r["lr"] * jitter, y=r["acc"], mode="markers", legendgroup=name, showlegend=False,
+            fig.add_scatter(x=r["lr"] * jitter, y=r["acc"].fillna(r["acc_so_far"]), mode="markers", legendgroup=name, showlegend=False,
                             marker=dict(color=c, size=[11 if b else 7 for b in bad], opacity=0.8, line=dict(width=1, color=c),
                                         symbol=["x" if b else "circle-open" if s in ("running", "interrupted") else "circle"
                                                 for b, s in zip(bad, r["status"])]),
@@ -716,18 +716,24 @@ def watch(db: str, out: Path | str = "dashboards", *, every: int = 30, compare: 
     Ctrl-C sets a flag (a SIGINT handler) instead of raising KeyboardInterrupt wherever the main
     thread happens to be: raised inside a library's cleanup (a database connection closing, a file
     being replaced) it could be swallowed there, and the watch went on rewriting. A rewrite under way
-    finishes; the wait between rewrites ends at once."""
+    finishes; the wait between rewrites ends within 0.1 s; a second Ctrl-C interrupts the rewrite too."""
     import signal
-    import threading
 
-    stop = threading.Event()
+    stop = []  # a list the handler appends to: no lock taken inside a signal handler
+
+    def on_sigint(signum, frame):  # noqa: ANN001
+        if stop:  # a second Ctrl-C: the rewrite under way may be stuck (a locked database): stop it too
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        stop.append(signum)
+
     try:
-        previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+        previous = signal.signal(signal.SIGINT, on_sigint)
     except ValueError:  # not the main thread: Ctrl-C cannot reach this loop anyway
         previous = None
     writes = 0
     try:
-        while not stop.is_set():
+        while not stop:
             running = running_experiments(db)
             if not running:
                 return writes
@@ -736,8 +742,13 @@ def watch(db: str, out: Path | str = "dashboards", *, every: int = 30, compare: 
             echo(f"pages updated {time.strftime('%H:%M:%S')} ({len(running)} running: {', '.join(running)})")
             if sleep is not None:
                 sleep(every)
-            else:
-                stop.wait(every)
+                continue
+            end = time.monotonic() + every
+            while not stop and time.monotonic() < end:  # short naps: a Ctrl-C ends the wait within 0.1 s
+                time.sleep(0.1)
+        echo("stopped watching (Ctrl-C); writing the final pages")
+        return writes
+    except KeyboardInterrupt:
         echo("stopped watching (Ctrl-C); writing the final pages")
         return writes
     finally:

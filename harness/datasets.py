@@ -153,11 +153,7 @@ def list_folder(spec: DataSpec) -> FolderListing:
         k = n_val(len(samples), spec)
         val, train = [samples[i] for i in order[:k]], [samples[i] for i in order[k:]]
     train = [train[i] for i in stratified_order([label for _, label in train], spec.split_seed)]
-    return FolderListing(root, _capped_list(train, spec), val, classes)
-
-
-def _capped_list(items: list, spec: DataSpec) -> list:
-    return items[: spec.train_size] if spec.train_size is not None else items
+    return FolderListing(root, train[: spec.train_size], val, classes)
 
 
 register(DatasetEntry("digits", "harness.data:load_digits", lambda s: _capped(DIGITS_IMAGES - n_val(DIGITS_IMAGES, s), s)))

@@ -320,11 +320,14 @@ def _comparison(label: dict, baseline: str, other: str | None, before: pd.DataFr
 
 
 def _best_lr(runs: pd.DataFrame) -> pd.DataFrame:
-    """A recipe's runs at the lr of its highest median final accuracy over seeds (ties: the lower lr)."""
-    med = runs.groupby("lr")["final"].median()
+    """A recipe's finished runs at the lr of its highest median final accuracy over seeds (ties: the lower
+    lr), by the sensitivity table's rule: a diverged run counts at chance, an unfinished or failed one not at all."""
+    done = runs[~runs["status"].isin(["running", "interrupted", "time_limit", "stopped", "failed"])]
+    acc = done["final"].where((done["status"] != "diverged") & done["final"].notna(), done["chance"])
+    med = acc.groupby(done["lr"]).median()
     if med.dropna().empty:
         return runs.iloc[0:0]
-    return runs[runs["lr"] == med.idxmax()]
+    return done[done["lr"] == med.idxmax()]
 
 
 def before_after(store: Store, experiment_id: int) -> pd.DataFrame:
@@ -337,6 +340,7 @@ def before_after(store: Store, experiment_id: int) -> pd.DataFrame:
         return pd.DataFrame(columns=TABLE_COLUMNS)
     summary = run_summary(store, runs, read_epochs(store, runs["id"].tolist()))
     axis = summary["lr_mult"].notna().any()
+    several_lrs = summary["lr"].nunique() > 1  # one lr: its best is its own, no second row
     rows = []
     # Models in the order their first run was created (the grid's order).
     for (model, stands_for), group in summary.groupby(["model", summary["stands_for"].fillna("")], sort=False):
@@ -349,9 +353,9 @@ def before_after(store: Store, experiment_id: int) -> pd.DataFrame:
         for other in others:
             of = lambda df, recipe: df[df["recipe"] == recipe] if recipe else df.iloc[0:0]  # noqa: E731
             # On an absolute lr axis a recipe's own lr may be no grid point: then only the best-lr row.
-            if not axis or (not of(own, baseline).empty and (other is None or not of(own, other).empty)):
+            if not axis or not several_lrs or (not of(own, baseline).empty and (other is None or not of(own, other).empty)):
                 rows.append(_comparison(label, baseline, other, of(own, baseline), of(own, other), "own"))
-            if axis:
+            if axis and several_lrs:
                 rows.append(_comparison(label, baseline, other, _best_lr(of(group, baseline)),
                                         _best_lr(of(group, other)) if other else group.iloc[0:0], "best"))
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)

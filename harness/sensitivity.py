@@ -33,6 +33,8 @@ from harness.store import Store
 WINDOW_POINTS = 5.0
 # Seed 000's "CNN settings": Adam at 1e-3 with no batch rule (the naive recipe's lr at any batch).
 NAIVE_LR = 1e-3
+# Runs without a final accuracy that says something about their lr (see `lr_runs`).
+UNFINISHED = ("running", "interrupted", "time_limit", "stopped", "failed")
 
 CURVE_COLUMNS = ["model", "ran", "stands_for", "recipe", "lr", "lr_point", "lr_mult", "seeds", "median", "min", "max",
                  "mean", "collapsed", "diverged", "danger"]
@@ -43,24 +45,27 @@ SUMMARY_COLUMNS = ["model", "recipe", "seeds", "lrs", "own_lr", "best_lr", "best
 
 def lr_runs(store: Store, experiment_id: int) -> pd.DataFrame:
     """One row per run of an lr axis: `report.run_summary` plus lr, lr_point, lr_mult, own_lr and acc
-    (final val acc in %, a diverged/failed/missing one at chance). Empty when the grid has no lr axis."""
+    (final val acc in %: a diverged run at chance, an unfinished or failed one NaN) and acc_so_far. Empty
+    when the grid has no lr axis."""
     runs = rep.read_runs(store, experiment_id)
     if runs.empty:
         return pd.DataFrame()
     s = rep.run_summary(store, runs, rep.read_epochs(store, runs["id"].tolist()))
-    tags = runs["params"].map(lambda p: (p or {}).get("tags") or {} if isinstance(p, dict) else {})
-    for key in ("lr", "lr_point", "lr_mult", "own_lr"):
-        s[key] = tags.map(lambda t, k=key: t.get(k)).values
+    tags = runs.set_index("id")["params"].map(lambda p: (p.get("tags") or {}) if isinstance(p, dict) else {})
+    for key in ("lr_point", "own_lr"):  # lr and lr_mult come with run_summary
+        s[key] = s["run_id"].map(tags.map(lambda t, k=key: t.get(k)))
     s = s[s["lr_point"].notna()].copy()
     if s.empty:
         return s
     s = s.astype({"lr": float, "lr_mult": float, "own_lr": float})
     chance = 100.0 * s["chance"].astype(float)
-    s["diverged"] = s["status"].isin(["diverged", "failed"])
+    s["acc_so_far"] = 100.0 * s["final"]  # the latest epoch's, whatever the status (a live page's dot)
+    s["diverged"] = s["status"] == "diverged"
     s["collapsed"] = s["ends_at_chance"].astype(bool) & ~s["diverged"]
-    s["acc"] = (100.0 * s["final"]).where(~s["diverged"] & s["final"].notna(), chance)
-    # A run still training (a live page) or cut short has no final accuracy yet: left out, not counted at chance.
-    s.loc[s["status"].isin(["running", "interrupted"]), "acc"] = float("nan")
+    s["acc"] = s["acc_so_far"].where(~s["diverged"] & s["final"].notna(), chance)
+    # Left out of the curve (not counted at chance): a run still training (a live page) or cut short has no
+    # final accuracy yet, and a failed run (an error: out of memory, a bad file) says nothing about its lr.
+    s.loc[s["status"].isin(UNFINISHED), "acc"] = float("nan")
     s["model_label"] = [rep.stand_in_label(m, sf or None, short=True) for m, sf in zip(s["model"], s["stands_for"].fillna(""))]
     return s
 
@@ -120,7 +125,8 @@ def summarize(points: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
             "best_lr": float(best["lr"]), "best_median": float(best["median"]), "window_lo": lo, "window_hi": hi,
             "window_decades": math.log10(hi / lo),
             "window_gaps": ", ".join(f"{v:.3g}" for v in between.loc[~between.index.isin(inside.index), "lr"]),
-            "lr_sensitivity": float((best["median"] - floor).mean()),
+            # One lr is no curve: its sensitivity is undefined, not zero.
+            "lr_sensitivity": float((best["median"] - floor).mean()) if len(g) > 1 else math.nan,
             "own_lr_vs_best": own / float(best["lr"]),
             "own_lr_where": _where(own, lo, hi, g["lr"].min(), g["lr"].max()),
             "naive_lr_where": _where(NAIVE_LR, lo, hi, g["lr"].min(), g["lr"].max()),
@@ -162,7 +168,7 @@ def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
         f"window (within {WINDOW_POINTS:g} pts)": ((f"{s['window_lo']:.3g}–{s['window_hi']:.3g} ({s['window_decades']:.2f} decades)"
                                                     if s["window_hi"] > s["window_lo"] else f"{s['window_lo']:.3g} only")
                                                    + (f"; not at {s['window_gaps']}" if s["window_gaps"] else "")),
-        "LR sensitivity (pts)": f"{s['lr_sensitivity']:.1f}",
+        "LR sensitivity (pts)": "-" if pd.isna(s["lr_sensitivity"]) else f"{s['lr_sensitivity']:.1f}",
         "own lr": f"{s['own_lr']:.3g}: {_ratio(s['own_lr_vs_best'])}, {s['own_lr_where']}",
         f"naive lr {NAIVE_LR:g}": s["naive_lr_where"],
         "collapsed, diverged": f"{s['collapsed']}, {s['diverged']}",
@@ -173,12 +179,13 @@ def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
 LEGEND = (
     "Final validation accuracy in % against the learning rate (the peak lr at the run's batch; the lr axis scales each "
     "recipe's whole schedule), over seeds: the median with its min–max. Collapsed = ended at chance (below "
-    f"{rep.CHANCE_MARGIN:g} x 1/classes); diverged = NaN/Inf loss or a failed run, counted at chance. Danger zone: an "
+    f"{rep.CHANCE_MARGIN:g} x 1/classes); diverged = NaN/Inf loss, counted at chance (a failed or unfinished run is left "
+    "out: an error says nothing about the lr). Danger zone: an "
     "lr where some seeds collapse or diverge and others train (Schmidt et al. 2021): one run there says nothing. "
     f"Window: the lrs whose median is within {WINDOW_POINTS:g} points of the best (a range, and its width in decades; "
     "'not at' lists lrs inside the range that fall below). LR sensitivity (Wortsman et al. 2024, sec. 2.2, on "
     "accuracy): the mean over the grid of best − max(median, chance), in points; read it with the curve (a recipe "
-    f"that never trains has none). Own lr: the recipe's fitted lr, against the best; naive lr: seed 000's Adam "
+    f"that never trains has none; one lr has none to give). Own lr: the recipe's fitted lr, against the best; naive lr: seed 000's Adam "
     f"{NAIVE_LR:g}. A best at the grid's edge means the window may extend past the grid.")
 
 

@@ -50,7 +50,7 @@ class RunSpec(Strict):
     stands_for: str | None = Field(None, description="the full model this CPU stand-in replaces, for labels")
     train_images: int | None = Field(None, ge=1, description="training images per epoch (the budget the recipe was fitted to)")
     tags: dict[str, str | int | float] = Field(default_factory=dict, description=(
-        "where the run sits in a grid (ablate: mode, rung, ingredient; an lr axis: lr_point, lr_mult, lr)"))
+        "where the run sits in a grid (ablate: mode, rung, ingredient; an lr axis: lr_point, lr_mult, lr, own_lr)"))
     plugins: tuple[str, ...] = Field(default_factory=plugins.active, description=(
         "plugin modules/files loaded when the spec was made; a worker or a resume loads them again"))
 
@@ -234,7 +234,7 @@ class BenchmarkSpec(Strict):
 # --- the learning-rate axis of a grid -------------------------------------------------------------
 
 # `lrs: default`: two decades in half-decade steps around each recipe's own (fitted) lr. Relative, not
-# absolute: the recipes' optimizers live on different scales (Adam 1e-3, LAMB ~2e-3 and RMSprop ~4e-3
+# absolute: the recipes' optimizers live on different scales (Adam 1e-3, LAMB 1.4e-3 and RMSprop 4e-3
 # at batch 64, SGD ~0.1), so one absolute grid would sit off-centre for some of them; x1 is the point
 # the source prescribes, and the window says whether it trains. Half-decade steps are the spacing of
 # Wortsman et al.'s grids (ICLR 2024, sec. 2.2: 3e-4, 1e-3, 3e-3, ...); a best at either end of the
@@ -274,8 +274,8 @@ def parse_lrs(value: Any, field: str) -> tuple[LrPoint, ...]:
             raise UserError(field, item, f"Not a learning rate. {LR_FIX}") from None
         if not math.isfinite(number) or number <= 0:
             raise UserError(field, item, f"A learning rate (or multiplier) must be a positive number. {LR_FIX}")
-        point = LrPoint(f"x{number:g}", mult=number) if relative else LrPoint(f"{number:g}", lr=number)
-        if point in points:
+        point = LrPoint(f"x{number:.12g}", mult=number) if relative else LrPoint(f"{number:.12g}", lr=number)
+        if point.label in {p.label for p in points}:
             raise UserError(field, item, f"{point.label} is listed twice; list each lr once.")
         points.append(point)
     if len({p.mult is None for p in points}) > 1:

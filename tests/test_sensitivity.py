@@ -139,3 +139,31 @@ def test_lr_axis_with_a_fixed_lr_refused(tmp_path, monkeypatch):
                                   "--db", f"sqlite:///{tmp_path}/r.db"])
     assert r.exit_code == 2 and "error: --set: got {'lr': '3e-4'}." in r.output and "drop the lr from --set" in r.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_one_lr_and_failed_runs(db_url):
+    """One lr is no curve: no LR sensitivity and no 'each at its best' row. A failed run (an error) is left
+    out of the curve rather than counted at chance; a diverged one is counted at chance."""
+    store = Store(db_url)
+    exp = store.create_experiment(kind="benchmark", name="one lr", spec="")
+    for recipe, seed, final, status in [("naive", 0, 0.70, "completed"), ("naive", 1, None, "failed"),
+                                        ("vit (fitted)", 0, 0.80, "completed"), ("vit (fitted)", 1, 0.05, "diverged")]:
+        tags = {"lr_point": "x1", "lr_mult": 1.0, "lr": 1e-3, "own_lr": 1e-3}
+        run = store.create_run(exp, model="vit_tiny", recipe=recipe, seed=seed, params={
+            "data": {"name": "digits"}, "recipe": {"batch_size": 64}, "epochs": 1, "train_images": 1000, "tags": tags})
+        if final is not None:
+            store.log_epoch(run, 1, {"train_loss": 1.0, "train_acc": final, "val_loss": 1.0, "val_acc": final, "lr": 1e-3})
+        store.finish_run(run, status=status)
+    store.close()
+    store = rep.open_reader(db_url)
+    try:
+        _, points, summary = sens.sensitivity(store, exp)
+        table = rep.before_after(store, exp)
+    finally:
+        store.close()
+    p = points.set_index("recipe")
+    assert (p.loc["naive", "seeds"], p.loc["naive", "median"]) == (1, 70)  # the failed seed left out
+    assert (p.loc["vit (fitted)", "seeds"], p.loc["vit (fitted)", "median"], p.loc["vit (fitted)", "diverged"]) == (2, 45, 1)
+    assert summary["lr_sensitivity"].isna().all()
+    assert "-" in rep.to_text(sens.format_summary(summary))
+    assert table["lrs"].tolist() == ["own"]
