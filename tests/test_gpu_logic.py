@@ -83,6 +83,9 @@ def _run_trials_echo(monkeypatch, tmp_path: Path, resources: ResourcesSpec, *, g
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     monkeypatch.setattr(engine, "_ray", lambda address: __import__("contextlib").nullcontext())
+    # As on a fresh `harness` process: the session's shared Ray (tests/conftest.py) may already be up, and
+    # run_trials would then ask that Ray (0 GPUs) instead of this mocked machine.
+    monkeypatch.setattr(engine.ray, "is_initialized", lambda: False)
 
     def stop(*a, **k):
         raise Stop
