@@ -52,6 +52,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: harness is impor
     sys.path.insert(0, str(REPO))
 
 from harness import data as data_mod  # noqa: E402
+from harness import models  # noqa: E402
 from harness.models import ALL, CPU_VARIANT, build_model, forward_gflops, get_model_entry  # noqa: E402
 from harness.recipes import get_recipe, tuned_recipe_name  # noqa: E402
 from harness.specs import resolve_run  # noqa: E402
@@ -219,7 +220,7 @@ def bench_one(model_name: str, image_size: int, args: argparse.Namespace, device
               dev_name: str, peak: float | None, log: Callable[[str], None]) -> dict[str, Any]:
     entry = get_model_entry(model_name)
     recipe = get_recipe(tuned_recipe_name(entry.family))
-    stands_for = next((full for full, small in CPU_VARIANT.items() if small == model_name), None)
+    stands_for = models.stands_for(model_name)
     row: dict[str, Any] = {"device": dev_name, "model": stands_for or model_name, "runs_as": model_name,
                            "image_size": image_size, "batch_size": args.batch_size, "steps": args.steps,
                            "repeats": args.repeats, "compile": args.compile, "amp": "bf16" if device.type == "cuda" else "off",

@@ -27,7 +27,7 @@ from harness import report as rep
 from harness.datasets import DataSpec, check_spec, train_images
 from harness.errors import UserError, close_matches
 from harness.files import check_out_dir, write_text_atomic
-from harness.models import CPU_VARIANT, get_model_entry, stand_in_label
+from harness.models import get_model_entry, resolve_scale, stand_in_label
 from harness.recipes import INGREDIENTS, Budget, Recipe, parse_ref, resolve_recipe
 from harness.specs import RunSpec
 from harness.store import Store, shown_url
@@ -132,8 +132,7 @@ def resolve_ablation(model: str, *, recipe: str = "tuned", steps: str | None = N
     if mode not in ("add", "drop", "both"):
         raise UserError("--mode", mode, "Use add, drop or both.")
     check_spec(data, "--data")
-    full = scale == "full" or (scale == "auto" and cuda)
-    ran = model if full else CPU_VARIANT.get(model, model)
+    ran, _ = resolve_scale(model, scale, cuda=cuda)
     get_model_entry(ran).size_kwargs(data.image_size)
     budget = Budget(epochs, train_images(data), batch_size)
     name, _ = parse_ref(recipe, "--recipe")

@@ -19,7 +19,7 @@ import yaml
 
 from harness.errors import UserError
 from harness.files import check_out_dir
-from harness.models import ALL, CPU_VARIANT, MODELS, get_model_entry
+from harness.models import ALL, MODELS, get_model_entry, resolve_scale
 from harness.recipes import parse_ref
 from harness.specs import BenchmarkSpec, LrPoint, ResourcesSpec, RunSpec, parse_lrs, parse_spec, read_yaml, resolve_run
 
@@ -121,11 +121,8 @@ def resolve_grid(spec: BenchmarkSpec, *, cuda: bool) -> Grid:
     from harness.datasets import check_spec
 
     check_spec(spec.data, "data")
-    scale = spec.scale if spec.scale != "auto" else ("full" if cuda else "tiny")
-    pairs: list[tuple[str, str | None]] = []  # (model that runs, full model it stands for)
-    for name in expand_models(spec.models):
-        ran = CPU_VARIANT.get(name, name) if scale == "tiny" else name
-        pairs.append((ran, name if ran != name else None))
+    # (model that runs, full model it stands for)
+    pairs = [resolve_scale(name, spec.scale, cuda=cuda) for name in expand_models(spec.models)]
     seen: set[str] = set()
     pairs = [p for p in pairs if not (p[0] in seen or seen.add(p[0]))]  # one per model that runs, first wins
     points = parse_lrs(spec.lrs, "lrs") if spec.lrs else (None,)

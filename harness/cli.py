@@ -161,9 +161,7 @@ def models(image_size: int) -> None:
     """The model registry: name, family, parameters, forward GFLOPs at --image-size."""
     import pandas as pd
 
-    from harness.models import CPU_VARIANT, MODELS, build_model, count_params, forward_gflops
-
-    stand_in = {v: k for k, v in CPU_VARIANT.items()}
+    from harness.models import MODELS, build_model, count_params, forward_gflops, stands_for
     rows = []
     for name, entry in MODELS.items():
         try:
@@ -173,7 +171,7 @@ def models(image_size: int) -> None:
         except UserError as e:
             params, gflops, shape = "-", "-", f"not at {image_size} px: {e.fix}"
         rows.append({"name": name, "family": entry.family, "params": params, f"GFLOPs@{image_size}": gflops,
-                     "built as": shape, "note": f"CPU stand-in for {stand_in[name]}" if name in stand_in else entry.description})
+                     "built as": shape, "note": f"CPU stand-in for {full}" if (full := stands_for(name)) else entry.description})
     click.echo(pd.DataFrame(rows).to_string(index=False))
 
 
@@ -420,6 +418,7 @@ def doctor(model: str, recipe: str, data_opts: dict,
 
     from harness import doctor as doc
     from harness.files import check_out_dir
+    from harness.models import resolve_scale
     from harness.specs import resolve_run
     from harness.store import check_url
     from harness.train import resolve_device
@@ -431,7 +430,7 @@ def doctor(model: str, recipe: str, data_opts: dict,
     if threads is not None and threads < 1:
         raise UserError("--threads", threads, "Use 1 or more.")
     dev = resolve_device(device)
-    run_model, stands_for = doc.resolve_scale(model, scale, dev)
+    run_model, stands_for = resolve_scale(model, scale, cuda=dev.type == "cuda")
     data = make_data_spec(**data_opts)
     spec = resolve_run(model=run_model, recipe=recipe, data=data, overrides=parse_sets(sets), seed=seed,
                        device=str(dev), stands_for=stands_for)

@@ -602,15 +602,6 @@ class DoctorReport:
         return any(r.status == FAIL for r in self.results)
 
 
-def resolve_scale(model: str, scale: str, device: torch.device) -> tuple[str, str | None]:
-    """(model to run, the full model it stands for or None). auto: the CPU variant on a CPU."""
-    from harness.models import CPU_VARIANT
-
-    if model in CPU_VARIANT and (scale == "tiny" or (scale == "auto" and device.type == "cpu")):
-        return CPU_VARIANT[model], model
-    return model, None
-
-
 def run_doctor(*, model: str, recipe: Recipe, data_spec: Any, device: torch.device, stands_for: str | None = None,
                seed: int = 0, overfit_steps: int = OVERFIT_STEPS, lr_steps: int = LR_STEPS, probe_batch: int | None = None,
                log: Callable[[str], None] = lambda s: None) -> DoctorReport:

@@ -109,6 +109,19 @@ CPU_VARIANT = {"resnet50": "resnet18", "efficientnet_b3": "efficientnet_b0", "vi
                "swin_tiny": "swin_nano"}
 
 
+def stands_for(name: str) -> str | None:
+    """The full model a CPU stand-in stands for ('vit_tiny' -> 'vit_base'), None for any other model."""
+    return next((full for full, small in CPU_VARIANT.items() if small == name), None)
+
+
+def resolve_scale(model: str, scale: str, *, cuda: bool) -> tuple[str, str | None]:
+    """(the model that runs, the full model it stands for or None). `tiny` runs the CPU stand-in, `full` the
+    model asked for, `auto` the full model where CUDA is and the stand-in where it is not."""
+    full = scale == "full" or (scale == "auto" and cuda)
+    ran = model if full else CPU_VARIANT.get(model, model)
+    return ran, (model if ran != model else None)
+
+
 def stand_in_label(model: str, stands_for: str | None, *, short: bool = False) -> str:
     """What ran, honestly: 'vit_tiny (CPU stand-in for vit_base)', or the model alone when it is no
     stand-in. `short` is the table-cell form, 'vit_tiny (for vit_base)', where a column header or

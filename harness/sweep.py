@@ -22,7 +22,7 @@ from harness import study as study_mod
 from harness.dashboards import write_dashboards
 from harness.errors import UserError
 from harness.files import check_out_dir
-from harness.models import CPU_VARIANT
+from harness import models
 from harness.recipes import with_overrides
 from harness.specs import RunSpec, StudySpec, parse_spec
 from harness.store import Store, check_url, sqlite_path, shown_url
@@ -152,7 +152,7 @@ def run_sweep(study_path: Path, *, db: str, resume: bool = False, address: str |
 
 
 def _base_run(study: StudySpec) -> RunSpec:
-    stands_for = {v: k for k, v in CPU_VARIANT.items()}.get(study.model)
+    stands_for = models.stands_for(study.model)
     data = study.data
     if data.root is not None:  # trials run in Ray workers whose working folder is not ours
         data = data.model_copy(update={"root": data.root.resolve()})
