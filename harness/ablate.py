@@ -14,27 +14,22 @@ and the waterfall are computed from those rows only (`ablation_table`), like the
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-import pandas as pd
 import yaml
 
 from harness import report as rep
 from harness.datasets import DataSpec, check_spec, train_images
 from harness.errors import UserError, close_matches
-from harness.files import check_out_dir, write_text_atomic
+from harness.files import check_out_dir
 from harness.models import get_model_entry, resolve_scale, stand_in_label
 from harness.recipes import INGREDIENTS, Budget, Recipe, parse_ref, resolve_recipe
 from harness.specs import RunSpec
-from harness.store import Store, shown_url
+from harness.store import shown_url
 
-Mode = Literal["add", "drop", "both"]
 DEFAULT_EPOCHS = 6  # 11 vit_tiny rungs of 6 epochs fit in 10 minutes on 2 cores (README)
-VERDICT = {"better": "helps", "worse": "hurts", "no detectable difference": "no detectable difference", "": ""}
 
 
 @dataclass(frozen=True)
@@ -151,123 +146,6 @@ def resolve_ablation(model: str, *, recipe: str = "tuned", steps: str | None = N
     return Ablation(ran, model if ran != model else None, start, end, tuple(order), mode, tuple(rungs), runs)
 
 
-# --- the table, from the database -------------------------------------------------------------------
-
-TABLE_COLUMNS = ["mode", "rung", "ingredient", "recipe", "seeds", "final_mean", "final_std", "final_lo", "final_hi",
-                 "delta_prev", "delta_prev_lo", "delta_prev_hi", "delta_start", "delta_start_lo", "delta_start_hi",
-                 "interval", "verdict"]
-
-
-def ablation_table(store: Store, experiment_id: int) -> pd.DataFrame:
-    """One row per rung: final val acc (%), Δ against the previous rung (add) or the full recipe (drop)
-    with its 95% interval, Δ against the start, and the verdict on the ingredient (helps / hurts / no
-    detectable difference). Intervals as in the before/after table (report.compare)."""
-    runs = rep.read_runs(store, experiment_id)
-    if runs.empty:
-        return pd.DataFrame(columns=TABLE_COLUMNS)
-    summary = rep.run_summary(store, runs, rep.read_epochs(store, runs["id"].tolist()))
-    tags = runs["params"].map(lambda p: (p or {}).get("tags") or {})
-    summary["mode"] = tags.map(lambda t: t.get("mode")).values
-    summary["rung"] = tags.map(lambda t: t.get("rung")).values
-    summary["ingredient"] = tags.map(lambda t: t.get("ingredient") or "").values
-    rows = []
-    for mode in ("add", "drop"):
-        side = summary[summary["mode"] == mode]
-        if side.empty:
-            continue
-        start = side[side["rung"] == 0]
-        for rung, group in side.groupby("rung", sort=True):
-            prev = start if mode == "drop" else side[side["rung"] == rung - 1]
-            finals = 100 * group["final"].astype(float)
-            row = {"mode": mode, "rung": int(rung), "ingredient": group["ingredient"].iloc[0], "recipe": group["recipe"].iloc[0],
-                   "seeds": len(group), "final_mean": finals.mean(),
-                   "final_std": finals.std(ddof=1) if finals.notna().sum() > 1 else math.nan,
-                   "final_lo": 100 * group["final_lo"].iloc[0] if len(group) == 1 else math.nan,
-                   "final_hi": 100 * group["final_hi"].iloc[0] if len(group) == 1 else math.nan}
-            for key, base in (("delta_prev", prev), ("delta_start", start)):
-                if rung == 0:
-                    row.update({key: math.nan, f"{key}_lo": math.nan, f"{key}_hi": math.nan})
-                    continue
-                cmp = rep.compare(base, group)
-                row[key] = finals.mean() - 100 * base["final"].astype(float).mean()
-                row[f"{key}_lo"], row[f"{key}_hi"] = cmp["delta_final_lo"], cmp["delta_final_hi"]
-                if key == "delta_prev":
-                    row["interval"] = cmp["interval"]
-                    # drop: the rung is the full recipe without the ingredient, so "worse" means it helps.
-                    v = cmp["verdict"]
-                    if mode == "drop":
-                        v = {"better": "worse", "worse": "better"}.get(v, v)
-                    row["verdict"] = VERDICT[v]
-            rows.append(row)
-    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
-
-
-def format_table(table: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    for _, r in table.iterrows():
-        step = "start" if r["rung"] == 0 else ("+" if r["mode"] == "add" else "−") + str(r["ingredient"])
-        delta = lambda k: "" if pd.isna(r[k]) else f"{r[k]:+.1f} [{r[f'{k}_lo']:+.1f}, {r[f'{k}_hi']:+.1f}]"  # noqa: E731
-        rows.append({"mode": r["mode"], "rung": r["rung"], "ingredient": step, "seeds": r["seeds"],
-                     "final val acc % [95% CI]": rep.format_final(r["final_mean"], r["final_std"], r["final_lo"], r["final_hi"]),
-                     "Δ vs previous" if r["mode"] == "add" else "Δ vs full": delta("delta_prev"),
-                     "Δ vs start": delta("delta_start") if r["mode"] == "add" else "",
-                     "verdict": r["verdict"] or ""})
-    return pd.DataFrame(rows).fillna("")
-
-
-TABLE_LEGEND = ("Final validation accuracy in % (one seed: [95% Wilson interval]; several: mean ± std). add: each rung "
-                "adds one ingredient to the previous one, Δ vs previous is that ingredient's effect at this point of the "
-                "order — the order matters, because ingredients interact. drop: each rung is the full recipe without one "
-                "ingredient (its fields back at naive's), Δ vs full; the check on add's order. Intervals: Newcombe's for "
-                "one seed, paired bootstrap over seeds for two or more; verdict on the ingredient: helps / hurts when the "
-                "interval excludes 0, else no detectable difference.")
-
-
-def save_table(store: Store, experiment_id: int, out: Path) -> tuple[Path, Path, pd.DataFrame]:
-    table = ablation_table(store, experiment_id)
-    out.mkdir(parents=True, exist_ok=True)
-    md, csv = out / f"ablate-{experiment_id}.md", out / f"ablate-{experiment_id}.csv"
-    text = (f"# Ablation (experiment {experiment_id})\n\n{TABLE_LEGEND}\n\n"
-            + (rep.to_markdown(format_table(table)) if not table.empty else "No runs recorded yet.\n"))
-    write_text_atomic(md, text)
-    write_text_atomic(csv, table.to_csv(index=False))
-    return md, csv, table
-
-
-def waterfall_figure(table: pd.DataFrame, title: str):
-    """add: a waterfall from the start's accuracy, one bar per ingredient's Δ, its 95% interval as an
-    error bar at the bar's end. drop: one bar per ingredient, the Δ of removing it, with its interval."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    modes = [m for m in ("add", "drop") if (table["mode"] == m).any()]
-    fig = make_subplots(rows=1, cols=len(modes), subplot_titles=[
-        "add: naive → recipe, one ingredient at a time (val acc %)" if m == "add" else
-        "drop: full recipe minus one ingredient (Δ val acc, points)" for m in modes])
-    for col, mode in enumerate(modes, start=1):
-        t = table[table["mode"] == mode].sort_values("rung")
-        steps = t[t["rung"] > 0]
-        if mode == "add":
-            x = ["naive"] + [f"+{i}" for i in steps["ingredient"]]
-            y = [t["final_mean"].iloc[0]] + steps["delta_prev"].tolist()
-            fig.add_trace(go.Waterfall(x=x, y=y, measure=["absolute"] + ["relative"] * len(steps), name="add",
-                                       text=[f"{v:.1f}" if i == 0 else f"{v:+.1f}" for i, v in enumerate(y)],
-                                       textposition="outside", connector=dict(line=dict(color="#999"))), row=1, col=col)
-            fig.add_scatter(x=x[1:], y=(t["final_mean"].iloc[0] + steps["delta_prev"].cumsum()).tolist(), mode="markers",
-                            marker=dict(size=1, color="black"), name="95% interval of Δ", showlegend=col == 1,
-                            error_y=dict(type="data", symmetric=False, array=(steps["delta_prev_hi"] - steps["delta_prev"]).tolist(),
-                                         arrayminus=(steps["delta_prev"] - steps["delta_prev_lo"]).tolist(), color="black"),
-                            row=1, col=col)
-        else:
-            fig.add_bar(x=[f"−{i}" for i in steps["ingredient"]], y=steps["delta_prev"], name="drop",
-                        marker_color=["#d62728" if v < 0 else "#2ca02c" for v in steps["delta_prev"].fillna(0)],
-                        error_y=dict(type="data", symmetric=False, array=(steps["delta_prev_hi"] - steps["delta_prev"]).tolist(),
-                                     arrayminus=(steps["delta_prev"] - steps["delta_prev_lo"]).tolist()),
-                        row=1, col=col)
-    fig.update_layout(title=title, height=520, showlegend=True)
-    return fig
-
-
 def run_ablation(ab: Ablation, *, db: str, out: Path, concurrency: int = 2, address: str | None = None,
                  echo: Callable[[str], None] = print, resume: bool = False, storage_path: Path | str = "ray_results",
                  pages_every_s: float = 30.0, cuda: bool | None = None) -> int:
@@ -320,11 +198,11 @@ def run_ablation(ab: Ablation, *, db: str, out: Path, concurrency: int = 2, addr
     index = write_dashboards(db, out)
     store = rep.open_reader(db)
     try:
-        table = ablation_table(store, exp)
+        table = rep.ablation_table(store, exp)
     finally:
         store.close()
     echo("")
-    echo(rep.to_text(format_table(table)))
+    echo(rep.to_text(rep.format_ablation(table)))
     echo("")
     echo(f"table: {out / f'ablate-{exp}.md'} and .csv")
     echo(f"dashboards: {out / f'ablate-{exp}.html'} (waterfall), {index} (everything)")

@@ -142,7 +142,7 @@ def resolve_grid(spec: BenchmarkSpec, *, cuda: bool) -> Grid:
         where = "CPU" if not cuda else "--scale tiny"
         note = f"{where}: running {', '.join(swapped)}; use --scale full to run the full models" + (
             " (slow on CPU)" if not cuda else "")
-    return Grid(runs, scale, note)
+    return Grid(runs, spec.scale if spec.scale != "auto" else ("full" if cuda else "tiny"), note)
 
 
 def at_lr(run: RunSpec, point: LrPoint) -> RunSpec:

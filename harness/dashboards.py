@@ -480,18 +480,47 @@ def sensitivity_page(exp: pd.Series, runs: pd.DataFrame, sens: tuple[pd.DataFram
     return page(f"lr sensitivity: {exp['name']}", body)
 
 
-def ablate_page(exp: pd.Series, runs: pd.DataFrame, table_df: pd.DataFrame) -> str:
-    from harness import ablate
+def waterfall_figure(table: pd.DataFrame, title: str) -> go.Figure:
+    """add: a waterfall from the start's accuracy, one bar per ingredient's Δ, its 95% interval as an
+    error bar at the bar's end. drop: one bar per ingredient, the Δ of removing it, with its interval."""
+    modes = [m for m in ("add", "drop") if (table["mode"] == m).any()]
+    fig = make_subplots(rows=1, cols=len(modes), subplot_titles=[
+        "add: naive → recipe, one ingredient at a time (val acc %)" if m == "add" else
+        "drop: full recipe minus one ingredient (Δ val acc, points)" for m in modes])
+    for col, mode in enumerate(modes, start=1):
+        t = table[table["mode"] == mode].sort_values("rung")
+        steps = t[t["rung"] > 0]
+        if mode == "add":
+            x = ["naive"] + [f"+{i}" for i in steps["ingredient"]]
+            y = [t["final_mean"].iloc[0]] + steps["delta_prev"].tolist()
+            fig.add_trace(go.Waterfall(x=x, y=y, measure=["absolute"] + ["relative"] * len(steps), name="add",
+                                       text=[f"{v:.1f}" if i == 0 else f"{v:+.1f}" for i, v in enumerate(y)],
+                                       textposition="outside", connector=dict(line=dict(color="#999"))), row=1, col=col)
+            fig.add_scatter(x=x[1:], y=(t["final_mean"].iloc[0] + steps["delta_prev"].cumsum()).tolist(), mode="markers",
+                            marker=dict(size=1, color="black"), name="95% interval of Δ", showlegend=col == 1,
+                            error_y=dict(type="data", symmetric=False, array=(steps["delta_prev_hi"] - steps["delta_prev"]).tolist(),
+                                         arrayminus=(steps["delta_prev"] - steps["delta_prev_lo"]).tolist(), color="black"),
+                            row=1, col=col)
+        else:
+            fig.add_bar(x=[f"−{i}" for i in steps["ingredient"]], y=steps["delta_prev"], name="drop",
+                        marker_color=["#d62728" if v < 0 else "#2ca02c" for v in steps["delta_prev"].fillna(0)],
+                        error_y=dict(type="data", symmetric=False, array=(steps["delta_prev_hi"] - steps["delta_prev"]).tolist(),
+                                     arrayminus=(steps["delta_prev"] - steps["delta_prev_lo"]).tolist()),
+                        row=1, col=col)
+    fig.update_layout(title=title, height=520, showlegend=True)
+    return fig
 
+
+def ablate_page(exp: pd.Series, runs: pd.DataFrame, table_df: pd.DataFrame) -> str:
     eid = int(exp["id"])
     body = experiment_header(exp, runs)
     if table_df.empty:
         return page(f"ablation: {exp['name']}", body + "<p class='empty'>No runs recorded yet.</p>")
-    body += fig_html(ablate.waterfall_figure(table_df, esc(f"{exp['name']}: which ingredient matters")), f"waterfall-{eid}")
+    body += fig_html(waterfall_figure(table_df, esc(f"{exp['name']}: which ingredient matters")), f"waterfall-{eid}")
     body += ("<p class='note'>In <b>add</b> mode the order matters: an ingredient's Δ is measured on top of the ones "
              "before it, and ingredients interact (a warmup matters more at a high lr). <b>drop</b> mode — the full "
              "recipe minus one ingredient — is the check.</p>")
-    body += table_section("Ladder", ablate.TABLE_LEGEND, ablate.format_table(table_df), cls="ablate", stem=f"ablate-{eid}",
+    body += table_section("Ladder", rep.ABLATION_LEGEND, rep.format_ablation(table_df), cls="ablate", stem=f"ablate-{eid}",
                           eid=eid, curves="every rung's curves overlaid")
     return page(f"ablation: {exp['name']}", body)
 
@@ -676,9 +705,8 @@ def write_dashboards(db: str, out: Path | str = "dashboards", *, compare: list[i
                 write(f"sensitivity-{eid}.html", sensitivity_page(exp, er, sens))
                 made[eid].append(link(f"sensitivity-{eid}.html", "lr sensitivity"))
             if exp["kind"] == "ablate":
-                from harness.ablate import save_table
 
-                _, _, tbl = save_table(store, eid, out)
+                _, _, tbl = rep.save_ablation(store, eid, out)
                 write(f"ablate-{eid}.html", ablate_page(exp, er, tbl))
                 made[eid] += [link(f"ablate-{eid}.html", "ablation"), link(f"ablate-{eid}.md", "md"),
                               link(f"ablate-{eid}.csv", "csv")]

@@ -8,7 +8,8 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from harness.ablate import ablation_table, changed, ladder, resolve_ablation
+from harness.ablate import changed, ladder, resolve_ablation
+from harness.report import ablation_table
 from harness.cli import main
 from harness.recipes import BUDGET_FIELDS, INGREDIENTS, TUNABLE
 from harness.store import Store
