@@ -1,0 +1,230 @@
+"""Writing the pages: only those whose rows changed.
+
+Each page is drawn from some rows; a *stamp* is a digest of those rows (and of whether the page is
+live), and `out/.pages.json` (the manifest) holds, per page file, the stamp it was drawn from and the
+file's identity once written (inode, mtime, size). A page is rewritten when its stamp differs, when
+its file is missing, or when the file is not the one the manifest recorded (another writer replaced
+it). The stamps:
+
+- run-<id>.html: the run's changing columns (`report.RUN_STAMP_COLUMNS`), a fingerprint of its epochs
+  (count, last, sums of the drawn metrics) and its evaluation's epoch;
+- an experiment's pages (experiment-<id>.html and its kind's, `pages.KIND_PAGES`, with their .md/.csv):
+  the experiment's row, its runs' stamps and, for a sweep, its Optuna study's trials;
+- each index page: its experiments' rows, their runs per status (count, best, sum of bests), their
+  pages' links, the page count and the kinds.
+
+Crash safety: each page is written atomically, and its manifest entry is recorded only after it; the
+manifest itself is written atomically every `SAVE_EVERY` pages and at the end. A crash loses at most
+entries, never a page: a page without its entry is rewritten next time. A resume changes the
+experiment's row (running again) and its runs' epochs, so their stamps.
+"""
+
+from __future__ import annotations
+
+import builtins  # `all` is write_pages' keyword (the CLI's --all)
+import hashlib
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness import report as rep
+from harness.dashboards.index import KIND_NAME, PER_PAGE, compare_page, index_name, index_page, index_pages
+from harness.dashboards.markup import mark_live, write_plotlyjs
+from harness.dashboards.pages import Experiment, experiment_pages, run_page
+from harness.files import check_out_dir, write_text_atomic
+
+MANIFEST = ".pages.json"
+# Pages written between two saves of the manifest: a crash then rewrites at most this many pages that
+# were already right, and a full write of 10,000 pages saves it 20 times rather than 10,000.
+SAVE_EVERY = 500
+# Run ids per query when reading many runs' rows (SQLite's default limit is 32,766 host parameters
+# and long IN lists parse slowly; ids are inlined as integers).
+CHUNK = 500
+
+
+@dataclass
+class Written:
+    """What one `write_pages` did: `path` (index.html, or compare.html), the page files it wrote, and how
+    many it left as they were because nothing they show changed."""
+
+    path: Path
+    written: list[str] = field(default_factory=list)
+    unchanged: int = 0
+
+
+def digest(*parts: Any) -> str:
+    """A short stable digest of values (rows as tuples; timestamps and floats through repr)."""
+    return hashlib.sha1(repr(parts).encode("utf-8")).hexdigest()[:20]
+
+
+def _identity(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return [st.st_ino, st.st_mtime_ns, st.st_size]
+
+
+class Manifest:
+    """page file -> [stamp, inode, mtime_ns, size]; experiment id -> its index links."""
+
+    def __init__(self, out: Path, *, forget: bool = False) -> None:
+        self.path = out / MANIFEST
+        self.pages: dict[str, list] = {}
+        self.links: dict[str, list[list[str]]] = {}
+        if not forget and self.path.is_file():
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+                self.pages, self.links = dict(data.get("pages", {})), dict(data.get("links", {}))
+            except (ValueError, AttributeError):  # cut off or foreign: every page is rewritten
+                pass
+        self.unsaved = 0
+
+    def fresh(self, name: str, stamp: str) -> bool:
+        entry = self.pages.get(name)
+        return bool(entry) and entry[0] == stamp and entry[1:] == _identity(self.path.parent / name)
+
+    def record(self, name: str, stamp: str) -> None:
+        self.pages[name] = [stamp, *(_identity(self.path.parent / name) or [])]
+        self.unsaved += 1
+        if self.unsaved >= SAVE_EVERY:
+            self.save()
+
+    def save(self) -> None:
+        write_text_atomic(self.path, json.dumps({"pages": self.pages, "links": self.links}, separators=(",", ":")))
+        self.unsaved = 0
+
+
+def _chunks(ids: list[int]) -> Iterable[list[int]]:
+    for i in range(0, len(ids), CHUNK):
+        yield ids[i:i + CHUNK]
+
+
+def write_pages(db: str, out: Path | str = "dashboards", *, compare: list[int] | None = None, live: bool = False,
+                refresh_s: float = 30, all: bool = False, experiments: Iterable[int] | None = None) -> Written:
+    """The pages of the database at `db` in `out` whose rows changed since they were written (every page
+    with `all`), and the index pages; returns what it wrote (`Written`). UserError, before writing, for a
+    database that does not exist or is not harness's, and for a missing run id (`compare`).
+
+    `live`: the work is still running (another process or thread writing `db`): the pages of running
+    experiments and the index carry the "running — updated HH:MM:SS" banner and reload themselves every
+    `refresh_s` seconds; the final write (live=False) rewrites them without. `experiments`: only these
+    experiments' pages (and the index): what the live pages of one running experiment need."""
+    out = Path(out)
+    check_out_dir(out)
+    clock = time.strftime("%H:%M:%S")
+    store = rep.open_reader(db)
+    try:
+        if compare:
+            rep.check_runs_exist(store, compare)
+        exps = rep.read_experiments(store)
+        only = None if experiments is None else [int(i) for i in experiments]
+        scope = exps if only is None else exps[exps["id"].isin(only)]
+        stamps = rep.read_run_stamps(store, only)
+        studies = rep.read_study_stamps(store) if (scope["kind"] == "sweep").any() else None
+        out.mkdir(parents=True, exist_ok=True)
+        write_plotlyjs(out)
+        manifest = Manifest(out, forget=all)
+        done = Written(out / "index.html")
+
+        def write(name: str, html: str, stamp: str, live_page: bool) -> None:
+            write_text_atomic(out / name, mark_live(html, refresh_s=refresh_s, stamp=clock) if live_page else html)
+            manifest.record(name, stamp)  # after the page: a crash in between leaves it to be rewritten
+            done.written.append(name)
+
+        by_exp = dict(tuple(stamps.groupby("experiment_id"))) if not stamps.empty else {}
+        for exp in scope.itertuples(index=False):
+            eid = int(exp.id)
+            live_here = live and exp.status == "running"
+            mark = (live_here, refresh_s if live_here else None)
+            rs = by_exp.get(eid, stamps.iloc[0:0])
+            run_stamps = {int(r[0]): digest(r, mark) for r in rs.itertuples(index=False, name=None)}
+            study = ()
+            if exp.kind == "sweep" and studies is not None:
+                study = tuple(tuple(r) for r in studies[studies["study_name"] == exp.name].itertuples(index=False, name=None))
+            exp_stamp = digest(tuple(exp), tuple(sorted(run_stamps.values())), study, mark)
+            group = [f"experiment-{eid}.html", *(h for h, _ in manifest.links.get(str(eid), []) if h.endswith(".html"))]
+            side = [h for h, _ in manifest.links.get(str(eid), []) if not h.endswith(".html")]
+            group_stale = (str(eid) not in manifest.links or not builtins.all(manifest.fresh(n, exp_stamp) for n in group)
+                           or not builtins.all((out / n).is_file() for n in side))
+            stale_runs = [rid for rid, s in run_stamps.items() if not manifest.fresh(f"run-{rid}.html", s)]
+            done.unchanged += (0 if group_stale else len(group)) + len(run_stamps) - len(stale_runs)
+            if not group_stale and not stale_runs:
+                continue
+            row = scope[scope["id"] == eid].iloc[0]
+            if group_stale:
+                runs = rep.read_runs(store, eid)
+                epochs = rep.read_epochs(store, runs["id"].tolist())
+                pages, links = experiment_pages(Experiment(db, store, row, runs, epochs, out))
+                manifest.links.pop(str(eid), None)  # until every page of the group is written
+                for name, html in pages:
+                    write(name, html, exp_stamp, live_here)
+                manifest.links[str(eid)] = [list(p) for p in links]
+            for ids in _chunks(stale_runs):
+                if group_stale:
+                    chunk, chunk_epochs = runs[runs["id"].isin(ids)], epochs[epochs["run_id"].isin(ids)]
+                else:
+                    chunk, chunk_epochs = rep.read_runs(store, run_ids=ids), rep.read_epochs(store, ids)
+                evaluations = rep.read_evaluations(store, ids)
+                per_run = dict(tuple(chunk_epochs.groupby("run_id"))) if not chunk_epochs.empty else {}
+                for _, run in chunk.iterrows():
+                    rid = int(run["id"])
+                    html = run_page(run, per_run.get(rid, chunk_epochs.iloc[0:0]), row["name"], evaluations.get(rid))
+                    write(f"run-{rid}.html", html, run_stamps[rid], live_here)
+
+        _write_index(db, store, exps, manifest, write, done, live=live, refresh_s=refresh_s)
+        if compare:
+            chosen = rep.read_runs(store, run_ids=list(dict.fromkeys(compare)))
+            chosen = chosen.set_index("id").loc[list(dict.fromkeys(compare))].reset_index()
+            html = compare_page(chosen, rep.read_epochs(store, chosen["id"].tolist()))
+            write("compare.html", html, digest(time.time_ns()), live)  # asked for by name: always written
+            done.path = out / "compare.html"
+        manifest.save()
+        return done
+    finally:
+        store.close()
+
+
+def _write_index(db: str, store: Any, exps: pd.DataFrame, manifest: Manifest, write: Any, done: Written, *,
+                 live: bool, refresh_s: float) -> None:
+    """index.html, index-2.html, ... and per kind index-<kind>.html, ...: each rewritten when its stamp changed."""
+    counts = rep.read_run_counts(store)
+    totals = (len(exps), int(counts["n"].sum()) if not counts.empty else 0)
+    newest = exps.sort_values("id", ascending=False)
+    kinds = {str(k): int(n) for k, n in newest["kind"].value_counts(sort=False).items() if KIND_NAME.fullmatch(str(k))}
+    if len(kinds) < 2:  # one kind: its page would be the index again
+        kinds = {}
+    columns = ["id", "kind", "name", "description", "status", "created_at"]
+    lists = [(None, newest)] + [(k, newest[newest["kind"] == k]) for k in kinds]
+    mark = (live, refresh_s if live else None)
+    for kind, chosen in lists:
+        for number in range(1, index_pages(len(chosen)) + 1):
+            page_exps = chosen.iloc[(number - 1) * PER_PAGE:number * PER_PAGE]
+            ids = page_exps["id"].astype(int).tolist()
+            page_counts = counts[counts["experiment_id"].isin(ids)]
+            links = {i: [tuple(h) for h in manifest.links.get(str(i), [[f"experiment-{i}.html", "curves"]])] for i in ids}
+            stamp = digest(tuple(page_exps[columns].itertuples(index=False, name=None)),
+                           tuple(page_counts.sort_values(["experiment_id", "status"]).itertuples(index=False, name=None)),
+                           tuple(sorted(links.items())), number, len(chosen), tuple(kinds.items()), totals, mark)
+            name = index_name(kind, number)
+            if manifest.fresh(name, stamp):
+                done.unchanged += 1
+                continue
+            points = rep.read_run_points(store, ids) if ids else pd.DataFrame()
+            html = index_page(db, page_exps, page_counts, points, links, number=number, kind=kind, matching=len(chosen),
+                              kinds=kinds, totals=totals)
+            write(name, html, stamp, live)
+
+
+def write_dashboards(db: str, out: Path | str = "dashboards", *, compare: list[int] | None = None, live: bool = False,
+                     refresh_s: float = 30, all: bool = False, experiments: Iterable[int] | None = None) -> Path:
+    """`write_pages`, returning only the path of index.html (or of compare.html when `compare` run ids are given)."""
+    return write_pages(db, out, compare=compare, live=live, refresh_s=refresh_s, all=all, experiments=experiments).path
+
+
+__all__ = ["MANIFEST", "Manifest", "Written", "digest", "write_dashboards", "write_pages"]
