@@ -20,14 +20,14 @@ from pathlib import Path
 
 import yaml
 
+from harness import grids
 from harness import report as rep
 from harness.datasets import DataSpec, check_spec, train_images
 from harness.errors import UserError, close_matches
-from harness.files import check_out_dir
+from harness.grids import Where
 from harness.models import get_model_entry, resolve_scale, stand_in_label
 from harness.recipes import INGREDIENTS, Budget, Recipe, parse_ref, resolve_recipe
 from harness.specs import RunSpec
-from harness.store import shown_url
 
 DEFAULT_EPOCHS = 6  # 11 vit_tiny rungs of 6 epochs fit in 10 minutes on 2 cores (README)
 
@@ -146,21 +146,18 @@ def resolve_ablation(model: str, *, recipe: str = "tuned", steps: str | None = N
     return Ablation(ran, model if ran != model else None, start, end, tuple(order), mode, tuple(rungs), runs)
 
 
-def run_ablation(ab: Ablation, *, db: str, out: Path, concurrency: int = 2, address: str | None = None,
-                 echo: Callable[[str], None] = print, resume: bool = False, storage_path: Path | str = "ray_results",
-                 pages_every_s: float = 30.0, cuda: bool | None = None) -> int:
+def run_ablation(ab: Ablation, where: Where, *, concurrency: int = 2, echo: Callable[[str], None] = print,
+                 resume: bool = False, cuda: bool | None = None):
     """Run the ladder as an `ablate` experiment (with `resume`: continue the interrupted one of this
-    model, which must be the same ladder), then its table, waterfall and the dashboards.
+    model, which must be the same ladder), then its table, waterfall and the pages. Returns the
+    engine's Outcome (status "interrupted": the CLI exits 130).
     `cuda` (default: torch.cuda.is_available(), as `resolve_ablation` was told): on a GPU machine the
     trials share the card as the benchmark's do (`benchmark.grid_resources`), so the full models it
     chose train on the GPU they were chosen for."""
     from harness.benchmark import grid_resources
-    from harness.engine import Experiment, resumable, run_grid
+    from harness.engine import Experiment, resumable
     from harness.specs import ResourcesSpec
-    from harness.store import check_url
 
-    check_url(db)
-    check_out_dir(out)
     if cuda is None:
         import torch
 
@@ -173,7 +170,8 @@ def run_ablation(ab: Ablation, *, db: str, out: Path, concurrency: int = 2, addr
             "rungs": [f"{r.mode} {r.index}: {r.recipe.name}" for r in ab.rungs]}
     exp_id = None
     if resume:
-        row = resumable(db, kind="ablate", name=name, storage_path=storage_path, again=f"harness ablate --model {ab.stands_for or ab.model}")
+        row = resumable(where.db, kind="ablate", name=name, storage_path=where.storage_path,
+                        again=f"harness ablate --model {ab.stands_for or ab.model}")
         stored = yaml.safe_load(row["spec"])
         if stored != spec:
             changed = sorted(k for k in spec if stored.get(k) != spec[k])
@@ -182,21 +180,12 @@ def run_ablation(ab: Ablation, *, db: str, out: Path, concurrency: int = 2, addr
         exp_id = row["id"]
     for line in ab.describe():
         echo(line)
-
-    def pages() -> None:
-        from harness.dashboards import write_dashboards
-
-        write_dashboards(db, out, live=True, refresh_s=pages_every_s)
-
-    outcome = run_grid(list(ab.runs), db=db, experiment=Experiment(
+    outcome = grids.run_grid(where, list(ab.runs), experiment=Experiment(
         "ablate", name, f"{ab.start.label()} -> {ab.end.label()}, one ingredient at a time ({ab.mode})",
-        yaml.safe_dump(spec, sort_keys=False), id=exp_id), concurrency=concurrency, resources=resources,
-        address=address, storage_path=storage_path, pages=pages, pages_every_s=pages_every_s, echo=echo)
+        yaml.safe_dump(spec, sort_keys=False), id=exp_id), concurrency=concurrency, resources=resources, echo=echo)
     exp = outcome.experiment_id
-    from harness.dashboards import write_dashboards
-
-    index = write_dashboards(db, out)
-    store = rep.open_reader(db)
+    index = grids.write_pages(where)
+    store = rep.open_reader(where.db)
     try:
         table = rep.ablation_table(store, exp)
     finally:
@@ -204,11 +193,11 @@ def run_ablation(ab: Ablation, *, db: str, out: Path, concurrency: int = 2, addr
     echo("")
     echo(rep.to_text(rep.format_ablation(table)))
     echo("")
-    echo(f"table: {out / f'ablate-{exp}.md'} and .csv")
-    echo(f"dashboards: {out / f'ablate-{exp}.html'} (waterfall), {index} (everything)")
-    echo(f"results: experiment {exp} in {shown_url(db)}")
+    if where.out is not None:
+        echo(f"table: {Path(where.out) / f'ablate-{exp}.md'} and .csv")
+        echo(f"dashboards: {Path(where.out) / f'ablate-{exp}.html'} (waterfall), {index} (everything)")
+    echo(f"results: experiment {exp} in {where.shown_db}")
     if outcome.status == "interrupted":
         echo(f"continue with: harness ablate --model {ab.stands_for or ab.model} ... --resume (the same flags; "
              f"experiment {exp} keeps what finished)")
-        raise SystemExit(130)
-    return exp
+    return outcome

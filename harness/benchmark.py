@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
+from harness import grids
 from harness.errors import UserError
-from harness.files import check_out_dir
+from harness.grids import Where
 from harness.models import ALL, MODELS, get_model_entry, resolve_scale
 from harness.recipes import parse_ref
 from harness.specs import BenchmarkSpec, LrPoint, ResourcesSpec, RunSpec, parse_lrs, parse_spec, read_yaml, resolve_run
@@ -200,28 +201,25 @@ def grid_resources(resources: ResourcesSpec, *, cuda: bool, concurrency: int) ->
     return resources
 
 
-def run_benchmark(spec: BenchmarkSpec, *, db: str, out: Path, address: str | None = None,
-                  echo: Callable[[str], None] = print, cuda: bool | None = None, resume: bool = False,
-                  storage_path: Path | str = "ray_results", pages_every_s: float = 30.0) -> int:
-    """Validate everything, run the grid through Ray Tune (harness.engine.run_grid), then print the
-    before/after table and write it (Markdown, CSV) with the dashboards into `out`. Returns the
-    experiment id. With `resume`, the interrupted benchmark of this name continues: finished runs are
-    kept, interrupted ones continue from their checkpoints, missing ones start."""
-    from harness.engine import Experiment, resumable, run_grid
-    from harness.store import check_url, shown_url
+def run_benchmark(spec: BenchmarkSpec, where: Where, *, echo: Callable[[str], None] = print, cuda: bool | None = None,
+                  resume: bool = False):
+    """Run the grid through Ray Tune (`grids.run_grid`), then print the before/after table (and, with an
+    lr axis, the sensitivity tables) and write them with the pages into `where.out`. Returns the
+    engine's Outcome (status "interrupted": the CLI exits 130). With `resume`, the interrupted benchmark of
+    this name continues: finished runs are kept, interrupted ones continue from their checkpoints,
+    missing ones start. `where` is checked by the caller (`Where.check`)."""
+    from harness.engine import Experiment, resumable
 
-    check_url(db)
-    check_out_dir(Path(out))
     if cuda is None:
         import torch
 
         cuda = torch.cuda.is_available()
     exp_id = None
     if resume:
-        row = resumable(db, kind="benchmark", name=spec.name, storage_path=storage_path, again="harness benchmark")
+        row = resumable(where.db, kind="benchmark", name=spec.name, storage_path=where.storage_path, again="harness benchmark")
         stored = yaml.safe_load(row["spec"])
         stored_runs = stored.pop("runs", None)
-        stored_spec = parse_spec(BenchmarkSpec, stored, f"{shown_url(db)} benchmark {spec.name}")
+        stored_spec = parse_spec(BenchmarkSpec, stored, f"{where.shown_db} benchmark {spec.name}")
         if stored_spec != spec.model_copy(update={"scale": stored_spec.scale}):
             echo(f"note: the grid given differs from benchmark {spec.name} as it was started; --resume continues it as started.")
         spec, exp_id = stored_spec, row["id"]
@@ -234,36 +232,25 @@ def run_benchmark(spec: BenchmarkSpec, *, db: str, out: Path, address: str | Non
         echo(grid.note)
     for line in budget_lines(grid):
         echo(line)
-    resources = grid_resources(spec.resources, cuda=cuda, concurrency=spec.concurrency)
-
-    def pages() -> None:
-        from harness.dashboards import write_dashboards
-
-        write_dashboards(db, Path(out), live=True, refresh_s=pages_every_s)
-
-    outcome = run_grid(grid.runs, db=db, experiment=Experiment("benchmark", spec.name, spec.description,
-                                                               resolved_yaml(spec, grid), id=exp_id),
-                       concurrency=spec.concurrency, resources=resources, address=address,
-                       storage_path=storage_path, pages=pages, pages_every_s=pages_every_s, echo=echo)
-    exp, status = outcome.experiment_id, outcome.status
-    finish(db, exp, Path(out), echo=echo)
-    if status == "interrupted":
-        # The partial table and dashboards are written above; the exit code still says it was cut short.
-        echo(f"continue with: harness benchmark --resume --db {shown_url(db)} (experiment {exp} keeps what finished)")
-        raise SystemExit(130)
-    return exp
+    outcome = grids.run_grid(where, grid.runs, experiment=Experiment("benchmark", spec.name, spec.description,
+                                                                     resolved_yaml(spec, grid), id=exp_id),
+                             concurrency=spec.concurrency, echo=echo,
+                             resources=grid_resources(spec.resources, cuda=cuda, concurrency=spec.concurrency))
+    finish(where, outcome.experiment_id, echo=echo)
+    if outcome.status == "interrupted":
+        # The partial table and pages are written above; the exit code still says it was cut short.
+        echo(f"continue with: harness benchmark --resume --db {where.shown_db} "
+             f"(experiment {outcome.experiment_id} keeps what finished)")
+    return outcome
 
 
-def finish(db: str, experiment_id: int, out: Path, *, echo: Callable[[str], None] = print) -> Path:
-    """The table in the terminal, its Markdown/CSV and the dashboards in `out`."""
+def finish(where: Where, experiment_id: int, *, echo: Callable[[str], None] = print) -> Path | None:
+    """The tables in the terminal, their Markdown/CSV and the pages in `where.out`."""
     from harness import report as rep
-    from harness.dashboards import write_dashboards
-    from harness.store import shown_url
-
     from harness import sensitivity as sens
 
-    index = write_dashboards(db, out)
-    store = rep.open_reader(db)
+    index = grids.write_pages(where)
+    store = rep.open_reader(where.db)
     try:
         table = rep.before_after(store, experiment_id)
         _, points, summary = sens.sensitivity(store, experiment_id)
@@ -281,11 +268,13 @@ def finish(db: str, experiment_id: int, out: Path, *, echo: Callable[[str], None
         echo("")
         echo(rep.to_text(sens.format_curve(points)))
     echo("")
-    echo(f"table: {out / f'before_after-{experiment_id}.md'} and .csv")
-    if not points.empty:
-        echo(f"lr sensitivity: {out / f'sensitivity-{experiment_id}.md'} and .csv, page {out / f'sensitivity-{experiment_id}.html'}")
-    echo(f"dashboards: {out / f'before_after-{experiment_id}.html'} (before/after), {index} (everything)")
-    echo(f"results: experiment {experiment_id} in {shown_url(db)}")
+    if where.out is not None:
+        out = Path(where.out)
+        echo(f"table: {out / f'before_after-{experiment_id}.md'} and .csv")
+        if not points.empty:
+            echo(f"lr sensitivity: {out / f'sensitivity-{experiment_id}.md'} and .csv, page {out / f'sensitivity-{experiment_id}.html'}")
+        echo(f"dashboards: {out / f'before_after-{experiment_id}.html'} (before/after), {index} (everything)")
+    echo(f"results: experiment {experiment_id} in {where.shown_db}")
     return index
 
 

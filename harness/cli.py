@@ -20,10 +20,12 @@ from harness.errors import UserError
 from harness import DEFAULT_DB
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C: the work stopped early and can be resumed
 
 
 class HarnessGroup(click.Group):
-    """Turns a UserError anywhere below into one message and exit code 2."""
+    """The exit codes, decided here only: a UserError anywhere below is one message and exit 2; work
+    stopped by Ctrl-C / SIGTERM (a KeyboardInterrupt, or an Outcome "interrupted" from a command) is 130."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -31,6 +33,13 @@ class HarnessGroup(click.Group):
         except UserError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(EXIT_BAD_INPUT)
+        except KeyboardInterrupt:
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+def exit_if_interrupted(status: str) -> None:
+    if status == "interrupted":
+        sys.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=HarnessGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,6 +93,41 @@ def data_options(image_size: int = 32):
     return decorate
 
 
+def db_option(f):
+    return click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLAlchemy URL of the results database")(f)
+
+
+def out_option(default: str = "dashboards", what: str = "the pages and tables"):
+    return click.option("--out", type=click.Path(path_type=Path), default=Path(default), show_default=True,
+                        help=f"folder for {what}")
+
+
+def where_options(*, out_what: str, storage_layout: str):
+    """--db, --out, --address, --storage-path and --pages-every of the commands that run trials through
+    Ray, declared once; the command receives them as one `grids.Where` (`where`), to check (`where.check()`)
+before anything runs: `sweep --validate` checks the study file alone, without SQLAlchemy."""
+    def decorate(f):
+        @functools.wraps(f)
+        def command(*args, db, out, address, storage_path, pages_every, **kwargs):
+            from harness.grids import Where
+
+            where = Where(db=db, out=out, address=address, storage_path=storage_path, pages_every_s=pages_every)
+            return f(*args, where=where, **kwargs)
+        for option in reversed((
+            db_option,
+            out_option(what=out_what),
+            click.option("--address", default=None, help="attach to this Ray cluster (HOST:PORT as `ray start --head` "
+                         "printed it, or auto) [default: start Ray here]"),
+            click.option("--storage-path", type=click.Path(path_type=Path), default=Path("ray_results"), show_default=True,
+                         help=f"where Ray keeps trial checkpoints and its state ({storage_layout}); shared storage on a cluster"),
+            click.option("--pages-every", type=click.FloatRange(min=1), default=30, show_default=True,
+                         help="seconds between rewrites of the live pages while it runs"),
+        )):
+            command = option(command)
+        return command
+    return decorate
+
+
 def make_data_spec(data_name: str, data_root: Path | None, download: bool, image_size: int,
                    train_size: int | None = None, workers: int | None = None):
     from pydantic import ValidationError
@@ -109,7 +153,7 @@ def make_data_spec(data_name: str, data_root: Path | None, download: bool, image
 @click.option("--batch-size", type=int, default=None, help="images per step [default: the recipe's]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a recipe field (repeatable)")
-@click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLAlchemy URL of the results database")
+@db_option
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model")
 @click.option("--pretrained", is_flag=True, help="start from timm's hub weights (needs internet)")
@@ -245,20 +289,12 @@ def recipes_show(name: str, model: str | None, data_opts: dict,
 @click.option("--lrs", default=None, help="an lr axis: multipliers of each recipe's own lr (x0.1,x0.3,x1,x3,x10), "
               "absolute lrs at the run's batch (1e-4,3e-4,1e-3), or default (= x0.1,x0.3,x1,x3,x10); adds the lr "
               "sensitivity table and page [default: the grid file's; none = each recipe at its own lr]")
-@click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLAlchemy URL of the results database")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("dashboards"), show_default=True,
-              help="folder for the dashboards and the before/after table")
-@click.option("--address", default=None, help="attach to an existing Ray cluster (ray.init(address=...))")
+@where_options(out_what="the dashboards and the before/after table", storage_layout="<path>/benchmark-<id>")
 @click.option("--resume", is_flag=True, help="continue the interrupted benchmark of this grid's name: finished runs "
               "are kept, interrupted ones continue from their checkpoints, missing ones start")
-@click.option("--storage-path", type=click.Path(path_type=Path), default=Path("ray_results"), show_default=True,
-              help="where Ray keeps trial checkpoints and its state (<path>/benchmark-<id>)")
-@click.option("--pages-every", type=click.FloatRange(min=1), default=30, show_default=True,
-              help="seconds between rewrites of the live dashboards while it runs")
 def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs: int | None, seeds: int | None,
               batch_size: int | None, data_name: str | None, image_size: int | None, scale: str | None, concurrency: int | None,
-              sets: tuple[str, ...], lrs: str | None, db: str, out: Path, address: str | None, resume: bool,
-              storage_path: Path, pages_every: float) -> None:
+              sets: tuple[str, ...], lrs: str | None, where, resume: bool) -> None:
     """Models x recipes x seeds through Ray Tune, then the before/after table and dashboards.
 
     GRID is a benchmark YAML (default benchmarks/naive_vs_recipe.yaml); flags override its fields.
@@ -268,8 +304,7 @@ def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs
     spec = load_grid(grid, models=models, recipes=recipes, epochs=epochs, seeds=seeds, data=data_name,
                      image_size=image_size, scale=scale, concurrency=concurrency, batch_size=batch_size,
                      sets=parse_sets(sets), lrs=lrs)
-    run_benchmark(spec, db=db, out=out, address=address, echo=click.echo, resume=resume, storage_path=storage_path,
-                  pages_every_s=pages_every)
+    exit_if_interrupted(run_benchmark(spec, where.check(), echo=click.echo, resume=resume).status)
 
 
 @main.command()
@@ -285,18 +320,10 @@ def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs
 @click.option("--scale", type=click.Choice(["auto", "tiny", "full"]), default="auto", show_default=True,
               help="auto: the full model on CUDA, its same-family CPU stand-in otherwise")
 @click.option("--concurrency", type=int, default=2, show_default=True, help="runs at once")
-@click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLAlchemy URL of the results database")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("dashboards"), show_default=True,
-              help="folder for the waterfall, the table and the dashboards")
-@click.option("--address", default=None, help="attach to an existing Ray cluster (ray.init(address=...))")
+@where_options(out_what="the waterfall, the table and the dashboards", storage_layout="<path>/ablate-<id>")
 @click.option("--resume", is_flag=True, help="continue the interrupted ablation of this model (the same flags)")
-@click.option("--storage-path", type=click.Path(path_type=Path), default=Path("ray_results"), show_default=True,
-              help="where Ray keeps trial checkpoints and its state (<path>/ablate-<id>)")
-@click.option("--pages-every", type=click.FloatRange(min=1), default=30, show_default=True,
-              help="seconds between rewrites of the live dashboards while it runs")
 def ablate(model: str, recipe: str, mode: str, steps: str | None, seeds: int, epochs: int, batch_size: int,
-           data_opts: dict, scale: str, concurrency: int,
-           db: str, out: Path, address: str | None, resume: bool, storage_path: Path, pages_every: float) -> None:
+           data_opts: dict, scale: str, concurrency: int, where, resume: bool) -> None:
     """Naive -> a model's fitted recipe one ingredient at a time: which one matters, at this budget."""
     import torch
 
@@ -307,14 +334,12 @@ def ablate(model: str, recipe: str, mode: str, steps: str | None, seeds: int, ep
     data = make_data_spec(**data_opts)
     ab = resolve_ablation(model, recipe=recipe, steps=steps, mode=mode, seeds=seeds, epochs=epochs, batch_size=batch_size,
                           data=data, scale=scale, cuda=torch.cuda.is_available())
-    run_ablation(ab, db=db, out=out, concurrency=concurrency, address=address, echo=click.echo, resume=resume,
-                 storage_path=storage_path, pages_every_s=pages_every)
+    exit_if_interrupted(run_ablation(ab, where.check(), concurrency=concurrency, echo=click.echo, resume=resume).status)
 
 
 @main.command()
-@click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLAlchemy URL of the results database")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("dashboards"), show_default=True,
-              help="folder for the HTML pages")
+@db_option
+@out_option(what="the HTML pages")
 @click.option("--compare", type=int, multiple=True, metavar="RUN_ID",
               help="also overlay these runs in compare.html (repeatable; `--compare 3 --compare 7` or `--compare 3 7`)")
 @click.option("--watch", is_flag=True,
@@ -357,18 +382,10 @@ def report(db: str, out: Path, compare: tuple[int, ...], watch: bool, every: int
 @click.argument("study", type=click.Path(path_type=Path))
 @click.option("--validate", is_flag=True, help="check the study file (names, bounds, resources) and exit")
 @click.option("--resume", is_flag=True, help="continue the study of this name: finished trials are kept, unfinished ones continue")
-@click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLAlchemy URL of the results database (the Optuna study lives there too)")
-@click.option("--address", default=None, help="attach to this Ray cluster (e.g. ray://head:10001 or auto); default: start Ray here")
-@click.option("--storage-path", type=click.Path(path_type=Path), default=Path("ray_results"), show_default=True,
-              help="where Ray keeps trial checkpoints and experiment state (<path>/<study name>); shared storage on a cluster")
+@where_options(out_what="the dashboards, rewritten while the sweep runs", storage_layout="<path>/<study name>")
 @click.option("--max-failures", type=int, default=1, show_default=True, help="retries of a crashing trial, from its last checkpoint")
 @click.option("--top", type=int, default=10, show_default=True, help="trials shown in the final table")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("dashboards"), show_default=True,
-              help="folder for the dashboards, rewritten while the sweep runs")
-@click.option("--pages-every", type=click.FloatRange(min=1), default=30, show_default=True,
-              help="seconds between rewrites of the live dashboards")
-def sweep(study: Path, validate: bool, resume: bool, db: str, address: str | None, storage_path: Path, max_failures: int,
-          top: int, out: Path, pages_every: float) -> None:
+def sweep(study: Path, validate: bool, resume: bool, where, max_failures: int, top: int) -> None:
     """Run an Optuna study through Ray Tune with ASHA; every trial and epoch goes to the database."""
     if validate:  # no torch, timm or Ray: the study file alone, in about a second
         from harness.study import study_warnings, validate_study
@@ -376,7 +393,7 @@ def sweep(study: Path, validate: bool, resume: bool, db: str, address: str | Non
         s = validate_study(study)
         for w in study_warnings(s, study):
             click.echo(f"warning: {w}")
-        if address is None:
+        if where.address is None:
             from harness.specs import check_local_resources
 
             check_local_resources(s.resources, field=f"{study}: resources")
@@ -386,10 +403,8 @@ def sweep(study: Path, validate: bool, resume: bool, db: str, address: str | Non
         return
     from harness.sweep import run_sweep
 
-    result = run_sweep(study, db=db, resume=resume, address=address, storage_path=storage_path, max_failures=max_failures,
-                       echo=click.echo, top=top, out=out, pages_every_s=pages_every)
-    if result.status == "interrupted":
-        sys.exit(130)
+    exit_if_interrupted(run_sweep(study, where.check(), resume=resume, max_failures=max_failures, echo=click.echo,
+                                  top=top).status)
 
 
 @main.command()
@@ -405,9 +420,8 @@ def sweep(study: Path, validate: bool, resume: bool, db: str, address: str | Non
 @click.option("--overfit-steps", type=click.IntRange(1, 10000), default=200, show_default=True, help="step budget of the overfit test")
 @click.option("--lr-steps", type=click.IntRange(10, 10000), default=100, show_default=True, help="steps of the lr range test")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON (progress goes to stderr)")
-@click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLAlchemy URL of the results database")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("dashboards/doctor"), show_default=True,
-              help="folder for the lr range test's Plotly HTML")
+@db_option
+@out_option("dashboards/doctor", what="the lr range test's Plotly HTML")
 def doctor(model: str, recipe: str, data_opts: dict,
            sets: tuple[str, ...], scale: str, device: str, seed: int, threads: int | None, overfit_steps: int,
            lr_steps: int, as_json: bool, db: str, out: Path) -> None:

@@ -10,26 +10,42 @@ removes those).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 from harness.errors import UserError
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Call `write(f)` on a temp file beside `path`, fsync it, then rename it onto `path`."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temp path beside `path` for a writer that wants a file name (Ray's `save`, `shutil.copy2`);
+    when the block ends, the file is fsynced and renamed onto `path`; on an error it is removed."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # after a failed write; after the rename there is nothing left
-    return path
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call `write(f)` on a temp file beside `path`, fsync it, then rename it onto `path`."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+    return Path(path)
+
+
+def copy_atomic(src: Path, dst: Path) -> Path:
+    """`src` copied onto `dst` (with its times), atomically: a reader sees the old copy or the new one."""
+    with atomic_path(dst) as tmp:
+        shutil.copy2(src, tmp)
+    return Path(dst)
 
 
 def write_text_atomic(path: Path, text: str) -> Path:

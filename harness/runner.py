@@ -1,7 +1,7 @@
 """One run in this process, recorded: `fit()` with a report callable that writes the store.
 
-Used by `harness train` (and the doctor). Sweeps and benchmarks go through Ray instead
-(harness/engine.py), whose driver writes the same rows.
+Used by `harness train`. Sweeps, benchmarks and ablations go through Ray instead (harness/engine/),
+whose driver writes the same rows.
 """
 
 from __future__ import annotations
@@ -28,18 +28,25 @@ def describe_device(spec: RunSpec) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def where_it_runs(spec: RunSpec) -> dict[str, str | None]:
-    """This machine, as the store records where a run ran (outside Ray: no node id)."""
+def where_it_runs(device: str = "cpu", *, gpu_ids: list | None = None, node_id: str | None = None) -> dict[str, str | None]:
+    """Where a run runs, as the store records it: hostname, Ray node id (None outside Ray) and its GPUs
+    as "<id>: <name>" joined by "; " ("" = CPU only). In a Ray trial `gpu_ids` are the ids Ray granted;
+    Ray sets CUDA_VISIBLE_DEVICES to them, so torch's cuda:i is the i-th. Outside Ray, the card of
+    `device` (a CPU run records none)."""
     import socket
 
     import torch
 
-    dev = resolve_device(spec.device)
     gpus = ""
-    if dev.type == "cuda":
-        index = dev.index if dev.index is not None else torch.cuda.current_device()
-        gpus = f"{index}: {torch.cuda.get_device_name(index)}"
-    return {"node": socket.gethostname(), "node_id": None, "gpus": gpus}
+    if gpu_ids:
+        names = [torch.cuda.get_device_name(i) if torch.cuda.is_available() else "?" for i in range(len(gpu_ids))]
+        gpus = "; ".join(f"{gid}: {name}" for gid, name in zip(gpu_ids, names))
+    elif gpu_ids is None:
+        dev = resolve_device(device)
+        if dev.type == "cuda":
+            index = dev.index if dev.index is not None else torch.cuda.current_device()
+            gpus = f"{index}: {torch.cuda.get_device_name(index)}"
+    return {"node": socket.gethostname(), "node_id": node_id, "gpus": gpus}
 
 
 def format_epoch(r: EpochReport, epochs: int) -> str:
@@ -50,13 +57,16 @@ def format_epoch(r: EpochReport, epochs: int) -> str:
 
 
 def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
-                   echo: Callable[[str], None] = print, kind: str = "train") -> RunResult:
+                   echo: Callable[[str], None] = print) -> RunResult:
+    """`spec` trained in this process, every epoch recorded in `db` as it ends (a `train` experiment of
+    one run). Ctrl-C leaves the run `interrupted`, with what it recorded, and re-raises."""
+    kind = "train"
     plugins.load(spec.plugins)  # a resumed checkpoint names the plugins its model or data came from
     entry = get_model_entry(spec.model)
     if spec.pretrained_file is not None and resume is None:  # a bad weights file is refused before a row exists
         check_pretrained_file(spec.model, spec.pretrained_file, image_size=spec.data.image_size)
     device = describe_device(spec)
-    where = where_it_runs(spec)
+    where = where_it_runs(spec.device)
     store = Store(db)
     exp = store.create_experiment(kind=kind, name=f"{spec.model}/{spec.recipe.name}", device=device,
                                   spec=yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
@@ -98,7 +108,7 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
         store.finish_experiment(exp, "interrupted")
         echo(f"interrupted; epochs so far are in {shown_url(db)} (run {run}); resume with "
              f"`harness train --resume {spec.checkpoint_dir}/last.pt`")
-        raise SystemExit(130) from None
+        raise
     except Exception as e:
         store.finish_run(run, status="failed", error=f"{type(e).__name__}: {e}")
         store.finish_experiment(exp, "failed")

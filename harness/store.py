@@ -125,6 +125,13 @@ checks = sa.Table(
 
 HARNESS_TABLES = ("harness_meta", "experiments", "runs", "epochs", "evaluations", "checks")
 
+# Indexes for the pages' reads (issue 22: every query on an index); beside the primary keys (epochs by
+# (run_id, epoch), evaluations by run_id) and runs.experiment_id. The index's run counts per experiment
+# and status group on the first; `harness report --watch` and the resume checks find running experiments
+# with the second. Created on an older database too, when a writer opens it (`Store.__init__`).
+PAGE_INDEXES = (sa.Index("ix_runs_experiment_status", runs.c.experiment_id, runs.c.status),
+                sa.Index("ix_experiments_status", experiments.c.status))
+
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
@@ -249,6 +256,8 @@ class Store:
                             "or postgresql://user@host/db.")
         if create:
             metadata.create_all(self.engine)
+            for index in PAGE_INDEXES:  # create_all adds none to a table that exists (an older database)
+                index.create(self.engine, checkfirst=True)
             with self.engine.begin() as c:
                 row = c.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).first()
                 if row is None:
@@ -342,6 +351,40 @@ class Store:
         with self.engine.begin() as c:
             c.execute(checks.insert().values(experiment_id=experiment_id, check=check, status=status,
                                              detail=detail, fix=fix, data=data))
+
+    def reopen_experiment(self, experiment_id: int) -> None:
+        """A resumed experiment is running again until it ends."""
+        with self.engine.begin() as c:
+            c.execute(experiments.update().where(experiments.c.id == experiment_id).values(status="running", finished_at=None))
+
+    def status_counts(self, experiment_id: int) -> dict[str, int]:
+        """{status: number of runs} of one experiment."""
+        with self.engine.connect() as c:
+            return dict(c.execute(sa.select(runs.c.status, sa.func.count()).where(runs.c.experiment_id == experiment_id)
+                                  .group_by(runs.c.status)).all())
+
+    def run_for_trial(self, experiment_id: int, trial_id: str) -> int | None:
+        """The run recorded for a Ray trial of the experiment, if any."""
+        with self.engine.connect() as c:
+            return c.execute(sa.select(runs.c.id).where(runs.c.experiment_id == experiment_id,
+                                                        runs.c.trial_id == trial_id)).scalar()
+
+    def run_fields(self, run_id: int, *names: str) -> dict[str, Any]:
+        """Some columns of one run, by name."""
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(*(runs.c[n] for n in names)).where(runs.c.id == run_id)).mappings().first()
+        return dict(row) if row is not None else dict.fromkeys(names)
+
+    def start_run(self, run_id: int) -> None:
+        """A run (re)started by its trial: running again, no error, not finished."""
+        with self.engine.begin() as c:
+            c.execute(runs.update().where(runs.c.id == run_id).values(status="running", error=None, finished_at=None))
+
+    def settle_trial(self, experiment_id: int, trial_id: str, status: str, *, unless: tuple[str, ...]) -> None:
+        """The run of a Ray trial gets `status` unless it already holds one of `unless` (its final status)."""
+        with self.engine.begin() as c:
+            c.execute(runs.update().where(runs.c.experiment_id == experiment_id, runs.c.trial_id == trial_id,
+                                          runs.c.status.notin_(unless)).values(status=status, finished_at=now()))
 
     def mark_unfinished(self, experiment_id: int, status: str = "interrupted") -> int:
         """Runs still 'running' when their experiment ends get `status` (e.g. after Ctrl-C)."""

@@ -1,10 +1,10 @@
-"""`harness sweep`: an Optuna study run through the grid engine (harness/engine.py), with ASHA.
+"""`harness sweep`: an Optuna study run through the grid engine (harness/engine/), with ASHA.
 
 This module is the command: it checks the study file and the database (`--resume` continues the
 stored study; a second study of the same name is refused), turns each sampled config into a trial's
-`RunSpec` (`SweepSpecs`), hands the trials to `engine.run_trials`, settles Optuna's bookkeeping
-(harness/study.py) and prints the top trials with the best parameters as YAML. Ray lives in
-engine.py, Optuna in study.py.
+`RunSpec` (`SweepSpecs`), hands the trials to `grids.run` (the engine, with the live pages), settles
+Optuna's bookkeeping (harness/study.py) and prints the top trials with the best parameters as YAML.
+Ray lives in harness/engine/, Optuna in study.py.
 """
 
 from __future__ import annotations
@@ -17,15 +17,14 @@ from typing import Any
 import sqlalchemy as sa
 import yaml
 
-from harness import engine
+from harness import engine, grids, models
+from harness import report as rep
 from harness import study as study_mod
-from harness.dashboards import write_dashboards
 from harness.errors import UserError
-from harness.files import check_out_dir
-from harness import models
+from harness.grids import Where
 from harness.recipes import with_overrides
 from harness.specs import RunSpec, StudySpec, parse_spec
-from harness.store import Store, check_url, sqlite_path, shown_url
+from harness.store import Store, sqlite_path
 
 
 @dataclass(frozen=True)
@@ -75,27 +74,19 @@ def _stored_study(db: str, name: str) -> tuple[dict | None, bool]:
     return exp, study_mod.study_exists(db, name)
 
 
-def run_sweep(study_path: Path, *, db: str, resume: bool = False, address: str | None = None,
-              storage_path: Path | str = engine.DEFAULT_STORAGE, max_failures: int = 1,
-              echo: Callable[[str], None] = print, top: int = 10, out: Path | None = None,
-              pages_every_s: float = 30.0) -> SweepResult:
+def run_sweep(study_path: Path, where: Where, *, resume: bool = False, max_failures: int = 1,
+              echo: Callable[[str], None] = print, top: int = 10) -> SweepResult:
     """Run (or with `resume`, continue) the study in `study_path`. Bad input -> UserError, nothing written.
-    With `out`, the dashboards there are rewritten while it runs (live) and once at the end."""
+    With `where.out`, the pages there are rewritten while it runs (live) and once at the end.
+    `where` is checked by the caller (`Where.check`); status "interrupted": the CLI exits 130."""
     study = study_mod.validate_study(study_path)
-    check_url(db)
-    if out is not None:
-        check_out_dir(Path(out))
-    exp_row, has_optuna = _stored_study(db, study.name)
-    storage = Path(storage_path).resolve()
+    exp_row, has_optuna = _stored_study(where.db, study.name)
+    storage = Path(where.storage_path).resolve()
     exp_dir = storage / study.name
     if resume:
-        if exp_row is None:
-            raise UserError(f"{study_path}: name", study.name, f"No sweep of that name in {shown_url(db)} to resume; "
-                            "run it without --resume (or pass the --db it was recorded in).")
-        stored = parse_spec(StudySpec, yaml.safe_load(exp_row["spec"]), f"{shown_url(db)} study {study.name}")
-        if not engine.can_restore(exp_dir):
-            raise UserError("--storage-path", str(storage), f"No Ray experiment state for {study.name} in {exp_dir}; "
-                            "pass the --storage-path the sweep ran with (Ray's files live there).")
+        exp_row = engine.resumable(where.db, kind="sweep", name=study.name, storage_path=storage, ray_name=study.name,
+                                   again=f"harness sweep {study_path}", field=f"{study_path}: name")
+        stored = parse_spec(StudySpec, yaml.safe_load(exp_row["spec"]), f"{where.shown_db} study {study.name}")
         if stored.model_dump() != study.model_dump():
             changed = [k for k in StudySpec.model_fields if getattr(stored, k) != getattr(study, k)]
             echo(f"note: {study_path} differs from the stored study in {', '.join(changed)}; "
@@ -106,12 +97,12 @@ def run_sweep(study_path: Path, *, db: str, resume: bool = False, address: str |
             stored = parse_spec(StudySpec, yaml.safe_load(exp_row["spec"]), "stored") if exp_row else None
             if stored is not None and stored.search != study.search:
                 raise UserError(f"{study_path}: name", study.name, f"A study of that name with a different search space is "
-                                f"already in {shown_url(db)}; give this one a new name (or --resume to continue the stored one).")
-            raise UserError(f"{study_path}: name", study.name, f"A study of that name is already in {shown_url(db)}; continue it with "
+                                f"already in {where.shown_db}; give this one a new name (or --resume to continue the stored one).")
+            raise UserError(f"{study_path}: name", study.name, f"A study of that name is already in {where.shown_db}; continue it with "
                             "--resume, or give this one a new name.")
         if exp_dir.exists():
             raise UserError("--storage-path", str(exp_dir), "Ray files of a study with this name are already there but "
-                            f"{shown_url(db)} has no record of it; delete that folder, or pass another --storage-path or --db.")
+                            f"{where.shown_db} has no record of it; delete that folder, or pass another --storage-path or --db.")
     for w in study_mod.study_warnings(study, study_path):
         echo(f"warning: {w}")
     study_mod.quiet()
@@ -123,31 +114,30 @@ def run_sweep(study_path: Path, *, db: str, resume: bool = False, address: str |
                 f"{study.resources.cpu:g} CPU + {study.resources.gpu:g} GPU each, sampler {study.sampler.type}, "
                 f"scheduler {study.scheduler.type} ({cluster})")
 
-    outcome = engine.run_trials(
-        SweepSpecs(base), experiment=engine.Experiment("sweep", study.name, study.description,
-                                                       yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False),
-                                                       id=exp_row["id"] if resume else None),
-        total=study.trials, resources=study.resources, concurrency=study.concurrency, db=db,
-        search=engine.Search(study, db), address=address, storage_path=storage, ray_name=study.name,
-        max_failures=max_failures, resources_field=f"{study_path}: resources", headline=headline,
-        pages=(lambda: write_dashboards(db, Path(out), live=True, refresh_s=pages_every_s)) if out is not None else None,
-        pages_every_s=pages_every_s, echo=echo)
+    outcome = grids.run(
+        where, SweepSpecs(base), experiment=engine.Experiment("sweep", study.name, study.description,
+                                                              yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False),
+                                                              id=exp_row["id"] if resume else None),
+        total=study.trials, resources=study.resources, concurrency=study.concurrency,
+        search=engine.Search(study, where.db), ray_name=study.name, max_failures=max_failures,
+        resources_field=f"{study_path}: resources", headline=headline, echo=echo)
     # Optuna trials of unfinished Ray trials stay RUNNING while the sweep can be resumed;
     # anything else RUNNING (an orphan of a killed driver, a NaN the searcher could not tell) fails.
-    study_mod.settle(db, study.name, keep=outcome.known if outcome.status == "interrupted" else set())
-    store = Store(db)
+    study_mod.settle(where.db, study.name, keep=outcome.known if outcome.status == "interrupted" else set())
+    store = rep.open_reader(where.db)
     try:
         result = summarize(store, outcome.experiment_id, study, echo=echo, top=top)
     finally:
         store.close()
     result.status, result.storage = outcome.status, outcome.exp_dir
-    if out is not None:
-        echo(f"dashboards: {write_dashboards(db, Path(out))} (open it in a browser; works offline)")
-    echo(f"results: experiment {outcome.experiment_id} ({study.trials} trials) in {shown_url(db)} (tables experiments/runs/epochs; "
-         f"Optuna study '{study.name}' in the same database: `optuna-dashboard {shown_url(db)}`); "
+    index = grids.write_pages(where)
+    if index is not None:
+        echo(f"dashboards: {index} (open it in a browser; works offline)")
+    echo(f"results: experiment {outcome.experiment_id} ({study.trials} trials) in {where.shown_db} (tables experiments/runs/epochs; "
+         f"Optuna study '{study.name}' in the same database: `optuna-dashboard {where.shown_db}`); "
          f"Ray files and trial checkpoints in {outcome.exp_dir}")
     if outcome.status == "interrupted":
-        echo(f"continue with: harness sweep {study_path} --resume --db {shown_url(db)} --storage-path {storage}")
+        echo(f"continue with: harness sweep {study_path} --resume --db {where.shown_db} --storage-path {storage}")
     return result
 
 
@@ -164,19 +154,17 @@ def summarize(store: Store, exp: int, study: StudySpec, *, echo: Callable[[str],
     """Top trials as a table and the best parameters as YAML, from the database alone."""
     import pandas as pd
 
-    df = store.read_sql("SELECT id, trial_id, optuna_trial, status, epochs_done, params, error FROM runs "
-                        "WHERE experiment_id = :e ORDER BY id", e=exp)
+    df = rep.read_runs(store, exp)
     result = SweepResult(exp, "completed", Path())
     if df.empty:
         echo("no trials ran")
         return result
-    ep = store.read_sql(f"SELECT run_id, epoch, {study.metric} AS m FROM epochs WHERE run_id IN "
-                        f"(SELECT id FROM runs WHERE experiment_id = :e) ORDER BY run_id, epoch", e=exp)
+    ep = rep.read_epochs(store, df["id"].tolist()).rename(columns={study.metric: "m"})
     final = ep.groupby("run_id")["m"].last()
     best = ep.groupby("run_id")["m"].max() if study.mode == "max" else ep.groupby("run_id")["m"].min()
     rows = []
     for r in df.itertuples():
-        params = r.params if isinstance(r.params, dict) else yaml.safe_load(r.params)
+        params = r.params
         rows.append({"trial": r.optuna_trial, "status": r.status, "epochs": r.epochs_done,
                      f"final {study.metric}": final.get(r.id), f"best {study.metric}": best.get(r.id),
                      **{k: params["recipe"][k] for k in study.search}, "run": r.id})

@@ -26,6 +26,8 @@ import yaml
 from conftest import recorded_metrics, uninterrupted_metrics
 from dbrows import rows
 
+from harness.grids import Where
+
 pytestmark = pytest.mark.timeout(600)
 
 STUDY = {
@@ -311,7 +313,7 @@ def test_trial_faults_retry_fail_diverge_oom(ray_local, tmp_path, db_url, fault_
                   "trial_3": {"oom_at_step": 1}})
     lines: list[str] = []
     result = run_sweep(write_study(tmp_path / "s.yaml", name="trial_faults", trials=5, model="faulty_resnet18"),
-                       db=db_url, storage_path=tmp_path / "ray", max_failures=1, echo=lines.append)
+                       Where(db=db_url, out=None, storage_path=tmp_path / "ray"), max_failures=1, echo=lines.append)
     assert result.status == "completed"
     got = {r["optuna_trial"]: r for r in rows(db_url, "SELECT * FROM runs ORDER BY id")}
     assert sorted(got) == [0, 1, 2, 3, 4]

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from harness import engine, train
+from harness import engine, grids, train
 from harness.benchmark import grid_resources
 from harness.datasets import DataSpec
 from harness.errors import UserError
@@ -65,13 +65,13 @@ def test_trainable_trains_where_ray_granted(monkeypatch):
     share hands it cuda."""
     seen = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(engine.tune, "get_checkpoint", lambda: None)
-    monkeypatch.setattr(engine, "where_am_i", lambda: {"node": "n", "node_id": "x", "gpus": ""})
-    monkeypatch.setattr(engine, "fit", lambda spec, report, resume=None: seen.append(spec.device))
+    monkeypatch.setattr(engine.trial.tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(engine.trial, "where_am_i", lambda: {"node": "n", "node_id": "x", "gpus": ""})
+    monkeypatch.setattr(engine.trial, "fit", lambda spec, report, resume=None: seen.append(spec.device))
     spec = _spec()
     assert spec.device == "auto"
     for ids in ([], ["0"]):
-        monkeypatch.setattr(engine.ray, "get_gpu_ids", lambda ids=ids: ids)
+        monkeypatch.setattr(engine.trial.ray, "get_gpu_ids", lambda ids=ids: ids)
         engine._trainable({"run": 0}, make_spec=lambda config: spec)
     assert seen == ["cpu", "cuda"]
 
@@ -82,15 +82,15 @@ def _run_trials_echo(monkeypatch, tmp_path: Path, resources: ResourcesSpec, *, g
     """run_trials up to the point where Ray would be used: what it echoed."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
-    monkeypatch.setattr(engine, "_ray", lambda address: __import__("contextlib").nullcontext())
+    monkeypatch.setattr(engine.run, "ray_session", lambda address: __import__("contextlib").nullcontext())
     # As on a fresh `harness` process: the session's shared Ray (tests/conftest.py) may already be up, and
     # run_trials would then ask that Ray (0 GPUs) instead of this mocked machine.
-    monkeypatch.setattr(engine.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(engine.run.ray, "is_initialized", lambda: False)
 
     def stop(*a, **k):
         raise Stop
 
-    monkeypatch.setattr(engine, "check_shared_storage", stop)
+    monkeypatch.setattr(engine.run, "check_shared_storage", stop)
     said: list[str] = []
     with pytest.raises(Stop):
         engine.run_trials(lambda c: None, experiment=engine.Experiment("sweep", "s", "", ""), total=1,
@@ -130,13 +130,14 @@ def test_ablate_asks_for_the_gpu_its_models_were_chosen_for(monkeypatch, tmp_pat
     assert (ab.stands_for is None) == cuda  # the full model on the (mocked) GPU machine, the stand-in on CPU
     asked = []
 
-    def run_grid(runs, *, resources, **kw):
+    def run_grid(where, runs, *, resources, **kw):
         asked.append(resources)
         raise Stop
 
-    monkeypatch.setattr(engine, "run_grid", run_grid)
+    monkeypatch.setattr(grids, "run_grid", run_grid)
     with pytest.raises(Stop):  # cuda not passed: detected as the CLI's resolve_ablation was told
-        ablate.run_ablation(ab, db=f"sqlite:///{tmp_path / 'r.db'}", out=tmp_path / "out", concurrency=2, echo=lambda s: None)
+        ablate.run_ablation(ab, grids.Where(db=f"sqlite:///{tmp_path / 'r.db'}", out=tmp_path / "out"), concurrency=2,
+                            echo=lambda s: None)
     assert asked == [ResourcesSpec(cpu=1, gpu=gpu)]
 
 

@@ -18,6 +18,8 @@ import yaml
 from conftest import DETERMINISTIC_METRICS, recorded_metrics, uninterrupted_metrics
 from dbrows import rows
 
+from harness.grids import Where
+
 pytestmark = pytest.mark.timeout(600)
 
 
@@ -107,7 +109,7 @@ def test_sweep_records_statuses_asha_stops_and_settles_optuna(ray_local, tmp_pat
     from harness.sweep import run_sweep
 
     lines: list[str] = []
-    result = run_sweep(write_study(tmp_path / "s.yaml"), db=db_url, storage_path=tmp_path / "ray", echo=lines.append)
+    result = run_sweep(write_study(tmp_path / "s.yaml"), Where(db=db_url, out=None, storage_path=tmp_path / "ray"), echo=lines.append)
     assert result.status == "completed"
     got = assert_study_settled(db_url, "t_sweep", 6)
     stopped = [r for r in got if r["status"] == "stopped"]
@@ -139,10 +141,10 @@ def test_sweep_records_statuses_asha_stops_and_settles_optuna(ray_local, tmp_pat
     from harness.errors import UserError
 
     with pytest.raises(UserError, match="--resume"):
-        run_sweep(write_study(tmp_path / "s.yaml"), db=db_url, storage_path=tmp_path / "ray", echo=lines.append)
+        run_sweep(write_study(tmp_path / "s.yaml"), Where(db=db_url, out=None, storage_path=tmp_path / "ray"), echo=lines.append)
     with pytest.raises(UserError, match="different search space"):
         run_sweep(write_study(tmp_path / "s2.yaml", search={"lr": {"type": "uniform", "low": 0.1, "high": 0.2}}),
-                  db=db_url, storage_path=tmp_path / "ray", echo=lines.append)
+                  Where(db=db_url, out=None, storage_path=tmp_path / "ray"), echo=lines.append)
     assert len(rows(db_url, "SELECT id FROM runs")) == 6
 
 
@@ -216,7 +218,7 @@ def test_interrupted_sweep_resumes_to_exactly_trials(ray_local, tmp_path, db_url
     metrics_before = _metrics_by_epoch(db_url)
 
     lines: list[str] = []
-    result = run_sweep(study, db=db_url, resume=True, storage_path=tmp_path / "ray", echo=lines.append)
+    result = run_sweep(study, Where(db=db_url, out=None, storage_path=tmp_path / "ray"), resume=True, echo=lines.append)
     assert result.status == "completed"
     got = assert_study_settled(db_url, "t_sweep", 3, max_epochs=max_epochs)
     assert all(r["status"] == "completed" for r in got)
@@ -373,7 +375,7 @@ def test_grid_study_ends_cleanly_every_point_complete(ray_local, tmp_path, db_ur
     result = run_sweep(write_study(tmp_path / "g.yaml", name="t_grid", search={"lr": {"type": "choice", "values": grid}},
                                    sampler={"type": "grid", "seed": 0}, scheduler={"type": "none", "max_epochs": 2},
                                    trials=3, concurrency=1),
-                       db=db_url, storage_path=tmp_path / "ray", max_failures=0, echo=lines.append)
+                       Where(db=db_url, out=None, storage_path=tmp_path / "ray"), max_failures=0, echo=lines.append)
     assert result.status == "completed"
     got = rows(db_url, "SELECT id, status, error, epochs_done, params FROM runs ORDER BY id")
     assert [(r["status"], r["error"], r["epochs_done"]) for r in got] == [("completed", None, 2)] * 3, got

@@ -1,0 +1,229 @@
+"""Running trials through Ray Tune: the wiring, clean stops, and the database made to agree with Tune.
+
+`run_trials` is where `harness sweep`, `harness benchmark` and `harness ablate` end: given a way to
+make each trial's `RunSpec` from its Ray config (`make_spec`) and either a fixed number of runs (a
+grid: config `{"run": i}`, `run_grid`) or an Optuna study to sample from (`search.Search`), it starts
+Ray (`cluster.ray_session`), creates or reopens the `experiments` row, builds the Tuner (or restores
+it from the experiment folder), and runs it with the `Recorder` as its callback and the live pages
+(if any) on a thread of their own. Ctrl-C and SIGTERM stop Tune gracefully; what finished is then
+read back from the state Tune saved and the `runs` rows reconciled with it (`_reconcile`). An
+interrupted experiment keeps its unfinished trials `interrupted` (and their Optuna trials RUNNING)
+for `--resume`.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import ray
+from ray import tune
+
+from harness.engine.cluster import (check_resources, check_shared_storage, describe_cluster, gpu_idle_warning,
+                                    local_gpus, quiet_tune, ray_session)
+from harness.engine.recorder import _LIVE, FINAL, Recorder, final_status, recorder_key
+from harness.engine.search import Search, tune_config
+from harness.engine.state import forget_state_dir, remember_state_dir, repair_state
+from harness.engine.trial import GridSpecs, SpecMaker, _trainable
+from harness.errors import UserError
+from harness.progress import LiveView
+from harness.specs import ResourcesSpec, RunSpec
+from harness.store import Store, check_url, shown_url
+
+DEFAULT_STORAGE = Path("ray_results")
+
+
+class PageListener(Protocol):
+    """The live pages (`dashboards.LivePages`): started once the experiment row exists, stopped when
+    the trials end; they read the database on their own, never through the recorder."""
+
+    def start(self, experiment_id: int) -> None: ...
+    def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """The `experiments` row the trials are recorded under; `id` set = continue that one (--resume)."""
+
+    kind: str  # sweep | benchmark | ablate
+    name: str
+    description: str = ""
+    spec_yaml: str = ""
+    id: int | None = None
+
+
+@dataclass
+class Outcome:
+    experiment_id: int
+    status: str  # completed | interrupted
+    exp_dir: Path  # Ray's experiment folder (state and trial checkpoints)
+    known: set[str] = field(default_factory=set)  # every Ray trial id Tune holds (resumable ones included)
+
+
+
+def run_trials(make_spec: SpecMaker, *, experiment: Experiment, total: int, resources: ResourcesSpec,
+               concurrency: int, db: str, search: Search | None = None, address: str | None = None,
+               storage_path: Path | str = DEFAULT_STORAGE, ray_name: str | None = None, max_failures: int = 1,
+               resources_field: str = "resources", headline: Callable[[str], str] | None = None,
+               pages: PageListener | None = None, echo: Callable[[str], None] = print) -> Outcome:
+    """Run the trials through Ray Tune, recording each in `db`; returns how the experiment ended.
+
+    `ray_name` names Ray's experiment folder under `storage_path` (default `<kind>-<experiment id>`);
+    with `experiment.id` set the Tuner is restored from that folder: finished trials stay finished,
+    unfinished ones continue from their last checkpoint, and only the missing samples are created.
+    `pages` (the live dashboards) run beside the trials, on their own thread.
+    Bad input -> UserError before anything is written.
+    """
+    check_url(db)
+    if concurrency < 1:
+        raise UserError("concurrency", concurrency, "Run at least 1 trial at a time.")
+    if max_failures < 0:
+        raise UserError("--max-failures", max_failures, "Use 0 (no retries) or more.")
+    checked_here = address is None and not ray.is_initialized()
+    if checked_here:  # before starting Ray: a trial bigger than the machine would stay PENDING forever
+        check_resources(resources, field=resources_field, address=None)
+        idle = gpu_idle_warning(resources, local_gpus(), field=resources_field)
+    quiet_tune()
+    with ray_session(address):
+        if not checked_here:  # the cluster's largest node
+            check_resources(resources, field=resources_field, address=address)
+            idle = gpu_idle_warning(resources, ray.cluster_resources().get("GPU", 0), field=resources_field,
+                                    where="the Ray cluster")
+        if idle:
+            echo(idle)
+        check_shared_storage(Path(storage_path).resolve())
+        cluster = describe_cluster()
+        store = Store(db)
+        restore = experiment.id is not None
+        if restore:
+            exp = experiment.id
+            store.reopen_experiment(exp)
+        else:
+            exp = store.create_experiment(kind=experiment.kind, name=experiment.name, description=experiment.description,
+                                          spec=experiment.spec_yaml, device=cluster)
+        storage = Path(storage_path).resolve()
+        exp_dir = storage / (ray_name or f"{experiment.kind}-{exp}")
+        remember_state_dir(exp_dir)
+        view = LiveView(title=f"{experiment.kind} {experiment.name}", total_runs=total, slots=concurrency, echo=echo)
+        recorder = Recorder(key=recorder_key(db, exp), store=store, experiment_id=exp, make_spec=make_spec,
+                            metric=search.study.metric if search else "val_acc", mode=search.study.mode if search else "max",
+                            total=total, view=view,
+                            stopper="ASHA" if search is not None and search.study.scheduler.type == "asha" else "none")
+        trainable = tune.with_resources(tune.with_parameters(_trainable, make_spec=make_spec),
+                                        {"cpu": resources.cpu, "gpu": resources.gpu})
+        try:
+            recorder.exp_dir = exp_dir
+            if restore:
+                repair_state(exp_dir, echo)
+                tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=False)
+                done = sum(n for s, n in store.status_counts(exp).items() if s in FINAL)
+                echo(f"harness {experiment.kind} {experiment.name}: resuming ({done} of {total} trials finished)")
+                view.finished = done
+            else:
+                config, param_space = tune_config(search, concurrency=concurrency, total=total, db=db, exp_dir=exp_dir)
+                tuner = tune.Tuner(trainable, param_space=param_space, tune_config=config,
+                                   run_config=tune.RunConfig(
+                                       name=exp_dir.name, storage_path=str(storage), callbacks=[recorder], verbose=0,
+                                       failure_config=tune.FailureConfig(max_failures=max_failures),
+                                       # Only the latest checkpoint of a trial is needed to retry or resume it.
+                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+                echo(headline(cluster) if headline else
+                     f"harness {experiment.kind} {experiment.name}: {total} runs, {concurrency} at a time, "
+                     f"{resources.cpu:g} CPU + {resources.gpu:g} GPU each ({cluster})")
+            if pages is not None:
+                pages.start(exp)
+            try:
+                with view:
+                    status = _fit(tuner, store, exp, recorder, exp_dir, view.echo)
+            finally:
+                if pages is not None:
+                    pages.stop()
+            return Outcome(exp, status, exp_dir, set(recorder.known))
+        finally:
+            store.close()
+            _LIVE.pop(recorder.key, None)
+            forget_state_dir(exp_dir)
+
+
+def _fit(tuner: tune.Tuner, store: Store, exp: int, recorder: Recorder, exp_dir: Path,
+         echo: Callable[[str], None]) -> str:
+    """tuner.fit() with clean stops; returns the experiment's final status."""
+    interrupted = False
+    with _sigterm_stops_tune():
+        try:
+            tuner.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C while Tune was stopping
+            interrupted = True
+        except Exception:
+            store.mark_unfinished(exp, "interrupted")
+            store.finish_experiment(exp, "failed")
+            raise
+    return _reconcile(store, exp, recorder, exp_dir, echo, interrupted)
+
+
+def _reconcile(store: Store, exp: int, recorder: Recorder, exp_dir: Path, echo: Callable[[str], None],
+               interrupted: bool) -> str:
+    """Make the runs rows agree with the experiment state Tune saved last (its in-memory trials are
+    all marked TERMINATED by its cleanup after a Ctrl-C), then close the experiment."""
+    try:
+        saved = tune.ExperimentAnalysis(str(exp_dir)).trials
+    except Exception:  # noqa: BLE001 - no state saved at all (stopped during start-up)
+        saved = []
+    unfinished_ids = {t.trial_id for t in saved if t.status not in ("TERMINATED", "ERROR")}
+    recorder.known.update(t.trial_id for t in saved)
+    for t in saved:  # finished in Tune, not in the database (a driver killed between the two)
+        if t.trial_id in unfinished_ids or t.trial_id in recorder.finished:
+            continue
+        status = "failed" if t.status == "ERROR" else final_status((t.last_result or {}).get("status"))
+        store.settle_trial(exp, t.trial_id, status, unless=FINAL)
+    unfinished = store.mark_unfinished(exp, "interrupted")
+    n_rows = sum(store.status_counts(exp).values())
+    interrupted = interrupted or bool(unfinished_ids) or unfinished > 0 or len(saved) < recorder.total
+    status = "interrupted" if interrupted else "completed"
+    store.finish_experiment(exp, status)
+    if interrupted:
+        echo(f"interrupted: {n_rows - unfinished} of {recorder.total} trials finished, {unfinished} interrupted "
+             "(their epochs so far are recorded)")
+    return status
+
+
+
+@contextmanager
+def _sigterm_stops_tune() -> Iterator[None]:
+    """Ray Tune stops gracefully on SIGINT (and SIGUSR1) but not on SIGTERM: make SIGTERM do the same."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if callable(signal.getsignal(signal.SIGUSR1)):  # Tune's handler is installed: graceful stop
+            signal.raise_signal(signal.SIGUSR1)
+        else:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+
+def run_grid(runs_: list[RunSpec], *, db: str, experiment: Experiment, concurrency: int, resources: ResourcesSpec,
+             address: str | None = None, storage_path: Path | str = DEFAULT_STORAGE, max_failures: int = 1,
+             pages: PageListener | None = None, echo: Callable[[str], None] = print) -> Outcome:
+    """Every RunSpec once (no early stopping, no Optuna): benchmark and ablate grids. With
+    `experiment.id` set, that grid continues from Ray's saved state (`resumable` finds it)."""
+    if not runs_:
+        raise UserError("runs", [], "Nothing to run; list at least one model and recipe.")
+    outcome = run_trials(GridSpecs(tuple(runs_)), experiment=experiment, total=len(runs_), resources=resources,
+                         concurrency=concurrency, db=db, address=address, storage_path=storage_path,
+                         max_failures=max_failures, pages=pages, echo=echo)
+    echo(f"{experiment.kind} {outcome.status}: experiment {outcome.experiment_id} in {shown_url(db)}; "
+         f"Ray files in {outcome.exp_dir}")
+    return outcome

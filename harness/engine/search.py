@@ -1,0 +1,155 @@
+"""The sweep's search side in Ray's terms: Optuna's sampler behind Ray's `OptunaSearch`, ASHA whose
+rungs survive a stopped driver, and the TuneConfig that wires them (or a plain grid over run
+indices for benchmark and ablate), as Ray's own Optuna example does.
+
+Private Ray attributes used (pinned by tests/test_engine_contract.py): OptunaSearch's `_ot_trials`,
+`_ot_study` and `_completed_trials` (the subclass tags each Optuna trial with its Ray trial id and
+tells Optuna the outcome itself).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from harness.engine.state import state_dir
+from harness.engine.trial import OPTUNA_KEY, trial_name
+from harness.files import atomic_path
+from harness.specs import StudySpec
+
+ASHA_STATE = "asha-state.pkl"  # beside Tune's own files in the experiment folder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Search:
+    """Trials sampled by the study's Optuna sampler (storage: the results database), stopped early
+    by ASHA when the study says so."""
+
+    study: StudySpec
+    db: str
+
+
+class _HarnessOptunaSearch(OptunaSearch):
+    """OptunaSearch with the outcomes told apart (harness.study.outcome) and each Optuna trial
+    tagged with its Ray trial id (user attr `ray_trial_id`, visible in optuna-dashboard)."""
+
+    def suggest(self, trial_id: str) -> dict | None:
+        params = super().suggest(trial_id)
+        if params is not None:
+            ot_trial = self._ot_trials[trial_id]
+            ot_trial.set_user_attr("ray_trial_id", trial_id)
+            params = {**params, OPTUNA_KEY: ot_trial.number}
+        return params
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        from harness import study as study_mod
+
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        result = result or {}
+        study_mod.tell(self._ot_study, self._ot_trials[trial_id], result.get("status"), result.get(self.metric), error)
+        self._completed_trials.add(trial_id)
+
+
+class ResumableASHA(ASHAScheduler):
+    """ASHA whose rungs survive a stopped driver.
+
+    Tune pickles the scheduler once, with the Tuner, and never saves or restores its state (Ray 2.x),
+    so a resumed sweep would start its rungs empty: cut-offs computed from the resumed trials alone.
+    Here the state is written (ASHAScheduler.save, atomically) beside Tune's after every result and
+    read back (ASHAScheduler.restore) at the first call after a restart. The trials it stopped are
+    part of that state: Tune saves its own at most every second, so a trial stopped just before a
+    kill can come back as unfinished, and is stopped again at its first result.
+
+    The state file is found through the experiment folder `run_trials` is working in now
+    (`state.state_dir`), so a moved `--storage-path` still finds it."""
+
+    def __init__(self, *, state_path: Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._state_name = Path(state_path).parent.name  # the experiment folder's name
+        self._state_path = str(state_path)  # where it was first written (the fallback)
+        self._stopped: set[str] = set()
+        self._loaded = False
+
+    def __getstate__(self) -> dict:  # what the Tuner pickles: never "already loaded"
+        return {**self.__dict__, "_loaded": False}
+
+    def _path(self) -> Path:
+        folder = state_dir(self._state_name)
+        return folder / ASHA_STATE if folder is not None else Path(self._state_path)
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        path = self._path()
+        if path.is_file():
+            keep = {k: self.__dict__[k] for k in ("_state_name", "_state_path")}
+            self.restore(str(path))
+            self.__dict__.update(keep)
+        self._loaded = True
+
+    def _save(self) -> None:
+        path = self._path()
+        try:
+            with atomic_path(path) as tmp:
+                self.save(str(tmp))
+        except OSError as e:  # a full disk must not stop the sweep; the resume then starts ASHA over
+            log.warning("ASHA state not saved to %s: %s", path, e)
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self._load()
+        if trial.trial_id not in self._trial_info:  # a restored trial keeps its bracket
+            super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        self._load()
+        if trial.trial_id in self._stopped:  # stopped before a restart that Tune's state missed
+            return TrialScheduler.STOP
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP:
+            self._stopped.add(trial.trial_id)
+        self._save()
+        return decision
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        self._load()
+        if trial.trial_id in self._trial_info:
+            super().on_trial_complete(tune_controller, trial, result)
+            self._save()
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        self._load()
+        if trial.trial_id in self._trial_info:
+            super().on_trial_remove(tune_controller, trial)
+            self._save()
+
+
+def tune_config(search: Search | None, *, concurrency: int, total: int, db: str,
+                 exp_dir: Path) -> tuple[tune.TuneConfig, dict | None]:
+    """(TuneConfig, param_space): an Optuna searcher + ASHA for a sweep, a grid over run indices otherwise."""
+    common = dict(reuse_actors=True,  # a finished trial's worker takes the next: torch/timm imported once per slot
+                  trial_name_creator=trial_name, trial_dirname_creator=trial_name)
+    if search is None:
+        return (tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrency, scheduler=FIFOScheduler(), **common),
+                {"run": tune.grid_search(list(range(total)))})
+    from harness import study as study_mod
+
+    s = search.study
+    searcher = _HarnessOptunaSearch(space=study_mod.search_space(s), metric=s.metric, mode=s.mode,
+                                    sampler=study_mod.sampler(s), study_name=s.name,
+                                    storage=study_mod.optuna_storage(search.db))
+    scheduler = (ResumableASHA(state_path=exp_dir / ASHA_STATE, time_attr="epoch", metric=s.metric, mode=s.mode,
+                               max_t=s.scheduler.max_epochs, grace_period=s.scheduler.grace_period,
+                               reduction_factor=s.scheduler.reduction_factor)
+                 if s.scheduler.type == "asha" else FIFOScheduler())
+    return (tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency), scheduler=scheduler,
+                            num_samples=total, **common), None)

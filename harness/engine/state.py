@@ -1,0 +1,127 @@
+"""Tune's saved state: finding it, keeping it whole, and whether an experiment can continue.
+
+Tune writes its experiment state into the storage folder in place, so a driver killed mid-copy can
+leave a state file cut off; the recorder keeps the last whole copy of each (`backup_state`, at most
+every second) and a resume puts it back first (`repair_state`). `resumable` answers, before Ray
+starts, whether `--resume` has something to continue: an unfinished experiment of that name in the
+database and Ray's state for it under `--storage-path`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlalchemy as sa
+from ray import tune
+
+from harness.errors import UserError
+from harness.files import copy_atomic
+from harness.store import Store, shown_url, sqlite_path
+
+STATE_BACKUP = ".harness-last-good"  # in the experiment folder: Tune's state files as last seen whole
+_STATE_FILES = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl", "tuner.pkl")
+
+# Experiment folder name -> where it is in this process, for the scheduler Tune unpickles from it
+# (`search.ResumableASHA` finds its own state file here: a moved --storage-path still works). Set by
+# `run.run_trials` for the experiment it runs and removed when it ends.
+_STATE_DIRS: dict[str, Path] = {}
+
+
+def state_dir(name: str) -> Path | None:
+    return _STATE_DIRS.get(name)
+
+
+def remember_state_dir(exp_dir: Path) -> None:
+    _STATE_DIRS[exp_dir.name] = exp_dir
+
+
+def forget_state_dir(exp_dir: Path) -> None:
+    if _STATE_DIRS.get(exp_dir.name) == exp_dir:
+        del _STATE_DIRS[exp_dir.name]
+
+
+def resumable(db: str, *, kind: str, name: str, storage_path: Path | str, again: str, ray_name: str | None = None,
+              field: str = "--resume") -> dict:
+    """The latest unfinished `kind` experiment called `name`, with Ray's state there to continue it
+    (in <storage_path>/<ray_name>; grids use <kind>-<id>, a sweep its study's name); UserError
+    otherwise. Reads only."""
+    path = sqlite_path(db)
+    row = None
+    if path is None or path.exists():
+        store = Store(db, create=False)
+        try:
+            row = store.find_experiment(kind=kind, name=name)
+        except sa.exc.SQLAlchemyError:  # not a harness database (yet)
+            row = None
+        finally:
+            store.close()
+    if row is None:
+        raise UserError(field, name, f"No {kind} of that name in {shown_url(db)} to continue; run `{again}` without "
+                        "--resume (or pass the --db it was recorded in).")
+    if row["status"] == "completed":
+        raise UserError(field, name, f"The {kind} of that name in {shown_url(db)} (experiment {row['id']}) already completed; "
+                        f"nothing to continue. Run `{again}` without --resume for a new one.")
+    exp_dir = Path(storage_path).resolve() / (ray_name or f"{kind}-{row['id']}")
+    if not can_restore(exp_dir):
+        raise UserError("--storage-path", str(storage_path), f"No Ray state for {kind} experiment {row['id']} in {exp_dir}; "
+                        "pass the --storage-path it ran with (default ray_results, relative to where it ran).")
+    return row
+
+
+def can_restore(exp_dir: Path) -> bool:
+    """Whether Ray saved an experiment state there that `run_trials` can continue."""
+    return tune.Tuner.can_restore(str(exp_dir))
+
+
+def _whole(path: Path) -> bool:
+    """Whether a Tune state file is complete: Tune copies them into the storage folder in place, so a
+    driver killed mid-copy leaves an empty or cut-off file that Tuner.restore cannot read."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    if not data:
+        return False
+    if path.name.startswith("experiment_state-"):  # JSON; the others are pickles (search_gen_state's ".json" too)
+        try:
+            json.loads(data)
+        except ValueError:
+            return False
+    return True
+
+
+def backup_state(exp_dir: Path) -> None:
+    """Keep a copy of each of Tune's state files that is whole (each copy replaced atomically)."""
+    good = exp_dir / STATE_BACKUP
+    for pattern in _STATE_FILES:
+        for f in exp_dir.glob(pattern):
+            kept = good / f.name
+            mtime = f.stat().st_mtime
+            if (kept.is_file() and kept.stat().st_mtime >= mtime) or time.time() - mtime < 0.5:
+                continue  # already kept, or maybe still being written (a .pkl cannot be checked like JSON)
+            if _whole(f):
+                good.mkdir(exist_ok=True)
+                copy_atomic(f, kept)
+
+
+def repair_state(exp_dir: Path, echo: Callable[[str], None]) -> None:
+    """Before a restore: put back the last whole copy of any state file a kill left cut off."""
+    good = exp_dir / STATE_BACKUP
+    for kept in sorted(good.glob("*")) if good.is_dir() else []:
+        if kept.name.startswith("."):
+            continue
+        live = exp_dir / kept.name
+        if not _whole(live):
+            copy_atomic(kept, live)
+            echo(f"note: {live.name} was cut off (the driver was killed while Tune wrote it); "
+                 "using its last whole copy, up to a second older")
+    for pattern in _STATE_FILES:
+        for live in exp_dir.glob(pattern):
+            if not _whole(live):
+                raise UserError("--resume", str(exp_dir), f"Ray's saved state {live.name} is cut off (the driver was "
+                                "killed while writing it) and no whole copy was kept; run without --resume "
+                                "(what finished stays in the database).")
+

@@ -1,0 +1,124 @@
+"""The trial side: what runs inside a Ray worker.
+
+`_trainable` is one trial: `train.fit()` with a `report` that hands every epoch (and the trial's
+last.pt/best.pt as a Ray checkpoint) to `ray.tune.report`. A retried or resumed trial gets its
+checkpoint back through `ray.tune.get_checkpoint()` and continues at epoch k+1. Workers are reused
+across trials (`reuse_actors`), so everything process-wide a trial relies on is set by `fit()` at
+its start, never inherited from the previous trial. `make_spec` turns a trial's Ray config back into
+its `RunSpec`: `GridSpecs` for a fixed grid, `sweep.SweepSpecs` for sampled configs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import ray
+from ray import tune
+
+from harness.engine.cluster import where_am_i
+from harness.errors import UserError
+from harness.specs import RunSpec
+from harness.train import EpochReport, fit
+
+OPTUNA_KEY = "_optuna_trial"  # added to each sampled config by the searcher: the Optuna trial number
+WHERE = ("node", "node_id", "gpus")  # where a trial ran: in every result, stored by the recorder
+
+
+class SpecMaker(Protocol):
+    """A trial's Ray config -> its RunSpec (and a one-line label for the log)."""
+
+    def __call__(self, config: dict[str, Any]) -> RunSpec: ...
+    def label(self, config: dict[str, Any]) -> str: ...
+
+
+@dataclass(frozen=True)
+class GridSpecs:
+    """config {'run': i} -> the i-th RunSpec of a fixed grid (benchmark, ablate)."""
+
+    runs: tuple[RunSpec, ...]
+
+    def __call__(self, config: dict[str, Any]) -> RunSpec:
+        return self.runs[int(config["run"])]
+
+    def label(self, config: dict[str, Any]) -> str:
+        s = self(config)
+        return f"{s.label()} / {s.recipe.label()} / seed {s.seed}"
+
+
+def device_for_grant(requested: str, gpu_ids: list, cuda_available: bool) -> str:
+    """The device a Ray trial trains on, from what Ray granted it (`ray.get_gpu_ids()`), not from
+    whether this process can see a GPU: Ray 2.60 leaves CUDA_VISIBLE_DEVICES untouched for a trial
+    granted 0 GPUs (ray/_private/utils.py `set_visible_accelerator_ids` skips it unless
+    RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1), so `cuda.is_available()` is true in a CPU trial on a GPU machine.
+
+    - "auto": no GPU granted -> "cpu"; granted (a fraction shows as one id, e.g. ['0'] for gpu: 0.5)
+      -> "cuda", which is the granted card: Ray sets CUDA_VISIBLE_DEVICES to the grant, so torch
+      numbers the granted cards from cuda:0. Granted but CUDA unusable here -> "cpu", as `auto` does
+      everywhere.
+    - "cpu": stays "cpu" (asked for explicitly, even with a grant).
+    - "cuda" / "cuda:N" asked for explicitly: kept when the trial was granted a card for it; N counts
+      the granted cards only (cuda:1 needs a grant of 2 GPUs). A CUDA device the trial was not
+      granted is refused: it would train on a card Ray gave to another trial (or to nobody).
+    """
+    if requested == "auto":
+        return "cuda" if gpu_ids and cuda_available else "cpu"
+    if not requested.startswith("cuda"):
+        return requested
+    tail = requested.partition(":")[2]
+    if tail and not tail.isdigit():
+        return requested  # not a device: train.resolve_device refuses it with torch's own message
+    index = int(tail or 0)
+    if index >= len(gpu_ids):
+        granted = f"{len(gpu_ids)} GPU{'s' if len(gpu_ids) != 1 else ''} (visible to it as cuda:0..cuda:{len(gpu_ids) - 1})" \
+            if gpu_ids else "no GPU"
+        raise UserError("device", requested, f"this trial was granted {granted}; use device auto (the granted card), "
+                        "or ask for more GPUs per trial in resources.gpu.")
+    return requested
+
+
+
+def trial_name(trial: Any) -> str:
+    """'trial_7' (the Optuna trial number, as optuna-dashboard shows it) or 'run_3' (grid index)."""
+    c = trial.config or {}
+    if OPTUNA_KEY in c:
+        return f"trial_{c[OPTUNA_KEY]}"
+    if "run" in c:
+        return f"run_{c['run']}"
+    return f"trial_{str(trial.experiment_tag).split('_')[0]}"
+
+
+def _trainable(config: dict[str, Any], *, make_spec: SpecMaker) -> None:
+    """One Ray trial: fit() reporting every epoch to Tune, with last.pt/best.pt as the checkpoint."""
+    spec = make_spec(config)
+    with tempfile.TemporaryDirectory(prefix="harness-trial-") as tmp:
+        local = Path(tmp)
+        spec = spec.model_copy(update={"checkpoint_dir": local})
+        resume = None
+        restored = tune.get_checkpoint()  # set when Ray retries (max_failures) or --resume continues it
+        if restored is not None:
+            with restored.as_directory() as d:
+                for f in ("last.pt", "best.pt"):
+                    if (Path(d) / f).is_file():
+                        shutil.copy2(Path(d) / f, local / f)
+            resume = local / "last.pt" if (local / "last.pt").is_file() else None
+
+        where = where_am_i()
+        import torch
+
+        grant = ray.get_gpu_ids()
+        spec = spec.model_copy(update={"device": device_for_grant(spec.device, grant, torch.cuda.is_available())})
+
+        def report(r: EpochReport) -> None:
+            metrics: dict[str, Any] = {**r.metrics, "epoch": r.epoch, "status": r.status, **where}
+            if r.evaluation is not None:
+                metrics["evaluation"] = r.evaluation  # popped by the driver's recorder (kept out of Ray's logs)
+            # Ray copies the folder to the trial's storage (synchronously) before this returns.
+            ckpt = tune.Checkpoint.from_directory(str(local)) if r.checkpoint is not None else None
+            tune.report(metrics, checkpoint=ckpt)
+
+        fit(spec, report, resume=resume)
+
