@@ -87,6 +87,20 @@ def device_slug(device: torch.device, dev_name: str) -> str:
     return slug(dev_name) if device.type == "cuda" else "cpu"
 
 
+def working_device(device: torch.device) -> torch.device:
+    """The device with its index, made the process's current one on CUDA: kernels and events launched
+    without a device then go to the card the benchmark times. `cuda` alone means the current card
+    (torch.cuda.set_device refuses a device without an index)."""
+    import torch
+
+    if device.type != "cuda":
+        return device
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    torch.cuda.set_device(device)
+    return device
+
+
 def sync(device: torch.device) -> None:
     import torch
 

@@ -147,7 +147,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    device = resolve_device(args.device)
+    device = common.working_device(resolve_device(args.device))
     return loader(args, device, common.device_name(device), log)
 
 

@@ -476,9 +476,7 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> i
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # everything this process launches without a device goes to the one timed
+    device = common.working_device(resolve_device(args.device))
     dev_name = common.device_name(device)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.tiny:

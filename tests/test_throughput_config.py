@@ -160,3 +160,15 @@ def test_time_s_records_on_the_working_device(common, monkeypatch):
     assert common.time_s(lambda: None, torch.device("cuda:1")) == pytest.approx(0.25)
     assert [s for s in seen if s[0] == "event"] == [("event", 1, None)] * 2
     assert [s for s in seen if s[0] == "record"] == [("record", 1, "stream-of-cuda:1")] * 2
+
+
+@pytest.mark.parametrize(("asked", "current", "expected"), [("cuda", 0, "cuda:0"), ("cuda:1", 0, "cuda:1"),
+                                                           ("cuda", 2, "cuda:2"), ("cpu", 0, "cpu")])
+def test_working_device_is_indexed_and_current(common, monkeypatch, asked, current, expected):
+    """`--device cuda` becomes the current card with its index (torch.cuda.set_device refuses a bare
+    'cuda'), `cuda:N` is made current; the CPU is left alone (mocked CUDA)."""
+    made_current: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: made_current.append(torch.device(d)))
+    assert common.working_device(torch.device(asked)) == torch.device(expected)
+    assert made_current == ([] if asked == "cpu" else [torch.device(expected)])
