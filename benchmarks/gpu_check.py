@@ -372,7 +372,7 @@ def main(argv: Iterable[str] | None = None, log: Callable[[str], None] = print) 
 
     if not torch.cuda.is_available():
         log("FAIL cuda: torch.cuda.is_available() is false: this script checks a GPU machine (no check ran)")
-        return 1
+        return 2  # the machine, not a check, is wrong (gpu_check.sh's setup failures exit 2 too)
     dev_name = torch.cuda.get_device_name()
     log(f"gpu check on {dev_name} ({torch.cuda.device_count()} visible), torch {torch.__version__}")
     checks: list[Check] = []

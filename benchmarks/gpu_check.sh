@@ -14,9 +14,10 @@
 # check fails, 2 when the environment could not be set up.
 #
 # Python: `uv run` when uv is installed (the project's locked environment). Without uv, the image's
-# python3 with the wheels in .whl/ (made by ../shared/tools/device-wheels.sh: ray, optuna, sqlalchemy
-# and the small ones the image lacks) installed into a temporary folder; torch, timm, pandas and the
-# rest must already be in the image.
+# python3 with the wheels in .whl/ installed into a temporary folder: ../shared/tools/device-wheels.sh
+# makes them (ray, optuna, sqlalchemy, pydantic and the small ones a CUDA image lacks); add plotly,
+# which `harness benchmark` needs for its pages: `EXTRA=plotly bash ../shared/tools/device-wheels.sh`.
+# torch, timm, pandas, scikit-learn, click and pyyaml must already be in the image.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 export PYTHONUNBUFFERED=1
@@ -40,8 +41,14 @@ if ! command -v nvidia-smi >/dev/null 2>&1; then
 fi
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader
 
-if ! "${PY[@]}" -c "import torch, timm, ray, optuna, sqlalchemy" 2>/dev/null; then
-  echo "FAIL setup: ${PY[*]} cannot import torch, timm, ray, optuna and sqlalchemy (uv sync, or the wheels in .whl/)"
+MODULES="torch timm ray optuna sqlalchemy pydantic plotly pandas sklearn click yaml"
+missing=$("${PY[@]}" - $MODULES <<'PY'
+import importlib.util, sys
+print(" ".join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))
+PY
+) || { echo "FAIL setup: ${PY[*]} does not start"; exit 2; }
+if [ -n "$missing" ]; then
+  echo "FAIL setup: ${PY[*]} cannot import: $missing (uv sync, or add their wheels to .whl/)"
   exit 2
 fi
 

@@ -120,3 +120,17 @@ def test_script_is_valid_bash_and_refuses_a_machine_without_a_gpu(tmp_path):
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     done = subprocess.run(["bash", str(script)], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert done.returncode == 2 and "FAIL setup" in done.stdout, done
+
+
+def test_fractional_grid_is_a_valid_benchmark(gc, tmp_path):
+    """The grid the fractional check hands `harness benchmark`: 2 runs of a CPU stand-in, half a GPU each,
+    two at a time, resolved as a GPU machine would (grid_resources keeps a GPU share that is asked for)."""
+    from harness.benchmark import grid_resources, load_grid, resolve_grid
+
+    path = tmp_path / "fractional.yaml"
+    path.write_text(gc.FRACTIONAL_GRID)
+    spec = load_grid(path)
+    grid = resolve_grid(spec, cuda=True)
+    assert len(grid.runs) == 2 and {r.model for r in grid.runs} == {"resnet18"}
+    assert spec.concurrency == 2
+    assert grid_resources(spec.resources, cuda=True, concurrency=spec.concurrency).gpu == gc.FRACTION
