@@ -57,9 +57,24 @@ class Written:
     unchanged: int = 0
 
 
+def _plain(v: Any) -> Any:
+    """A value as the same Python value whatever the column's dtype came out as: pandas reads a column's
+    missing values as None, NaN or NaT depending on the other rows (one finished run turns every run's
+    finished_at from None to NaT), and a stamp must not change with other rows."""
+    if isinstance(v, (tuple, list)):
+        return tuple(_plain(x) for x in v)
+    if v is None or (not isinstance(v, str) and pd.api.types.is_scalar(v) and pd.isna(v)):
+        return None
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    v = v.item() if hasattr(v, "item") else v
+    return int(v) if isinstance(v, float) and v.is_integer() else v  # an int column with a NULL reads as floats
+
+
 def digest(*parts: Any) -> str:
-    """A short stable digest of values (rows as tuples; timestamps and floats through repr)."""
-    return hashlib.sha1(repr(parts).encode("utf-8")).hexdigest()[:20]
+    """A short stable digest of values (rows as tuples; missing values, timestamps and numpy numbers
+    made plain first)."""
+    return hashlib.sha1(repr(_plain(parts)).encode("utf-8")).hexdigest()[:20]
 
 
 def _identity(path: Path) -> list[int] | None:
@@ -148,7 +163,8 @@ def write_pages(db: str, out: Path | str = "dashboards", *, compare: list[int] |
             if exp.kind == "sweep" and studies is not None:
                 study = tuple(tuple(r) for r in studies[studies["study_name"] == exp.name].itertuples(index=False, name=None))
             exp_stamp = digest(tuple(exp), tuple(sorted(run_stamps.values())), study, mark)
-            group = [f"experiment-{eid}.html", *(h for h, _ in manifest.links.get(str(eid), []) if h.endswith(".html"))]
+            group = list(dict.fromkeys([f"experiment-{eid}.html",
+                                        *(h for h, _ in manifest.links.get(str(eid), []) if h.endswith(".html"))]))
             side = [h for h, _ in manifest.links.get(str(eid), []) if not h.endswith(".html")]
             group_stale = (str(eid) not in manifest.links or not builtins.all(manifest.fresh(n, exp_stamp) for n in group)
                            or not builtins.all((out / n).is_file() for n in side))
