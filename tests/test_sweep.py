@@ -4,6 +4,7 @@ tests/conftest.py), resnet18 on 64 synthetic 16 px images, the results database 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sqlite3
@@ -244,6 +245,53 @@ def test_interrupted_sweep_resumes_to_exactly_trials(ray_local, tmp_path, db_url
     # stopped (its stored spec, the plugin's sleep switched off), gives every recorded epoch exactly.
     for r in got:
         assert recorded_metrics(db_url, r["id"]) == uninterrupted_metrics(db_url, r["id"], plugin.with_name("faults.json")), r
+
+
+# The last commit whose engine was one module (harness/engine.py): Tune's state it saved pickles
+# `harness.engine.ResumableASHA`, `_HarnessOptunaSearch`, `_trainable` and `_live_recorder` by those names.
+MONOLITHIC_ENGINE = "60022d4"
+
+
+@pytest.mark.slow
+def test_a_sweep_saved_by_the_one_module_engine_resumes(ray_local, tmp_path, fault_plugin):
+    """A `ray_results/` folder written by the code before the engine became a package (issue 21) still
+    resumes: that code, taken from git, runs a sweep that SIGTERM stops mid-trial; today's code then
+    continues it to exactly `trials` trials, settled in the database and in Optuna."""
+    from harness.sweep import run_sweep
+
+    repo = Path(__file__).resolve().parent.parent
+    old = tmp_path / "old"
+    old.mkdir()
+    archive = subprocess.run(["git", "-C", str(repo), "archive", MONOLITHIC_ENGINE, "harness"], capture_output=True)
+    if archive.returncode != 0:
+        pytest.skip(f"no git history with {MONOLITHIC_ENGINE} here: {archive.stderr.decode()[:200]}")
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+    env = {**os.environ, "PYTHONPATH": str(old)}  # Ray's workers inherit it: the old trainable trains too
+    where = subprocess.run([sys.executable, "-c", "import harness.engine as e; print(e.__file__)"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert where == str(old / "harness" / "engine.py")  # the one-module engine runs, not today's package
+    db_url = f"sqlite:///{tmp_path / 'results.db'}"
+    max_epochs = 4
+    plugin = fault_plugin({"*": {"sleep_per_step": 1.0 / STEPS_PER_EPOCH}})
+    study = write_study(tmp_path / "s.yaml", trials=3, model="faulty_resnet18")  # ASHA: its state is pickled too
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "--plugin", str(plugin), "sweep", str(study), "--db",
+                             db_url, "--storage-path", str(tmp_path / "ray")], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(lambda: rows(db_url, "SELECT count(*) AS n FROM runs WHERE status = 'running' AND epochs_done >= 1")[0]["n"] >= 1,
+                  timeout=300, proc=proc)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    pickled = (tmp_path / "ray" / "t_sweep" / "tuner.pkl").read_bytes()
+    assert b"harness.engine" in pickled and b"harness.engine.search" not in pickled  # the old module's names
+    lines: list[str] = []
+    result = run_sweep(study, Where(db=db_url, out=None, storage_path=tmp_path / "ray"), resume=True, echo=lines.append)
+    assert result.status == "completed", lines
+    assert_study_settled(db_url, "t_sweep", 3, max_epochs=max_epochs)
 
 
 # --- bad input: one message with the YAML path, exit 2, nothing written, no Ray started ----------
