@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import math
 import multiprocessing
 import os
 import subprocess
@@ -160,7 +161,7 @@ def check_bf16(results: dict[str, dict[str, Any]]) -> Check:
             bad.append(f"{model}: {r['error']}")
         elif not r.get("amp"):
             bad.append(f"{model}: autocast was off")
-        elif loss is None or loss != loss or loss in (float("inf"), float("-inf")):
+        elif loss is None or not math.isfinite(loss):
             bad.append(f"{model}: loss {loss}")
         elif r.get("steps") != BF16_STEPS:
             bad.append(f"{model}: {r.get('steps')} of {BF16_STEPS} steps")

@@ -83,6 +83,9 @@ LEGEND = [
     "(1 - harness_full / harness)",
 ]
 
+# Benchmarks that were modes of this script: flag -> the script that measures it now.
+MOVED = {"--packing": "packing.py", "--loader": "loader.py"}
+
 # What per-image augmentation a recipe has; off on the plain paths (`reference`, `harness`).
 AUGMENT_FIELDS = ("crop", "hflip", "randaugment", "random_erasing")
 AUGMENT_OFF: dict[str, Any] = {"crop": "none", "hflip": 0.0, "randaugment": None, "random_erasing": 0.0}
@@ -455,6 +458,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "at most the cores; --tiny: 1]")
     p.add_argument("--out", type=Path, default=common.RESULTS, help="folder for the table [default: benchmarks/results]")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    for flag, script in MOVED.items():  # the flags of the one-file benchmark this was until 2026-11-30
+        if any(a == flag or a.startswith(f"{flag}-") for a in argv):
+            p.error(f"{flag} is its own script now: uv run python benchmarks/{script} (see its --help)")
     args = p.parse_args(argv)
     args.argv = argv
     tiny = args.tiny

@@ -111,3 +111,11 @@ def test_gpu_run_reports_mfu(throughput, tmp_path):
         assert r["amp"] == "bf16" and r["error"] == ""
         assert float(r["harness_mfu_pct"]) > 0
         assert float(r["ratio"]) > 0.5
+
+
+@pytest.mark.parametrize(("flag", "script"), [("--packing", "packing.py"), ("--loader-images", "loader.py")])
+def test_old_mode_flags_point_to_their_script(throughput, capsys, flag, script):
+    """The modes throughput.py had before the split name the script that measures them now."""
+    with pytest.raises(SystemExit) as e:
+        throughput.main([flag, "3"] if flag.endswith("images") else [flag])
+    assert e.value.code == 2 and f"benchmarks/{script}" in capsys.readouterr().err
