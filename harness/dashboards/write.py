@@ -152,6 +152,7 @@ def write_pages(db: str, out: Path | str = "dashboards", *, compare: list[int] |
             manifest.record(name, stamp)  # after the page: a crash in between leaves it to be rewritten
             done.written.append(name)
 
+        shared: dict[str, Any] = {}  # what the experiments' page builders open once per write (Optuna's storage)
         by_exp = dict(tuple(stamps.groupby("experiment_id"))) if not stamps.empty else {}
         for exp in scope.itertuples(index=False):
             eid = int(exp.id)
@@ -176,7 +177,7 @@ def write_pages(db: str, out: Path | str = "dashboards", *, compare: list[int] |
             if group_stale:
                 runs = rep.read_runs(store, eid)
                 epochs = rep.read_epochs(store, runs["id"].tolist())
-                pages, links = experiment_pages(Experiment(db, store, row, runs, epochs, out))
+                pages, links = experiment_pages(Experiment(db, store, row, runs, epochs, out, shared))
                 manifest.links.pop(str(eid), None)  # until every page of the group is written
                 for name, html in pages:
                     write(name, html, exp_stamp, live_here)
