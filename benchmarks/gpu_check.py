@@ -301,27 +301,33 @@ def run_zero_gpu(tmp: Path, log: Callable[[str], None]) -> Check:
     return check_zero_gpu(read_runs(db), used_cards=procs.cards())
 
 
-def run_bf16(log: Callable[[str], None]) -> Check:
+def bf16_steps(model: str, device: Any, *, image_size: int = 224, batch: int = BF16_BATCH) -> dict[str, Any]:
+    """BF16_STEPS training steps of `model` through harness.train (build_training + train_epoch, the loop
+    fit() runs) with its family's published recipe: the mean loss, the steps taken, whether autocast was on."""
     import torch
 
     from harness import data as data_mod
     from harness.specs import resolve_run
     from harness.train import build_training, train_epoch
 
-    device = torch.device("cuda")
+    # Half a batch spare: however the set's split rounds, BF16_STEPS full batches remain.
+    data = data_mod.DataSpec(name="synthetic", image_size=image_size, train_size=batch * BF16_STEPS + batch // 2,
+                             val_fraction=0.02)
+    spec = resolve_run(model=model, recipe="tuned@published", data=data, overrides={"batch_size": batch},
+                       epochs=1, device=str(device))
+    ds = data_mod.load(spec.data, device)
+    t = build_training(spec, ds, device)
+    sums, _ = train_epoch(t, ds.train, torch.Generator(device=device).manual_seed(0), 0)
+    return {"loss": float(sums.loss_sum) / max(sums.seen, 1), "steps": sums.steps, "amp": t.use_amp, "error": ""}
+
+
+def run_bf16(log: Callable[[str], None]) -> Check:
+    import torch
+
     results: dict[str, dict[str, Any]] = {}
     for model in FULL_MODELS:
         try:
-            data = data_mod.DataSpec(name="synthetic", image_size=224, train_size=BF16_BATCH * BF16_STEPS,
-                                     val_fraction=0.02)
-            spec = resolve_run(model=model, recipe="tuned@published", data=data, overrides={"batch_size": BF16_BATCH},
-                               epochs=1, device="cuda")
-            ds = data_mod.load(spec.data, device)
-            t = build_training(spec, ds, device)
-            sums, _ = train_epoch(t, ds.train, torch.Generator(device=device).manual_seed(0), 0)
-            results[model] = {"loss": float(sums.loss_sum) / max(sums.seen, 1), "steps": sums.steps,
-                              "amp": t.use_amp, "error": ""}
-            del t, ds
+            results[model] = bf16_steps(model, torch.device("cuda"))
         except Exception as e:  # noqa: BLE001 - one model failing is this check's finding, not the end of the script
             results[model] = {"loss": None, "steps": 0, "amp": False, "error": f"{type(e).__name__}: {str(e)[:200]}"}
         finally:

@@ -134,3 +134,14 @@ def test_fractional_grid_is_a_valid_benchmark(gc, tmp_path):
     assert len(grid.runs) == 2 and {r.model for r in grid.runs} == {"resnet18"}
     assert spec.concurrency == 2
     assert grid_resources(spec.resources, cuda=True, concurrency=spec.concurrency).gpu == gc.FRACTION
+
+
+def test_bf16_steps_plumbing_on_cpu(gc):
+    """The bf16 check's training call, on the CPU with a stand-in at 32 px (no autocast there): it takes
+    its BF16_STEPS steps through harness.train and reports a finite loss."""
+    import math
+
+    import torch
+
+    r = gc.bf16_steps("resnet18", torch.device("cpu"), image_size=32, batch=4)
+    assert r["steps"] == gc.BF16_STEPS and math.isfinite(r["loss"]) and r["amp"] is False and r["error"] == ""
