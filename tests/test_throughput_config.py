@@ -84,6 +84,7 @@ def test_ema_built_on_both_sides(throughput):
     assert ref.ema is not None and t.ema is not None and t_full.ema is not None
     assert ref.ema.decay == t.ema.decay == 0.9999
     assert t.augment.randaugment is None and t_full.augment.randaugment is not None
+    assert (t.batch_size, t.steps_per_epoch) == (t_full.batch_size, t_full.steps_per_epoch) == (4, 1)  # as the reference
 
 
 def test_timm_loader_runs_the_recipes_augmentation(throughput):
