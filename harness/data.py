@@ -36,16 +36,29 @@ class Split(Protocol):
 
 @dataclass
 class TensorSplit:
-    """A whole split as uint8 images [N, C, H, W] and int64 labels, on one device."""
+    """A whole split as uint8 images [N, C, H, W] and int64 labels, on one device.
+
+    `size`: the side its batches come out at when the images are stored at another (their native
+    size): each batch is resized as it is taken (`_resize_uint8`). Loaders keep native images and
+    say the run's size; `to()` decides where the resize happens."""
 
     x: torch.Tensor
     y: torch.Tensor
+    size: int | None = None  # None: batches come out as stored
 
     def __len__(self) -> int:
         return len(self.y)
 
-    def to(self, device: torch.device) -> TensorSplit:
-        return TensorSplit(self.x.to(device), self.y.to(device))
+    def to(self, device: torch.device, *, per_batch: bool | None = None) -> TensorSplit:
+        """The split on `device`. On CUDA (or `per_batch=True`) the images stay at their native size
+        and each batch is resized on the device: CIFAR-10 at 224 px would otherwise hold ~7.5 GB of
+        uint8 per trial (150 MB native), after a one-thread CPU resize. On the CPU the whole split is
+        resized once, here, with the same function as before: its numbers do not change."""
+        per_batch = device.type == "cuda" if per_batch is None else per_batch
+        if self.size is None or not per_batch:
+            x = self.x if self.size is None else _resize_uint8(self.x, self.size)
+            return TensorSplit(x.to(device), self.y.to(device))
+        return TensorSplit(self.x.to(device), self.y.to(device), self.size)
 
     def batches(self, batch_size, *, shuffle, generator, drop_last):
         n = len(self.y)
@@ -54,7 +67,8 @@ class TensorSplit:
         stop = n - n % batch_size if drop_last and n >= batch_size else n
         for i in range(0, stop, batch_size):
             idx = order[i:i + batch_size]
-            yield self.x[idx], self.y[idx]
+            x = self.x[idx]
+            yield (x if self.size is None else _resize_uint8(x, self.size)), self.y[idx]
 
 
 @dataclass
@@ -98,7 +112,7 @@ def head(split: Split, n: int) -> Split:
     permutation, or `datasets.stratified_order` for folder and CIFAR sets and wherever `train_size`
     caps), so this is a fixed sample that covers every class: the training-accuracy probe."""
     if isinstance(split, TensorSplit):
-        return TensorSplit(split.x[:n], split.y[:n])
+        return TensorSplit(split.x[:n], split.y[:n], split.size)
     assert isinstance(split, FolderSplit)
     idx = range(min(n, len(split)))
     return FolderSplit(torch.utils.data.Subset(split.dataset, idx), split.device, split.workers)
@@ -137,14 +151,14 @@ def _resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def _split(x: torch.Tensor, y: torch.Tensor, spec: DataSpec) -> tuple[TensorSplit, TensorSplit]:
+def _split(x: torch.Tensor, y: torch.Tensor, spec: DataSpec, size: int | None = None) -> tuple[TensorSplit, TensorSplit]:
     g = torch.Generator().manual_seed(spec.split_seed)
     order = torch.randperm(len(y), generator=g)
     k = n_val(len(y), spec)
     val, train = order[:k], order[k:]
     if spec.train_size is not None:  # a cap keeps the class balance (without one, the order stays as it was)
         train = train[stratified_order(y[train].tolist(), spec.split_seed)][: spec.train_size]
-    return TensorSplit(x[train], y[train]), TensorSplit(x[val], y[val])
+    return TensorSplit(x[train], y[train], size), TensorSplit(x[val], y[val], size)
 
 
 def load_digits(spec: DataSpec) -> Dataset:
@@ -152,9 +166,9 @@ def load_digits(spec: DataSpec) -> Dataset:
 
     d = sk_digits()  # 1,797 8x8 images, values 0..16, shipped inside scikit-learn
     x = torch.from_numpy(d.images).float().mul_(255 / 16).round_().to(torch.uint8)[:, None]
-    x = _resize_uint8(x, spec.image_size).expand(-1, 3, -1, -1).contiguous()
+    x = x.expand(-1, 3, -1, -1).contiguous()  # native 8x8; resized to the run's size by TensorSplit.to
     y = torch.from_numpy(d.target).long()
-    train, val = _split(x, y, spec)
+    train, val = _split(x, y, spec, spec.image_size)
     return Dataset("digits", 10, [str(i) for i in range(10)], spec.image_size, train, val, hflip=False,
                    description=f"digits (scikit-learn, 8x8 upsampled to {spec.image_size} px): "
                                f"{len(train)} train / {len(val)} val")
@@ -189,12 +203,12 @@ def load_cifar(spec: DataSpec) -> Dataset:
                         "or add --download when online.") from None
     splits = []
     for p in parts:
-        x = _resize_uint8(torch.from_numpy(p.data).permute(0, 3, 1, 2).contiguous(), spec.image_size)
+        x = torch.from_numpy(p.data).permute(0, 3, 1, 2).contiguous()  # native 32 px: resized by TensorSplit.to
         y = torch.tensor(p.targets, dtype=torch.long)
         if p.train:  # class-mixed whatever the file's order, so a cap and the probe see every class
             keep = torch.tensor(stratified_order(p.targets, spec.split_seed))[: spec.train_size]
             x, y = x[keep], y[keep]
-        splits.append(TensorSplit(x, y))
+        splits.append(TensorSplit(x, y, spec.image_size))
     return Dataset(spec.name, len(parts[0].classes), list(parts[0].classes), spec.image_size, splits[0], splits[1],
                    hflip=True, description=f"{spec.name} ({spec.root}, {spec.image_size} px): "
                                            f"{len(splits[0])} train / {len(splits[1])} val")
@@ -220,10 +234,30 @@ class _Files(torch.utils.data.Dataset):
             return self.transform(im.convert("RGB")), label
 
 
+MAX_AUTO_WORKERS = 8  # decoding past this many workers rarely feeds a single GPU faster; more cost memory
+
+
+def granted_cpus(threads: int | None = None) -> int:
+    """The CPUs this process may use: the trial's thread count when it has one (a Ray trial's grant),
+    else the CPUs it is pinned to (taskset, cgroup cpusets), never the whole machine's `os.cpu_count()`."""
+    try:
+        pinned = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        pinned = os.cpu_count() or 1
+    return max(1, min(threads, pinned) if threads else pinned)
+
+
+def auto_workers(threads: int | None = None) -> int:
+    """Loader workers when the data spec names none: half the granted CPUs (the other half trains and
+    copies), at most MAX_AUTO_WORKERS; 0 (decode in the training process) with one CPU."""
+    return min(MAX_AUTO_WORKERS, granted_cpus(threads) // 2)
+
+
 def load_folder(spec: DataSpec, device: torch.device) -> Dataset:
-    """imagefolder / tinyimagenet, split as `datasets.list_folder` describes, decoded by loader workers."""
+    """imagefolder / tinyimagenet, split as `datasets.list_folder` describes, decoded by loader workers
+    (`spec.workers`; unset: `auto_workers()`, and fit() sets it from the run's granted threads)."""
     listing = list_folder(spec)
-    workers = spec.workers if spec.workers is not None else min(8, (os.cpu_count() or 2) // 2)
+    workers = spec.workers if spec.workers is not None else auto_workers()
     train, val, classes = listing.train, listing.val, listing.classes
     return Dataset(spec.name, len(classes), classes, spec.image_size,
                    FolderSplit(_Files(train, spec.image_size), device, workers),
@@ -282,14 +316,21 @@ class BatchAugment:
     flip, RandAugment (timm's own `rand_augment_transform`, one op draw per image), normalisation,
     random erasing. Every draw comes from the epoch's generator or the epoch-seeded global RNGs,
     so a resumed run replays the same augmentations. With no recipe: normalisation only.
+
+    RandAugment runs where the batch is: on a CUDA batch `harness.augment.DeviceRandAugment` applies
+    timm's ops on the device (no host round trip); elsewhere timm's PIL ops per image, as they always
+    did (the CPU numbers stay as they were). `randaugment_on_device` forces either (tests, benchmarks).
     """
 
-    def __init__(self, ds: Dataset, recipe: Recipe | None = None, *, device: torch.device) -> None:
+    def __init__(self, ds: Dataset, recipe: Recipe | None = None, *, device: torch.device,
+                 randaugment_on_device: bool | None = None) -> None:
         self.size = ds.image_size
         self.mean = torch.tensor(ds.mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(ds.std, device=device).view(1, -1, 1, 1) * 255
         self.crop, self.pad, self.pad_mode, self.scale_min = "none", 0, "reflect", 1.0
         self.hflip, self.randaugment, self.erase = 0.0, None, None
+        self.device_randaugment = None  # harness.augment.DeviceRandAugment, when timm's ops have an on-device form
+        self.randaugment_on_device = randaugment_on_device  # None: on CUDA batches
         if recipe is None:
             return
         self.crop = recipe.crop
@@ -308,6 +349,12 @@ class BatchAugment:
             for op in self.randaugment.ops:
                 if op.aug_fn.__name__ == "posterize":
                     op.aug_fn = _posterize_keep_zero_bits
+            from harness.augment import DeviceRandAugment
+
+            if DeviceRandAugment.supports(self.randaugment):
+                self.device_randaugment = DeviceRandAugment(self.randaugment)
+            elif randaugment_on_device:
+                raise ValueError(f"randaugment {recipe.randaugment!r} has ops with no on-device form")
         if recipe.random_erasing > 0:
             from timm.data.random_erasing import RandomErasing
 
@@ -317,7 +364,8 @@ class BatchAugment:
         parts = {"pad": f"pad-crop {self.pad}px ({self.pad_mode})", "rrc": f"random resized crop (area >= {self.scale_min:g})",
                  "none": ""}[self.crop]
         extra = [p for p in (parts, f"flip {self.hflip:g}" if self.hflip else "",
-                             "RandAugment" if self.randaugment else "", "erasing" if self.erase else "") if p]
+                             ("RandAugment on the device" if self.mean.is_cuda and self.device_randaugment else "RandAugment")
+                             if self.randaugment else "", "erasing" if self.erase else "") if p]
         return ", ".join(extra) or "none"
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -358,10 +406,22 @@ class BatchAugment:
         out = [torch.from_numpy(np.array(self.randaugment(Image.fromarray(im)))) for im in imgs]
         return torch.stack(out).permute(0, 3, 1, 2).to(x.device)
 
+    def _randaugment_here(self, x: torch.Tensor) -> bool:
+        """On the device: a CUDA batch (unless told otherwise), when timm's ops have an on-device form."""
+        if self.device_randaugment is None:
+            return False
+        return x.is_cuda if self.randaugment_on_device is None else self.randaugment_on_device
+
+    def _randaugment_device(self, x: torch.Tensor) -> torch.Tensor:
+        """timm's RandAugment on the batch's device (harness.augment): uint8 in and out, as the PIL path."""
+        if x.dtype != torch.uint8:
+            x = x.round().clamp(0, 255).to(torch.uint8)
+        return self.device_randaugment(x)
+
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         x = self._geometry(x, g)
         if self.randaugment is not None:
-            x = self._randaugment(x)
+            x = self._randaugment_device(x) if self._randaugment_here(x) else self._randaugment(x)
         x = self.normalize(x)
         if self.erase is not None:
             x = self.erase(x)
