@@ -20,6 +20,7 @@ from harness.errors import UserError
 from harness import DEFAULT_DB
 
 EXIT_BAD_INPUT = 2
+TERMINAL_WIDTH = 100  # what the listings are laid out for: a laptop's half-screen terminal
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C: the work stopped early and can be resumed
 
 
@@ -203,20 +204,10 @@ def train(model: str, recipe: str, data_opts: dict,
 @click.option("--image-size", type=int, default=32, show_default=True, help="size the params/GFLOPs are counted at")
 def models(image_size: int) -> None:
     """The model registry: name, family, parameters, forward GFLOPs at --image-size."""
-    import pandas as pd
+    from harness.models import describe_registry
 
-    from harness.models import MODELS, build_model, count_params, forward_gflops, stands_for
-    rows = []
-    for name, entry in MODELS.items():
-        try:
-            m = build_model(name, num_classes=10, image_size=image_size)
-            params, gflops = f"{count_params(m) / 1e6:.1f}M", f"{forward_gflops(m, image_size):.3f}"
-            shape = entry.describe(image_size)
-        except UserError as e:
-            params, gflops, shape = "-", "-", f"not at {image_size} px: {e.fix}"
-        rows.append({"name": name, "family": entry.family, "params": params, f"GFLOPs@{image_size}": gflops,
-                     "built as": shape, "note": f"CPU stand-in for {full}" if (full := stands_for(name)) else entry.description})
-    click.echo(pd.DataFrame(rows).to_string(index=False))
+    for line in describe_registry(image_size, width=TERMINAL_WIDTH):
+        click.echo(line)
 
 
 @main.group(invoke_without_command=True)
@@ -224,14 +215,10 @@ def models(image_size: int) -> None:
 def recipes(ctx: click.Context) -> None:
     """Every recipe's settings side by side (`harness recipes show NAME` for one, with its source)."""
     if ctx.invoked_subcommand is None:
-        import pandas as pd
+        from harness.recipes import published_table
 
-        from harness.recipes import RECIPES
-
-        table = pd.DataFrame({n: r.model_dump(exclude={"name", "source", "fit_notes", "form"}) for n, r in RECIPES.items()})
-        with pd.option_context("display.width", 200, "display.max_columns", 20):
-            click.echo("Published values (the sources' units; `harness recipes show NAME` fits one to a run):")
-            click.echo(table.to_string())
+        click.echo("Published values (the sources' units; `harness recipes show NAME` fits one to a run):")
+        click.echo(published_table(width=TERMINAL_WIDTH))
 
 
 @recipes.command("show")
@@ -240,34 +227,14 @@ def recipes(ctx: click.Context) -> None:
 @data_options()
 @click.option("--epochs", type=int, default=12, show_default=True, help="the run to fit to")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="the run's batch size")
-def recipes_show(name: str, model: str | None, data_opts: dict,
-                 epochs: int, batch_size: int) -> None:
+def recipes_show(name: str, model: str | None, data_opts: dict, epochs: int, batch_size: int) -> None:
     """One recipe as published (with its source) and fitted to a run: the lr, warmup and strengths it
     will actually use, and the rule behind each."""
-    from harness.recipes import FIT_RULES, get_recipe, parse_ref
-    from harness.specs import resolve_run
+    from harness.recipes import describe_fit
 
-    ref, _ = parse_ref(name, "NAME")
-    data = make_data_spec(**data_opts)
-    for flag, v in (("--epochs", epochs), ("--batch-size", batch_size)):
-        if v < 1:
-            raise UserError(flag, v, f"Use at least 1, e.g. {flag} 12.")
-    spec = resolve_run(model=model or "vit_base", recipe=f"{ref}@fitted", data=data, epochs=epochs, batch_size=batch_size)
-    published = get_recipe(spec.recipe.name)
-    click.echo(f"# {published.name} as published: {published.source}")
-    click.echo(yaml.safe_dump(published.model_dump(exclude={"name", "source", "fit_notes", "form"}), sort_keys=False).rstrip())
-    click.echo(f"# lr at its own batch {published.batch_size}: {published.scaled_lr():.3g} ({published.lr_rule} rule)")
-    click.echo("")
-    fitted = spec.recipe
-    changed = {k: v for k, v in fitted.model_dump(exclude={"fit_notes", "form"}).items() if getattr(published, k) != v}
-    click.echo(f"# {fitted.label()} for {epochs} epochs x {spec.train_images} images of {data.name} at batch {batch_size} "
-               f"({spec.updates()} updates): the values that change")
-    click.echo(yaml.safe_dump(changed, sort_keys=False).rstrip() if changed else "(none)")
-    click.echo(f"# lr actually used: {fitted.scaled_lr():.3g} at batch {fitted.batch_size}; warmup "
-               f"{round(fitted.warmup_epochs * spec.updates() / epochs)} updates")
-    for note in fitted.fit_notes:
-        click.echo(f"#   {note}")
-    click.echo("# rules: " + " | ".join(f"{k}: {v}" for k, v in FIT_RULES.items()))
+    for line in describe_fit(name, model=model or "vit_base", data=make_data_spec(**data_opts), epochs=epochs,
+                             batch_size=batch_size):
+        click.echo(line)
 
 
 @main.command()
@@ -432,55 +399,24 @@ def doctor(model: str, recipe: str, data_opts: dict,
 
     from harness import doctor as doc
     from harness.files import check_out_dir
-    from harness.models import resolve_scale
-    from harness.specs import resolve_run
-    from harness.store import check_url
-    from harness.train import resolve_device
+    from harness.store import check_url, shown_url
 
     t0, cpu0 = time.monotonic(), time.process_time()
-    # Everything is validated before anything runs or is written.
-    check_url(db)
+    check_url(db)  # everything is validated before anything runs or is written
     check_out_dir(out, what="the HTML", default="dashboards/doctor")
-    if threads is not None and threads < 1:
-        raise UserError("--threads", threads, "Use 1 or more.")
-    dev = resolve_device(device)
-    run_model, stands_for = resolve_scale(model, scale, cuda=dev.type == "cuda")
-    data = make_data_spec(**data_opts)
-    spec = resolve_run(model=run_model, recipe=recipe, data=data, overrides=parse_sets(sets), seed=seed,
-                       device=str(dev), stands_for=stands_for)
-    if stands_for is not None:
-        resolve_run(model=model, recipe=recipe, data=data, overrides=parse_sets(sets))  # the named model must fit too
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     echo = (lambda s: click.echo(s, err=True)) if as_json else click.echo
-    echo(f"doctor: {spec.label()} with recipe {spec.recipe.name} on {data.name} {data.image_size}px, {dev}")
-    report = doc.run_doctor(model=run_model, recipe=spec.recipe, data_spec=data, device=dev, stands_for=stands_for,
-                            seed=seed, overfit_steps=overfit_steps, lr_steps=lr_steps, log=echo)
-    out.mkdir(parents=True, exist_ok=True)
-    html = out / f"lr_range_{run_model}_{spec.recipe.name}.html"
-    doc.lr_range_figure(report.lr_curve, f"lr range test: {spec.label()}, recipe {spec.recipe.name}").write_html(
-        html, include_plotlyjs="directory")  # plotly.min.js beside it: opens offline
-    exp = doc.record(report, db=db, spec_yaml=yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), html=html)
-    code = 1 if report.failed() else 0
+    done = doc.checkup(model, recipe, make_data_spec(**data_opts), overrides=parse_sets(sets), scale=scale, device=device,
+                       seed=seed, threads=threads, overfit_steps=overfit_steps, lr_steps=lr_steps, db=db, out=out, log=echo)
     if as_json:
-        click.echo(json.dumps(doc._json_safe({
-            "model": run_model, "stands_for": stands_for, "label": report.label(), "recipe": spec.recipe.name,
-            "data": report.data, "device": report.device, "exit_code": code, "experiment_id": exp, "db": db,
-            "lr_range_html": str(html), "seconds": report.seconds, "cpu_seconds": report.cpu_seconds,
-            "total_s": time.monotonic() - t0, "total_cpu_s": time.process_time() - cpu0,
-            "checks": [r.as_dict() for r in report.results]})))
+        click.echo(json.dumps(done.as_json(db=db, total_s=time.monotonic() - t0, total_cpu_s=time.process_time() - cpu0)))
     else:
-        click.echo(doc.format_table(report))
-        counts = {s: sum(r.status == s for r in report.results) for s in ("PASS", "WARN", "FAIL")}
+        click.echo(doc.format_table(done.report))
+        counts = {s: sum(r.status == s for r in done.report.results) for s in ("PASS", "WARN", "FAIL")}
         click.echo(f"{counts['FAIL']} FAIL, {counts['WARN']} WARN, {counts['PASS']} PASS in "
                    f"{time.monotonic() - t0:.0f}s ({time.process_time() - cpu0:.0f}s CPU)")
-        from harness.store import shown_url
-
-        click.echo(f"results: experiment {exp} (kind doctor) in {shown_url(db)}; lr range curve: {html}")
-    if code:
-        raise SystemExit(code)
+        click.echo(f"results: experiment {done.experiment_id} (kind doctor) in {shown_url(db)}; lr range curve: {done.html}")
+    if done.exit_code:
+        sys.exit(done.exit_code)
 
 
 if __name__ == "__main__":

@@ -103,17 +103,6 @@ class CheckResult:
         return asdict(self)
 
 
-def _json_safe(obj: Any) -> Any:
-    """NaN/Inf -> None, tuples -> lists: the DB's JSON column and `--json` both refuse NaN."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -463,25 +452,6 @@ def check_lr_range(curve: LrCurve, recipe_lr: float, *, recipe_desc: str | None 
     return CheckResult("lr_range", PASS, f"{head}; {where}", "", data)
 
 
-def lr_range_figure(curve: LrCurve, title: str):
-    """Loss vs lr (log x), raw and smoothed, with the suggestion and the recipe's lr marked."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    fig.add_scatter(x=curve.lr, y=curve.loss, mode="markers", name="loss", opacity=0.4)
-    fig.add_scatter(x=curve.lr, y=curve.smoothed, mode="lines", name="smoothed loss")
-    for lr, label, dash in ((curve.suggested_lr, "steepest descent", "dash"), (curve.min_loss_lr, "lowest loss", "dot"),
-                            (curve.recipe_lr, "recipe lr (at this batch)", "solid")):
-        if lr:
-            fig.add_vline(x=lr, line_dash=dash, annotation_text=f"{label} {lr:.2g}")
-    finite = [v for v in curve.smoothed if v is not None and math.isfinite(v)]
-    if finite:  # keep the divergence spike from flattening the interesting part
-        fig.update_yaxes(range=[0, 1.5 * max(finite[: max(3, len(finite) * 9 // 10)])])
-    fig.update_layout(title=title, xaxis_title="learning rate", yaxis_title="training loss", xaxis_type="log",
-                      template="plotly_white")
-    return fig
-
-
 # --- recipe lint --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -563,7 +533,6 @@ LINT_RULES: tuple[LintRule, ...] = (
         "--set lr_rule=linear --set lr_base_batch=512 with lr stated per 512 images (linear scaling rule)",
         "Goyal et al. arXiv 1706.02677 (linear scaling); DeiT: lr = 5e-4 x batch / 512"),
 )
-LINT_BY_NAME = {r.name: r for r in LINT_RULES}
 
 
 def lint_recipe(recipe: Recipe, family: str, *, pretrained: bool = False) -> list[CheckResult]:
@@ -687,22 +656,63 @@ def format_table(report: DoctorReport) -> str:
     return "\n".join(lines)
 
 
-def record(report: DoctorReport, *, db: str, spec_yaml: str, html: Path | None) -> int:
-    """One experiment of kind 'doctor', one `checks` row per result (the lr curve in its data)."""
-    from harness.store import Store
+# --- `harness doctor`: resolve, check, record ---------------------------------------------------
 
-    store = Store(db)
-    try:
-        exp = store.create_experiment(kind="doctor", name=f"{report.label()} / {report.recipe.name}",
-                                      description=report.data, spec=spec_yaml, device=report.device)
-        for r in report.results:
-            data = dict(r.data)
-            if r.check == "lr_range" and html is not None:
-                data["html"] = str(html)
-            store.save_check(exp, check=r.check, status=r.status, detail=r.detail, fix=r.fix,
-                             data=_json_safe({**data, "seconds": report.seconds.get(r.check),
-                                              "cpu_seconds": report.cpu_seconds.get(r.check)}))
-        store.finish_experiment(exp, "completed")
-        return exp
-    finally:
-        store.close()
+@dataclass
+class Checkup:
+    """A finished `harness doctor`: the report, the run it checked, where it was recorded."""
+
+    report: DoctorReport
+    spec: Any  # the RunSpec checked (a CPU stand-in's when `stands_for` is set)
+    experiment_id: int
+    html: Path  # the lr range test's page
+
+    @property
+    def exit_code(self) -> int:
+        """0: no check FAILed; 1: one did (2, bad input, is the CLI's)."""
+        return 1 if self.report.failed() else 0
+
+    def as_json(self, *, db: str, total_s: float, total_cpu_s: float) -> dict[str, Any]:
+        from harness.store import json_safe
+
+        r = self.report
+        return json_safe({"model": r.model, "stands_for": r.stands_for, "label": r.label(), "recipe": r.recipe.name,
+                          "data": r.data, "device": r.device, "exit_code": self.exit_code, "experiment_id": self.experiment_id,
+                          "db": db, "lr_range_html": str(self.html), "seconds": r.seconds, "cpu_seconds": r.cpu_seconds,
+                          "total_s": total_s, "total_cpu_s": total_cpu_s, "checks": [c.as_dict() for c in r.results]})
+
+
+def checkup(model: str, recipe: str, data_spec: Any, *, overrides: dict[str, Any], scale: str, device: str, seed: int,
+            threads: int | None, overfit_steps: int, lr_steps: int, db: str, out: Path,
+            log: Callable[[str], None]) -> Checkup:
+    """What `harness doctor` does: the model resolved for scale (the CPU stand-in on a CPU with `auto`),
+    every input validated before anything runs, the checks, the lr range page in `out`, the results
+    in `db`. `db` and `out` are checked by the caller."""
+    import yaml
+
+    from harness.dashboards.figures import lr_range_figure
+    from harness.errors import UserError
+    from harness.models import resolve_scale
+    from harness.runner import record_checks
+    from harness.specs import resolve_run
+    from harness.train import resolve_device
+
+    if threads is not None and threads < 1:
+        raise UserError("--threads", threads, "Use 1 or more.")
+    dev = resolve_device(device)
+    run_model, stands_for = resolve_scale(model, scale, cuda=dev.type == "cuda")
+    spec = resolve_run(model=run_model, recipe=recipe, data=data_spec, overrides=overrides, seed=seed, device=str(dev),
+                       stands_for=stands_for)
+    if stands_for is not None:
+        resolve_run(model=model, recipe=recipe, data=data_spec, overrides=overrides)  # the named model must fit too
+    if threads:
+        torch.set_num_threads(threads)
+    log(f"doctor: {spec.label()} with recipe {spec.recipe.name} on {data_spec.name} {data_spec.image_size}px, {dev}")
+    report = run_doctor(model=run_model, recipe=spec.recipe, data_spec=data_spec, device=dev, stands_for=stands_for,
+                        seed=seed, overfit_steps=overfit_steps, lr_steps=lr_steps, log=log)
+    out.mkdir(parents=True, exist_ok=True)
+    html = out / f"lr_range_{run_model}_{spec.recipe.name}.html"
+    lr_range_figure(report.lr_curve, f"lr range test: {spec.label()}, recipe {spec.recipe.name}").write_html(
+        html, include_plotlyjs="directory")  # plotly.min.js beside it: opens offline
+    exp = record_checks(report, db=db, spec_yaml=yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), html=html)
+    return Checkup(report, spec, exp, html)

@@ -288,3 +288,26 @@ def forward_gflops(model: torch.nn.Module, image_size: int, in_chans: int = 3) -
         model(torch.zeros(1, in_chans, image_size, image_size, device=next(model.parameters()).device))
     model.train(was_training)
     return counter.get_total_flops() / 1e9
+
+
+def describe_registry(image_size: int, *, width: int) -> list[str]:
+    """`harness models`: one row per model (name, family, parameters, forward GFLOPs at `image_size`),
+    then what each is built as and what it is for, wrapped at `width` columns."""
+    import textwrap
+
+    import pandas as pd
+
+    from harness.errors import UserError
+
+    rows, notes = [], []
+    for name, entry in MODELS.items():
+        try:
+            m = build_model(name, num_classes=10, image_size=image_size)
+            params, gflops = f"{count_params(m) / 1e6:.1f}M", f"{forward_gflops(m, image_size):.3f}"
+            shape = entry.describe(image_size)
+        except UserError as e:
+            params, gflops, shape = "-", "-", f"not at {image_size} px: {e.fix}"
+        rows.append({"name": name, "family": entry.family, "params": params, f"GFLOPs@{image_size}": gflops})
+        note = f"CPU stand-in for {full}" if (full := stands_for(name)) else entry.description
+        notes.append(textwrap.fill(f"{name}: {shape}; {note}", width=width, subsequent_indent="    "))
+    return [pd.DataFrame(rows).to_string(index=False), "", *notes]

@@ -1,6 +1,6 @@
 """One run in this process, recorded: `fit()` with a report callable that writes the store.
 
-Used by `harness train`. Sweeps, benchmarks and ablations go through Ray instead (harness/engine/),
+Used by `harness train`, and by `harness doctor` for its checks (`record_checks`). Sweeps, benchmarks and ablations go through Ray instead (harness/engine/),
 whose driver writes the same rows.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -15,7 +16,7 @@ from harness import plugins
 from harness.models import check_pretrained_file, get_model_entry
 from harness.progress import LiveView
 from harness.specs import RunSpec
-from harness.store import Store, shown_url
+from harness.store import Store, json_safe, shown_url
 from harness.train import EpochReport, RunResult, fit, resolve_device
 
 
@@ -121,3 +122,23 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
          f"dashboards: `harness report --db {shown_url(db)}`")
     store.close()
     return result
+
+
+def record_checks(report: Any, *, db: str, spec_yaml: str, html: Path | None) -> int:
+    """The doctor's `DoctorReport` recorded: one experiment of kind 'doctor', one `checks` row per result
+    (the lr curve in its data)."""
+    store = Store(db)
+    try:
+        exp = store.create_experiment(kind="doctor", name=f"{report.label()} / {report.recipe.name}",
+                                      description=report.data, spec=spec_yaml, device=report.device)
+        for r in report.results:
+            data = dict(r.data)
+            if r.check == "lr_range" and html is not None:
+                data["html"] = str(html)
+            store.save_check(exp, check=r.check, status=r.status, detail=r.detail, fix=r.fix,
+                             data=json_safe({**data, "seconds": report.seconds.get(r.check),
+                                              "cpu_seconds": report.cpu_seconds.get(r.check)}))
+        store.finish_experiment(exp, "completed")
+        return exp
+    finally:
+        store.close()

@@ -16,7 +16,6 @@ refuses us into one message naming the field, the URL (password hidden) and the 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -122,8 +121,6 @@ checks = sa.Table(
     sa.Column("fix", sa.Text, nullable=False, default=""),
     sa.Column("data", sa.JSON),
 )
-
-HARNESS_TABLES = ("harness_meta", "experiments", "runs", "epochs", "evaluations", "checks")
 
 # Indexes for the pages' reads (issue 22: every query on an index); beside the primary keys (epochs by
 # (run_id, epoch), evaluations by run_id) and runs.experiment_id. The index's run counts per experiment
@@ -400,5 +397,12 @@ class Store:
             return pd.read_sql(sa.text(query) if isinstance(query, str) else query, c, params=params or None)
 
 
-def to_json(obj: Any) -> str:
-    return json.dumps(obj, default=str)
+def json_safe(obj: Any) -> Any:
+    """NaN/Inf -> None, tuples -> lists: a JSON column (and strict JSON, `doctor --json`) refuses NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj

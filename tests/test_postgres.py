@@ -179,7 +179,7 @@ def test_optuna_study_and_harness_tables_share_the_database(pg_url, tmp_path):
     import optuna
 
     from harness.dashboards import write_dashboards
-    from harness.store import HARNESS_TABLES, Store
+    from harness.store import Store, metadata
     from harness.study import optuna_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -200,7 +200,7 @@ def test_optuna_study_and_harness_tables_share_the_database(pg_url, tmp_path):
         study.tell(trial, acc)
     store.finish_experiment(exp, "completed")
     store.close()
-    assert set(HARNESS_TABLES) | {"studies", "trials", "trial_values"} <= tables(pg_url)
+    assert set(metadata.tables) | {"studies", "trials", "trial_values"} <= tables(pg_url)
     assert optuna.load_study(study_name="pg sweep", storage=pg_url).best_value == pytest.approx(study.best_value)
     write_dashboards(pg_url, tmp_path / "d")
     sweep = (tmp_path / "d" / f"sweep-{exp}.html").read_text()

@@ -327,3 +327,19 @@ def overview_figure(exps: pd.DataFrame, runs: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def lr_range_figure(curve: Any, title: str) -> go.Figure:
+    """The doctor's lr range test (`doctor.LrCurve`): loss vs lr (log x), raw and smoothed, with the
+    suggestion and the recipe's lr marked."""
+    fig = go.Figure()
+    fig.add_scatter(x=curve.lr, y=curve.loss, mode="markers", name="loss", opacity=0.4)
+    fig.add_scatter(x=curve.lr, y=curve.smoothed, mode="lines", name="smoothed loss")
+    for lr, label, dash in ((curve.suggested_lr, "steepest descent", "dash"), (curve.min_loss_lr, "lowest loss", "dot"),
+                            (curve.recipe_lr, "recipe lr (at this batch)", "solid")):
+        if lr:
+            fig.add_vline(x=lr, line_dash=dash, annotation_text=f"{label} {lr:.2g}")
+    finite = [v for v in curve.smoothed if v is not None and math.isfinite(v)]
+    if finite:  # keep the divergence spike from flattening the interesting part
+        fig.update_yaxes(range=[0, 1.5 * max(finite[: max(3, len(finite) * 9 // 10)])])
+    fig.update_layout(title=title, xaxis_title="learning rate", yaxis_title="training loss", xaxis_type="log",
+                      template="plotly_white")
+    return fig

@@ -111,6 +111,8 @@ def _trainable(config: dict[str, Any], *, make_spec: SpecMaker) -> None:
 
         grant = ray.get_gpu_ids()
         spec = spec.model_copy(update={"device": device_for_grant(spec.device, grant, torch.cuda.is_available())})
+        if not spec.device.startswith("cuda"):  # granted a card but trains on the CPU: it used none
+            where["gpus"] = ""
 
         def report(r: EpochReport) -> None:
             metrics: dict[str, Any] = {**r.metrics, "epoch": r.epoch, "status": r.status, **where}
