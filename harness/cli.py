@@ -230,7 +230,7 @@ def recipes(ctx: click.Context) -> None:
 def recipes_show(name: str, model: str | None, data_opts: dict, epochs: int, batch_size: int) -> None:
     """One recipe as published (with its source) and fitted to a run: the lr, warmup and strengths it
     will actually use, and the rule behind each."""
-    from harness.recipes import describe_fit
+    from harness.specs import describe_fit
 
     for line in describe_fit(name, model=model or "vit_base", data=make_data_spec(**data_opts), epochs=epochs,
                              batch_size=batch_size):

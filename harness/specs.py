@@ -373,3 +373,29 @@ def load_study(path: Path) -> StudySpec:
     except UserError as e:
         raise UserError(where + e.field, e.value, e.fix) from None
     return spec
+
+
+def describe_fit(name: str, *, model: str, data: Any, epochs: int, batch_size: int) -> list[str]:
+    """`harness recipes show`: the recipe as published, with its source, then fitted to a run of `model`
+    on `data` (epochs x its images at `batch_size`): the values that change and the rule behind each."""
+    from harness.recipes import FIT_RULES
+
+    ref, _ = parse_ref(name, "NAME")
+    for flag, v in (("--epochs", epochs), ("--batch-size", batch_size)):
+        if v < 1:
+            raise UserError(flag, v, f"Use at least 1, e.g. {flag} 12.")
+    spec = resolve_run(model=model, recipe=f"{ref}@fitted", data=data, epochs=epochs, batch_size=batch_size)
+    published = get_recipe(spec.recipe.name)
+    fitted = spec.recipe
+    changed = {k: v for k, v in fitted.model_dump(exclude={"fit_notes", "form"}).items() if getattr(published, k) != v}
+    return [f"# {published.name} as published: {published.source}",
+            yaml.safe_dump(published.model_dump(exclude={"name", "source", "fit_notes", "form"}), sort_keys=False).rstrip(),
+            f"# lr at its own batch {published.batch_size}: {published.scaled_lr():.3g} ({published.lr_rule} rule)",
+            "",
+            f"# {fitted.label()} for {epochs} epochs x {spec.train_images} images of {data.name} at batch {batch_size} "
+            f"({spec.updates()} updates): the values that change",
+            yaml.safe_dump(changed, sort_keys=False).rstrip() if changed else "(none)",
+            f"# lr actually used: {fitted.scaled_lr():.3g} at batch {fitted.batch_size}; warmup "
+            f"{round(fitted.warmup_epochs * spec.updates() / epochs)} updates",
+            *(f"#   {note}" for note in fitted.fit_notes),
+            "# rules: " + " | ".join(f"{k}: {v}" for k, v in FIT_RULES.items())]
