@@ -6,9 +6,9 @@ Its rooms, and which way the arrows run (each imports only those to its right):
     run.py       run_trials / run_grid: the Tuner, clean stops, reconciling the database with Tune
       -> recorder.py  the driver-side writer (a Tune Callback): runs and epochs through store.py
       -> search.py    Optuna search, ResumableASHA, the TuneConfig
-      -> trial.py     the trainable (train.fit in a Ray worker) and the device Ray granted
+      -> trial.py     the trainable (train.fit in a Ray worker), the device Ray granted, where it runs
       -> state.py     Tune's saved state: backup, repair, whether --resume can continue
-      -> cluster.py   starting or attaching to Ray; resource, storage and GPU checks; where a trial runs
+      -> cluster.py   starting or attaching to Ray; resource, storage and GPU checks
 
 Everything a caller uses is importable from `harness.engine`. Names that Tune pickles into an
 experiment folder (`ResumableASHA`, `_HarnessOptunaSearch`, `_trainable`, `_live_recorder`: the
@@ -29,12 +29,13 @@ import os
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 from harness.engine.cluster import (CONNECT_TIMEOUT_S, check_resources, check_shared_storage,  # noqa: E402
-                                    describe_cluster, gpu_idle_warning, where_am_i)
+                                    describe_cluster, gpu_idle_warning)
 from harness.engine.recorder import FINAL, Recorder, _live_recorder  # noqa: E402
 from harness.engine.run import DEFAULT_STORAGE, Experiment, Outcome, PageListener, run_grid, run_trials  # noqa: E402
 from harness.engine.search import ASHA_STATE, ResumableASHA, Search, _HarnessOptunaSearch  # noqa: E402
 from harness.engine.state import STATE_BACKUP, backup_state, can_restore, repair_state, resumable  # noqa: E402
-from harness.engine.trial import OPTUNA_KEY, GridSpecs, SpecMaker, _trainable, device_for_grant, trial_name  # noqa: E402
+from harness.engine.trial import (OPTUNA_KEY, GridSpecs, SpecMaker, _trainable, device_for_grant,  # noqa: E402
+                                  trial_name, where_am_i)
 
 __all__ = ["ASHA_STATE", "CONNECT_TIMEOUT_S", "DEFAULT_STORAGE", "FINAL", "OPTUNA_KEY", "STATE_BACKUP", "Experiment",
            "GridSpecs", "Outcome", "PageListener", "Recorder", "ResumableASHA", "Search", "SpecMaker", "_HarnessOptunaSearch",

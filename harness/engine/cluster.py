@@ -3,7 +3,7 @@
 `ray_session` starts a Ray of this run's own (or attaches to `--address`, probed over TCP first so a
 wrong address is an error in seconds, not a hang); `check_resources` refuses a trial no node can hold
 (Ray would leave it PENDING forever); `check_shared_storage` refuses a `--storage-path` some node
-cannot see; `where_am_i` says, inside a trial, which machine and cards it got.
+cannot see.
 """
 
 from __future__ import annotations
@@ -103,14 +103,6 @@ def check_shared_storage(storage: Path, *, field: str = "--storage-path") -> Non
         raise UserError(field, str(storage), f"{', '.join(blind)} cannot see this folder (Ray keeps trial checkpoints and "
                         "its state there, and a trial retried on another node needs them): put it on a filesystem every "
                         "node mounts at the same path (NFS, a shared disk), e.g. --storage-path /shared/ray_results.")
-
-
-def where_am_i() -> dict[str, str | None]:
-    """The machine a trial runs on, as the store records it (`runner.where_it_runs`), with its Ray
-    node id and the GPU ids Ray granted it."""
-    from harness.runner import where_it_runs
-
-    return where_it_runs(gpu_ids=ray.get_gpu_ids(), node_id=ray.get_runtime_context().get_node_id())
 
 
 def describe_cluster() -> str:

@@ -19,13 +19,20 @@ from typing import Any, Protocol
 import ray
 from ray import tune
 
-from harness.engine.cluster import where_am_i
 from harness.errors import UserError
 from harness.specs import RunSpec
 from harness.train import EpochReport, fit
 
 OPTUNA_KEY = "_optuna_trial"  # added to each sampled config by the searcher: the Optuna trial number
 WHERE = ("node", "node_id", "gpus")  # where a trial ran: in every result, stored by the recorder
+
+
+def where_am_i() -> dict[str, str | None]:
+    """The machine a trial runs on, as the store records it (`runner.where_it_runs`), with its Ray
+    node id and the GPU ids Ray granted it."""
+    from harness.runner import where_it_runs
+
+    return where_it_runs(gpu_ids=ray.get_gpu_ids(), node_id=ray.get_runtime_context().get_node_id())
 
 
 class SpecMaker(Protocol):
