@@ -244,3 +244,19 @@ def _whole_read(statement: str, table: str) -> bool:
     """The stamp reads of a full write read every run (and join each one's epochs, grouped, and its
     evaluation by primary key): their WHERE clauses filter the Optuna side or nothing of `table`."""
     return "GROUP BY" in statement.upper() and table in ("runs", "r", "studies", "trials")
+
+
+def test_an_older_database_gains_the_page_indexes_when_a_writer_opens_it(db_url):
+    fill(db_url, experiments=1).close()
+    store = Store(db_url)
+    with store.engine.begin() as c:  # as a database made before the indexes existed
+        for name in ("ix_runs_experiment_status", "ix_experiments_status"):
+            c.execute(sa.text(f"DROP INDEX {name}"))
+    store.close()
+    reader = Store(db_url, create=False)  # readers never change a database
+    assert {"ix_runs_experiment_status"} - {i["name"] for i in sa.inspect(reader.engine).get_indexes("runs")}
+    reader.close()
+    store = Store(db_url)
+    assert "ix_runs_experiment_status" in {i["name"] for i in sa.inspect(store.engine).get_indexes("runs")}
+    assert "ix_experiments_status" in {i["name"] for i in sa.inspect(store.engine).get_indexes("experiments")}
+    store.close()
