@@ -55,6 +55,39 @@ def test_run_grid_records_every_run_and_epoch(ray_local, tiny_spec, db_url, tmp_
     assert all("done" in ln and "elapsed" in ln for ln in per_epoch)
 
 
+@pytest.mark.slow
+def test_recording_never_waits_for_the_live_pages(ray_local, tiny_spec, db_url, tmp_path):
+    """Issue 22: the live pages are rewritten off the thread that records results. A page writer stuck
+    from its first rewrite on (a locked database, a slow disk) holds nothing: every epoch of every run
+    is recorded, the grid completes, and stopping the pages does not wait for the stuck rewrite."""
+    import threading
+
+    from harness.dashboards import LivePages
+    from harness.engine import Experiment, run_grid
+    from harness.specs import ResourcesSpec
+
+    entered, release = threading.Event(), threading.Event()
+
+    class StuckPages(LivePages):
+        def rewrite(self) -> None:
+            entered.set()
+            release.wait()  # until the test ends
+
+    pages = StuckPages(db_url, tmp_path / "pages", every_s=0.05)
+    try:
+        outcome = run_grid([tiny_spec(recipe="naive", epochs=3), tiny_spec(recipe="cnn", epochs=3)], db=db_url,
+                           experiment=Experiment("benchmark", "stuck pages"), concurrency=2, resources=ResourcesSpec(cpu=1),
+                           storage_path=tmp_path / "ray", pages=pages, echo=lambda s: None)
+        assert entered.is_set()  # the writer did start, and was stuck while the trials ran
+        assert pages.rewrites == 0 and pages._thread.is_alive()  # still stuck after stop() gave up waiting
+        assert outcome.status == "completed"
+        got = rows(db_url, "SELECT status, epochs_done FROM runs WHERE experiment_id = :e", e=outcome.experiment_id)
+        assert [(r["status"], r["epochs_done"]) for r in got] == [("completed", 3)] * 2
+        assert len(rows(db_url, "SELECT epoch FROM epochs")) == 6
+    finally:
+        release.set()
+
+
 STUDY = {
     "name": "t_sweep",
     "model": "resnet18",
