@@ -322,7 +322,7 @@ class Made:
 
 
 @dataclass
-class Experiment:
+class ExperimentRows:
     """What a kind's page builder reads: one experiment's row, runs and epochs, and the open reader."""
 
     db: str
@@ -344,7 +344,7 @@ class Experiment:
         return self.shared["optuna"]
 
 
-def benchmark_pages(x: Experiment) -> list[Made]:
+def benchmark_pages(x: ExperimentRows) -> list[Made]:
     eid = int(x.exp["id"])
     sens = sensitivity.save_sensitivity(x.store, eid, x.out)
     lr_axis = not sens[1].empty  # a benchmark with an lr axis (`--lrs`)
@@ -357,14 +357,14 @@ def benchmark_pages(x: Experiment) -> list[Made]:
     return made
 
 
-def ablate_pages(x: Experiment) -> list[Made]:
+def ablate_pages(x: ExperimentRows) -> list[Made]:
     eid = int(x.exp["id"])
     _, _, tbl = rep.save_ablation(x.store, eid, x.out)
     return [Made(f"ablate-{eid}.html", ablate_page(x.exp, x.runs, tbl), "ablation", "ablation: waterfall and table",
                  ((f"ablate-{eid}.md", "md"), (f"ablate-{eid}.csv", "csv")))]
 
 
-def sweep_pages(x: Experiment) -> list[Made]:
+def sweep_pages(x: ExperimentRows) -> list[Made]:
     eid = int(x.exp["id"])
     try:
         storage = x.optuna_storage()
@@ -374,11 +374,11 @@ def sweep_pages(x: Experiment) -> list[Made]:
 
 
 # The pages an experiment of each kind gets besides experiment-<id>.html and its runs' pages.
-KIND_PAGES: dict[str, Callable[[Experiment], list[Made]]] = {
+KIND_PAGES: dict[str, Callable[[ExperimentRows], list[Made]]] = {
     "benchmark": benchmark_pages, "ablate": ablate_pages, "sweep": sweep_pages}
 
 
-def experiment_pages(x: Experiment) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+def experiment_pages(x: ExperimentRows) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """Every page of one experiment (its kind's, then experiment-<id>.html), as ([(file, html)], the
     index's links [(href, text)])."""
     eid = int(x.exp["id"])

@@ -35,7 +35,7 @@ import pandas as pd
 from harness import report as rep
 from harness.dashboards.index import KIND_NAME, PER_PAGE, compare_page, index_name, index_page, index_pages
 from harness.dashboards.markup import mark_live, write_plotlyjs
-from harness.dashboards.pages import Experiment, experiment_pages, run_page
+from harness.dashboards.pages import ExperimentRows, experiment_pages, run_page
 from harness.files import check_out_dir, write_text_atomic
 
 MANIFEST = ".pages.json"
@@ -199,7 +199,7 @@ def write_pages(db: str, out: Path | str = "dashboards", *, compare: list[int] |
             if group_stale:
                 runs = rep.read_runs(store, eid)
                 epochs = rep.read_epochs(store, runs["id"].tolist())
-                pages, links = experiment_pages(Experiment(db, store, row, runs, epochs, out, shared))
+                pages, links = experiment_pages(ExperimentRows(db, store, row, runs, epochs, out, shared))
                 manifest.links.pop(str(eid), None)  # until every page of the group is written
                 for name, html in pages:
                     write(name, html, exp_stamp, live_here)
