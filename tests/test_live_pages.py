@@ -99,8 +99,9 @@ def test_watch_with_nothing_running_writes_once_and_exits(db_url, tmp_path, tiny
     from harness import dashboards
 
     calls: list[bool] = []
-    real = dashboards.write_dashboards
-    monkeypatch.setattr(dashboards, "write_dashboards", lambda *a, **k: calls.append(k.get("live", False)) or real(*a, **k))
+    for name in ("write_dashboards", "write_pages"):  # the CLI's final write, whichever of the two it calls
+        real = getattr(dashboards, name)
+        monkeypatch.setattr(dashboards, name, lambda *a, real=real, **k: calls.append(k.get("live", False)) or real(*a, **k))
     # "exits" as an event, not a wall-clock bound: the watch loop never waits for a next round.
     waits: list[float] = []
     real_watch = dashboards.watch
