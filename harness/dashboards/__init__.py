@@ -14,7 +14,8 @@ panels, seed 002's per-class accuracy, confusion matrix and prediction grid), co
 Which pages an experiment gets beside its experiment page: `pages.KIND_PAGES`, by kind.
 
 Live pages: while work runs, `LivePages` (the grid driver, on a background thread) and `watch`
-(`harness report --watch`) write with live=True: the pages of running experiments and the index carry
+(`harness report --watch`) write with live=True: the pages of running experiments and the index pages
+that list one carry
 a "running — updated HH:MM:SS" banner and a `<meta http-equiv="refresh">`, so an open browser tab
 reloads them; the final write (live=False) leaves both out. Each page is replaced atomically, so a
 reload never sees half a page.

@@ -149,7 +149,7 @@ def write_pages(db: str, out: Path | str = "dashboards", *, compare: list[int] |
     database that does not exist or is not harness's, and for a missing run id (`compare`).
 
     `live`: the work is still running (another process or thread writing `db`): the pages of running
-    experiments and the index carry the "running — updated HH:MM:SS" banner and reload themselves every
+    experiments and the index pages that list one carry the "running — updated HH:MM:SS" banner and reload themselves every
     `refresh_s` seconds; the final write (live=False) rewrites them without. `experiments`: only these
     experiments' pages (and the index): what the live pages of one running experiment need."""
     out = Path(out)
@@ -241,13 +241,16 @@ def _write_index(db: str, store: Any, exps: pd.DataFrame, manifest: Manifest, wr
         kinds = {}
     columns = ["id", "kind", "name", "description", "status", "created_at"]
     lists = [(None, newest)] + [(k, newest[newest["kind"] == k]) for k in kinds]
-    mark = (live, refresh_s if live else None)
     for kind, chosen in lists:
         for number in range(1, index_pages(len(chosen)) + 1):
             page_exps = chosen.iloc[(number - 1) * PER_PAGE:number * PER_PAGE]
             ids = page_exps["id"].astype(int).tolist()
             page_counts = counts[counts["experiment_id"].isin(ids)]
             links = {i: [tuple(h) for h in manifest.links.get(str(i), [[f"experiment-{i}.html", "curves"]])] for i in ids}
+            # Live only where something on it runs: the older pages of a long index keep no banner (and are
+            # not rewritten twice, live and final, around every grid).
+            page_live = live and bool((page_exps["status"] == "running").any())
+            mark = (page_live, refresh_s if page_live else None)
             stamp = digest(tuple(page_exps[columns].itertuples(index=False, name=None)),
                            tuple(page_counts.sort_values(["experiment_id", "status"]).itertuples(index=False, name=None)),
                            tuple(sorted(links.items())), number, len(chosen), tuple(kinds.items()), totals, mark)
@@ -258,7 +261,7 @@ def _write_index(db: str, store: Any, exps: pd.DataFrame, manifest: Manifest, wr
             points = rep.read_run_points(store, ids) if ids else pd.DataFrame()
             html = index_page(db, page_exps, page_counts, points, links, number=number, kind=kind, matching=len(chosen),
                               kinds=kinds, totals=totals)
-            write(name, html, stamp, live)
+            write(name, html, stamp, page_live)
 
 
 def write_dashboards(db: str, out: Path | str = "dashboards", *, compare: list[int] | None = None, live: bool = False,
