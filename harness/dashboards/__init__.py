@@ -15,10 +15,9 @@ Which pages an experiment gets beside its experiment page: `pages.KIND_PAGES`, b
 
 Live pages: while work runs, `LivePages` (the grid driver, on a background thread) and `watch`
 (`harness report --watch`) write with live=True: the pages of running experiments and the index pages
-that list one carry
-a "running — updated HH:MM:SS" banner and a `<meta http-equiv="refresh">`, so an open browser tab
-reloads them; the final write (live=False) leaves both out. Each page is replaced atomically, so a
-reload never sees half a page.
+that list one carry a "running — updated HH:MM:SS" banner and a `<meta http-equiv="refresh">`, so an
+open browser tab reloads them; the final write (live=False) leaves both out. Each page is replaced
+atomically, so a reload never sees half a page.
 
 The rooms: `markup.py` (the page shell, escaping, tables), `figures.py`, `pages.py` (one builder per
 page, the kind registry), `index.py` (the paginated index), `write.py` (stamps, what is stale,
