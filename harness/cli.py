@@ -314,11 +314,14 @@ def ablate(model: str, recipe: str, mode: str, steps: str | None, seeds: int, ep
                    "--every seconds with a 'running' banner (open tabs reload themselves); ends by itself when none "
                    "runs, or on Ctrl-C, with the final pages")
 @click.option("--every", type=int, default=30, show_default=True, help="seconds between rewrites with --watch")
+@click.option("--all", "all_", is_flag=True, help="rewrite every page, changed or not (default: only the pages "
+              "whose rows changed since they were written, and the index)")
 @click.argument("more_ids", nargs=-1, type=int, metavar="[RUN_ID]...")
-def report(db: str, out: Path, compare: tuple[int, ...], watch: bool, every: int, more_ids: tuple[int, ...]) -> None:
+def report(db: str, out: Path, compare: tuple[int, ...], watch: bool, every: int, all_: bool,
+           more_ids: tuple[int, ...]) -> None:
     """Dashboards (Plotly HTML, offline) and before/after tables from the results database."""
     from harness import report as rep
-    from harness.dashboards import write_dashboards
+    from harness.dashboards import write_pages
 
     ids = [*compare, *more_ids]
     if more_ids and not compare:
@@ -329,8 +332,7 @@ def report(db: str, out: Path, compare: tuple[int, ...], watch: bool, every: int
         from harness.dashboards import watch as watch_pages
 
         watch_pages(db, out, every=every, compare=ids or None, echo=click.echo)
-    path = write_dashboards(db, out, compare=ids or None)  # the final pages: no banner, no reload
-    index = out / "index.html"
+    written = write_pages(db, out, compare=ids or None, all=all_)  # the final pages: no banner, no reload
     store = rep.open_reader(db)
     try:
         latest = rep.latest_benchmark(store)
@@ -341,8 +343,10 @@ def report(db: str, out: Path, compare: tuple[int, ...], watch: bool, every: int
     finally:
         store.close()
     if ids:
-        click.echo(f"compare: {path} (runs {', '.join(map(str, ids))})")
-    click.echo(f"dashboards: {index} (open it in a browser; works offline)")
+        click.echo(f"compare: {written.path} (runs {', '.join(map(str, ids))})")
+    click.echo(f"pages: {len(written.written)} written, {written.unchanged} unchanged since their last write"
+               + (" (nothing in the database changed)" if not written.written else "") + "; --all rewrites every one")
+    click.echo(f"dashboards: {out / 'index.html'} (open it in a browser; works offline)")
 
 
 @main.command()
