@@ -337,10 +337,10 @@ class ExperimentRows:
 
     def optuna_storage(self) -> Any:
         if "optuna" not in self.shared:
-            import optuna
+            from harness.study import optuna_storage  # the sweep's own: with its connect timeouts
 
             with quiet_optuna():
-                self.shared["optuna"] = optuna.storages.RDBStorage(self.db)
+                self.shared["optuna"] = optuna_storage(self.db)
         return self.shared["optuna"]
 
 
