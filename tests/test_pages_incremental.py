@@ -260,3 +260,19 @@ def test_an_older_database_gains_the_page_indexes_when_a_writer_opens_it(db_url)
     assert "ix_runs_experiment_status" in {i["name"] for i in sa.inspect(store.engine).get_indexes("runs")}
     assert "ix_experiments_status" in {i["name"] for i in sa.inspect(store.engine).get_indexes("experiments")}
     store.close()
+
+
+def test_a_live_write_into_a_new_folder_links_no_page_it_did_not_write(db_url, tmp_path):
+    """The live writer draws one experiment; the index lists the others without links until `harness report`
+    writes their pages (no dead links in between)."""
+    store = fill(db_url, experiments=2, finish=False)
+    store.finish_experiment(1, "completed")
+    store.close()
+    out = tmp_path / "d"
+    write_pages(db_url, out, live=True, experiments=[2])
+    page = parse(out / "index.html")
+    for href in page.links:
+        assert (out / href).is_file(), href
+    assert "not written yet" in (out / "index.html").read_text()
+    write_pages(db_url, out)
+    assert "experiment-1.html" in parse(out / "index.html").links

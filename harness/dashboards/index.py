@@ -70,9 +70,10 @@ def index_page(db: str, exps: pd.DataFrame, counts: pd.DataFrame, runs: pd.DataF
         c = counts[counts["experiment_id"] == eid]
         text = ", ".join(f"{int(n)} {s}" for s, n in sorted(zip(c["status"], c["n"]), key=lambda p: -p[1])) or "none"
         best = pd.to_numeric(c["best"], errors="coerce").max() if not c.empty else math.nan
-        rows.append([eid, e["kind"], link(f"experiment-{eid}.html", e["name"]), e["description"], status(e["status"]),
-                     text, pct(best), str(e["created_at"])[:19],
-                     Raw(" · ".join(link(h, t) for h, t in links.get(eid, [(f"experiment-{eid}.html", "curves")])))])
+        made = links.get(eid, [(f"experiment-{eid}.html", "curves")])
+        rows.append([eid, e["kind"], link(f"experiment-{eid}.html", e["name"]) if made else e["name"], e["description"],
+                     status(e["status"]), text, pct(best), str(e["created_at"])[:19],
+                     Raw(" · ".join(link(h, t) for h, t in made)) if made else "not written yet: harness report writes them"])
     body += pager + FILTER + table(["id", "kind", "name", "description", "status", "runs", "best val %", "started", "pages"],
                                    rows, cls="experiments") + pager
     if not runs.empty:

@@ -246,7 +246,8 @@ def _write_index(db: str, store: Any, exps: pd.DataFrame, manifest: Manifest, wr
             page_exps = chosen.iloc[(number - 1) * PER_PAGE:number * PER_PAGE]
             ids = page_exps["id"].astype(int).tolist()
             page_counts = counts[counts["experiment_id"].isin(ids)]
-            links = {i: [tuple(h) for h in manifest.links.get(str(i), [[f"experiment-{i}.html", "curves"]])] for i in ids}
+            # An experiment whose pages were never written here (a live write into a new folder) has none.
+            links = {i: [tuple(h) for h in manifest.links.get(str(i), [])] for i in ids}
             # Live only where something on it runs: the older pages of a long index keep no banner (and are
             # not rewritten twice, live and final, around every grid).
             page_live = live and bool((page_exps["status"] == "running").any())
