@@ -63,7 +63,7 @@ def index_page(db: str, exps: pd.DataFrame, counts: pd.DataFrame, runs: pd.DataF
     nav.append(Raw(f"page {number} of {pages}"))
     if number < pages:
         nav.append(link(index_name(kind, number + 1), "older →"))
-    pager = "<p class='pager'>" + " · ".join(nav) + "</p>"
+    pager = "<p class='pager'>" + " · ".join(nav) + "</p>" if pages > 1 else ""
     rows = []
     for _, e in exps.iterrows():
         eid = int(e["id"])
