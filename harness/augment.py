@@ -25,7 +25,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 # PIL's resampling filter ids (PIL.Image.Resampling), without importing PIL here.
 PIL_BILINEAR, PIL_BICUBIC = 2, 3
@@ -44,7 +43,7 @@ GRAY_WEIGHTS = (19595, 38470, 7471)  # PIL's RGB -> L in 16.16 fixed point (ITU-
 # in float32 a value a hair under an integer (a 4.2 px shift) lands one level lower on ~8% of pixels.
 # Memory-bound work (a gather per tap), so double costs about its extra bytes, on a sub-batch.
 GEOMETRY_DTYPE = torch.float64
-SMOOTH_KERNEL = ((1.0, 1.0, 1.0), (1.0, 5.0, 1.0), (1.0, 1.0, 1.0))  # PIL's ImageFilter.SMOOTH, divided by 13
+SMOOTH_EDGE, SMOOTH_CENTRE, SMOOTH_SCALE = 1, 5, 13  # PIL's ImageFilter.SMOOTH: 3x3 of 1s, 5 in the centre, / 13
 
 
 @dataclass
@@ -106,12 +105,17 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 
 def _smooth(x: torch.Tensor) -> torch.Tensor:
-    """PIL's ImageFilter.SMOOTH (3x3, border pixels kept) as torchvision's adjust_sharpness computes it."""
-    c = x.shape[1]
-    k = torch.tensor(SMOOTH_KERNEL, dtype=torch.float32, device=x.device) / 13.0
-    blurred = F.conv2d(x.to(torch.float32), k.expand(c, 1, 3, 3), groups=c).round_().to(torch.uint8)
+    """PIL's ImageFilter.SMOOTH (3x3 of 1s with 5 in the centre, / 13; border pixels kept) in integers:
+    round(sum / 13) is never a tie (sum / 13 is at least 1/26 from any .5), so Pillow's float32 sum rounds
+    the same way, and no TF32 convolution can move it on a GPU."""
+    xi = x.to(torch.int32)
+    h, w = x.shape[-2:]
+    total = (SMOOTH_CENTRE - SMOOTH_EDGE) * xi[..., 1:-1, 1:-1]
+    for dy in range(3):
+        for dx in range(3):
+            total = total + SMOOTH_EDGE * xi[..., dy:dy + h - 2, dx:dx + w - 2]
     out = x.clone()
-    out[..., 1:-1, 1:-1] = blurred
+    out[..., 1:-1, 1:-1] = torch.div(2 * total + SMOOTH_SCALE, 2 * SMOOTH_SCALE, rounding_mode="floor").to(torch.uint8)
     return out
 
 
@@ -121,37 +125,47 @@ def _autocontrast(x: torch.Tensor) -> torch.Tensor:
     lo = x.amin(dim=(-2, -1), keepdim=True).to(torch.float64)
     hi = x.amax(dim=(-2, -1), keepdim=True).to(torch.float64)
     flat = hi <= lo
-    scale = 255.0 / torch.where(flat, 1.0, hi - lo)
+    # tensor / tensor: `255.0 / t` is computed as 255 * (1 / t), which is not Python's 255 / t to the last bit.
+    scale = torch.full_like(lo, 255.0) / torch.where(flat, 1.0, hi - lo)
     out = (x.to(torch.float64) * scale + (-lo * scale)).trunc_().clamp_(0, 255).to(torch.uint8)
     return torch.where(flat, x, out)
 
 
-def _cubic_weights(d: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Pillow's bicubic taps for a fractional offset d (its BICUBIC macro: the a = -1 cubic, not
-    grid_sample's a = -0.75, which differs by up to ~5 levels on sharp edges)."""
-    d2, d3 = d * d, d * d * d
-    return -d + 2 * d2 - d3, 1 - 2 * d2 + d3, d + d2 - d3, -d2 + d3
+def _pil_cubic(v1: torch.Tensor, v2: torch.Tensor, v3: torch.Tensor, v4: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Pillow's BICUBIC macro (the a = -1 cubic, in its Horner form; grid_sample's bicubic is a = -0.75,
+    up to ~5 levels apart on sharp edges)."""
+    p2 = -v1 + v3
+    p3 = 2 * (v1 - v2) + v3 - v4
+    p4 = -v1 + v2 - v3 + v4
+    return v2 + d * (p2 + d * (p3 + d * p4))
 
 
-def _bicubic(x: torch.Tensor, xin: torch.Tensor, yin: torch.Tensor) -> torch.Tensor:
-    """Pillow's bicubic_filter32RGB at edge coordinates (xin, yin) [g, H, W]: 4 x 4 taps around
-    (xin - .5, yin - .5), indices clamped to the image; [g, C, H, W] in xin's dtype, not yet clipped."""
+def _pil_interpolate(x: torch.Tensor, xin: torch.Tensor, yin: torch.Tensor, bicubic: bool) -> torch.Tensor:
+    """Pillow's bilinear_filter32RGB / bicubic_filter32RGB at edge coordinates (xin, yin) [g, H, W]:
+    the 2 x 2 (4 x 4) pixels around (xin - .5, yin - .5), indices clamped to the image, interpolated
+    along rows then down the column in Pillow's own arithmetic. [g, C, H, W] in xin's dtype, unclipped."""
     g, c, h, w = x.shape
     xc, yc = xin - 0.5, yin - 0.5
     x0, y0 = torch.floor(xc), torch.floor(yc)
-    taps = torch.arange(-1, 3, device=x.device, dtype=xin.dtype).view(1, 4, 1, 1)
-    rows = (y0[:, None] + taps).clamp_(0, h - 1).to(torch.int64)  # [g, 4, H, W]
+    dx, dy = (xc - x0)[:, None], (yc - y0)[:, None]  # [g, 1, H, W]: the same for every channel
+    k = 4 if bicubic else 2
+    taps = torch.arange(-1 if bicubic else 0, 3 if bicubic else 2, device=x.device, dtype=xin.dtype).view(1, k, 1, 1)
+    rows = (y0[:, None] + taps).clamp_(0, h - 1).to(torch.int64)  # [g, k, H, W]
     cols = (x0[:, None] + taps).clamp_(0, w - 1).to(torch.int64)
-    idx = (rows[:, :, None] * w + cols[:, None, :]).view(g, 1, -1)  # all 16 taps: one gather, few kernels
-    wts = torch.stack(_cubic_weights(yc - y0), 1)[:, :, None] * torch.stack(_cubic_weights(xc - x0), 1)[:, None, :]
-    vals = x.to(xin.dtype).reshape(g, c, h * w).gather(2, idx.expand(g, c, -1)).view(g, c, 16, -1)
-    return (vals * wts.view(g, 1, 16, -1)).sum(2).view(g, c, *xin.shape[1:])
+    idx = (rows[:, :, None] * w + cols[:, None, :]).view(g, 1, -1)  # every tap in one gather: few kernels
+    v = x.to(xin.dtype).reshape(g, c, h * w).gather(2, idx.expand(g, c, -1)).view(g, c, k, k, *xin.shape[1:])
+    if bicubic:
+        r = [_pil_cubic(v[:, :, i, 0], v[:, :, i, 1], v[:, :, i, 2], v[:, :, i, 3], dx) for i in range(4)]
+        return _pil_cubic(*r, dy)
+    r0 = v[:, :, 0, 0] + (v[:, :, 0, 1] - v[:, :, 0, 0]) * dx  # Pillow's BILINEAR(v, a, b, d): a + (b - a) d
+    r1 = v[:, :, 1, 0] + (v[:, :, 1, 1] - v[:, :, 1, 0]) * dx
+    return r0 + (r1 - r0) * dy
 
 
 def _affine(x: torch.Tensor, m: torch.Tensor, bicubic: bool, fill: torch.Tensor) -> torch.Tensor:
     """PIL's Image.transform(AFFINE, m) per image: output pixel (x, y) reads the input at
     (a (x+.5) + b (y+.5) + c, d (x+.5) + e (y+.5) + f) in edge coordinates; outside the image -> fill;
-    inside, neighbours past the border are clamped (grid_sample 'border'). m: [g, 6] float64."""
+    inside, neighbours past the border are clamped. m: [g, 6] float64."""
     g, _, h, w = x.shape
     m = m.to(device=x.device, dtype=GEOMETRY_DTYPE)
     ys = (torch.arange(h, device=x.device, dtype=GEOMETRY_DTYPE) + 0.5).view(1, h, 1)
@@ -160,12 +174,8 @@ def _affine(x: torch.Tensor, m: torch.Tensor, bicubic: bool, fill: torch.Tensor)
     xin = mm[:, 0] * xs + mm[:, 1] * ys + mm[:, 2]
     yin = mm[:, 3] * xs + mm[:, 4] * ys + mm[:, 5]
     inside = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
-    if bicubic:
-        out = _bicubic(x, xin, yin)
-    else:  # grid_sample's bilinear with 'border' padding is Pillow's (clamped neighbours); align_corners=False: -1 = left edge
-        grid = torch.stack((xin * (2.0 / w) - 1.0, yin * (2.0 / h) - 1.0), dim=-1)
-        out = F.grid_sample(x.to(GEOMETRY_DTYPE), grid, mode="bilinear", padding_mode="border", align_corners=False)
-    out = torch.where(inside[:, None], out, fill.to(out.device).view(1, -1, 1, 1))
+    out = _pil_interpolate(x, xin, yin, bicubic)
+    out = torch.where(inside[:, None], out, fill.to(out.device, out.dtype).view(1, -1, 1, 1))
     return out.clamp_(0, 255).trunc_().to(torch.uint8)  # Pillow clips and truncates ((UINT8) v)
 
 
@@ -250,6 +260,7 @@ class DeviceRandAugment:
         resample = first.kwargs["resample"]
         self.resample = tuple(resample) if isinstance(resample, (list, tuple)) else (resample,)
         self.fill = torch.tensor(first.kwargs["fillcolor"], dtype=torch.float32)
+        self._fills: dict[torch.device, torch.Tensor] = {}  # the fill on each device, copied there once
         self.num_layers = ra.num_layers
         self.weights = None if ra.choice_weights is None else torch.as_tensor(ra.choice_weights, dtype=torch.float64)
 
@@ -343,11 +354,16 @@ class DeviceRandAugment:
         for name, cubic, a, b in plan:
             if name == "affine":
                 idx = host["geo_rows"][a:b]
-                x.index_copy_(0, idx, _affine(x.index_select(0, idx), host["mats"][a:b], cubic, self.fill))
+                x.index_copy_(0, idx, _affine(x.index_select(0, idx), host["mats"][a:b], cubic, self._fill(x.device)))
             else:
                 idx = host["rows"][a:b]
                 x.index_copy_(0, idx, apply_op(name, x.index_select(0, idx), host["args"][a:b]))
         return x
+
+    def _fill(self, device: torch.device) -> torch.Tensor:
+        if device not in self._fills:
+            self._fills[device] = self.fill.to(device)
+        return self._fills[device]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.apply(x, self.draw(len(x)))

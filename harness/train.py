@@ -2,17 +2,20 @@
 `EpochReport` per epoch out through the `report` callable, a `RunResult` back.
 
 `harness train`, every benchmark run and every sweep trial call `fit()`; so do the tests.
-`fit()` = `build_training()` once, then per epoch `train_epoch()` (the GPU path: data resident on
-the device, on-device augmentation, no host sync per step), evaluation, checkpoint, report.
+`fit()` = `prepare_process()` (what a reused Ray worker must not carry over from its previous trial:
+device, threads, GPU memory share and cache), then `build_training()` once, then per epoch
+`train_epoch()` (the GPU path: data resident on the device, on-device augmentation, no host sync per
+step), evaluation, checkpoint, report.
 benchmarks/throughput.py times `train_epoch()` itself against a plain timm loop.
 
-Length (~460 lines): the loop's helpers (checkpoints, the per-class evaluation of the best weights)
-live beside the one loop they serve; `fit()` itself reads top to bottom in ~45 lines.
+Length (~550 lines): the loop's helpers (checkpoints, the per-class evaluation of the best weights, the
+per-trial process state) live beside the one loop they serve; `_fit()` itself reads top to bottom in ~45 lines.
 """
 
 from __future__ import annotations
 
 import base64
+import gc
 import io
 import math
 import random
@@ -34,6 +37,16 @@ from harness.recipes import build_loss, build_mixup, build_optimizer, build_sche
 from harness.specs import RunSpec
 
 NAN_CHECK_EVERY = 20  # steps between loss finiteness checks (each check is one device sync)
+# The optimizer flags that say how its step runs on the device it was built for, not what it learned:
+# a checkpoint's values are not carried over (a CPU checkpoint would make a GPU run's AdamW non-fused).
+OPTIMIZER_DEVICE_FLAGS = ("fused", "foreach", "capturable")
+# What fit() sets on a CPU run for the process-wide backend flags a CUDA run turns on (cuDNN autotuning,
+# TF32): the values the process had when this module was imported, so a reused Ray worker's CPU trial
+# does not inherit a CUDA trial's (they touch no CPU kernel: a CPU run's numbers are the same either way).
+_CPU_BACKEND_FLAGS = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
+                      torch.backends.cuda.matmul.allow_tf32)
+_threads_before_fit: int | None = None  # torch's thread count before a fit() first changed it
+_capped_devices: set[torch.device] = set()  # cards a fit() in this process capped (set_memory_share)
 
 
 @dataclass
@@ -210,6 +223,29 @@ class EpochSums:
     diverged: bool  # a finiteness check failed mid-epoch
 
 
+def set_backend_flags(cuda: bool) -> None:
+    """Set both ways on every build: a reused Ray worker must not carry the previous trial's."""
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls left outside autocast use tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
+         torch.backends.cuda.matmul.allow_tf32) = _CPU_BACKEND_FLAGS
+
+
+def compile_model(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torch.compile for one run, from a clean dynamo state and with fixed shapes.
+
+    A Ray worker runs many trials in one process (reused actors; the throughput benchmark runs 224 then
+    32 px): without the reset, dynamo's guards and recompile counts carry over, a second shape makes
+    the default `dynamic=None` compile dynamic shapes (a decision torch also caches for later
+    processes), and past the recompile limit it silently runs eager. Each run's shapes are fixed (one
+    batch size, drop_last, one image size), so `dynamic=False` costs nothing."""
+    torch._dynamo.reset()
+    return torch.compile(model, dynamic=False)
+
+
 def build_training(spec: RunSpec, ds: data_mod.Dataset, device: torch.device, *,
                    log: Callable[[str], None] = lambda s: None) -> Training:
     recipe = spec.recipe
@@ -221,10 +257,7 @@ def build_training(spec: RunSpec, ds: data_mod.Dataset, device: torch.device, *,
     channels_last = spec.channels_last if spec.channels_last is not None else (cuda and entry.family in ("resnet", "efficientnet"))
     if channels_last:  # NHWC: what cuDNN's tensor-core convolutions want; no effect on transformers
         model = model.to(memory_format=torch.channels_last)
-    if cuda:
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls left outside autocast use tensor cores
-        torch.backends.cudnn.allow_tf32 = True
+    set_backend_flags(cuda)
     batch_size = min(recipe.batch_size, len(ds.train))
     steps_per_epoch = max(1, len(ds.train) // batch_size)
     optimizer = build_optimizer(model, recipe, fused=cuda)  # fused Adam/AdamW: one kernel for the whole update
@@ -234,7 +267,7 @@ def build_training(spec: RunSpec, ds: data_mod.Dataset, device: torch.device, *,
 
         ema = ModelEmaV3(model, decay=recipe.ema_decay, use_warmup=True)
     return Training(
-        model=model, step_model=torch.compile(model) if spec.compile else model,  # compiled once, reused every epoch
+        model=model, step_model=compile_model(model) if spec.compile else model,  # compiled once, reused every epoch
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, recipe, epochs=spec.epochs, steps_per_epoch=steps_per_epoch),
         criterion=build_loss(recipe), mixup=build_mixup(recipe, ds.num_classes),
@@ -337,6 +370,18 @@ def check_resume_epochs(ckpt: dict[str, Any], epochs: int, path: Path | str) -> 
                         f"{done} or more, or leave --epochs out (its own {planned}).")
 
 
+def optimizer_state_for(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> dict[str, Any]:
+    """A saved optimizer state made loadable into `optimizer` as built for this run's device: each
+    group's OPTIMIZER_DEVICE_FLAGS are the new optimizer's, not the checkpoint's. load_state_dict
+    copies every saved group key, so a CPU checkpoint resumed on a GPU would otherwise lose the fused
+    AdamW build_training asked for (and a GPU one resumed on a CPU keep it); the flags also decide
+    where load_state_dict puts each 'step' (on the device for fused/capturable)."""
+    groups = []
+    for saved, built in zip(state["param_groups"], optimizer.param_groups):
+        groups.append({**saved, **{k: built[k] for k in OPTIMIZER_DEVICE_FLAGS if k in built}})
+    return {**state, "param_groups": groups}
+
+
 def restore(path: Path, spec: RunSpec, t: Training, log: Callable[[str], None] = lambda s: None) -> Progress:
     """Load last.pt into the training state; best.pt (when there) is the best so far.
 
@@ -351,7 +396,7 @@ def restore(path: Path, spec: RunSpec, t: Training, log: Callable[[str], None] =
                         "resume with the same model.")
     check_resume_epochs(ckpt, spec.epochs, path)
     t.model.load_state_dict(ckpt["model"])
-    t.optimizer.load_state_dict(ckpt["optimizer"])
+    t.optimizer.load_state_dict(optimizer_state_for(t.optimizer, ckpt["optimizer"]))
     planned = ckpt["config"].get("epochs", spec.epochs)
     if planned == spec.epochs:
         t.scheduler.load_state_dict(ckpt["scheduler"])
@@ -424,20 +469,84 @@ def run_status(spec: RunSpec, epoch: int, *, diverged: bool, hours: float) -> st
     return "completed" if epoch >= spec.epochs else "running"
 
 
-def fit(spec: RunSpec, report: Callable[[EpochReport], None] = lambda r: None, *,
-        resume: Path | None = None, log: Callable[[str], None] = lambda s: None) -> RunResult:
-    """Train `spec` from scratch (or from `resume`), reporting every epoch; the best weights are evaluated at the end."""
-    t_start = time.monotonic()
-    plugins.load(spec.plugins)  # a Ray worker or a resumed run imports the models/datasets the spec names
+def set_threads(threads: int | None) -> None:
+    """torch's CPU threads for this run: `threads` when set; otherwise the count the process had before
+    a fit() first changed it, so a reused Ray worker does not run a trial on the previous trial's count."""
+    global _threads_before_fit
+    if threads:
+        if _threads_before_fit is None:
+            _threads_before_fit = torch.get_num_threads()
+        torch.set_num_threads(threads)
+    elif _threads_before_fit is not None:
+        torch.set_num_threads(_threads_before_fit)
+
+
+def free_device_memory(device: torch.device) -> None:
+    """Return the caching allocator's unused blocks to the card, after collecting what no longer has a
+    reference: a reused Ray worker must not sit on the previous trial's cache while another trial
+    shares its card."""
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def set_memory_share(device: torch.device, share: float | None) -> None:
+    """Cap this process's allocations on `device` at the fraction of the card Ray granted (0 < share < 1:
+    trials packed on one card then fail alone with an OOM instead of starving each other); any other
+    share lifts a previous trial's cap (set both ways: the process may be a reused worker)."""
+    if device.type != "cuda":
+        return
+    if share is not None and 0 < share < 1:
+        torch.cuda.set_per_process_memory_fraction(share, device)
+        _capped_devices.add(device)
+    elif device in _capped_devices:  # a whole card now: lift the cap an earlier trial of this worker set
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        _capped_devices.discard(device)
+
+
+def prepare_process(spec: RunSpec, gpu_share: float | None = None) -> torch.device:
+    """Everything process-wide the loop relies on, set explicitly at the start of every fit (a Ray worker
+    runs many trials in one process): the device (cuda:N current), torch threads, the memory share, the
+    previous trial's cached memory freed. Backend flags and dynamo state are set in build_training."""
     device = resolve_device(spec.device)
     if device.type == "cuda" and device.index is not None:
         # cuda:N the current device before anything is built: the streams, events (the divergence
         # check's, CUDA timing) and cuDNN/cuBLAS handles that take "the current device" are N's, not cuda:0's.
         torch.cuda.set_device(device)
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
+    set_threads(spec.threads)
+    free_device_memory(device)
+    set_memory_share(device, gpu_share)
+    return device
+
+
+def fit(spec: RunSpec, report: Callable[[EpochReport], None] = lambda r: None, *,
+        resume: Path | None = None, log: Callable[[str], None] = lambda s: None,
+        gpu_share: float | None = None) -> RunResult:
+    """Train `spec` from scratch (or from `resume`), reporting every epoch; the best weights are evaluated at the end.
+
+    `gpu_share`: the fraction of one card Ray granted this trial (None or >= 1: the whole card); on
+    CUDA the process's allocations are capped at it (`set_memory_share`)."""
+    t_start = time.monotonic()
+    plugins.load(spec.plugins)  # a Ray worker or a resumed run imports the models/datasets the spec names
+    device = prepare_process(spec, gpu_share)
+    try:
+        return _fit(spec, device, report, resume=resume, log=log, t_start=t_start)
+    finally:  # the run's tensors died with _fit's frame (on success): give their cache back to the card
+        free_device_memory(device)
+
+
+def run_data(spec: RunSpec) -> data_mod.DataSpec:
+    """The run's data spec with its loader workers counted from the CPUs the run was granted
+    (spec.threads: a Ray trial's CPUs), not the machine's, when the spec leaves them unset."""
+    if spec.data.workers is not None or not spec.threads:
+        return spec.data
+    return spec.data.model_copy(update={"workers": data_mod.auto_workers(spec.threads)})
+
+
+def _fit(spec: RunSpec, device: torch.device, report: Callable[[EpochReport], None], *, resume: Path | None,
+         log: Callable[[str], None], t_start: float) -> RunResult:
     _seed_epoch(spec.seed, 0)
-    ds = data_mod.load(spec.data, device)
+    ds = data_mod.load(run_data(spec), device)
     train_probe = data_mod.probe(ds)  # fixed training images covering every class (train_acc, the gap)
     # A resumed run's weights come from its checkpoint: the pretrained ones it started from are not
     # fetched or read again (the hub may be offline, the file gone).
