@@ -3,7 +3,7 @@
 `write_atomic` is the one way harness writes a file a reader may open at the same moment (a
 checkpoint a resume loads, a page a browser shows, a table a test reads): into a temp file in the
 same folder, fsync, then `os.replace`, so a reader sees the old file or the new one, never half
-of one. A process killed mid-write leaves only a `.NAME.tmp-PID` file (`train.clean_stale_temps`
+of one. A process killed mid-write leaves only a `.NAME.tmp-PID-THREAD` file (`train.clean_stale_temps`
 removes those).
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """A temp path beside `path` for a writer that wants a file name (Ray's `save`, `shutil.copy2`);
     when the block ends, the file is fsynced and renamed onto `path`; on an error it is removed."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # Per process and thread: the live pages' thread and the driver's final write may write one page at once.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
         yield tmp
         with open(tmp, "rb+") as f:
