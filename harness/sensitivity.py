@@ -25,6 +25,7 @@ import pandas as pd
 
 from harness import report as rep
 from harness.files import write_text_atomic
+from harness.models import stand_in_label
 from harness.store import Store
 
 # Harness choice: an lr "trains as well as the best" when its median final accuracy is within this
@@ -66,7 +67,7 @@ def lr_runs(store: Store, experiment_id: int) -> pd.DataFrame:
     # Left out of the curve (not counted at chance): a run still training (a live page) or cut short has no
     # final accuracy yet, and a failed run (an error: out of memory, a bad file) says nothing about its lr.
     s.loc[s["status"].isin(UNFINISHED), "acc"] = float("nan")
-    s["model_label"] = [rep.stand_in_label(m, sf or None, short=True) for m, sf in zip(s["model"], s["stands_for"].fillna(""))]
+    s["model_label"] = [stand_in_label(m, sf or None, short=True) for m, sf in zip(s["model"], s["stands_for"].fillna(""))]
     return s
 
 
