@@ -208,3 +208,30 @@ def test_loader_workers_come_from_the_granted_cpus(monkeypatch):
     assert train.run_data(_spec()).workers is None  # no grant: the loader counts its own
     fixed = _spec(threads=4).model_copy(update={"data": DataSpec(image_size=16, workers=3)})
     assert train.run_data(fixed).workers == 3  # the spec's own count is kept
+
+
+# --- on a GPU (skipped here; run by the GPU check) --------------------------------------------------
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda_only
+def test_on_cuda_native_images_resized_per_batch_match_the_cpus():
+    """load() keeps native images on CUDA and resizes each batch there: within one level of the CPU's
+    resize (the same formula; float rounding of two devices)."""
+    cuda = torch.device("cuda")
+    spec = DataSpec(image_size=32, train_size=256)
+    on_gpu, on_cpu = data_mod.load(spec, cuda), data_mod.load(spec, CPU)
+    assert on_gpu.train.size == 32 and on_gpu.train.x.shape[-1] == 8  # digits stay 8x8 on the card
+    a = next(on_gpu.train.batches(256, shuffle=False, generator=None, drop_last=False))[0].cpu()
+    b = next(on_cpu.train.batches(256, shuffle=False, generator=None, drop_last=False))[0]
+    assert a.shape == b.shape and (a.int() - b.int()).abs().max() <= 1
+
+
+@cuda_only
+def test_on_cuda_the_share_is_capped_and_lifted_by_the_next_whole_card_trial():
+    spec = _spec(device="cuda", eval_samples=0)
+    train.fit(spec, gpu_share=0.25)
+    assert torch.cuda.get_per_process_memory_fraction(torch.device("cuda")) == pytest.approx(0.25)
+    train.fit(spec)  # a whole-card trial next in the same process
+    assert torch.cuda.get_per_process_memory_fraction(torch.device("cuda")) == pytest.approx(1.0)
