@@ -90,7 +90,7 @@ def running_experiments(db: str) -> list[str]:
     """'benchmark #3'-style labels of the experiments in `db` whose status is still 'running'."""
     store = rep.open_reader(db)
     try:
-        df = store.read_sql("SELECT id, kind FROM experiments WHERE status = 'running' ORDER BY id")
+        df = rep.read_running_experiments(store)
     finally:
         store.close()
     return [f"{k} #{int(i)}" for i, k in zip(df["id"], df["kind"])]

@@ -24,6 +24,11 @@ def read_experiments(store: Store) -> pd.DataFrame:
     return store.read_sql("SELECT * FROM experiments ORDER BY id")
 
 
+def read_running_experiments(store: Store) -> pd.DataFrame:
+    """id and kind of the experiments still `running` (on `ix_experiments_status`)."""
+    return store.read_sql("SELECT id, kind FROM experiments WHERE status = 'running' ORDER BY id")
+
+
 # Where each run ran (schema v3): hostname, Ray node id, GPUs ("" = CPU only); None when not recorded.
 WHERE_COLUMNS = ("node", "node_id", "gpus")
 
