@@ -154,7 +154,7 @@ def run_ablation(ab: Ablation, where: Where, *, concurrency: int = 2, echo: Call
     `cuda` (default: torch.cuda.is_available(), as `resolve_ablation` was told): on a GPU machine the
     trials share the card as the benchmark's do (`benchmark.grid_resources`), so the full models it
     chose train on the GPU they were chosen for."""
-    from harness.benchmark import grid_resources
+    from harness.benchmark import grid_resources, local_gpus
     from harness.engine import Experiment, resumable
     from harness.specs import ResourcesSpec
 
@@ -162,7 +162,7 @@ def run_ablation(ab: Ablation, where: Where, *, concurrency: int = 2, echo: Call
         import torch
 
         cuda = torch.cuda.is_available()
-    resources = grid_resources(ResourcesSpec(cpu=1), cuda=cuda, concurrency=concurrency)
+    resources = grid_resources(ResourcesSpec(cpu=1), cuda=cuda, concurrency=concurrency, gpus=local_gpus(cuda))
     name = f"ablate {ab.stands_for or ab.model}"
     spec = {"model": ab.model, "stands_for": ab.stands_for, "start": ab.start.label(), "end": ab.end.label(),
             "mode": ab.mode, "steps": list(ab.steps), "epochs": ab.runs[0].epochs, "seeds": len({r.seed for r in ab.runs}),

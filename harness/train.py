@@ -574,7 +574,7 @@ def _fit(spec: RunSpec, device: torch.device, report: Callable[[EpochReport], No
         if spec.checkpoint_dir is not None and not diverged:  # a diverged epoch never overwrites a good last.pt
             ckpt_path = save_checkpoints(spec, t, p, improved=improved)
         status = run_status(spec, epoch, diverged=diverged, hours=(time.monotonic() - t_start) / 3600)
-        if status != "running" and p.best_state is not None and spec.eval_samples >= 0:
+        if status != "running" and p.best_state is not None:
             eval_model.load_state_dict(p.best_state)  # the run ends: evaluate its best weights per class
             evaluation = {"epoch": p.best_epoch, **evaluate_classes(eval_model, ds, t.augment, batch_size=2 * t.batch_size,
                                                                    autocast=t.autocast, samples=spec.eval_samples,

@@ -67,13 +67,14 @@ def test_trainable_trains_where_ray_granted(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(engine.trial.tune, "get_checkpoint", lambda: None)
     monkeypatch.setattr(engine.trial, "where_am_i", lambda: {"node": "n", "node_id": "x", "gpus": ""})
-    monkeypatch.setattr(engine.trial, "fit", lambda spec, report, resume=None: seen.append(spec.device))
+    monkeypatch.setattr(engine.trial, "fit", lambda spec, report, resume=None, gpu_share=None: seen.append((spec.device, gpu_share)))
+    monkeypatch.setattr(engine.trial, "granted_gpu_share", lambda: 0.5)
     spec = _spec()
     assert spec.device == "auto"
     for ids in ([], ["0"]):
         monkeypatch.setattr(engine.trial.ray, "get_gpu_ids", lambda ids=ids: ids)
         engine._trainable({"run": 0}, make_spec=lambda config: spec)
-    assert seen == ["cpu", "cuda"]
+    assert seen == [("cpu", 0.5), ("cuda", 0.5)]  # fit gets the share Ray granted (it caps memory only on CUDA)
 
 
 # --- the warning: no GPU asked for where there are some ------------------------------------------
@@ -119,6 +120,20 @@ def test_grid_resources_rule():
     assert grid_resources(cpu_grid, cuda=True, concurrency=3).gpu == 0.333
     asked = ResourcesSpec(cpu=1, gpu=1)
     assert grid_resources(asked, cuda=True, concurrency=4) == asked  # a grid that asks for a GPU keeps it
+
+
+@pytest.mark.parametrize("concurrency, gpus, share", [
+    (4, 4, 1.0),  # a card each, not 4 x 0.25 stacked on card 0
+    (8, 4, 0.5),  # two per card
+    (6, 4, 0.5),  # 4/6 would fit one per card: 4 at a time; 0.5 runs all 6 (two cards hold two)
+    (3, 2, 0.5),
+    (2, 8, 1.0),  # more cards than trials: a card each, never more than one per trial
+])
+def test_a_shared_grid_spreads_over_the_cards(concurrency, gpus, share):
+    got = grid_resources(ResourcesSpec(cpu=1), cuda=True, concurrency=concurrency, gpus=gpus).gpu
+    assert got == share
+    per_card = int(1 // got)  # how many of these shares one card holds
+    assert per_card * gpus >= concurrency  # every trial can run at once, Ray packing cards first-fit
 
 
 @pytest.mark.parametrize("cuda, gpu", [(True, 0.5), (False, 0)])

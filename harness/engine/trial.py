@@ -35,6 +35,13 @@ def where_am_i() -> dict[str, str | None]:
     return where_it_runs(gpu_ids=ray.get_gpu_ids(), node_id=ray.get_runtime_context().get_node_id())
 
 
+def granted_gpu_share() -> float | None:
+    """The fraction of one card Ray granted this trial (`resources.gpu` below 1), for `fit` to cap its
+    memory at (None: no GPU, or one card or more, which the trial has to itself)."""
+    gpu = ray.get_runtime_context().get_assigned_resources().get("GPU", 0)
+    return gpu if 0 < gpu < 1 else None
+
+
 class SpecMaker(Protocol):
     """A trial's Ray config -> its RunSpec (and a one-line label for the log)."""
 
@@ -121,6 +128,8 @@ def _trainable(config: dict[str, Any], *, make_spec: SpecMaker) -> None:
         if not spec.device.startswith("cuda"):  # granted a card but trains on the CPU: it used none
             where["gpus"] = ""
 
+        share = granted_gpu_share()
+
         def report(r: EpochReport) -> None:
             metrics: dict[str, Any] = {**r.metrics, "epoch": r.epoch, "status": r.status, **where}
             if r.evaluation is not None:
@@ -129,5 +138,5 @@ def _trainable(config: dict[str, Any], *, make_spec: SpecMaker) -> None:
             ckpt = tune.Checkpoint.from_directory(str(local)) if r.checkpoint is not None else None
             tune.report(metrics, checkpoint=ckpt)
 
-        fit(spec, report, resume=resume)
+        fit(spec, report, resume=resume, gpu_share=share)
 
