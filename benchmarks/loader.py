@@ -33,7 +33,7 @@ import _common as common  # noqa: E402
 common.importable_harness()
 
 from harness import data as data_mod  # noqa: E402
-from harness.train import resolve_device  # noqa: E402
+from harness.process import resolve_device  # noqa: E402
 
 # timm's published RTX 3090 AMP training figures (results/benchmark-train-amp-*-rtx3090.csv in the timm
 # repository), img/s at 224 px: the training rates to keep up with when this device has no table yet.

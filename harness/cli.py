@@ -173,7 +173,8 @@ def train(model: str, recipe: str, data_opts: dict,
     from harness.runner import run_and_record
     from harness.specs import RunSpec, parse_spec, resolve_run
     from harness.store import check_url
-    from harness.train import check_resume_epochs, load_checkpoint, resolve_device
+    from harness.process import resolve_device
+    from harness.train import check_resume_epochs, load_checkpoint
 
     check_url(db)
     if resume is not None:

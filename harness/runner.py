@@ -17,7 +17,8 @@ from harness.models import check_pretrained_file, get_model_entry
 from harness.progress import LiveView
 from harness.specs import RunSpec
 from harness.store import Store, json_safe, shown_url
-from harness.train import EpochReport, RunResult, fit, resolve_device
+from harness.process import resolve_device
+from harness.train import EpochReport, RunResult, fit
 
 
 def describe_device(spec: RunSpec) -> str:

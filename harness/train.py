@@ -8,15 +8,12 @@ device, threads, GPU memory share and cache), then `build_training()` once, then
 step), evaluation, checkpoint, report.
 benchmarks/throughput.py times `train_epoch()` itself against a plain timm loop.
 
-Length (~550 lines): the loop's helpers (checkpoints, the per-class evaluation of the best weights, the
-per-trial process state) live beside the one loop they serve; `_fit()` itself reads top to bottom in ~45 lines.
+The process state is set in `process.py`, the per-class evaluation is in `evaluate.py`; checkpoints and
+resuming stay here, beside the loop whose state they hold.
 """
 
 from __future__ import annotations
 
-import base64
-import gc
-import io
 import math
 import random
 import time
@@ -27,12 +24,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from harness import data as data_mod
 from harness import plugins
+from harness.evaluate import evaluate, evaluate_classes
 from harness.errors import UserError
 from harness.models import build_model, get_model_entry
+from harness.process import compile_model, free_device_memory, prepare_process, set_backend_flags
 from harness.recipes import build_loss, build_mixup, build_optimizer, build_scheduler
 from harness.specs import RunSpec
 
@@ -40,13 +38,6 @@ NAN_CHECK_EVERY = 20  # steps between loss finiteness checks (each check is one 
 # The optimizer flags that say how its step runs on the device it was built for, not what it learned:
 # a checkpoint's values are not carried over (a CPU checkpoint would make a GPU run's AdamW non-fused).
 OPTIMIZER_DEVICE_FLAGS = ("fused", "foreach", "capturable")
-# What fit() sets on a CPU run for the process-wide backend flags a CUDA run turns on (cuDNN autotuning,
-# TF32): the values the process had when this module was imported, so a reused Ray worker's CPU trial
-# does not inherit a CUDA trial's (they touch no CPU kernel: a CPU run's numbers are the same either way).
-_CPU_BACKEND_FLAGS = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
-                      torch.backends.cuda.matmul.allow_tf32)
-_threads_before_fit: int | None = None  # torch's thread count before a fit() first changed it
-_capped_devices: set[torch.device] = set()  # cards a fit() in this process capped (set_memory_share)
 
 
 @dataclass
@@ -69,15 +60,6 @@ class RunResult:
     history: list[dict[str, float]] = field(default_factory=list)
     evaluation: dict[str, Any] | None = None
     error: str | None = None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device", name, "CUDA is not available on this machine; use --device cpu (or auto).")
-    return dev
 
 
 # --- checkpoints --------------------------------------------------------------------------------
@@ -109,63 +91,6 @@ def load_checkpoint(path: Path, field_name: str = "--resume") -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "epoch" not in ckpt:
         raise UserError(field_name, str(path), "Not a harness checkpoint (no model/epoch entries).")
     return ckpt
-
-
-# --- evaluation ---------------------------------------------------------------------------------
-
-def _eval_input(x: torch.Tensor, augment: data_mod.BatchAugment, channels_last: bool) -> torch.Tensor:
-    """A batch as the model sees it in evaluation: normalized, in the memory format it trained with."""
-    x = augment.normalize(x)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, split: data_mod.Split, augment: data_mod.BatchAugment, *, batch_size: int,
-             autocast: Any, channels_last: bool = False) -> tuple[float, float]:
-    """Plain cross-entropy and accuracy on a split (no smoothing, so recipes compare fairly).
-    `channels_last`: feed NHWC batches, as training does (`Training.eval_channels_last`)."""
-    model.eval()
-    loss_sum = torch.zeros((), device=augment.mean.device)
-    correct = torch.zeros((), device=augment.mean.device, dtype=torch.long)
-    n = 0
-    for x, y in split.batches(batch_size, shuffle=False, generator=None, drop_last=False):
-        with autocast():
-            out = model(_eval_input(x, augment, channels_last))
-        loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
-        correct += (out.argmax(1) == y).sum()
-        n += len(y)
-    return float(loss_sum) / max(n, 1), float(correct) / max(n, 1)
-
-
-def _png(img: torch.Tensor) -> str:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(img.permute(1, 2, 0).cpu().numpy()).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-@torch.no_grad()
-def evaluate_classes(model: torch.nn.Module, ds: data_mod.Dataset, augment: data_mod.BatchAugment, *, batch_size: int,
-                     autocast: Any, samples: int, channels_last: bool = False) -> dict[str, Any]:
-    """Per-class accuracy, confusion matrix and a grid of validation predictions (mistakes first)."""
-    model.eval()
-    k = ds.num_classes
-    confusion = torch.zeros(k, k, dtype=torch.long)
-    wrong: list[tuple[torch.Tensor, int, int]] = []
-    right: list[tuple[torch.Tensor, int, int]] = []
-    for x, y in ds.val.batches(batch_size, shuffle=False, generator=None, drop_last=False):
-        with autocast():
-            pred = model(_eval_input(x, augment, channels_last)).argmax(1)
-        confusion += torch.bincount((y * k + pred).cpu(), minlength=k * k).view(k, k)
-        for img, t, p in zip(x, y.tolist(), pred.tolist()):
-            bucket = wrong if t != p else right
-            if len(bucket) < samples:
-                bucket.append((img, t, p))
-    per_class = (confusion.diag().float() / confusion.sum(1).clamp(min=1).float()).tolist()
-    grid = (wrong + right)[:samples]
-    return {"class_names": ds.class_names, "per_class_acc": per_class, "confusion": confusion.tolist(),
-            "samples": [{"png": _png(img), "true": t, "pred": p} for img, t, p in grid]}
 
 
 # --- the loop -----------------------------------------------------------------------------------
@@ -221,29 +146,6 @@ class EpochSums:
     seen: int
     steps: int
     diverged: bool  # a finiteness check failed mid-epoch
-
-
-def set_backend_flags(cuda: bool) -> None:
-    """Set both ways on every build: a reused Ray worker must not carry the previous trial's."""
-    if cuda:
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls left outside autocast use tensor cores
-        torch.backends.cudnn.allow_tf32 = True
-    else:
-        (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
-         torch.backends.cuda.matmul.allow_tf32) = _CPU_BACKEND_FLAGS
-
-
-def compile_model(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """torch.compile for one run, from a clean dynamo state and with fixed shapes.
-
-    A Ray worker runs many trials in one process (reused actors; the throughput benchmark runs 224 then
-    32 px): without the reset, dynamo's guards and recompile counts carry over, a second shape makes
-    the default `dynamic=None` compile dynamic shapes (a decision torch also caches for later
-    processes), and past the recompile limit it silently runs eager. Each run's shapes are fixed (one
-    batch size, drop_last, one image size), so `dynamic=False` costs nothing."""
-    torch._dynamo.reset()
-    return torch.compile(model, dynamic=False)
 
 
 def build_training(spec: RunSpec, ds: data_mod.Dataset, device: torch.device, *,
@@ -467,56 +369,6 @@ def run_status(spec: RunSpec, epoch: int, *, diverged: bool, hours: float) -> st
     if spec.max_hours is not None and hours >= spec.max_hours and epoch < spec.epochs:
         return "time_limit"
     return "completed" if epoch >= spec.epochs else "running"
-
-
-def set_threads(threads: int | None) -> None:
-    """torch's CPU threads for this run: `threads` when set; otherwise the count the process had before
-    a fit() first changed it, so a reused Ray worker does not run a trial on the previous trial's count."""
-    global _threads_before_fit
-    if threads:
-        if _threads_before_fit is None:
-            _threads_before_fit = torch.get_num_threads()
-        torch.set_num_threads(threads)
-    elif _threads_before_fit is not None:
-        torch.set_num_threads(_threads_before_fit)
-
-
-def free_device_memory(device: torch.device) -> None:
-    """Return the caching allocator's unused blocks to the card, after collecting what no longer has a
-    reference: a reused Ray worker must not sit on the previous trial's cache while another trial
-    shares its card."""
-    if device.type == "cuda":
-        gc.collect()
-        torch.cuda.empty_cache()
-
-
-def set_memory_share(device: torch.device, share: float | None) -> None:
-    """Cap this process's allocations on `device` at the fraction of the card Ray granted (0 < share < 1:
-    trials packed on one card then fail alone with an OOM instead of starving each other); any other
-    share lifts a previous trial's cap (set both ways: the process may be a reused worker)."""
-    if device.type != "cuda":
-        return
-    if share is not None and 0 < share < 1:
-        torch.cuda.set_per_process_memory_fraction(share, device)
-        _capped_devices.add(device)
-    elif device in _capped_devices:  # a whole card now: lift the cap an earlier trial of this worker set
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
-        _capped_devices.discard(device)
-
-
-def prepare_process(spec: RunSpec, gpu_share: float | None = None) -> torch.device:
-    """Everything process-wide the loop relies on, set explicitly at the start of every fit (a Ray worker
-    runs many trials in one process): the device (cuda:N current), torch threads, the memory share, the
-    previous trial's cached memory freed. Backend flags and dynamo state are set in build_training."""
-    device = resolve_device(spec.device)
-    if device.type == "cuda" and device.index is not None:
-        # cuda:N the current device before anything is built: the streams, events (the divergence
-        # check's, CUDA timing) and cuDNN/cuBLAS handles that take "the current device" are N's, not cuda:0's.
-        torch.cuda.set_device(device)
-    set_threads(spec.threads)
-    free_device_memory(device)
-    set_memory_share(device, gpu_share)
-    return device
 
 
 def fit(spec: RunSpec, report: Callable[[EpochReport], None] = lambda r: None, *,

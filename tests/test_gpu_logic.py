@@ -21,6 +21,7 @@ from harness import engine, grids, train
 from harness.benchmark import grid_resources
 from harness.datasets import DataSpec
 from harness.errors import UserError
+from harness.evaluate import evaluate
 from harness.specs import ResourcesSpec, resolve_run
 
 
@@ -205,6 +206,6 @@ def test_evaluate_feeds_the_memory_format_asked_for(channels_last):
             nhwc.append(b.is_contiguous(memory_format=torch.channels_last))
             return b.flatten(1)[:, :2]
 
-    loss, acc = train.evaluate(Model(), split, augment, batch_size=4, autocast=lambda: torch.autocast("cpu", enabled=False),
+    loss, acc = evaluate(Model(), split, augment, batch_size=4, autocast=lambda: torch.autocast("cpu", enabled=False),
                                channels_last=channels_last)
     assert nhwc == [channels_last] and 0 <= acc <= 1 and loss == loss

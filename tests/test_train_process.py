@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from harness import data as data_mod
-from harness import train
+from harness import process, train
 from harness.datasets import DataSpec
 from harness.specs import resolve_run
 
@@ -83,7 +83,7 @@ def _threads_at_load(monkeypatch, spec) -> int:
 
 def test_a_run_gets_its_own_threads_or_the_processs_not_the_last_runs(monkeypatch):
     before = torch.get_num_threads()
-    monkeypatch.setattr(train, "_threads_before_fit", None)
+    monkeypatch.setattr(process, "_threads_before_fit", None)
     other = 1 if before != 1 else 2
     try:
         assert _threads_at_load(monkeypatch, _spec(threads=other)) == other
@@ -98,11 +98,11 @@ def test_backend_flags_are_set_both_ways_every_build():
                      torch.backends.cuda.matmul.allow_tf32)
     saved = flags()
     try:
-        train.set_backend_flags(True)  # a CUDA trial
+        process.set_backend_flags(True)  # a CUDA trial
         assert flags() == (True, True, True)
         spec = _spec()
         train.build_training(spec, data_mod.load(spec.data, CPU), CPU)  # the next trial on this worker, on the CPU
-        assert flags() == train._CPU_BACKEND_FLAGS
+        assert flags() == process._CPU_BACKEND_FLAGS
     finally:
         (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) = saved
 
@@ -116,18 +116,18 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d)))
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d=None: calls.append(("fraction", f, d)))
-    monkeypatch.setattr(train, "_capped_devices", set())
+    monkeypatch.setattr(process, "_capped_devices", set())
     return calls
 
 
 def test_memory_share_arithmetic(fake_cuda):
     dev = torch.device("cuda")
-    train.set_memory_share(dev, 0.25)  # four trials packed on one card
-    train.set_memory_share(dev, 0.5)
-    train.set_memory_share(dev, None)  # a whole-card trial next on this worker: the cap is lifted
-    train.set_memory_share(dev, 1.0)  # nothing capped any more: nothing to do
-    train.set_memory_share(dev, 0.0)  # no share is no cap (Ray grants 0 only to CPU trials)
-    train.set_memory_share(CPU, 0.5)  # a CPU trial: no card to cap
+    process.set_memory_share(dev, 0.25)  # four trials packed on one card
+    process.set_memory_share(dev, 0.5)
+    process.set_memory_share(dev, None)  # a whole-card trial next on this worker: the cap is lifted
+    process.set_memory_share(dev, 1.0)  # nothing capped any more: nothing to do
+    process.set_memory_share(dev, 0.0)  # no share is no cap (Ray grants 0 only to CPU trials)
+    process.set_memory_share(CPU, 0.5)  # a CPU trial: no card to cap
     assert fake_cuda == [("fraction", 0.25, dev), ("fraction", 0.5, dev), ("fraction", 1.0, dev)]
 
 

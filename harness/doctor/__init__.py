@@ -178,7 +178,7 @@ def checkup(model: str, recipe: str, data_spec: Any, *, overrides: dict[str, Any
     from harness.models import resolve_scale
     from harness.runner import record_checks
     from harness.specs import resolve_run
-    from harness.train import resolve_device
+    from harness.process import resolve_device
 
     if threads is not None and threads < 1:
         raise UserError("--threads", threads, "Use 1 or more.")

@@ -84,7 +84,7 @@ def device_for_grant(requested: str, gpu_ids: list, cuda_available: bool) -> str
         return requested
     tail = requested.partition(":")[2]
     if tail and not tail.isdigit():
-        return requested  # not a device: train.resolve_device refuses it with torch's own message
+        return requested  # not a device: process.resolve_device refuses it with torch's own message
     index = int(tail or 0)
     if index >= len(gpu_ids):
         granted = f"{len(gpu_ids)} GPU{'s' if len(gpu_ids) != 1 else ''} (visible to it as cuda:0..cuda:{len(gpu_ids) - 1})" \
