@@ -3,10 +3,10 @@ grids, and only through `store.py`.
 
 `Recorder` is a `ray.tune.Callback` in the driver: one `runs` row per trial, every epoch as it is
 reported, the final status told apart (completed / stopped early / diverged / failed / interrupted),
-the evaluation of the last report, and a whole copy of Tune's state files at most every second. It
-tells two listeners what happened: the terminal's `LiveView` (a line or a bar per trial) directly,
-and nothing else: the live pages are a separate reader of the database (`dashboards.LivePages`, on
-their own thread), so a slow page never delays a result being recorded.
+the evaluation of the last report, and a whole copy of Tune's state files at most every second. Its
+one listener is the terminal's `LiveView` (a line or a bar per trial). The live pages are not its
+business: they read the database on their own thread (`dashboards.LivePages`, started by `run.py`), so
+a slow page never delays a result being recorded.
 """
 
 from __future__ import annotations

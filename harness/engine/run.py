@@ -65,7 +65,6 @@ class Outcome:
     known: set[str] = field(default_factory=set)  # every Ray trial id Tune holds (resumable ones included)
 
 
-
 def run_trials(make_spec: SpecMaker, *, experiment: Experiment, total: int, resources: ResourcesSpec,
                concurrency: int, db: str, search: Search | None = None, address: str | None = None,
                storage_path: Path | str = DEFAULT_STORAGE, ray_name: str | None = None, max_failures: int = 1,
