@@ -97,7 +97,10 @@ def prepare_process(spec: RunSpec, gpu_share: float | None = None) -> torch.devi
     runs many trials in one process): the device (cuda:N current), torch threads, the memory share, the
     previous trial's cached memory freed. Backend flags and dynamo state are set in build_training."""
     device = resolve_device(spec.device)
-    if device.type == "cuda" and device.index is not None:
+    if device.type == "cuda":
+        # Always an indexed device: torch's per-card calls (set_per_process_memory_fraction, ...) refuse a
+        # bare "cuda", which is what a Ray trial on `device: auto` gets (its granted card is cuda:0).
+        device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
         # cuda:N the current device before anything is built: the streams, events (the divergence
         # check's, CUDA timing) and cuDNN/cuBLAS handles that take "the current device" are N's, not cuda:0's.
         torch.cuda.set_device(device)

@@ -102,6 +102,24 @@ def test_the_thread_writes_only_the_running_experiment_and_the_index(db_url, tmp
     assert "running — updated" in (out / "run-3.html").read_text()
 
 
+def test_a_live_rewrite_stopped_late_does_not_overwrite_the_final_pages(db_url, tmp_path):
+    """stop() gave up waiting on a live rewrite (stuck reading the database), the driver wrote the final
+    pages, then the stuck rewrite went on: it writes no page and no stamps once it is told to stop."""
+    store = two_experiments(db_url)
+    out = tmp_path / "d"
+    stopped = threading.Event()
+    final = write_pages(db_url, out)  # the driver's final pages
+    before = {p.name: p.read_text() for p in out.glob("*.html")}
+    manifest = (out / ".pages.json").read_text()
+    stopped.set()  # the rewrite resumes after stop(): it reads everything as live, and must write nothing
+    store.finish_experiment(2, "completed")  # whatever it read is now stale, as the stuck rewrite's view was
+    store.close()
+    late = write_pages(db_url, out, live=True, experiments=[2], cancelled=stopped.is_set)
+    assert late.written == [] and final.written
+    assert {p.name: p.read_text() for p in out.glob("*.html")} == before
+    assert (out / ".pages.json").read_text() == manifest
+
+
 def test_a_failing_rewrite_is_a_warning(db_url, tmp_path, monkeypatch):
     two_experiments(db_url).close()
 

@@ -143,6 +143,19 @@ def test_fit_frees_the_cache_and_caps_its_share_before_loading_and_frees_after(m
     assert fake_cuda == [("set_device", dev), "empty_cache", ("fraction", 0.25, dev), ("load", dev), "empty_cache"]
 
 
+def test_a_ray_trial_on_bare_cuda_caps_an_indexed_card(monkeypatch, fake_cuda):
+    """A trial on `device: auto` that Ray granted part of a card trains on "cuda" (no index: its card is
+    cuda:0 under the CUDA_VISIBLE_DEVICES Ray set); torch's set_per_process_memory_fraction refuses a
+    device without an index, so fit() gives it the current card's."""
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(train.data_mod, "load", lambda data, dev: (_ for _ in ()).throw(Stop()))
+    with pytest.raises(Stop):
+        train.fit(_spec(device="cuda"), gpu_share=0.5)
+    card = torch.device("cuda", 0)
+    assert fake_cuda == [("set_device", card), "empty_cache", ("fraction", 0.5, card), "empty_cache"]
+    assert all(d.index is not None for d in process._capped_devices)
+
+
 def test_a_cpu_fit_touches_no_cuda_state(monkeypatch, fake_cuda):
     monkeypatch.setattr(train.data_mod, "load", lambda data, dev: (_ for _ in ()).throw(Stop()))
     with pytest.raises(Stop):
@@ -231,7 +244,8 @@ def test_on_cuda_native_images_resized_per_batch_match_the_cpus():
 @cuda_only
 def test_on_cuda_the_share_is_capped_and_lifted_by_the_next_whole_card_trial():
     spec = _spec(device="cuda", eval_samples=0)
-    train.fit(spec, gpu_share=0.25)
-    assert torch.cuda.get_per_process_memory_fraction(torch.device("cuda")) == pytest.approx(0.25)
+    card = torch.device("cuda", torch.cuda.current_device())  # torch's per-card calls want an index
+    train.fit(spec, gpu_share=0.25)  # device "cuda", as a Ray trial on `device: auto` gets it
+    assert torch.cuda.get_per_process_memory_fraction(card) == pytest.approx(0.25)
     train.fit(spec)  # a whole-card trial next in the same process
-    assert torch.cuda.get_per_process_memory_fraction(torch.device("cuda")) == pytest.approx(1.0)
+    assert torch.cuda.get_per_process_memory_fraction(card) == pytest.approx(1.0)

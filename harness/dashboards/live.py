@@ -54,7 +54,8 @@ class LivePages:
 
     def rewrite(self) -> None:
         """One incremental live write of the experiment's pages and the index (what the thread runs each period)."""
-        write_pages(self.db, self.out, live=True, refresh_s=self.every_s, experiments=[self.experiment_id])
+        write_pages(self.db, self.out, live=True, refresh_s=self.every_s, experiments=[self.experiment_id],
+                    cancelled=self._stop.is_set)
 
     def _loop(self) -> None:
         next_at = time.monotonic() + self.every_s  # the first rewrite one period in, as before
@@ -72,7 +73,8 @@ class LivePages:
 
     def stop(self, timeout: float = STOP_WAIT_S) -> bool:
         """Ask the thread to end and wait for it at most `timeout` seconds; True when it ended (False: a
-        rewrite is still under way; it finishes on its own and writes no further period)."""
+        rewrite is still under way, stuck before its next page: it writes no further page, no manifest and
+        no further period, so the caller's final pages are not overwritten by live ones)."""
         self._stop.set()
         if self._thread is None:
             return True
