@@ -28,7 +28,7 @@ PAGES_EVERY_S = 30.0  # live pages are rewritten this often while trials run (on
 class Where:
     """Where a command's trials run and where its results go, resolved once from the shared flags
     (`--db`, `--out`, `--address`, `--storage-path`, `--pages-every`) and passed down as one object.
-    `out` None: no pages (a sweep without --out)."""
+    `out` None: no pages (a library caller's choice: the CLI always names a folder)."""
 
     db: str
     out: Path | None = Path("dashboards")

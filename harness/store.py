@@ -254,7 +254,10 @@ class Store:
         if create:
             metadata.create_all(self.engine)
             for index in PAGE_INDEXES:  # create_all adds none to a table that exists (an older database)
-                index.create(self.engine, checkfirst=True)
+                try:
+                    index.create(self.engine, checkfirst=True)
+                except sa.exc.ProgrammingError:  # PostgreSQL: another writer created it between check and create
+                    pass
             with self.engine.begin() as c:
                 row = c.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).first()
                 if row is None:

@@ -25,7 +25,6 @@ import pytest
 import torch
 from PIL import Image
 
-from harness import augment
 from harness.augment import GEOMETRIC, SUPPORTED, DeviceRandAugment, Draws, apply_op, level_to_arg
 from harness.data import BatchAugment, DataSpec, load
 from harness.recipes import get_recipe

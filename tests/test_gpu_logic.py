@@ -104,7 +104,8 @@ def _run_trials_echo(monkeypatch, tmp_path: Path, resources: ResourcesSpec, *, g
 def test_warns_once_when_no_gpu_is_asked_for_on_a_gpu_machine(monkeypatch, tmp_path):
     said = _run_trials_echo(monkeypatch, tmp_path, ResourcesSpec(cpu=1), gpus=2, field="studies/vit.yaml: resources")
     assert said == ["warning: studies/vit.yaml: resources.gpu is 0 on this machine with 2 GPUs: trials train on the "
-                    "CPU; set resources: {gpu: 0.5} (or 1/concurrency) to share a card between trials, or 1 for a card each."]
+                    "CPU; set resources: {gpu: 1} for a card each, or {gpu: 0.5} to pack two trials on a card (Ray fills "
+                    "one card before the next)."]
 
 
 @pytest.mark.parametrize("resources, gpus", [(ResourcesSpec(cpu=1), 0), (ResourcesSpec(cpu=1, gpu=0.5), 1)])
@@ -179,9 +180,16 @@ def test_fit_makes_cuda_n_current_before_building(monkeypatch):
     assert _fit_until_data(monkeypatch, "cuda:1") == [("set_device", dev), ("load", dev)]
 
 
-@pytest.mark.parametrize("device", ["cpu", "cuda"])  # plain cuda is the current device already
-def test_fit_leaves_the_current_device_alone_otherwise(monkeypatch, device):
-    assert _fit_until_data(monkeypatch, device) == [("load", torch.device(device))]
+def test_fit_leaves_the_current_device_alone_on_cpu(monkeypatch):
+    assert _fit_until_data(monkeypatch, "cpu") == [("load", torch.device("cpu"))]
+
+
+def test_fit_gives_plain_cuda_the_current_cards_index(monkeypatch):
+    """Plain "cuda" (a Ray trial on `device: auto`) trains on the current card, named by its index: torch's
+    per-card calls (the memory share) refuse a device without one."""
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    card = torch.device("cuda", 0)
+    assert _fit_until_data(monkeypatch, "cuda") == [("set_device", card), ("load", card)]
 
 
 # --- evaluation in the training memory format, on CUDA only --------------------------------------

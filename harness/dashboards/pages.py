@@ -306,8 +306,6 @@ def run_page(run: pd.Series, epochs: pd.DataFrame, exp_name: str, ev: dict | Non
     return page(title, body)
 
 
-
-
 # --- which pages each kind of experiment gets -------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -11,10 +11,11 @@ Its rooms, and which way the arrows run (each imports only those to its right):
       -> cluster.py   starting or attaching to Ray; resource, storage and GPU checks
 
 Everything a caller uses is importable from `harness.engine`. Names that Tune pickles into an
-experiment folder (`ResumableASHA`, `_HarnessOptunaSearch`, `_trainable`, `_live_recorder`: the
-recorder pickles as a key into this process's registry) were pickled by earlier versions under
-`harness.engine.<name>`; they are re-exported here so a `ray_results/` folder written before the
-engine became a package still resumes (tests/test_resume.py).
+experiment folder (`ResumableASHA`, `_HarnessOptunaSearch`, `_trainable`, `trial_name` (Tune's
+`trial_name_creator`), `_live_recorder`: the recorder pickles as a key into this process's registry)
+were pickled by earlier versions under `harness.engine.<name>`; they are re-exported here so a
+`ray_results/` folder written before the engine became a package still resumes
+(tests/test_sweep.py::test_a_sweep_saved_by_the_one_module_engine_resumes).
 """
 
 from __future__ import annotations

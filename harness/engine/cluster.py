@@ -52,14 +52,14 @@ def gpu_idle_warning(resources: ResourcesSpec, gpus: float, *, field: str, where
         return None
     key = field.rsplit(": ", 1)[-1]  # a study's field is "<file>: resources"
     return (f"warning: {field}.gpu is 0 on {where} with {gpus:g} GPU{'s' if gpus != 1 else ''}: trials train on the CPU; "
-            f"set {key}: {{gpu: 0.5}} (or 1/concurrency) to share a card between trials, or 1 for a card each.")
+            f"set {key}: {{gpu: 1}} for a card each, or {{gpu: 0.5}} to pack two trials on a card (Ray fills one card "
+            "before the next).")
 
 
 def local_gpus() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
 
 
 def check_shared_storage(storage: Path, *, field: str = "--storage-path") -> None:
@@ -108,7 +108,6 @@ def check_shared_storage(storage: Path, *, field: str = "--storage-path") -> Non
 def describe_cluster() -> str:
     r = ray.cluster_resources()
     return f"ray: {r.get('CPU', 0):g} CPUs, {r.get('GPU', 0):g} GPUs"
-
 
 
 @contextmanager
@@ -167,7 +166,6 @@ def _attach_fix(address: str, e: BaseException) -> str:
                 "(`ray get-auth-token` on the head prints it) or in RAY_AUTH_TOKEN.")
     return (f"Cannot attach to a Ray cluster there ({str(e).splitlines()[0][:160]}); check that it is a Ray head "
             "node's GCS port and that this machine runs the same Ray version, or leave --address out.")
-
 
 
 def quiet_tune() -> None:

@@ -191,7 +191,6 @@ def _reconcile(store: Store, exp: int, recorder: Recorder, exp_dir: Path, echo: 
     return status
 
 
-
 @contextmanager
 def _sigterm_stops_tune() -> Iterator[None]:
     """Ray Tune stops gracefully on SIGINT (and SIGUSR1) but not on SIGTERM: make SIGTERM do the same."""
@@ -210,7 +209,6 @@ def _sigterm_stops_tune() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
 
 
 def run_grid(runs_: list[RunSpec], *, db: str, experiment: Experiment, concurrency: int, resources: ResourcesSpec,

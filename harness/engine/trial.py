@@ -94,7 +94,6 @@ def device_for_grant(requested: str, gpu_ids: list, cuda_available: bool) -> str
     return requested
 
 
-
 def trial_name(trial: Any) -> str:
     """'trial_7' (the Optuna trial number, as optuna-dashboard shows it) or 'run_3' (grid index)."""
     c = trial.config or {}

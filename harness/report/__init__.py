@@ -10,7 +10,7 @@ from harness.report.stats import (  # noqa: F401
     DATASET_CLASSES, wilson, newcombe, paired_bootstrap, verdict)
 from harness.report.read import (  # noqa: F401
     open_reader, read_experiments, read_running_experiments, WHERE_COLUMNS, read_runs, read_epochs,
-    read_evaluation, read_evaluation_sizes,
+    read_evaluation_sizes,
     RUN_STAMP_COLUMNS, read_run_stamps, read_run_counts, read_run_points, read_evaluations, read_study_stamps)
 from harness.report.tables import (  # noqa: F401
     RUN_SUMMARY_COLUMNS, run_summary, TABLE_COLUMNS, compare, before_after, format_final, format_before_after,
@@ -22,7 +22,7 @@ __all__ = ["ABLATION_COLUMNS", "ABLATION_LEGEND", "ABLATION_VERDICT", "BOOTSTRAP
            "NO_DIFFERENCE", "RUN_STAMP_COLUMNS", "RUN_SUMMARY_COLUMNS", "TABLE_COLUMNS", "TABLE_LEGEND",
            "VERDICTS", "WHERE_COLUMNS", "Z95", "ablation_table", "before_after", "check_runs_exist", "compare",
            "format_ablation", "format_before_after", "format_final", "latest_benchmark", "newcombe",
-           "open_reader", "paired_bootstrap", "read_epochs", "read_evaluation", "read_evaluation_sizes",
+           "open_reader", "paired_bootstrap", "read_epochs", "read_evaluation_sizes",
            "read_evaluations", "read_experiments", "read_run_counts", "read_run_points", "read_run_stamps",
     "read_running_experiments", "read_runs", "read_study_stamps", "run_summary", "save_ablation",
     "save_before_after", "to_markdown",

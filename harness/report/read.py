@@ -13,7 +13,6 @@ from harness.models import stand_in_label
 from harness.store import Store, check_url
 
 
-
 def open_reader(db: str) -> Store:
     """A reader on an existing harness database (UserError if missing or foreign); creates nothing."""
     check_url(db, must_exist=True)
@@ -59,16 +58,6 @@ def read_epochs(store: Store, run_ids: list[int] | None = None) -> pd.DataFrame:
         return store.read_sql("SELECT * FROM epochs WHERE 0")
     ids = ",".join(str(int(i)) for i in run_ids)
     return store.read_sql(f"SELECT * FROM epochs WHERE run_id IN ({ids}) ORDER BY run_id, epoch")
-
-
-def read_evaluation(store: Store, run_id: int) -> dict | None:
-    df = store.read_sql("SELECT * FROM evaluations WHERE run_id = :r", r=int(run_id))
-    if df.empty:
-        return None
-    row = df.iloc[0].to_dict()
-    for k in ("class_names", "per_class_acc", "confusion", "samples"):
-        row[k] = _json(row[k])
-    return row
 
 
 def _json(v):

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 
 
-
 # --- thresholds and levels, each with its source -------------------------------------------------
 # Intervals are two-sided 95%: z of the normal distribution (Wilson 1927, Newcombe 1998), and the
 # bootstrap's percentile interval between these quantiles (Efron & Tibshirani 1993, ch. 13).

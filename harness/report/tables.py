@@ -337,7 +337,6 @@ def check_runs_exist(store: Store, run_ids: list[int], field: str = "--compare")
                         f"No such run id; {where} (see index.html or `harness report`).")
 
 
-
 ABLATION_VERDICT = {"better": "helps", "worse": "hurts", "no detectable difference": "no detectable difference", "": ""}
 # --- the ablation ladder's table (harness ablate), from the database ----------------------------------------------------------------
 
