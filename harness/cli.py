@@ -170,22 +170,14 @@ def train(model: str, recipe: str, data_opts: dict,
           pretrained_file: Path | None, checkpoint_dir: Path | None, checkpoint_every: int, max_hours: float | None,
           resume: Path | None, threads: int | None) -> None:
     """Train one model with one recipe; every epoch goes to the results database."""
-    from harness.runner import run_and_record
-    from harness.specs import RunSpec, parse_spec, resolve_run
-    from harness.store import check_url
     from harness.process import resolve_device
-    from harness.train import check_resume_epochs, load_checkpoint
+    from harness.runner import resumed_spec, run_and_record
+    from harness.specs import resolve_run
+    from harness.store import check_url
 
     check_url(db)
     if resume is not None:
-        # The checkpoint holds the resolved spec: resuming needs no other flag. --epochs N other than its
-        # own stretches the lr schedule to N (train.restore); fewer than the epochs done is refused here.
-        ckpt = load_checkpoint(resume)
-        if epochs is not None:
-            check_resume_epochs(ckpt, epochs, resume)
-        config = ckpt["config"]
-        config.pop("fault", None)  # checkpoints before plugins carried a test-only field (always null)
-        spec = parse_spec(RunSpec, {**config, "epochs": config["epochs"] if epochs is None else epochs}, "--resume")
+        spec = resumed_spec(resume, epochs)
     elif model is None:
         raise UserError("--model", None, "Name a model (see `harness models`), or pass --resume CHECKPOINT.")
     else:
@@ -360,18 +352,10 @@ def report(db: str, out: Path, compare: tuple[int, ...], watch: bool, every: int
 def sweep(study: Path, validate: bool, resume: bool, where, max_failures: int, top: int) -> None:
     """Run an Optuna study through Ray Tune with ASHA; every trial and epoch goes to the database."""
     if validate:  # no torch, timm or Ray: the study file alone, in about a second
-        from harness.study import study_warnings, validate_study
+        from harness.study import check_study
 
-        s = validate_study(study)
-        for w in study_warnings(s, study):
-            click.echo(f"warning: {w}")
-        if where.address is None:
-            from harness.specs import check_local_resources
-
-            check_local_resources(s.resources, field=f"{study}: resources")
-        click.echo(f"{study}: ok — study {s.name!r}: {s.trials} trials of {s.model} ({s.base_recipe().label()} recipe) on {s.data.name} "
-                   f"{s.data.image_size}px, searching {', '.join(s.search)}; sampler {s.sampler.type}, "
-                   f"scheduler {s.scheduler.type} (max {s.scheduler.max_epochs} epochs)")
+        for line in check_study(study, on_cluster=where.address is not None):
+            click.echo(line)
         return
     from harness.sweep import run_sweep
 

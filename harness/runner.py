@@ -51,6 +51,21 @@ def where_it_runs(device: str = "cpu", *, gpu_ids: list | None = None, node_id: 
     return {"node": socket.gethostname(), "node_id": node_id, "gpus": gpus}
 
 
+def resumed_spec(checkpoint: Path, epochs: int | None = None) -> RunSpec:
+    """The spec a `harness train --resume CHECKPOINT` continues: the checkpoint holds the resolved spec, so
+    resuming needs no other flag. `epochs` other than its own stretches the lr schedule to that many
+    (train.restore); fewer than the epochs done is refused."""
+    from harness.specs import parse_spec
+    from harness.train import check_resume_epochs, load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    if epochs is not None:
+        check_resume_epochs(ckpt, epochs, checkpoint)
+    config = ckpt["config"]
+    config.pop("fault", None)  # checkpoints before plugins carried a test-only field (always null)
+    return parse_spec(RunSpec, {**config, "epochs": config["epochs"] if epochs is None else epochs}, "--resume")
+
+
 def format_epoch(r: EpochReport, epochs: int) -> str:
     m = r.metrics
     return (f"epoch {r.epoch:>3}/{epochs}  train loss {m['train_loss']:.4f} acc {m['train_acc']:.3f}  "

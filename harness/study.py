@@ -107,6 +107,22 @@ def study_warnings(study: StudySpec, path: Path | str | None = None) -> list[str
     return out
 
 
+def check_study(path: Path, *, on_cluster: bool = False) -> list[str]:
+    """`harness sweep --validate`: the study file alone (names, bounds, and, on this machine, whether a
+    trial fits it), in about a second: no torch, timm, Ray or database. UserError when it is wrong;
+    otherwise its warnings and one line saying what it would run."""
+    from harness.specs import check_local_resources
+
+    s = validate_study(path)
+    lines = [f"warning: {w}" for w in study_warnings(s, path)]
+    if not on_cluster:  # a cluster's nodes are checked when the sweep attaches
+        check_local_resources(s.resources, field=f"{path}: resources")
+    lines.append(f"{path}: ok — study {s.name!r}: {s.trials} trials of {s.model} ({s.base_recipe().label()} recipe) on "
+                 f"{s.data.name} {s.data.image_size}px, searching {', '.join(s.search)}; sampler {s.sampler.type}, "
+                 f"scheduler {s.scheduler.type} (max {s.scheduler.max_epochs} epochs)")
+    return lines
+
+
 def _cast(p: ParamSpec, v: float | None) -> Any:
     return int(v) if p.type in ("int", "logint") and v is not None else v
 
