@@ -167,6 +167,15 @@ def require_or_skip(switch: str, why: str) -> None:
     pytest.skip(why)
 
 
+def pytest_runtest_setup(item):
+    """A `gpu`-marked test skips without CUDA, or fails with HARNESS_REQUIRE_CUDA=1 (a GPU machine's CI)."""
+    if item.get_closest_marker("gpu") is not None:
+        import torch
+
+        if not torch.cuda.is_available():
+            require_or_skip("HARNESS_REQUIRE_CUDA", "needs CUDA (torch.cuda.is_available() is false)")
+
+
 # --- Ray: one local instance for the whole session -------------------------------------------------
 
 @pytest.fixture(scope="session")

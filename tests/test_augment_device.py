@@ -253,7 +253,7 @@ def test_ops_without_a_device_form_fall_back_to_pil():
     assert not DeviceRandAugment.supports(rand_augment_transform("rand-m9", {**HPARAMS, "interpolation": Image.NEAREST}))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu  # skips without CUDA, fails instead with HARNESS_REQUIRE_CUDA=1 (tests/conftest.py)
 def test_on_cuda_same_pixels_as_on_cpu_and_no_host_sync():
     """The GPU check: the same draws give the CPU's pixels, bit for bit (every op is IEEE double, float32
     elementwise or integer: no TF32, no reduction order at stake), and nothing in it waits for the device."""

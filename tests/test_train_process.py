@@ -225,7 +225,7 @@ def test_loader_workers_come_from_the_granted_cpus(monkeypatch):
 
 # --- on a GPU (skipped here; run by the GPU check) --------------------------------------------------
 
-cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+cuda_only = pytest.mark.gpu  # skips without CUDA, fails instead with HARNESS_REQUIRE_CUDA=1 (tests/conftest.py)
 
 
 @cuda_only
