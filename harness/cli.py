@@ -1,9 +1,11 @@
 """The command line: a thin skin over the library.
 
-Each command resolves its input into typed specs (refusing bad input with exit code 2 before
-anything is written), calls the library, and ends by saying where the results are.
+Each command turns its flags into typed specs (the shared ones through `db_option`, `out_option`,
+`where_options` and `data_options`), calls the library, prints, and ends by saying where the results
+are. The exit codes are decided here only: 0, 1 (a doctor check failed), 2 (bad input, refused before
+anything is written), 130 (stopped by Ctrl-C / SIGTERM; `--resume` continues it).
 
-Length (~450 lines): one function per command, almost all of it click options with their help text.
+Length (~430 lines): one function per command, almost all of it click options with their help text.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def out_option(default: str = "dashboards", what: str = "the pages and tables"):
 def where_options(*, out_what: str, storage_layout: str):
     """--db, --out, --address, --storage-path and --pages-every of the commands that run trials through
     Ray, declared once; the command receives them as one `grids.Where` (`where`), to check (`where.check()`)
-before anything runs: `sweep --validate` checks the study file alone, without SQLAlchemy."""
+    before anything runs: `sweep --validate` checks the study file alone, without SQLAlchemy."""
     def decorate(f):
         @functools.wraps(f)
         def command(*args, db, out, address, storage_path, pages_every, **kwargs):
