@@ -207,9 +207,14 @@ def optuna_storage(db: str) -> optuna.storages.RDBStorage:
 
     from harness.store import CONNECT_TIMEOUT_S
 
+    import sqlalchemy as sa
+
     kwargs = ({"connect_args": {"timeout": 60}} if db.startswith("sqlite") else
               {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}})
-    return optuna.storages.RDBStorage(db, engine_kwargs=kwargs)
+    try:
+        return optuna.storages.RDBStorage(db, engine_kwargs=kwargs)
+    except sa.exc.IntegrityError:  # two sweeps creating Optuna's tables at once: the other one's are there now
+        return optuna.storages.RDBStorage(db, engine_kwargs=kwargs)
 
 
 def outcome(status: str | None, value: Any, error: bool) -> tuple[TrialState, float | None]:
