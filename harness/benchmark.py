@@ -260,7 +260,8 @@ def run_benchmark(spec: BenchmarkSpec, where: Where, *, echo: Callable[[str], No
 
 
 def finish(where: Where, experiment_id: int, *, echo: Callable[[str], None] = print) -> Path | None:
-    """The tables in the terminal, their Markdown/CSV and the pages in `where.out`."""
+    """The tables in the terminal, their Markdown/CSV and the pages in `where.out`; with an lr axis, each
+    model's recommended recipe as a file (`hand_back`)."""
     from harness import report as rep
     from harness import sensitivity as sens
 
@@ -268,21 +269,25 @@ def finish(where: Where, experiment_id: int, *, echo: Callable[[str], None] = pr
     store = rep.open_reader(where.db)
     try:
         table = rep.before_after(store, experiment_id)
-        _, points, summary = sens.sensitivity(store, experiment_id)
+        runs, points, summary = sens.sensitivity(store, experiment_id)
+        recipes = hand_back(store, experiment_id, runs, summary, Path(where.out or "."), echo=echo) if not points.empty else []
     finally:
         store.close()
+    split = "+".join(sorted(set("+".join(table["split"].fillna("")).split("+")) - {""})) or "test"
     echo("")
-    echo("before/after (final val acc %; one seed: [95% binomial interval], several: mean ± std; Δ in points; "
-         "the legend is in the .md):")
+    echo(f"before/after ({split} acc %, the final weights on the held-out {split} split; one seed: [95% interval over "
+         "its images], several: mean ± std; Δ in points with a paired 95% interval; the legend is in the .md):")
     echo(rep.to_text(rep.format_before_after(table)))
     if not points.empty:
         echo("")
-        echo(f"lr sensitivity (final val acc % over seeds: median [min–max]; window = within {sens.WINDOW_POINTS:g} points "
-             "of the best median; the legend is in the .md):")
+        echo("lr sensitivity (the best lr and its window chosen on validation; test acc % over seeds: median [min–max]; "
+             "the legend is in the .md):")
         echo(rep.to_text(sens.format_summary(summary)))
         echo("")
         echo(rep.to_text(sens.format_curve(points)))
     echo("")
+    for line in recipes:
+        echo(line)
     if where.out is not None:
         out = Path(where.out)
         echo(f"table: {out / f'before_after-{experiment_id}.md'} and .csv")
@@ -293,4 +298,42 @@ def finish(where: Where, experiment_id: int, *, echo: Callable[[str], None] = pr
     return index
 
 
-__all__ = ["load_grid", "resolve_grid", "run_benchmark", "finish", "default_grid", "MODELS"]
+def hand_back(store: Any, experiment_id: int, runs: Any, summary: Any, out: Path, *,
+              echo: Callable[[str], None] = print) -> list[str]:
+    """Per model of an lr grid: the recommended recipe (`sensitivity.recommend`: the recipe and lr of the
+    highest validation median) written as `out/recipes/recommended-<experiment>-<model>.yaml`, a file
+    `harness train --recipe FILE` runs, with how it was chosen and its test accuracy in its header. Returns
+    the lines that name each file, with the same recipe as timm train.py flags."""
+    from harness import report as rep
+    from harness import sensitivity as sens
+    from harness.recipe_file import timm_train_flags, write_recipe_file
+    from harness.recipes import Recipe
+
+    lines = []
+    for _, best in sens.recommend(runs, summary).iterrows():
+        stored = rep.read_runs(store, run_ids=best["run_ids"][:1])
+        if stored.empty:
+            continue
+        params = stored.iloc[0]["params"]
+        recipe = Recipe.model_validate(params["recipe"])
+        model = str(stored.iloc[0]["model"])  # what ran and was measured (a CPU stand-in says so in the header)
+        path = out / "recipes" / f"recommended-{experiment_id}-{model}.yaml"
+        write_recipe_file(recipe, path, comment=[
+            f"The recipe harness recommends for {best['model']} on {params['data']['name']} "
+            f"({params['data']['image_size']} px, {params['epochs']} epochs at batch {recipe.batch_size}): "
+            f"{best['recipe']} at lr {best['best_lr']:.3g} (peak, at this batch).",
+            f"Chosen on validation: the highest median final val acc ({best['best_val']:.1f}%) over {best['seeds']} "
+            f"seed(s) of the {int(best['lrs'])} lrs of experiment {experiment_id}; test acc there, reported and not "
+            f"used to choose: median {best['best_test']:.1f}%.",
+            f"Its own (fitted) lr was {best['own_lr']:.3g}: the chosen one is {best['best_lr'] / best['own_lr']:.3g}x it."
+            + (" The best lr is at the grid's edge: the best may lie beyond it." if best["best_at_edge"] else ""),
+            f"Train with it: harness train --model {model} --recipe {path}",
+        ])
+        flags = timm_train_flags(recipe, epochs=int(params["epochs"]))
+        lines.append(f"recommended recipe for {best['model']}: {path}  ({best['recipe']} at lr {best['best_lr']:.3g}, "
+                     f"val {best['best_val']:.1f}%, test {best['best_test']:.1f}%)")
+        lines.append(f"  as timm train.py flags: {flags if isinstance(flags, str) else flags[0]}")
+    return lines
+
+
+__all__ = ["load_grid", "resolve_grid", "run_benchmark", "finish", "hand_back", "default_grid", "MODELS"]

@@ -149,7 +149,8 @@ def make_data_spec(data_name: str, data_root: Path | None, download: bool, image
 @click.option("--model", default=None, help="registry name (see `harness models`); required unless --resume")
 @click.option("--recipe", default="tuned", show_default=True,
               help="registry name, fitted to this run (NAME@published: the source's values as published); "
-                   "'tuned' = the model family's own")
+                   "'tuned' = the model family's own; or FILE.yaml, a recipe file (a benchmark's or sweep's "
+                   "recipes/recommended-*.yaml), used as written: not refitted, --batch-size rescales its lr")
 @data_options()
 @click.option("--epochs", type=int, default=None, help="[default: 10; with --resume: the checkpoint's; another N "
               "stretches its lr schedule to N epochs]")

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.datasets import (DATASETS, DataSpec, check_spec, list_folder, n_val, stratified_order,  # noqa: F401
-                              train_images)  # (train_images re-exported)
+from harness.datasets import (DATASETS, DataSpec, check_spec, held_out_val, list_folder, n_val,  # noqa: F401
+                              stratified_order, synthetic_total, three_way, train_images)  # (train_images re-exported)
 from harness.errors import UserError
 from harness.recipes import Recipe
 
@@ -131,11 +131,14 @@ class Dataset:
     class_names: list[str]
     image_size: int
     train: Split
-    val: Split
+    val: Split  # chooses: the best epoch, the lr on a curve, a sweep's best trial, ASHA's rungs
     hflip: bool  # False where mirroring changes the class (digits)
     description: str
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    # What the tables report, scored once at the end of a run; nothing chooses on it. None: a plugin's set
+    # without one (its runs then have no test numbers, and the tables say so).
+    test: Split | None = None
 
 
 # --- loaders ------------------------------------------------------------------------------------
@@ -151,14 +154,15 @@ def _resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def _split(x: torch.Tensor, y: torch.Tensor, spec: DataSpec, size: int | None = None) -> tuple[TensorSplit, TensorSplit]:
-    g = torch.Generator().manual_seed(spec.split_seed)
-    order = torch.randperm(len(y), generator=g)
-    k = n_val(len(y), spec)
-    val, train = order[:k], order[k:]
-    if spec.train_size is not None:  # a cap keeps the class balance (without one, the order stays as it was)
-        train = train[stratified_order(y[train].tolist(), spec.split_seed)][: spec.train_size]
-    return TensorSplit(x[train], y[train], size), TensorSplit(x[val], y[val], size)
+def _split(x: torch.Tensor, y: torch.Tensor, spec: DataSpec, size: int | None = None
+           ) -> tuple[TensorSplit, TensorSplit, TensorSplit]:
+    """(train, val, test) of a set with no split of its own, stratified by class (`datasets.three_way`)."""
+    train, val, test = (torch.tensor(i, dtype=torch.long) for i in three_way(y.tolist(), spec))
+    return TensorSplit(x[train], y[train], size), TensorSplit(x[val], y[val], size), TensorSplit(x[test], y[test], size)
+
+
+def _sizes(train: Split, val: Split, test: Split) -> str:
+    return f"{len(train)} train / {len(val)} val / {len(test)} test"
 
 
 def load_digits(spec: DataSpec) -> Dataset:
@@ -168,16 +172,15 @@ def load_digits(spec: DataSpec) -> Dataset:
     x = torch.from_numpy(d.images).float().mul_(255 / 16).round_().to(torch.uint8)[:, None]
     x = x.expand(-1, 3, -1, -1).contiguous()  # native 8x8; resized to the run's size by TensorSplit.to
     y = torch.from_numpy(d.target).long()
-    train, val = _split(x, y, spec, spec.image_size)
-    return Dataset("digits", 10, [str(i) for i in range(10)], spec.image_size, train, val, hflip=False,
-                   description=f"digits (scikit-learn, 8x8 upsampled to {spec.image_size} px): "
-                               f"{len(train)} train / {len(val)} val")
+    train, val, test = _split(x, y, spec, spec.image_size)
+    return Dataset("digits", 10, [str(i) for i in range(10)], spec.image_size, train, val, hflip=False, test=test,
+                   description=f"digits (scikit-learn, 8x8 upsampled to {spec.image_size} px): {_sizes(train, val, test)}")
 
 
 def load_synthetic(spec: DataSpec) -> Dataset:
     """Learnable generated classes: each a random smooth pattern, seen through noise and shifts."""
-    k, n = spec.num_classes, (spec.train_size or 1000)
-    n_total = int(round(n / (1 - spec.val_fraction)))
+    k = spec.num_classes
+    n_total = synthetic_total(spec)
     g = torch.Generator().manual_seed(spec.split_seed + 12345)
     protos = F.interpolate(torch.rand(k, 3, 4, 4, generator=g), size=(spec.image_size,) * 2, mode="bilinear")
     y = torch.arange(n_total) % k
@@ -185,9 +188,9 @@ def load_synthetic(spec: DataSpec) -> Dataset:
     shift = torch.randint(-2, 3, (2,), generator=g).tolist()
     x = 0.6 * protos[y].roll(shifts=shift, dims=(2, 3)) + 0.4 * torch.rand(n_total, 3, spec.image_size, spec.image_size, generator=g)
     x = x.mul_(255).round_().to(torch.uint8)
-    train, val = _split(x, y, spec.model_copy(update={"train_size": None}))
-    return Dataset("synthetic", k, [f"class {i}" for i in range(k)], spec.image_size, train, val, hflip=True,
-                   description=f"synthetic ({k} classes, {spec.image_size} px): {len(train)} train / {len(val)} val")
+    train, val, test = _split(x, y, spec.model_copy(update={"train_size": None}))
+    return Dataset("synthetic", k, [f"class {i}" for i in range(k)], spec.image_size, train, val, hflip=True, test=test,
+                   description=f"synthetic ({k} classes, {spec.image_size} px): {_sizes(train, val, test)}")
 
 
 def load_cifar(spec: DataSpec) -> Dataset:
@@ -201,17 +204,16 @@ def load_cifar(spec: DataSpec) -> Dataset:
                         f"{spec.name} is not there ({e}). Point --data-root at the folder holding "
                         f"{'cifar-10-batches-py' if spec.name == 'cifar10' else 'cifar-100-python'}, "
                         "or add --download when online.") from None
-    splits = []
-    for p in parts:
-        x = torch.from_numpy(p.data).permute(0, 3, 1, 2).contiguous()  # native 32 px: resized by TensorSplit.to
-        y = torch.tensor(p.targets, dtype=torch.long)
-        if p.train:  # class-mixed whatever the file's order, so a cap and the probe see every class
-            keep = torch.tensor(stratified_order(p.targets, spec.split_seed))[: spec.train_size]
-            x, y = x[keep], y[keep]
-        splits.append(TensorSplit(x, y, spec.image_size))
-    return Dataset(spec.name, len(parts[0].classes), list(parts[0].classes), spec.image_size, splits[0], splits[1],
-                   hflip=True, description=f"{spec.name} ({spec.root}, {spec.image_size} px): "
-                                           f"{len(splits[0])} train / {len(splits[1])} val")
+    # The official test set is the test split; val is carved out of the official train set (stratified),
+    # whose rest is class-mixed whatever the file's order, so a cap and the probe see every class.
+    x_train, x_test = (torch.from_numpy(p.data).permute(0, 3, 1, 2).contiguous() for p in parts)  # native 32 px
+    y_train, y_test = (torch.tensor(p.targets, dtype=torch.long) for p in parts)
+    keep, val_idx = (torch.tensor(i, dtype=torch.long) for i in held_out_val(parts[0].targets, spec))
+    train = TensorSplit(x_train[keep], y_train[keep], spec.image_size)
+    val = TensorSplit(x_train[val_idx], y_train[val_idx], spec.image_size)
+    test = TensorSplit(x_test, y_test, spec.image_size)
+    return Dataset(spec.name, len(parts[0].classes), list(parts[0].classes), spec.image_size, train, val, hflip=True,
+                   test=test, description=f"{spec.name} ({spec.root}, {spec.image_size} px): {_sizes(train, val, test)}")
 
 
 class _Files(torch.utils.data.Dataset):
@@ -258,11 +260,11 @@ def load_folder(spec: DataSpec, device: torch.device) -> Dataset:
     (`spec.workers`; unset: `auto_workers()`, and fit() sets it from the run's granted threads)."""
     listing = list_folder(spec)
     workers = spec.workers if spec.workers is not None else auto_workers()
-    train, val, classes = listing.train, listing.val, listing.classes
-    return Dataset(spec.name, len(classes), classes, spec.image_size,
-                   FolderSplit(_Files(train, spec.image_size), device, workers),
-                   FolderSplit(_Files(val, spec.image_size), device, workers), hflip=True,
-                   description=f"{spec.name} ({listing.root}, {spec.image_size} px): {len(train)} train / {len(val)} val, "
+    train, val, test = (FolderSplit(_Files(part, spec.image_size), device, workers)
+                        for part in (listing.train, listing.val, listing.test))
+    classes = listing.classes
+    return Dataset(spec.name, len(classes), classes, spec.image_size, train, val, hflip=True, test=test,
+                   description=f"{spec.name} ({listing.root}, {spec.image_size} px): {_sizes(train, val, test)}, "
                                f"{len(classes)} classes, {workers} loader workers")
 
 
@@ -274,6 +276,8 @@ def load(spec: DataSpec, device: torch.device) -> Dataset:
         return entry.loader_fn()(spec, device)
     ds = entry.loader_fn()(spec)
     ds.train, ds.val = ds.train.to(device), ds.val.to(device)  # type: ignore[attr-defined]
+    if ds.test is not None:
+        ds.test = ds.test.to(device)  # type: ignore[attr-defined]
     return ds
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.errors import UserError, unknown
 
@@ -33,9 +33,20 @@ class DataSpec(BaseModel):
     download: bool = Field(False, description="cifar*: download into root when missing (needs internet)")
     num_classes: int = Field(10, ge=2, le=1000, description="synthetic only")
     train_size: int | None = Field(None, ge=2, description="synthetic: images to generate (default 1000); others: cap")
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share where the set has no split of its own")
-    split_seed: int = Field(0, description="the train/val split is fixed by this, not by the run seed")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description=(
+        "validation share (it chooses: the lr on a curve, a sweep's best trial, ASHA's rungs) of the whole set, "
+        "or of the training split where the set has an official test split (cifar*, tinyimagenet)"))
+    test_fraction: float = Field(0.2, gt=0, lt=1, description=(
+        "test share (what the tables report; nothing chooses on it) where the set has no test split of its own"))
+    split_seed: int = Field(0, description="the train/val/test split is fixed by this, not by the run seed")
     workers: int | None = Field(None, ge=0, description="folder sets: DataLoader workers (None = half the cores, at most 8)")
+
+    @model_validator(mode="after")
+    def _room_to_train(self) -> DataSpec:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} leaves under a "
+                             "tenth of the images to train on; e.g. val_fraction 0.2, test_fraction 0.2")
+        return self
 
 
 @dataclass(frozen=True)
@@ -65,17 +76,52 @@ DIGITS_IMAGES, CIFAR_TRAIN_IMAGES = 1797, 50_000
 
 
 def n_val(total: int, spec: DataSpec) -> int:
-    """Held-out images where the set has no split of its own."""
+    """Validation images carved out of `total`."""
     return max(1, int(round(total * spec.val_fraction)))
+
+
+def n_test(total: int, spec: DataSpec) -> int:
+    """Test images carved out of `total` where the set has no test split of its own."""
+    return max(1, int(round(total * spec.test_fraction)))
+
+
+def three_way(labels: Sequence[int], spec: DataSpec) -> tuple[list[int], list[int], list[int]]:
+    """(train, val, test) indices of a set with no split of its own: one `stratified_order` by
+    `split_seed`, test its first `test_fraction`, val the next `val_fraction`, train the rest (each part
+    holds every class in its share, within an image or two), then the training cap `train_size`."""
+    order = stratified_order(labels, spec.split_seed)
+    k_test, k_val = n_test(len(order), spec), n_val(len(order), spec)
+    test, val, train = order[:k_test], order[k_test:k_test + k_val], order[k_test + k_val:]
+    return _stratified_cap(train, labels, spec), val, test
+
+
+def held_out_val(labels: Sequence[int], spec: DataSpec) -> tuple[list[int], list[int]]:
+    """(train, val) indices of a training split whose set has its own test split (cifar*, tinyimagenet,
+    a folder with test/): val is a stratified `val_fraction` of it; train the rest, capped."""
+    order = stratified_order(labels, spec.split_seed)
+    k = n_val(len(order), spec)
+    return _stratified_cap(order[k:], labels, spec), order[:k]
+
+
+def _stratified_cap(train: list[int], labels: Sequence[int], spec: DataSpec) -> list[int]:
+    """The training indices in a class-mixed order, the first `train_size` of them when capped: a cap
+    keeps the class balance and the training-accuracy probe (the split's first images) sees every class."""
+    mixed = stratified_order([labels[i] for i in train], spec.split_seed)
+    return [train[i] for i in mixed][: spec.train_size]
 
 
 def _capped(n: int, spec: DataSpec) -> int:
     return min(n, spec.train_size) if spec.train_size is not None else n
 
 
+def synthetic_total(spec: DataSpec) -> int:
+    """Images the synthetic set generates so that `train_size` (default 1000) are left to train on."""
+    return int(round((spec.train_size or 1000) / (1 - spec.val_fraction - spec.test_fraction)))
+
+
 def _synthetic_images(spec: DataSpec) -> int:
-    total = int(round((spec.train_size or 1000) / (1 - spec.val_fraction)))
-    return total - n_val(total, spec)
+    total = synthetic_total(spec)
+    return total - n_val(total, spec) - n_test(total, spec)
 
 
 def stratified_order(labels: Sequence[int], seed: int) -> list[int]:
@@ -105,6 +151,7 @@ class FolderListing:
     root: Path
     train: list[tuple[str, int]]
     val: list[tuple[str, int]]
+    test: list[tuple[str, int]]
     classes: list[str]
 
 
@@ -118,14 +165,23 @@ def _folder_classes(root: Path, field: str) -> tuple[list[tuple[str, int]], list
     return list(folder.samples), list(folder.classes)
 
 
+def _same_classes(root: Path, part: str, classes: list[str]) -> list[tuple[str, int]]:
+    samples, found = _folder_classes(root / part, "data.root")
+    if found != classes:
+        raise UserError("data.root", str(root), f"train/ and {part}/ must hold the same class folders.")
+    return samples
+
+
 def list_folder(spec: DataSpec) -> FolderListing:
-    """How each folder layout is split:
-    - `tinyimagenet`: `train/<wnid>/...` (the images/ sub-folder is found by ImageFolder's walk); val
-      labels from `val/val_annotations.txt` (file -> wnid), mapped through the train classes' indices;
-    - `imagefolder` with `train/` and `val/`: those two, which must hold the same class folders;
-    - `imagefolder` flat (one folder per class): a held-out `val_fraction`, stratified by class and
-      fixed by `split_seed`.
-    The training list is in `stratified_order` (by `split_seed`) in every layout, then capped."""
+    """How each folder layout is split into train / val (chooses) / test (reported):
+    - `tinyimagenet`: `train/<wnid>/...` (the images/ sub-folder is found by ImageFolder's walk); its
+      labelled `val/` (labels from `val/val_annotations.txt`: file -> wnid) is the test split, as the
+      official test has no labels; val is a stratified `val_fraction` of train/;
+    - `imagefolder` with `train/`, `val/` and `test/`: those three, which must hold the same class folders;
+      with `train/` and `test/`: val carved out of train/; with `train/` and `val/` only: test carved
+      out of train/ (`test_fraction` of it), so val stays the user's;
+    - `imagefolder` flat (one folder per class): test and val carved out (`datasets.three_way`).
+    Every carve is stratified by class and fixed by `split_seed`; the training list is class-mixed, then capped."""
     root = Path(spec.root)  # type: ignore[arg-type]
     if spec.name == "tinyimagenet":
         if (root / "tiny-imagenet-200").is_dir():
@@ -135,31 +191,42 @@ def list_folder(spec: DataSpec) -> FolderListing:
         ann = root / "val" / "val_annotations.txt"
         if not ann.is_file():
             raise UserError("data.root", str(spec.root), "no val/val_annotations.txt: expected the tiny-imagenet-200 layout.")
-        val = []
+        test = []
         for n, line in enumerate(ann.read_text().splitlines(), 1):
             fname, wnid = (line.split("\t") + [""])[:2]
             if wnid not in index:
                 raise UserError("data.root", str(ann), f"line {n} names class {wnid!r}, which train/ has no folder for: "
                                 "expected the tiny-imagenet-200 layout (val_annotations.txt: file<TAB>wnid<TAB>box).")
-            val.append((str(root / "val" / "images" / fname), index[wnid]))
-    elif (root / "train").is_dir() and (root / "val").is_dir():
+            test.append((str(root / "val" / "images" / fname), index[wnid]))
+        keep, val_idx = held_out_val([label for _, label in train], spec)
+        train, val = [train[i] for i in keep], [train[i] for i in val_idx]
+    elif (root / "train").is_dir() and ((root / "val").is_dir() or (root / "test").is_dir()):
         train, classes = _folder_classes(root / "train", "data.root")
-        val, val_classes = _folder_classes(root / "val", "data.root")
-        if val_classes != classes:
-            raise UserError("data.root", str(root), "train/ and val/ must hold the same class folders.")
+        labels = [label for _, label in train]
+        if (root / "val").is_dir() and (root / "test").is_dir():
+            val, test = _same_classes(root, "val", classes), _same_classes(root, "test", classes)
+            train = [train[i] for i in _stratified_cap(list(range(len(train))), labels, spec)]
+        elif (root / "test").is_dir():
+            test = _same_classes(root, "test", classes)
+            keep, val_idx = held_out_val(labels, spec)
+            train, val = [train[i] for i in keep], [train[i] for i in val_idx]
+        else:
+            val = _same_classes(root, "val", classes)
+            keep, test_idx = held_out_val(labels, spec.model_copy(update={"val_fraction": spec.test_fraction}))
+            train, test = [train[i] for i in keep], [train[i] for i in test_idx]
     else:
         samples, classes = _folder_classes(root, "data.root")
-        order = stratified_order([label for _, label in samples], spec.split_seed)
-        k = n_val(len(samples), spec)
-        val, train = [samples[i] for i in order[:k]], [samples[i] for i in order[k:]]
-    train = [train[i] for i in stratified_order([label for _, label in train], spec.split_seed)]
-    return FolderListing(root, train[: spec.train_size], val, classes)
+        keep, val_idx, test_idx = three_way([label for _, label in samples], spec)
+        train, val, test = ([samples[i] for i in idx] for idx in (keep, val_idx, test_idx))
+    return FolderListing(root, train, val, test, classes)
 
 
-register(DatasetEntry("digits", "harness.data:load_digits", lambda s: _capped(DIGITS_IMAGES - n_val(DIGITS_IMAGES, s), s)))
+register(DatasetEntry("digits", "harness.data:load_digits",
+                      lambda s: _capped(DIGITS_IMAGES - n_val(DIGITS_IMAGES, s) - n_test(DIGITS_IMAGES, s), s)))
 register(DatasetEntry("synthetic", "harness.data:load_synthetic", _synthetic_images))
 for _name in ("cifar10", "cifar100"):
-    register(DatasetEntry(_name, "harness.data:load_cifar", lambda s: _capped(CIFAR_TRAIN_IMAGES, s), needs_root=True))
+    register(DatasetEntry(_name, "harness.data:load_cifar", lambda s: _capped(CIFAR_TRAIN_IMAGES - n_val(CIFAR_TRAIN_IMAGES, s), s),
+                                  needs_root=True))
 for _name in ("tinyimagenet", "imagefolder"):
     register(DatasetEntry(_name, "harness.data:load_folder", lambda s: len(list_folder(s).train), needs_root=True, streamed=True))
 

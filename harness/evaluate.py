@@ -1,5 +1,6 @@
 """The per-class evaluation of a run's best weights (accuracy per class, the confusion matrix, sample
-predictions as PNGs) and the validation pass the loop runs every epoch."""
+predictions as PNGs), the validation pass the loop runs every epoch, and the test pass it runs once, at
+the end, on the final weights (what the tables report, image by image)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import data as data_mod
+from harness.store import pack_correct
 
 def _eval_input(x: torch.Tensor, augment: data_mod.BatchAugment, channels_last: bool) -> torch.Tensor:
     """A batch as the model sees it in evaluation: normalized, in the memory format it trained with."""
@@ -34,6 +36,27 @@ def evaluate(model: torch.nn.Module, split: data_mod.Split, augment: data_mod.Ba
         correct += (out.argmax(1) == y).sum()
         n += len(y)
     return float(loss_sum) / max(n, 1), float(correct) / max(n, 1)
+
+
+@torch.no_grad()
+def score_test(model: torch.nn.Module, split: data_mod.Split, augment: data_mod.BatchAugment, *, batch_size: int,
+               autocast: Any, channels_last: bool = False) -> dict[str, Any]:
+    """The test split scored once: plain cross-entropy, accuracy, and which images were right, in the
+    split's fixed order (`correct`: base64 of numpy's packbits, one bit per image), so two runs on the
+    same images compare pair by pair. Nothing chooses on these numbers: validation chooses."""
+    import numpy as np
+
+    model.eval()
+    loss_sum, right = torch.zeros((), device=augment.mean.device), []
+    for x, y in split.batches(batch_size, shuffle=False, generator=None, drop_last=False):
+        with autocast():
+            out = model(_eval_input(x, augment, channels_last))
+        loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
+        right.append(out.argmax(1) == y)
+    hits = torch.cat(right).cpu().numpy() if right else np.zeros(0, dtype=bool)
+    n = len(hits)
+    return {"test_loss": float(loss_sum) / max(n, 1), "test_acc": float(hits.mean()) if n else float("nan"), "n_test": n,
+            "test_correct": pack_correct(hits)}
 
 
 def _png(img: torch.Tensor) -> str:

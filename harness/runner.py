@@ -106,6 +106,8 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
         store.log_epoch(run, r.epoch, r.metrics, where=where)
         if r.evaluation is not None:
             store.save_evaluation(run, r.evaluation)
+        if r.test is not None:
+            store.save_test(run, r.test)
         view.echo(format_epoch(r, spec.epochs))
         view.epoch("run", r.epoch, r.metrics, plain=False)  # the line above is the plain form
 
@@ -133,7 +135,9 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
     store.finish_run(run, status=result.status, wall_s=result.wall_s)
     store.finish_experiment(exp, "completed")
     best = f"{result.best_val_acc:.3f} at epoch {result.best_epoch}" if result.best_val_acc is not None else "none"
-    echo(f"{result.status}: best val acc {best}, final {result.final_val_acc:.3f}, {result.wall_s:.0f}s")
+    t = result.test
+    test = f"; test acc {t['test_acc']:.3f} on {t['n_test']} held-out images (final weights)" if t else "; no test split"
+    echo(f"{result.status}: best val acc {best}, final {result.final_val_acc:.3f}{test}, {result.wall_s:.0f}s")
     echo(f"results: run {run} (experiment {exp}) in {shown_url(db)}; checkpoints in {spec.checkpoint_dir}/; "
          f"dashboards: `harness report --db {shown_url(db)}`")
     store.close()

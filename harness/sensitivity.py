@@ -1,19 +1,26 @@
-"""The answer as a curve: final accuracy against learning rate, per model x recipe, over seeds.
+"""The answer as a curve: accuracy against learning rate, per model x recipe, over seeds; and the recipe
+it finds, handed back.
 
 A benchmark grid with an lr axis (`lrs:` / `--lrs`) trains every recipe at several learning rates and
 seeds; this module turns those runs into the sensitivity table (one row per model x recipe x lr, and
 one summary per model x recipe) that `harness benchmark` prints and `sensitivity-<id>.md/.csv/.html`
-show. It reads through `report.py` (no SQL of its own) and is pure pandas.
+show, and picks the recommended recipe per model. It reads through `report` (no SQL of its own) and is
+pure pandas.
 
-The measures, from ../shared/DESIGN.md "Evidence":
-- per lr: the median final val acc over seeds with its min-max, how many seeds collapsed (ended at
-  chance: `report.CHANCE_MARGIN`) or diverged (NaN/Inf loss), and the *danger zone* flag where seeds
-  disagree (some collapse or diverge, some train: Schmidt et al. 2021, app. C);
-- per recipe: the best lr (highest median), the *window* (the lrs whose median is within
-  `WINDOW_POINTS` of the best) as a range and in decades, and the *LR sensitivity* of Wortsman et al.
-  (ICLR 2024, sec. 2.2) on accuracy: the mean over the grid of best - max(acc(lr), chance), in points,
-  a diverged or failed run counted at chance (their "diverged run counted at its initial loss");
-- where the recipe's own lr and seed 000's naive lr (Adam 1e-3) fall against that window.
+Validation chooses, test reports (DESIGN.md "Evidence"; Cawley & Talbot, JMLR 2010):
+- per lr: the median final *validation* accuracy over seeds (what chooses), and the final weights' *test*
+  accuracy (median, min-max) and loss; how many seeds collapsed (test accuracy not above chance by a
+  one-sided exact binomial test, `report.beats_chance`) or diverged (NaN/Inf loss); the *danger zone*
+  where some seed collapsed or diverged and another trained clear of chance (Schmidt et al. 2021, app. C);
+- per recipe: the best lr (the highest validation median; ties: the lower lr) and the test accuracy
+  there; the *window*, the lrs the data cannot tell from the best by the one-standard-error rule (Hastie,
+  Tibshirani & Friedman, ESL 2nd ed., sec. 7.10: within one SE of the best, the SE from the seeds and the
+  validation images); the *LR sensitivity* of Wortsman et al. (ICLR 2024, sec. 2.2) on the final test
+  loss: the mean over one lr range shared by every recipe of the model of min(loss, ln k) - the best
+  loss, a diverged run counted at ln k (the loss of a uniform guess: their "initial loss"); beside it,
+  labelled, the same on accuracy over the recipe's own grid;
+- per model: the recommended recipe, the (recipe, lr) of the highest validation median, written as a
+  file `harness train --recipe FILE` runs (`recommend`).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from harness import report as rep
@@ -28,26 +36,27 @@ from harness.files import write_text_atomic
 from harness.models import stand_in_label
 from harness.store import Store
 
-# Harness choice: an lr "trains as well as the best" when its median final accuracy is within this
-# many points of the best median: about the 95% binomial half-width on a few hundred validation images
-# (digits' 359: +-4.6 points at 70%), so the window holds the lrs the data cannot tell from the best.
-WINDOW_POINTS = 5.0
-# Seed 000's "CNN settings": Adam at 1e-3 with no batch rule (the naive recipe's lr at any batch).
+# Adam at 1e-3 with no batch rule, as users copy it from CNN tutorials (the naive recipe's lr at any batch).
 NAIVE_LR = 1e-3
-# Runs without a final accuracy that says something about their lr (see `lr_runs`).
-UNFINISHED = ("running", "interrupted", "time_limit", "stopped", "failed")
+# Harness choice: a seed "trained clear of chance" when its test accuracy is at least this far from chance
+# to perfect (a tenth of the way: 19% on 10 classes, 55% on 2) and above chance by the binomial test; a danger
+# zone needs such a seed beside a collapsed one, so two seeds that both barely moved (11.7% and 18.9%) are not one.
+CLEAR_OF_CHANCE = 0.1
+UNFINISHED = rep.UNFINISHED  # runs without a final accuracy that says something about their lr (see `lr_runs`)
 
-CURVE_COLUMNS = ["model", "ran", "stands_for", "recipe", "lr", "lr_point", "lr_mult", "seeds", "median", "min", "max",
-                 "mean", "collapsed", "diverged", "danger"]
-SUMMARY_COLUMNS = ["model", "recipe", "seeds", "lrs", "own_lr", "best_lr", "best_median", "window_lo", "window_hi",
-                   "window_decades", "window_gaps", "lr_sensitivity", "own_lr_vs_best", "own_lr_where", "naive_lr_where",
-                   "best_at_edge", "danger_lrs", "collapsed", "diverged"]
+CURVE_COLUMNS = ["model", "ran", "stands_for", "recipe", "lr", "lr_point", "lr_mult", "seeds", "val_median", "median",
+                 "min", "max", "mean", "loss", "collapsed", "diverged", "danger"]
+SUMMARY_COLUMNS = ["model", "recipe", "seeds", "lrs", "own_lr", "best_lr", "best_val", "best_test", "se", "window_lo",
+                   "window_hi", "window_decades", "window_gaps", "loss_sensitivity", "shared_lo", "shared_hi",
+                   "shared_lrs", "acc_sensitivity", "own_lr_vs_best", "own_lr_where", "naive_lr_where", "best_at_edge",
+                   "danger_lrs", "collapsed", "diverged"]
 
 
 def lr_runs(store: Store, experiment_id: int) -> pd.DataFrame:
-    """One row per run of an lr axis: `report.run_summary` plus lr, lr_point, lr_mult, own_lr and acc
-    (final val acc in %: a diverged run at chance, an unfinished or failed one NaN) and acc_so_far. Empty
-    when the grid has no lr axis."""
+    """One row per run of an lr axis: `report.run_summary` plus lr_point, own_lr, and, in % (loss in nats):
+    `val` (final validation accuracy: chooses), `acc` (test accuracy: reported) and `loss` (final test loss,
+    at most ln k); a diverged run at chance (and ln k), an unfinished or failed one NaN. `acc_so_far`: the
+    latest validation accuracy whatever the status (a live page's dot). Empty when the grid has no lr axis."""
     runs = rep.read_runs(store, experiment_id)
     if runs.empty:
         return pd.DataFrame()
@@ -60,33 +69,41 @@ def lr_runs(store: Store, experiment_id: int) -> pd.DataFrame:
         return s
     s = s.astype({"lr": float, "lr_mult": float, "own_lr": float})
     chance = 100.0 * s["chance"].astype(float)
-    s["acc_so_far"] = 100.0 * s["final"]  # the latest epoch's, whatever the status (a live page's dot)
+    uniform = np.log(1.0 / s["chance"].astype(float))  # ln k: the loss of a uniform guess
+    s["acc_so_far"] = 100.0 * s["final"]
     s["diverged"] = s["status"] == "diverged"
     s["collapsed"] = s["ends_at_chance"].astype(bool) & ~s["diverged"]
-    s["acc"] = s["acc_so_far"].where(~s["diverged"] & s["final"].notna(), chance)
+    ok = ~s["diverged"]
+    s["val"] = (100.0 * s["final"]).where(ok & s["final"].notna(), chance)
+    s["acc"] = (100.0 * s["acc"]).where(ok & s["acc"].notna(), chance)
+    s["loss"] = s["test_loss"].clip(upper=uniform).where(ok & s["test_loss"].notna(), uniform)
     # Left out of the curve (not counted at chance): a run still training (a live page) or cut short has no
     # final accuracy yet, and a failed run (an error: out of memory, a bad file) says nothing about its lr.
-    s.loc[s["status"].isin(UNFINISHED), "acc"] = float("nan")
+    s.loc[s["status"].isin(UNFINISHED), ["val", "acc", "loss"]] = float("nan")
+    floor = 100.0 * (s["chance"] + CLEAR_OF_CHANCE * (1 - s["chance"]))
+    s["clear"] = ~s["collapsed"] & ~s["diverged"] & (s["acc"] >= floor)
     s["model_label"] = [stand_in_label(m, sf or None, short=True) for m, sf in zip(s["model"], s["stands_for"].fillna(""))]
     return s
 
 
 def curve(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per model x recipe x lr (from `lr_runs`): the seeds' median, min, max and mean (%), collapses,
-    divergences, and the danger flag (seeds disagree: some collapsed or diverged, some trained)."""
+    """Per model x recipe x lr (from `lr_runs`): the seeds' validation median (chooses); their test accuracy's
+    median, min, max and mean (%) and median test loss; collapses, divergences, and the danger flag (a seed
+    collapsed or diverged while another trained clear of chance)."""
     if runs.empty:
         return pd.DataFrame(columns=CURVE_COLUMNS)
     rows = []
     for (label, recipe, lr), g in runs.groupby(["model_label", "recipe", "lr"], sort=False):
-        g = g[g["acc"].notna()]
+        g = g[g["val"].notna()]
         if g.empty:
             continue
-        bad = int(g["collapsed"].sum() + g["diverged"].sum())
+        bad = bool((g["collapsed"] | g["diverged"]).any())
         rows.append({"model": label, "ran": g["model"].iloc[0], "stands_for": g["stands_for"].iloc[0], "recipe": recipe,
                      "lr": lr, "lr_point": g["lr_point"].iloc[0], "lr_mult": g["lr_mult"].iloc[0], "seeds": len(g),
-                     "median": g["acc"].median(), "min": g["acc"].min(), "max": g["acc"].max(), "mean": g["acc"].mean(),
+                     "val_median": g["val"].median(), "median": g["acc"].median(), "min": g["acc"].min(),
+                     "max": g["acc"].max(), "mean": g["acc"].mean(), "loss": g["loss"].median(),
                      "collapsed": int(g["collapsed"].sum()), "diverged": int(g["diverged"].sum()),
-                     "danger": 0 < bad < len(g)})
+                     "danger": bad and bool(g["clear"].any())})
     return pd.DataFrame(rows, columns=CURVE_COLUMNS).sort_values(["model", "recipe", "lr"], kind="stable",
                                                                  key=_grid_order(runs)).reset_index(drop=True)
 
@@ -108,26 +125,56 @@ def _where(lr: float, lo: float, hi: float, grid_lo: float, grid_hi: float) -> s
     return "below the window" if lr < lo else "above the window"
 
 
+def _standard_error(best: pd.DataFrame) -> float:
+    """The SE (points) of the best lr's validation accuracy: the seeds' spread over their number, plus the
+    binomial variance of the validation images (one seed: that alone), so the window reflects both."""
+    val = best["val"].dropna() / 100.0
+    p, n_val = float(val.median()), best["n_val"].dropna()
+    images = p * (1 - p) / float(n_val.median()) if len(n_val) else 0.0
+    seeds = float(val.var(ddof=1)) / len(val) if len(val) > 1 else 0.0
+    return 100.0 * math.sqrt(seeds + images)
+
+
+def _shared_sensitivity(points: pd.DataFrame) -> dict[str, tuple[float, float, float, int]]:
+    """Per recipe of one model: (loss sensitivity, shared lo, shared hi, lrs used) over the one lr range
+    every recipe of the model ran (Wortsman et al. compare settings over a shared range): the mean over the
+    recipe's grid points in it of min(loss, ln k) - their best loss (losses are clipped in `lr_runs`).
+    NaN where the range holds fewer than two of the recipe's lrs (use an absolute axis: --lrs 1e-4,3e-4,...)."""
+    by = {r: g.sort_values("lr") for r, g in points.groupby("recipe", sort=False)}
+    lo = max(float(g["lr"].min()) for g in by.values())
+    hi = min(float(g["lr"].max()) for g in by.values())
+    out = {}
+    for recipe, g in by.items():
+        inside = g[(g["lr"] >= lo * 0.99) & (g["lr"] <= hi * 1.01)]["loss"].dropna()
+        value = float((inside - inside.min()).mean()) if len(inside) >= 2 else math.nan
+        out[recipe] = (value, lo, hi, len(inside))
+    return out
+
+
 def summarize(points: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """Per model x recipe, from `curve` rows (and the `lr_runs` rows for chance and the own lr)."""
+    """Per model x recipe, from `curve` rows (and the `lr_runs` rows for chance, the SE and the own lr)."""
     rows = []
+    shared = {m: _shared_sensitivity(g) for m, g in points.groupby("model", sort=False)}
     for (label, recipe), g in points.groupby(["model", "recipe"], sort=False):
         g = g.sort_values("lr")
         r = runs[(runs["model_label"] == label) & (runs["recipe"] == recipe)]
         chance = 100.0 * float(r["chance"].astype(float).median())
-        best = g.loc[g["median"].idxmax()]
-        inside = g[g["median"] >= best["median"] - WINDOW_POINTS]
+        best = g.loc[g["val_median"].idxmax()]  # the first of equals: the lower lr
+        se = _standard_error(r[np.isclose(r["lr"], best["lr"])])
+        inside = g[g["val_median"] >= best["val_median"] - se]
         lo, hi = float(inside["lr"].min()), float(inside["lr"].max())
         between = g[(g["lr"] >= lo) & (g["lr"] <= hi)]
         own = float(r["own_lr"].median())
         floor = g["median"].clip(lower=chance) if not math.isnan(chance) else g["median"]
+        loss_sens, shared_lo, shared_hi, shared_n = shared[label][recipe]
         rows.append({
             "model": label, "recipe": recipe, "seeds": int(g["seeds"].max()), "lrs": len(g), "own_lr": own,
-            "best_lr": float(best["lr"]), "best_median": float(best["median"]), "window_lo": lo, "window_hi": hi,
-            "window_decades": math.log10(hi / lo),
+            "best_lr": float(best["lr"]), "best_val": float(best["val_median"]), "best_test": float(best["median"]),
+            "se": se, "window_lo": lo, "window_hi": hi, "window_decades": math.log10(hi / lo),
             "window_gaps": ", ".join(f"{v:.3g}" for v in between.loc[~between.index.isin(inside.index), "lr"]),
-            # One lr is no curve: its sensitivity is undefined, not zero.
-            "lr_sensitivity": float((best["median"] - floor).mean()) if len(g) > 1 else math.nan,
+            "loss_sensitivity": loss_sens, "shared_lo": shared_lo, "shared_hi": shared_hi, "shared_lrs": shared_n,
+            # On accuracy over the recipe's own grid (test medians against their best); one lr is no curve.
+            "acc_sensitivity": float((floor.max() - floor).mean()) if len(g) > 1 else math.nan,
             "own_lr_vs_best": own / float(best["lr"]),
             "own_lr_where": _where(own, lo, hi, g["lr"].min(), g["lr"].max()),
             "naive_lr_where": _where(NAIVE_LR, lo, hi, g["lr"].min(), g["lr"].max()),
@@ -146,6 +193,19 @@ def sensitivity(store: Store, experiment_id: int) -> tuple[pd.DataFrame, pd.Data
     return runs, points, summarize(points, runs) if not points.empty else pd.DataFrame(columns=SUMMARY_COLUMNS)
 
 
+def recommend(runs: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """Per model: the summary row of the recipe whose best lr has the highest validation median (chosen on
+    validation only; its test accuracy is reported beside it, not used), with `run_ids`, the finished runs
+    of that recipe at that lr (their stored recipe is the one to hand back)."""
+    rows = []
+    for _, g in summary.groupby("model", sort=False):
+        best = g.loc[g["best_val"].idxmax()]
+        mine = runs[(runs["model_label"] == best["model"]) & (runs["recipe"] == best["recipe"])
+                    & np.isclose(runs["lr"], best["best_lr"]) & runs["val"].notna()]
+        rows.append({**best.to_dict(), "run_ids": mine["run_id"].astype(int).tolist()})
+    return pd.DataFrame(rows)
+
+
 def _ratio(x: float) -> str:
     """'at the best', '10x below the best', '3.2x above the best'."""
     if math.isclose(x, 1.0, rel_tol=0.01):
@@ -156,20 +216,28 @@ def _ratio(x: float) -> str:
 def format_curve(points: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([{
         "model": p["model"], "recipe": p["recipe"], "lr": f"{p['lr']:.3g}", "point": p["lr_point"],
-        "median final val acc % [min–max]": f"{p['median']:.1f} [{p['min']:.1f}–{p['max']:.1f}]",
+        "val % (median: chooses)": f"{p['val_median']:.1f}",
+        "test % median [min–max]": f"{p['median']:.1f} [{p['min']:.1f}–{p['max']:.1f}]",
+        "test loss": "-" if pd.isna(p["loss"]) else f"{p['loss']:.3f}",
         "collapsed": f"{p['collapsed']}/{p['seeds']}", "diverged": f"{p['diverged']}/{p['seeds']}",
         "danger zone": "seeds disagree" if p["danger"] else "",
     } for _, p in points.iterrows()])
 
 
 def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    def window(s: pd.Series) -> str:
+        text = (f"{s['window_lo']:.3g}–{s['window_hi']:.3g} ({s['window_decades']:.2f} dec)"
+                if s["window_hi"] > s["window_lo"] else f"{s['window_lo']:.3g} only")
+        return text + (f"; not {s['window_gaps']}" if s["window_gaps"] else "")
+
     return pd.DataFrame([{
         "model": s["model"], "recipe": s["recipe"], "seeds x lrs": f"{s['seeds']} x {s['lrs']}",
-        "best lr (median %)": f"{s['best_lr']:.3g} ({s['best_median']:.1f})" + (" at the grid's edge" if s["best_at_edge"] else ""),
-        f"window (within {WINDOW_POINTS:g} pts)": ((f"{s['window_lo']:.3g}–{s['window_hi']:.3g} ({s['window_decades']:.2f} decades)"
-                                                    if s["window_hi"] > s["window_lo"] else f"{s['window_lo']:.3g} only")
-                                                   + (f"; not at {s['window_gaps']}" if s["window_gaps"] else "")),
-        "LR sensitivity (pts)": "-" if pd.isna(s["lr_sensitivity"]) else f"{s['lr_sensitivity']:.1f}",
+        "best lr on val (val %)": f"{s['best_lr']:.3g} ({s['best_val']:.1f})" + (" at edge" if s["best_at_edge"] else ""),
+        "test % there": f"{s['best_test']:.1f}",
+        "window (1 SE)": window(s),
+        "LR sens. (loss)": ("-" if pd.isna(s["loss_sensitivity"]) else
+                            f"{s['loss_sensitivity']:.3f} over {s['shared_lo']:.3g}–{s['shared_hi']:.3g}"),
+        "LR sens. (acc pts)": "-" if pd.isna(s["acc_sensitivity"]) else f"{s['acc_sensitivity']:.1f}",
         "own lr": f"{s['own_lr']:.3g}: {_ratio(s['own_lr_vs_best'])}, {s['own_lr_where']}",
         f"naive lr {NAIVE_LR:g}": s["naive_lr_where"],
         "collapsed, diverged": f"{s['collapsed']}, {s['diverged']}",
@@ -178,16 +246,23 @@ def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 LEGEND = (
-    "Final validation accuracy in % against the learning rate (the peak lr at the run's batch; the lr axis scales each "
-    "recipe's whole schedule), over seeds: the median with its min–max. Collapsed = ended at chance (below "
-    f"{rep.CHANCE_MARGIN:g} x 1/classes); diverged = NaN/Inf loss, counted at chance (a failed or unfinished run is left "
-    "out: an error says nothing about the lr). Danger zone: an "
-    "lr where some seeds collapse or diverge and others train (Schmidt et al. 2021): one run there says nothing. "
-    f"Window: the lrs whose median is within {WINDOW_POINTS:g} points of the best (a range, and its width in decades; "
-    "'not at' lists lrs inside the range that fall below). LR sensitivity (Wortsman et al. 2024, sec. 2.2, on "
-    "accuracy): the mean over the grid of best − max(median, chance), in points; read it with the curve (a recipe "
-    f"that never trains has none; one lr has none to give). Own lr: the recipe's fitted lr, against the best; naive lr: seed 000's Adam "
-    f"{NAIVE_LR:g}. A best at the grid's edge means the window may extend past the grid.")
+    "Validation chooses, test reports. Per lr (the peak lr at the run's batch; the lr axis scales each recipe's whole "
+    "schedule), over seeds: the median final validation accuracy (what chooses the best lr), and the final weights' "
+    "test accuracy in % (median [min–max]) and test loss. Collapsed = test accuracy not above chance by a one-sided "
+    f"exact binomial test at {rep.COLLAPSE_ALPHA:g}; diverged = NaN/Inf loss, counted at chance and at ln k (a failed "
+    "or unfinished run is left out: an error says nothing about the lr). Danger zone: an lr where a seed collapsed or "
+    f"diverged while another trained clear of chance (a tenth of the way from chance to 100% or more; Schmidt et al. "
+    "2021, app. C): one run there says nothing. Best lr: the highest validation median (ties: the lower lr), its test "
+    "median beside it. Window: the lrs whose validation median is within one standard error of the best's (the "
+    "one-standard-error rule, Hastie et al., ESL sec. 7.10; SE² = the seeds' variance / seeds + p(1−p) / validation "
+    "images), a range and its width in decades ('not' lists lrs inside the range that fall below). LR sensitivity "
+    "(Wortsman et al., ICLR 2024, sec. 2.2) on the final test loss: over one lr range shared by every recipe of the "
+    "model, the mean of min(loss, ln k) − the best loss, ln k being the loss of a uniform guess (a diverged run "
+    "counts there); '-' where the shared range holds under two of a recipe's lrs (use an absolute axis, "
+    "--lrs 1e-4,3e-4,...). Beside it, on accuracy: the mean over the recipe's own grid of best − max(test median, "
+    "chance), in points. Read both with the curve: a recipe that never trains has none. Own lr: the recipe's fitted "
+    f"lr, against the best; naive lr: Adam {NAIVE_LR:g}, the CNN tutorials' setting. A best at the grid's edge means "
+    "the window may extend past the grid.")
 
 
 def save_sensitivity(store: Store, experiment_id: int, out: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

@@ -19,9 +19,9 @@ from harness.datasets import DataSpec, check_spec, train_images
 from harness import plugins
 from harness.errors import UserError, close_matches, unknown
 from harness.models import get_model_entry
-from harness.recipes import (TUNABLE, Budget, Recipe, get_recipe, parse_ref, resolve_recipe, tuned_recipe_name)
-
-MAX_YAML_BYTES = 256 * 1024
+from harness.recipe_file import MAX_YAML_BYTES, is_recipe_file, load_recipe_file, read_yaml  # noqa: F401 (re-exported)
+from harness.recipes import (TUNABLE, Budget, Recipe, get_recipe, parse_ref, resolve_recipe, tuned_recipe_name,
+                             with_overrides)
 
 
 class Strict(BaseModel):
@@ -70,20 +70,35 @@ class RunSpec(Strict):
 def resolve_run(*, model: str, recipe: str, data: DataSpec, overrides: dict[str, Any] | None = None,
                 batch_size: int | None = None, recipe_field: str = "--recipe", **fields: Any) -> RunSpec:
     """Check names and values, fit the recipe to the run (unless `NAME@published`), apply the
-    overrides, return the typed spec. `batch_size` None = the recipe's own. Raises UserError."""
+    overrides, return the typed spec. `batch_size` None = the recipe's own. Raises UserError.
+
+    A recipe FILE (`recipe_file.is_recipe_file`: a benchmark's or sweep's recommended recipe) is used
+    as written, already fitted: no refit; `batch_size` replaces its batch (its own `lr_rule` and
+    `lr_base_batch` rescale the lr), then the overrides apply. Its `pretrained` field loads no weights."""
     entry = get_model_entry(model, "--model")
     pretrained = bool(fields.get("pretrained") or fields.get("pretrained_file"))
-    name, _ = parse_ref(recipe, recipe_field)
-    base = get_recipe(name if name != "tuned" else tuned_recipe_name(entry.family, pretrained), recipe_field)
+    from_file = is_recipe_file(recipe)
+    if from_file:
+        base = load_recipe_file(Path(recipe), recipe_field)
+    else:
+        name, _ = parse_ref(recipe, recipe_field)
+        base = get_recipe(name if name != "tuned" else tuned_recipe_name(entry.family, pretrained), recipe_field)
     check_spec(data)
     entry.size_kwargs(data.image_size)
     epochs = fields.get("epochs", RunSpec.model_fields["epochs"].default)
     if not isinstance(epochs, int) or epochs < 1:
         raise UserError("--epochs", epochs, "Train at least 1 epoch, e.g. --epochs 10.")
     n = train_images(data)
-    budget = Budget(epochs, n, batch_size or base.batch_size)
-    resolved = resolve_recipe(recipe, family=entry.family, pretrained=pretrained, budget=budget,
-                              overrides=overrides, field=recipe_field)
+    if from_file:
+        if batch_size is not None:
+            if batch_size < 1:
+                raise UserError("--batch-size", batch_size, "Use at least 1 image per step, e.g. --batch-size 64.")
+            base = base.model_copy(update={"batch_size": batch_size})
+        resolved = with_overrides(base, overrides or {})
+    else:
+        budget = Budget(epochs, n, batch_size or base.batch_size)
+        resolved = resolve_recipe(recipe, family=entry.family, pretrained=pretrained, budget=budget,
+                                  overrides=overrides, field=recipe_field)
     try:
         return RunSpec(model=model, recipe=resolved, data=data, train_images=n, **fields)
     except ValidationError as e:
@@ -176,7 +191,7 @@ class StudySpec(Strict):
     name: str = Field(min_length=1)  # see _name
     description: str = Field("", max_length=20000)
     model: str
-    recipe: str
+    recipe: str = Field(description="a recipe name (fitted to a trial's budget), or a recipe FILE.yaml (used as written)")
     data: DataSpec = DataSpec()
     metric: Literal["val_acc", "val_loss", "train_loss", "train_acc"] = "val_acc"
     mode: Literal["max", "min"] = "max"
@@ -200,7 +215,10 @@ class StudySpec(Strict):
         return v
 
     def base_recipe(self) -> Recipe:
-        """The study's recipe fitted to one trial's budget (max_epochs), with `fixed:` applied."""
+        """The study's recipe fitted to one trial's budget (max_epochs), with `fixed:` applied. A recipe
+        file is used as written (already fitted; a relative path is from the current folder)."""
+        if is_recipe_file(self.recipe):
+            return with_overrides(load_recipe_file(Path(self.recipe), "recipe"), self.fixed, "fixed")
         family = get_model_entry(self.model).family
         name, _ = parse_ref(self.recipe)
         base = get_recipe(name if name != "tuned" else tuned_recipe_name(family), "recipe")
@@ -285,30 +303,8 @@ def parse_lrs(value: Any, field: str) -> tuple[LrPoint, ...]:
 
 
 # --- YAML loading with field paths --------------------------------------------------------------
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """A YAML mapping from `path`; refuses missing, huge, empty, aliased (bomb) and non-mapping files."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(str(path), None, "No such file. Check the path (studies ship in studies/, grids in benchmarks/).")
-    if p.stat().st_size > MAX_YAML_BYTES:
-        raise UserError(str(path), f"{p.stat().st_size} bytes", f"File too large (limit {MAX_YAML_BYTES // 1024} KiB); a study is a few dozen lines.")
-    text = p.read_text(errors="replace")
-    try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent):
-                # Aliases are how a "billion laughs" file expands to gigabytes; studies need none.
-                raise UserError(str(path), event.anchor, "YAML aliases (*name) are not allowed; write the values out.")
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(str(path), "not YAML", f"Fix the YAML syntax{where}: {getattr(e, 'problem', e)}.") from None
-    if data is None:
-        raise UserError(str(path), "empty file", "The file is empty; see studies/vit_lr.yaml for a complete example.")
-    if not isinstance(data, dict):
-        raise UserError(str(path), type(data).__name__, "Expected a mapping of keys (name:, model:, ...) at the top level.")
-    return data
+# `read_yaml` (a mapping from a file, with the harness's refusals) lives in recipe_file.py, below this
+# module, so that recipe files are read by the same rules without an import circle; imported above.
 
 
 def _fields_at(model_cls: type[BaseModel], loc: tuple) -> list[str]:
@@ -359,7 +355,8 @@ def load_study(path: Path) -> StudySpec:
     spec: StudySpec = parse_spec(StudySpec, read_yaml(path), str(path))
     where = f"{path}: "
     entry = get_model_entry(spec.model, where + "model")
-    parse_ref(spec.recipe, where + "recipe")
+    if not is_recipe_file(spec.recipe):  # a file is read (and checked) by base_recipe() below
+        parse_ref(spec.recipe, where + "recipe")
     for key in spec.search:
         if key not in TUNABLE:
             raise unknown(f"{where}search.{key}", key, TUNABLE)

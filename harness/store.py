@@ -15,6 +15,7 @@ refuses us into one message naming the field, the URL (password hidden) and the 
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import math
 from pathlib import Path
@@ -28,8 +29,8 @@ from harness import DEFAULT_DB  # noqa: F401 (re-exported: store.DEFAULT_DB)
 from harness.errors import UserError
 
 # 2: epochs gained train_batch_acc and val_acc_raw; 3: runs gained node/node_id/gpus and epochs node_id
-# (both added in place to an older database: see Store._migrate)
-SCHEMA_VERSION = 3
+# (both added in place to an older database: see Store._migrate); 4: runs gained the test split's scores
+SCHEMA_VERSION = 4
 # Seconds a connection to a database server may take before it is reported instead of waited for
 # (a firewall that drops packets would otherwise hang the command for minutes: the TCP default).
 CONNECT_TIMEOUT_S = 5
@@ -73,6 +74,13 @@ runs = sa.Table(
     sa.Column("best_val_acc", sa.Float),
     sa.Column("best_epoch", sa.Integer),
     sa.Column("final_val_acc", sa.Float),
+    # The final weights on the test split, scored once when the run ends (what the tables report; nothing
+    # chooses on it): loss, accuracy, images, and which images were right (`pack_correct`), so two runs on
+    # the same images compare pair by pair. NULL: the run has not ended, or its data has no test split.
+    sa.Column("test_loss", sa.Float),
+    sa.Column("test_acc", sa.Float),
+    sa.Column("n_test", sa.Integer),
+    sa.Column("test_correct", sa.Text),
     sa.Column("epochs_done", sa.Integer, nullable=False, default=0),
     sa.Column("wall_s", sa.Float),
     sa.Column("images_per_s", sa.Float),
@@ -267,7 +275,7 @@ class Store:
 
     def _migrate(self, c: sa.Connection) -> None:
         """An older schema -> this one: every column added since (all nullable) is added in place, and
-        old rows keep NULL there (v2: the newer epoch metrics; v3: where each run and epoch ran)."""
+        old rows keep NULL there (v2: the newer epoch metrics; v3: where each run and epoch ran; v4: test scores)."""
         for table in (runs, epochs):
             have = {col["name"] for col in sa.inspect(c).get_columns(table.name)}
             for col in table.columns:
@@ -346,6 +354,12 @@ class Store:
             c.execute(evaluations.delete().where(evaluations.c.run_id == run_id))
             c.execute(evaluations.insert().values(run_id=run_id, **evaluation))
 
+    def save_test(self, run_id: int, test: dict[str, Any]) -> None:
+        """The run's test scores (`evaluate.score_test`): a retried last epoch replaces them."""
+        with self.engine.begin() as c:
+            c.execute(runs.update().where(runs.c.id == run_id).values(
+                **{k: _finite(test.get(k)) for k in ("test_loss", "test_acc", "n_test", "test_correct")}))
+
     def save_check(self, experiment_id: int, *, check: str, status: str, detail: str = "", fix: str = "",
                    data: Any = None) -> None:
         with self.engine.begin() as c:
@@ -398,6 +412,21 @@ class Store:
 
         with self.engine.connect() as c:
             return pd.read_sql(sa.text(query) if isinstance(query, str) else query, c, params=params or None)
+
+
+def pack_correct(hits: Any) -> str:
+    """Per-image correctness (bools, in the test split's fixed order) -> the text of `runs.test_correct`:
+    base64 of numpy's packbits, one bit per image (10,000 images: 1.7 kB)."""
+    import numpy as np
+
+    return base64.b64encode(np.packbits(np.asarray(hits, dtype=bool)).tobytes()).decode()
+
+
+def unpack_correct(text: str, n: int) -> Any:
+    """`pack_correct`'s text back to n bools (a numpy array)."""
+    import numpy as np
+
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[:n].astype(bool)
 
 
 def json_safe(obj: Any) -> Any:

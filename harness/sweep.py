@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import sqlalchemy as sa
 import yaml
 
@@ -52,6 +53,7 @@ class SweepResult:
     storage: Path
     table: Any = None  # pandas DataFrame of the trials, best first
     best: dict[str, Any] | None = field(default=None)
+    recipe_file: Path | None = None  # the best trial's recipe, handed back (harness train --recipe FILE)
 
 
 def _stored_study(db: str, name: str) -> tuple[dict | None, bool]:
@@ -126,7 +128,7 @@ def run_sweep(study_path: Path, where: Where, *, resume: bool = False, max_failu
     study_mod.settle(where.db, study.name, keep=outcome.known if outcome.status == "interrupted" else set())
     store = rep.open_reader(where.db)
     try:
-        result = summarize(store, outcome.experiment_id, study, echo=echo, top=top)
+        result = summarize(store, outcome.experiment_id, study, echo=echo, top=top, out=Path(where.out or "."))
     finally:
         store.close()
     result.status, result.storage = outcome.status, outcome.exp_dir
@@ -150,9 +152,10 @@ def _base_run(study: StudySpec) -> RunSpec:
                    seed=study.seed, threads=max(1, int(study.resources.cpu)), stands_for=stands_for)
 
 
-def summarize(store: Store, exp: int, study: StudySpec, *, echo: Callable[[str], None], top: int = 10) -> SweepResult:
-    """Top trials as a table and the best parameters as YAML, from the database alone."""
-    import pandas as pd
+def summarize(store: Store, exp: int, study: StudySpec, *, echo: Callable[[str], None], top: int = 10,
+              out: Path | None = None) -> SweepResult:
+    """Top trials as a table and the best parameters as YAML, from the database alone; with `out`, the best
+    trial's recipe as a file in `out/recipes/`."""
 
     df = rep.read_runs(store, exp)
     result = SweepResult(exp, "completed", Path())
@@ -167,6 +170,7 @@ def summarize(store: Store, exp: int, study: StudySpec, *, echo: Callable[[str],
         params = r.params
         rows.append({"trial": r.optuna_trial, "status": r.status, "epochs": r.epochs_done,
                      f"final {study.metric}": final.get(r.id), f"best {study.metric}": best.get(r.id),
+                     "test_acc": r.test_acc,
                      **{k: params["recipe"][k] for k in study.search}, "run": r.id})
     table = pd.DataFrame(rows)
     rank = table[f"final {study.metric}"].astype(float)
@@ -187,10 +191,35 @@ def summarize(store: Store, exp: int, study: StudySpec, *, echo: Callable[[str],
     params = {k: int(v) if study.search[k].type in ("int", "logint") else v for k, v in params.items()}
     result.best = {"run": int(w["run"]), "trial": w["trial"], "value": float(w[f"final {study.metric}"]), "params": params}
     snippet = yaml.safe_dump({"recipe": study.recipe, "fixed": {**study.fixed, **params}}, sort_keys=False)
+    test = f"; test acc {w['test_acc']:.4f} (the held-out split: reported, not used to choose)" if pd.notna(w["test_acc"]) else ""
     echo("")
-    echo(f"best: trial {w['trial']} (run {int(w['run'])}), {study.metric} {w[f'final {study.metric}']:.4f} "
-         f"after {int(w['epochs'])} epochs. As YAML (a study's recipe + fixed, or `harness train --set`):")
+    echo(f"best: trial {w['trial']} (run {int(w['run'])}), chosen on {study.metric} {w[f'final {study.metric}']:.4f} "
+         f"after {int(w['epochs'])} epochs{test}. As YAML (a study's recipe + fixed, or `harness train --set`):")
     echo(snippet.rstrip())
     sets = " ".join(f"--set {k}={v}" for k, v in {**study.fixed, **params}.items())
     echo(f"# harness train --model {study.model} --recipe {study.recipe} {sets}")
+    result.recipe_file = _hand_back(store, exp, int(w["run"]), study, out, echo=echo) if out is not None else None
     return result
+
+
+def _hand_back(store: Store, exp: int, run_id: int, study: StudySpec, out: Path, *, echo: Callable[[str], None]) -> Path:
+    """The best trial's whole recipe (as it trained: fitted, with the sampled values) as a file that
+    `harness train --recipe FILE` and a study's `recipe:` accept, and the same as timm train.py flags."""
+    from harness.recipe_file import timm_train_flags, write_recipe_file
+    from harness.recipes import Recipe
+
+    row = rep.read_runs(store, run_ids=[run_id]).iloc[0]
+    recipe = Recipe.model_validate(row["params"]["recipe"])
+    path = out / "recipes" / f"recommended-{exp}-{study.name}.yaml"
+    test = f"{row['test_acc']:.4f}" if pd.notna(row["test_acc"]) else "none (no test split)"
+    write_recipe_file(recipe, path, comment=[
+        f"The best trial of sweep {study.name} (experiment {exp}, run {run_id}) for {study.model} on {study.data.name} "
+        f"({study.data.image_size} px, up to {study.scheduler.max_epochs} epochs at batch {recipe.batch_size}).",
+        f"Chosen on {study.metric} ({study.mode}) among {study.trials} trials; its test acc, reported and not used "
+        f"to choose: {test}.",
+        f"Train with it: harness train --model {study.model} --recipe {path}",
+    ])
+    flags = timm_train_flags(recipe, epochs=int(row["params"]["epochs"]))
+    echo(f"recommended recipe: {path}")
+    echo(f"  as timm train.py flags: {flags if isinstance(flags, str) else flags[0]}")
+    return path

@@ -27,7 +27,7 @@ import torch
 
 from harness import data as data_mod
 from harness import plugins
-from harness.evaluate import evaluate, evaluate_classes
+from harness.evaluate import evaluate, evaluate_classes, score_test
 from harness.errors import UserError
 from harness.models import build_model, get_model_entry
 from harness.process import compile_model, free_device_memory, prepare_process, set_backend_flags
@@ -47,6 +47,7 @@ class EpochReport:
     checkpoint: Path | None  # last.pt as of this epoch, when checkpointing
     status: str  # running, or the final status on the last report: completed | diverged | time_limit
     evaluation: dict[str, Any] | None = None  # on the last report: the best checkpoint's evaluation
+    test: dict[str, Any] | None = None  # on the last report: the final weights on the test split (score_test)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class RunResult:
     wall_s: float
     history: list[dict[str, float]] = field(default_factory=list)
     evaluation: dict[str, Any] | None = None
+    test: dict[str, Any] | None = None
     error: str | None = None
 
 
@@ -412,7 +414,7 @@ def _fit(spec: RunSpec, device: torch.device, report: Callable[[EpochReport], No
         spec.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         clean_stale_temps(spec.checkpoint_dir)
 
-    status, evaluation = "running", None
+    status, evaluation, test = "running", None, None
     for epoch in range(p.epoch + 1, spec.epochs + 1):
         t0 = time.monotonic()
         g = torch.Generator(device=device).manual_seed(_seed_epoch(spec.seed, epoch))
@@ -426,16 +428,19 @@ def _fit(spec: RunSpec, device: torch.device, report: Callable[[EpochReport], No
         if spec.checkpoint_dir is not None and not diverged:  # a diverged epoch never overwrites a good last.pt
             ckpt_path = save_checkpoints(spec, t, p, improved=improved)
         status = run_status(spec, epoch, diverged=diverged, hours=(time.monotonic() - t_start) / 3600)
+        if status != "running" and ds.test is not None:  # the final weights, as the final val acc: the verdict's
+            test = score_test(eval_model, ds.test, t.augment, batch_size=2 * t.batch_size, autocast=t.autocast,
+                              channels_last=t.eval_channels_last)
         if status != "running" and p.best_state is not None:
             eval_model.load_state_dict(p.best_state)  # the run ends: evaluate its best weights per class
             evaluation = {"epoch": p.best_epoch, **evaluate_classes(eval_model, ds, t.augment, batch_size=2 * t.batch_size,
                                                                    autocast=t.autocast, samples=spec.eval_samples,
                                                                    channels_last=t.eval_channels_last)}
-        report(EpochReport(epoch, metrics, ckpt_path, status, evaluation))
+        report(EpochReport(epoch, metrics, ckpt_path, status, evaluation, test))
         if status != "running":
             break
     if status == "running":  # resumed at or past the last epoch: nothing left to train
         status = "completed"
     final = p.history[-1]["val_acc"] if p.history else None
     return RunResult(status, p.best_acc if p.best_epoch is not None else None, p.best_epoch, final, len(p.history),
-                     time.monotonic() - t_start, p.history, evaluation)
+                     time.monotonic() - t_start, p.history, evaluation, test)

@@ -21,6 +21,8 @@ def record(db: str, specs: list[RunSpec], *, kind: str = "benchmark", name: str 
             store.log_epoch(run, r.epoch, r.metrics)
             if r.evaluation is not None:
                 store.save_evaluation(run, r.evaluation)
+            if r.test is not None:
+                store.save_test(run, r.test)
 
         result = fit(spec, report)
         store.finish_run(run, status=result.status, wall_s=result.wall_s)

@@ -15,15 +15,20 @@ from harness.store import Store
 
 
 def _run(store: Store, exp: int, model: str, recipe: str, seed: int, accs: list[tuple[float, float]], *,
-         stands_for: str | None = "resnet50", status: str = "completed", classes: int = 10) -> int:
-    """A run written through the Store as the sweep driver writes it: (train_acc, val_acc) per epoch."""
+         stands_for: str | None = "resnet50", status: str = "completed", classes: int = 10, test: float | None = None) -> int:
+    """A run written through the Store as the sweep driver writes it: (train_acc, val_acc) per epoch, 200
+    validation images in its evaluation, and its test accuracy on 100 images when it has one."""
     run = store.create_run(exp, model=model, recipe=recipe, params={"data": {"name": "digits"}, "recipe": {"warmup_epochs": 2}},
                            seed=seed, stands_for=stands_for)
     for i, (tr, va) in enumerate(accs, start=1):
         store.log_epoch(run, i, {"train_loss": 1.0 / i, "train_acc": tr, "val_loss": 1.2 / i, "val_acc": va, "lr": 1e-3,
                                  "grad_norm": 1.0, "epoch_s": 1.0, "images_per_s": 100.0})
     store.save_evaluation(run, {"epoch": 1, "class_names": [str(k) for k in range(classes)],
-                                "per_class_acc": [0.5] * classes, "confusion": [[0] * classes] * classes, "samples": []})
+                                "per_class_acc": [0.5] * classes,
+                                "confusion": [[200 // classes if i == j else 0 for j in range(classes)] for i in range(classes)],
+                                "samples": []})
+    if test is not None:
+        store.save_test(run, {"test_acc": test, "test_loss": 1.0, "n_test": 100, "test_correct": None})
     store.finish_run(run, status=status, wall_s=3.0)
     return run
 
@@ -33,14 +38,14 @@ def written(db_url):
     """Two seeds per side, hand-picked accuracies so the table's arithmetic can be checked exactly."""
     store = Store(db_url)
     exp = store.create_experiment(kind="benchmark", name="g")
-    _run(store, exp, "resnet18", "naive", 0, [(0.30, 0.20), (0.50, 0.40), (0.70, 0.50)])
-    _run(store, exp, "resnet18", "naive", 1, [(0.30, 0.30), (0.60, 0.60), (0.75, 0.55)])
-    _run(store, exp, "resnet18", "cnn", 0, [(0.50, 0.60), (0.80, 0.90), (0.95, 0.80)])
-    _run(store, exp, "resnet18", "cnn", 1, [(0.40, 0.85), (0.90, 0.70), (0.93, 0.92)])
-    # vit: the naive side diverged on one seed and sat at chance on the other.
+    _run(store, exp, "resnet18", "naive", 0, [(0.30, 0.20), (0.50, 0.40), (0.70, 0.50)], test=0.45)
+    _run(store, exp, "resnet18", "naive", 1, [(0.30, 0.30), (0.60, 0.60), (0.75, 0.55)], test=0.52)
+    _run(store, exp, "resnet18", "cnn", 0, [(0.50, 0.60), (0.80, 0.90), (0.95, 0.80)], test=0.82)
+    _run(store, exp, "resnet18", "cnn", 1, [(0.40, 0.85), (0.90, 0.70), (0.93, 0.92)], test=0.90)
+    # vit: the naive side diverged on one seed (no test score) and sat at chance on the other.
     _run(store, exp, "vit_tiny", "naive", 0, [(0.10, 0.10)], stands_for="vit_base", status="diverged")
-    _run(store, exp, "vit_tiny", "naive", 1, [(0.12, 0.11), (0.11, 0.105)], stands_for="vit_base")
-    _run(store, exp, "vit_tiny", "vit", 0, [(0.3, 0.5), (0.6, 0.7)], stands_for="vit_base")
+    _run(store, exp, "vit_tiny", "naive", 1, [(0.12, 0.11), (0.11, 0.105)], stands_for="vit_base", test=0.11)
+    _run(store, exp, "vit_tiny", "vit", 0, [(0.3, 0.5), (0.6, 0.7)], stands_for="vit_base", test=0.66)
     yield store, exp
     store.close()
 
@@ -53,10 +58,16 @@ def test_table_numbers_match_hand_computation(written):
     assert r["before_best_mean"] == pytest.approx(100 * (0.50 + 0.60) / 2)
     assert r["before_best_std"] == pytest.approx(100 * statistics.stdev([0.50, 0.60]))
     assert r["after_best_mean"] == pytest.approx(100 * (0.90 + 0.92) / 2)
-    assert r["before_final_mean"] == pytest.approx(100 * (0.50 + 0.55) / 2)
-    assert r["after_final_mean"] == pytest.approx(100 * (0.80 + 0.92) / 2)
+    # Reported: the test split (not the final val accuracies 0.50/0.55 and 0.80/0.92, which only choose).
+    assert (r["split"], r["n_images"]) == ("test", 100)
+    assert r["before_acc_mean"] == pytest.approx(100 * (0.45 + 0.52) / 2)
+    assert r["after_acc_mean"] == pytest.approx(100 * (0.82 + 0.90) / 2)
     assert r["delta_best"] == pytest.approx(100 * ((0.90 + 0.92) / 2 - (0.50 + 0.60) / 2))
-    assert r["delta_final"] == pytest.approx(100 * ((0.80 + 0.92) / 2 - (0.50 + 0.55) / 2))
+    assert r["delta"] == pytest.approx(100 * ((0.82 + 0.90) / 2 - (0.45 + 0.52) / 2))
+    # Paired t over the 2 seeds: differences 37 and 38 points, sd 0.7071, t(0.975, 1 df) = 12.7062.
+    half = 12.706205 * statistics.stdev([37.0, 38.0]) / math.sqrt(2)
+    assert (r["delta_lo"], r["delta_hi"]) == (pytest.approx(37.5 - half, abs=1e-3), pytest.approx(37.5 + half, abs=1e-3))
+    assert r["interval"].startswith("paired t over seeds: 2 seeds") and r["verdict"] == "better"
     # 90% of best: naive seed 0 best 0.50 -> 0.45 first reached at epoch 3; seed 1 best 0.60 -> 0.54 at epoch 2.
     assert r["before_epochs_to_90"] == pytest.approx((3 + 2) / 2)
     # cnn seed 0 best 0.90 -> 0.81 at epoch 2; seed 1 best 0.92 -> 0.828 at epoch 1 (0.85).
@@ -69,7 +80,9 @@ def test_table_numbers_match_hand_computation(written):
     assert v["model"] == "vit_tiny (for vit_base)" and v["after_recipe"] == "vit"
     assert (v["before_runs"], v["after_runs"]) == (2, 1)
     assert math.isnan(v["after_best_std"])  # one seed: no spread, not a zero
+    # Chance by a one-sided binomial test: best val 0.11 of 200 images (22 right) is not above 10%.
     assert "naive: 1/2 diverged" in v["flags"] and "naive: 2/2 never beat chance" in v["flags"]
+    assert "naive: 1/2 reported on validation (no test split)" in v["flags"]  # the diverged run has no test score
     assert "vit:" not in v["flags"]
 
 
@@ -85,11 +98,13 @@ def test_table_matches_the_rows_of_real_runs(db_url, tiny_spec):
     for side, recipe in (("before", "naive"), ("after", "cnn (fitted)")):
         mine = runs[runs["recipe"] == recipe]
         assert len(mine) == 2
-        for col, metric in (("best", "val_acc"), ("final", "val_acc")):
-            per_run = [epochs[epochs["run_id"] == i][metric].max() if col == "best"
-                       else epochs[epochs["run_id"] == i].sort_values("epoch")[metric].iloc[-1] for i in mine["id"]]
-            assert row[f"{side}_{col}_mean"] == pytest.approx(100 * statistics.mean(per_run))
-            assert row[f"{side}_{col}_std"] == pytest.approx(100 * statistics.stdev(per_run))
+        best = [epochs[epochs["run_id"] == i]["val_acc"].max() for i in mine["id"]]
+        assert row[f"{side}_best_mean"] == pytest.approx(100 * statistics.mean(best))
+        assert row[f"{side}_best_std"] == pytest.approx(100 * statistics.stdev(best))
+        # Reported: each run's test accuracy, scored once on the final weights (fit() writes it to the run).
+        assert mine["test_acc"].notna().all() and (mine["n_test"] > 0).all()
+        assert row[f"{side}_acc_mean"] == pytest.approx(100 * statistics.mean(mine["test_acc"]))
+        assert row[f"{side}_acc_std"] == pytest.approx(100 * statistics.stdev(mine["test_acc"]))
         gaps = [100 * (e["train_acc"].iloc[-1] - e["val_acc"].iloc[-1])
                 for e in (epochs[epochs["run_id"] == i].sort_values("epoch") for i in mine["id"])]
         assert row[f"{side}_gap"] == pytest.approx(statistics.mean(gaps))
@@ -111,7 +126,8 @@ def test_formatted_table_says_what_ran(written):
     store, exp = written
     shown = rep.format_before_after(rep.before_after(store, exp))
     assert shown["model"].tolist() == ["resnet18 (for resnet50)", "vit_tiny (for vit_base)"]
-    assert shown.loc[0, "Δ best"] == "+36.0"
+    assert shown.loc[0, "Δ [95% CI]"] == "+37.5 [+31.1, +43.9]"  # t over 2 seeds: wide, and honest about it
+    assert shown.loc[0, "test acc % (val where flagged)"] == "48.5 ± 4.9; median 48.5 [45.0–52.0] → 86.0 ± 5.7; median 86.0 [82.0–90.0]"
     assert shown.loc[1, "best val acc %"] == "10.5 ± 0.7 → 70.0"
 
 

@@ -14,17 +14,25 @@ from harness.benchmark import load_grid, resolve_grid
 from harness.cli import main
 from harness.store import Store
 
-# Final val acc in % per (recipe, lr) for seeds 0, 1, 2 on digits (10 classes: chance 10%, a run
-# "collapsed" below 1.2 x 10% = 12%). "D" = diverged (its last val acc 5%, counted at chance).
+# (final val acc, test acc) in % per (recipe, lr) for seeds 0, 1, 2 on digits (10 classes, chance 10%),
+# 200 validation and 200 test images. "D" = diverged (its last val acc 5%: counted at chance, no test score).
+# Collapsed: test accuracy not above chance by a one-sided binomial test at 1% (22 of 200 right is not).
 FINALS = {
-    ("naive", 1e-4): [70, 72, 68],
-    ("naive", 1e-3): [65, 10, 11],   # two of three seeds collapse: the danger zone
-    ("naive", 1e-2): ["D", 9, 10],   # all fail: not a danger zone, just failure
-    ("vit (fitted)", 1e-4): [60, 62, 64],
-    ("vit (fitted)", 1e-3): [80, 84, 82],
-    ("vit (fitted)", 1e-2): [78, 11, 79],  # one collapse among trained seeds: danger
+    ("naive", 1e-4): [(70, 60), (72, 62), (68, 58)],
+    ("naive", 1e-3): [(65, 75), (10, 10), (11, 11)],   # two of three seeds collapse beside one clear: danger
+    ("naive", 1e-2): ["D", (9, 9), (10, 10)],          # all fail: not a danger zone, just failure
+    ("vit (fitted)", 1e-4): [(60, 60), (62, 62), (64, 64)],
+    ("vit (fitted)", 1e-3): [(80, 80), (84, 84), (82, 82)],
+    # Validation and test rank the lrs differently: val picks 1e-3 (median 82 > 78), test would pick 1e-2 (85).
+    ("vit (fitted)", 1e-2): [(78, 85), (11, 11), (79, 86)],
 }
 OWN_LR = {"naive": 1e-3, "vit (fitted)": 1e-3}
+LN10 = math.log(10)
+
+
+def _loss(test_pct: float) -> float:
+    """The test loss written for a run (hand-picked: 3 x error rate; read back clipped at ln 10)."""
+    return 3.0 * (1 - test_pct / 100)
 
 
 @pytest.fixture
@@ -37,8 +45,14 @@ def grid_db(db_url):
             params = {"data": {"name": "digits"}, "recipe": {"batch_size": 64}, "epochs": 1, "train_images": 1000,
                       "tags": tags}
             run = store.create_run(exp, model="vit_tiny", stands_for="vit_base", recipe=recipe, params=params, seed=seed)
-            acc = 0.05 if final == "D" else final / 100
+            acc = 0.05 if final == "D" else final[0] / 100
             store.log_epoch(run, 1, {"train_loss": 1.0, "train_acc": acc, "val_loss": 1.0, "val_acc": acc, "lr": lr})
+            store.save_evaluation(run, {"epoch": 1, "class_names": [str(k) for k in range(10)], "per_class_acc": [0.5] * 10,
+                                        "confusion": [[20 if i == j else 0 for j in range(10)] for i in range(10)],
+                                        "samples": []})
+            if final != "D":
+                store.save_test(run, {"test_acc": final[1] / 100, "test_loss": _loss(final[1]), "n_test": 200,
+                                      "test_correct": None})
             store.finish_run(run, status="diverged" if final == "D" else "completed")
     store.finish_experiment(exp, "completed")
     store.close()
@@ -54,32 +68,42 @@ def test_sensitivity_table_matches_hand_computation(grid_db):
         store.close()
     assert len(runs) == 18 and len(points) == 6
     p = points.set_index(["recipe", "lr"])
-    assert p.loc[("naive", 1e-3), ["median", "min", "max"]].tolist() == [11, 10, 65]
+    assert p.loc[("naive", 1e-3), ["val_median", "median", "min", "max"]].tolist() == [11, 11, 10, 75]
     assert p.loc[("naive", 1e-2), ["median", "collapsed", "diverged"]].tolist() == [10, 2, 1]  # diverged at chance
-    assert p.loc[("vit (fitted)", 1e-2), ["median", "min", "max", "collapsed"]].tolist() == [78, 11, 79, 1]
+    assert p.loc[("vit (fitted)", 1e-2), ["val_median", "median", "min", "max", "collapsed"]].tolist() == [78, 85, 11, 86, 1]
     assert p["danger"].to_dict() == {("naive", 1e-4): False, ("naive", 1e-3): True, ("naive", 1e-2): False,
                                      ("vit (fitted)", 1e-4): False, ("vit (fitted)", 1e-3): False,
                                      ("vit (fitted)", 1e-2): True}
 
     s = summary.set_index("recipe")
     naive, vit = s.loc["naive"], s.loc["vit (fitted)"]
-    assert (naive["best_lr"], naive["best_median"], naive["window_lo"], naive["window_hi"]) == (1e-4, 70, 1e-4, 1e-4)
-    assert naive["window_decades"] == 0 and naive["best_at_edge"]
-    assert math.isclose(naive["lr_sensitivity"], (0 + (70 - 11) + (70 - 10)) / 3)
+    # Best on the validation median; the test median there is reported beside it.
+    assert (naive["best_lr"], naive["best_val"], naive["best_test"]) == (1e-4, 70, 60)
+    # One-SE window: SE^2 = var(.70,.72,.68)/3 + .7 x .3/200 -> SE 3.44 points: 66.6 admits no other lr.
+    assert naive["se"] == pytest.approx(100 * math.sqrt(0.0004 / 3 + 0.21 / 200))
+    assert (naive["window_lo"], naive["window_hi"], naive["window_decades"]) == (1e-4, 1e-4, 0) and naive["best_at_edge"]
+    # Wortsman on test loss over the shared range (both grids: 1e-4..1e-2), losses clipped at ln 10, medians:
+    # naive 1.2, ln 10, ln 10 (the diverged run at ln 10); best 1.2.
+    assert naive["loss_sensitivity"] == pytest.approx((0 + (LN10 - 1.2) + (LN10 - 1.2)) / 3)
+    assert (naive["shared_lo"], naive["shared_hi"], naive["shared_lrs"]) == (1e-4, 1e-2, 3)
+    assert naive["acc_sensitivity"] == pytest.approx((0 + (60 - 11) + (60 - 10)) / 3)  # test medians, at least chance
     assert (naive["own_lr_where"], naive["naive_lr_where"], naive["danger_lrs"]) == ("above the window", "above the window", "0.001")
     assert math.isclose(naive["own_lr_vs_best"], 10) and (naive["collapsed"], naive["diverged"]) == ("4/9", "1/9")
 
-    assert (vit["best_lr"], vit["best_median"], vit["window_lo"], vit["window_hi"]) == (1e-3, 82, 1e-3, 1e-2)
-    assert math.isclose(vit["window_decades"], 1.0) and not vit["best_at_edge"]
-    assert math.isclose(vit["lr_sensitivity"], ((82 - 62) + 0 + (82 - 78)) / 3)
+    assert (vit["best_lr"], vit["best_val"], vit["best_test"]) == (1e-3, 82, 82)  # not 1e-2, test's favourite
+    assert vit["se"] == pytest.approx(100 * math.sqrt(0.0004 / 3 + 0.82 * 0.18 / 200))  # 2.95: 78 is outside
+    assert (vit["window_lo"], vit["window_hi"]) == (1e-3, 1e-3) and not vit["best_at_edge"]
+    # vit losses: 1.14, 0.54, 0.45 (medians of 3 x error); best 0.45.
+    assert vit["loss_sensitivity"] == pytest.approx(((1.14 - 0.45) + (0.54 - 0.45) + 0) / 3)
+    assert vit["acc_sensitivity"] == pytest.approx(((85 - 62) + (85 - 82) + 0) / 3)
     assert (vit["own_lr_where"], vit["naive_lr_where"], vit["danger_lrs"]) == ("in the window", "in the window", "0.01")
 
     text = rep.to_text(sens.format_summary(summary))
-    assert "0.0001 (70.0) at the grid's edge" in text and "0.001–0.01 (1.00 decades)" in text
-    assert "0.001: 10x above the best, above the window" in text and "39.7" in text and "8.0" in text
+    assert "0.0001 (70.0) at edge" in text and "0.001 only" in text
+    assert "0.001: 10x above the best, above the window" in text and "0.735 over 0.0001–0.01" in text
 
 
-def test_before_after_at_own_and_best_lr_shows_collapses(grid_db):
+def test_before_after_chosen_on_val_reported_on_test(grid_db):
     db, exp = grid_db
     store = rep.open_reader(db)
     try:
@@ -87,17 +111,22 @@ def test_before_after_at_own_and_best_lr_shows_collapses(grid_db):
     finally:
         store.close()
     own, best = table[table["lrs"] == "own"].iloc[0], table[table["lrs"] == "best"].iloc[0]
-    # At the own lr (1e-3 for both): naive [65, 10, 11] against vit [80, 84, 82].
-    assert (own["before_final_median"], own["before_final_min"], own["before_final_max"]) == (11, 10, 65)
+    # At the own lr (1e-3 for both), on test: naive [75, 10, 11] against vit [80, 84, 82].
+    assert (own["before_acc_median"], own["before_acc_min"], own["before_acc_max"]) == (11, 10, 75)
     assert (own["before_collapsed"], own["after_collapsed"]) == (2, 0)
-    assert math.isclose(own["before_final_mean"], (65 + 10 + 11) / 3)
-    assert own["verdict"] == "better; naive collapsed in 2 of 3 seeds"
-    # Each at its best: naive 1e-4 [70, 72, 68] against vit 1e-3 [80, 84, 82]: +10, +12, +14 paired.
-    assert (best["before_lr"], best["after_lr"], best["before_final_median"], best["after_final_median"]) == (1e-4, 1e-3, 70, 82)
-    assert math.isclose(best["delta_final"], 12) and best["verdict"] == "better"
+    assert math.isclose(own["before_acc_mean"], (75 + 10 + 11) / 3)
+    # Paired t over 3 seeds: differences 5, 74, 71 -> mean 50, sd 39.0; t(0.975, 2) = 4.3027: the interval holds 0.
+    assert own["verdict"] == "no detectable difference; naive collapsed in 2 of 3 seeds"
+    assert own["delta_lo"] == pytest.approx(50 - 4.302653 * 39.0 / math.sqrt(3), abs=0.05)
+    # Each at its best on validation: naive 1e-4, vit 1e-3 (not 1e-2, whose test median 85 is higher), reported
+    # on test: [60, 62, 58] against [80, 84, 82], differences 20, 22, 24.
+    assert (best["before_lr"], best["after_lr"], best["before_acc_median"], best["after_acc_median"]) == (1e-4, 1e-3, 60, 82)
+    assert math.isclose(best["delta"], 22) and best["verdict"] == "better" and best["chosen_on"] == "val median"
+    half = 4.302653 * 2.0 / math.sqrt(3)
+    assert (best["delta_lo"], best["delta_hi"]) == (pytest.approx(22 - half, abs=1e-3), pytest.approx(22 + half, abs=1e-3))
     shown = rep.to_text(rep.format_before_after(table))
-    assert "each at its own (x1)" in shown and "each at its best: 0.0001 → 0.001" in shown
-    assert "2/3 → 0/3" in shown and "median 11.0 [10.0–65.0]" in shown
+    assert "each at its own (x1)" in shown and "each at its best on val: 0.0001 → 0.001" in shown
+    assert "2/3 → 0/3" in shown and "median 11.0 [10.0–75.0]" in shown
 
 
 def test_lr_axis_resolves_each_recipe_around_its_own_lr():
@@ -153,6 +182,7 @@ def test_one_lr_and_failed_runs(db_url):
             "data": {"name": "digits"}, "recipe": {"batch_size": 64}, "epochs": 1, "train_images": 1000, "tags": tags})
         if final is not None:
             store.log_epoch(run, 1, {"train_loss": 1.0, "train_acc": final, "val_loss": 1.0, "val_acc": final, "lr": 1e-3})
+            store.save_test(run, {"test_acc": final, "test_loss": 1.0, "n_test": 200, "test_correct": None})
         store.finish_run(run, status=status)
     store.close()
     store = rep.open_reader(db_url)
@@ -164,6 +194,6 @@ def test_one_lr_and_failed_runs(db_url):
     p = points.set_index("recipe")
     assert (p.loc["naive", "seeds"], p.loc["naive", "median"]) == (1, 70)  # the failed seed left out
     assert (p.loc["vit (fitted)", "seeds"], p.loc["vit (fitted)", "median"], p.loc["vit (fitted)", "diverged"]) == (2, 45, 1)
-    assert summary["lr_sensitivity"].isna().all()
+    assert summary["loss_sensitivity"].isna().all() and summary["acc_sensitivity"].isna().all()
     assert "-" in rep.to_text(sens.format_summary(summary))
     assert table["lrs"].tolist() == ["own"]

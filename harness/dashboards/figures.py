@@ -188,25 +188,26 @@ def evaluation_figures(ev: dict) -> tuple[dict, dict]:
 
 
 def _error_bars(table: pd.DataFrame, side: str, metric: str) -> dict:
-    """Final accuracy of one run: its 95% binomial interval (asymmetric); several seeds: ± sample std.
-    Best-of-epochs has no binomial interval (it is a maximum): std over seeds only."""
+    """Test accuracy of one run: its 95% binomial interval over the test images (asymmetric); several seeds:
+    ± sample std. Best-of-epochs (validation) has no binomial interval (it is a maximum): std over seeds only."""
     mean, std = table[f"{side}_{metric}_mean"], table[f"{side}_{metric}_std"].fillna(0)
-    if metric == "final":
-        lo, hi = table[f"{side}_final_lo"], table[f"{side}_final_hi"]
+    if metric == "acc":
+        lo, hi = table[f"{side}_acc_lo"], table[f"{side}_acc_hi"]
         return dict(type="data", symmetric=False, array=(hi - mean).where(hi.notna(), std).fillna(0),
                     arrayminus=(mean - lo).where(lo.notna(), std).fillna(0), visible=True)
     return dict(type="data", array=std, visible=True)
 
 
 def before_after_figure(table: pd.DataFrame, title: str) -> go.Figure:
-    """Grouped bars per model: before (naive) vs after (its recipe), final and best val acc. Error bars:
-    one seed = the 95% binomial interval of the final accuracy, several = std over seeds."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("final val accuracy % (95% interval)", "best val accuracy %"),
+    """Grouped bars per model: before (naive) vs after (its recipe), test acc and best val acc. Error bars:
+    one seed = the 95% binomial interval of the test accuracy, several = std over seeds."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("test accuracy % (one seed: 95% interval over the images; "
+                                                        "several: ± std)", "best val accuracy % (optimistic)"),
                         horizontal_spacing=0.08)
     # With an lr axis a pair has two rows: each recipe at its own lr, and each at its best lr in the grid.
     at = table["lrs"].map({"best": " (each at its best lr)"}).fillna("") if "lrs" in table else [""] * len(table)
     x = [esc(f"{m} · {a or '-'}{w}") for m, a, w in zip(table["model"], table["after_recipe"], at)]
-    for col, metric in ((1, "final"), (2, "best")):
+    for col, metric in ((1, "acc"), (2, "best")):
         for side, color, label in (("before", "#9e9e9e", "before"), ("after", "#1f77b4", "after")):
             recipes = table[f"{side}_recipe"].fillna("-").astype(str)
             fig.add_bar(x=x, y=table[f"{side}_{metric}_mean"], name=f"{label}: " + ", ".join(esc(r) for r in dict.fromkeys(recipes)),
@@ -219,7 +220,7 @@ def before_after_figure(table: pd.DataFrame, title: str) -> go.Figure:
 
 
 def sensitivity_figure(runs: pd.DataFrame, points: pd.DataFrame, summary: pd.DataFrame, title: str) -> go.Figure:
-    """Final val accuracy against lr (log x), one panel per model (`sensitivity.sensitivity`'s frames): per
+    """Final test accuracy against lr (log x), one panel per model (`sensitivity.sensitivity`'s frames): per
     recipe the seeds' median with its min–max band, every seed a dot (✕ collapsed or diverged, hollow not
     finished), chance dotted, each recipe's own lr dashed in its colour and the naive lr dash-dotted."""
     models, recipes = list(dict.fromkeys(points["model"])), list(dict.fromkeys(points["recipe"]))
@@ -239,7 +240,7 @@ def sensitivity_figure(runs: pd.DataFrame, points: pd.DataFrame, summary: pd.Dat
     for i, model in enumerate(models):
         cell = dict(row=i // ncols + 1, col=i % ncols + 1)
         mine = runs[runs["model_label"] == model]
-        vline(sensitivity.NAIVE_LR, "naive lr (seed 000)", "#555", 94 - 7 * len(recipes), "naive lr (seed 000)",
+        vline(sensitivity.NAIVE_LR, "naive lr (Adam 1e-3)", "#555", 94 - 7 * len(recipes), "naive lr (Adam 1e-3)",
               dict(color="#bbb", dash="dashdot", width=4), **cell)  # under the own lrs: the naive recipe's is 1e-3 too
         for j, recipe in enumerate(recipes):
             p = points[(points["model"] == model) & (points["recipe"] == recipe)]
@@ -277,7 +278,7 @@ def sensitivity_figure(runs: pd.DataFrame, points: pd.DataFrame, summary: pd.Dat
     for sym, text in (("circle", "seed"), ("x", "seed collapsed or diverged")):
         fig.add_scatter(x=[None], y=[None], mode="markers", marker=dict(symbol=sym, color="#555", size=9), name=text)
     fig.update_xaxes(type="log", title_text="peak learning rate (at the run's batch; log scale)", exponentformat="e", dtick="D2")
-    fig.update_yaxes(range=[0, 100], title_text="final val accuracy %", col=1)
+    fig.update_yaxes(range=[0, 100], title_text="final test accuracy % (the lr is chosen on val)", col=1)
     fig.update_layout(title=esc(title, 200), height=140 + 400 * nrows, legend=dict(font=dict(size=11)), margin=dict(t=90, r=20))
     return fig
 
@@ -287,18 +288,18 @@ def waterfall_figure(table: pd.DataFrame, title: str) -> go.Figure:
     error bar at the bar's end. drop: one bar per ingredient, the Δ of removing it, with its interval."""
     modes = [m for m in ("add", "drop") if (table["mode"] == m).any()]
     fig = make_subplots(rows=1, cols=len(modes), subplot_titles=[
-        "add: naive → recipe, one ingredient at a time (val acc %)" if m == "add" else
-        "drop: full recipe minus one ingredient (Δ val acc, points)" for m in modes])
+        "add: naive → recipe, one ingredient at a time (test acc %)" if m == "add" else
+        "drop: full recipe minus one ingredient (Δ test acc, points)" for m in modes])
     for col, mode in enumerate(modes, start=1):
         t = table[table["mode"] == mode].sort_values("rung")
         steps = t[t["rung"] > 0]
         if mode == "add":
             x = ["naive"] + [f"+{i}" for i in steps["ingredient"]]
-            y = [t["final_mean"].iloc[0]] + steps["delta_prev"].tolist()
+            y = [t["acc_mean"].iloc[0]] + steps["delta_prev"].tolist()
             fig.add_trace(go.Waterfall(x=x, y=y, measure=["absolute"] + ["relative"] * len(steps), name="add",
                                        text=[f"{v:.1f}" if i == 0 else f"{v:+.1f}" for i, v in enumerate(y)],
                                        textposition="outside", connector=dict(line=dict(color="#999"))), row=1, col=col)
-            fig.add_scatter(x=x[1:], y=(t["final_mean"].iloc[0] + steps["delta_prev"].cumsum()).tolist(), mode="markers",
+            fig.add_scatter(x=x[1:], y=(t["acc_mean"].iloc[0] + steps["delta_prev"].cumsum()).tolist(), mode="markers",
                             marker=dict(size=1, color="black"), name="95% interval of Δ", showlegend=col == 1,
                             error_y=dict(type="data", symmetric=False, array=(steps["delta_prev_hi"] - steps["delta_prev"]).tolist(),
                                          arrayminus=(steps["delta_prev"] - steps["delta_prev_lo"]).tolist(), color="black"),

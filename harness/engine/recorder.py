@@ -119,12 +119,15 @@ class Recorder(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         rid = self._run_for(trial)
         evaluation = result.pop("evaluation", None)  # large; only the database keeps it
+        test = result.pop("test", None)
         if trial.trial_id not in self.last and int(result["epoch"]) > 1:
             self.echo(f"{self._name(trial)} continued from its checkpoint at epoch {int(result['epoch'])}")
         where = {k: result.get(k) for k in WHERE}  # left in the result: Tune's own logs show them too
         self.store.log_epoch(rid, int(result["epoch"]), result, where=where if where["node_id"] else None)
         if evaluation is not None:
             self.store.save_evaluation(rid, evaluation)
+        if test is not None:
+            self.store.save_test(rid, test)
         self.last[trial.trial_id] = {k: result.get(k) for k in (self.metric, "epoch", "status", "time_total_s")}
         self.view.epoch(trial.trial_id, int(result["epoch"]), result)
         self._backup_state()

@@ -133,6 +133,8 @@ def _trainable(config: dict[str, Any], *, make_spec: SpecMaker) -> None:
             metrics: dict[str, Any] = {**r.metrics, "epoch": r.epoch, "status": r.status, **where}
             if r.evaluation is not None:
                 metrics["evaluation"] = r.evaluation  # popped by the driver's recorder (kept out of Ray's logs)
+            if r.test is not None:
+                metrics["test"] = r.test  # popped too: the test split's scores, recorded on the run
             # Ray copies the folder to the trial's storage (synchronously) before this returns.
             ckpt = tune.Checkpoint.from_directory(str(local)) if r.checkpoint is not None else None
             tune.report(metrics, checkpoint=ckpt)

@@ -10,7 +10,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from harness.models import stand_in_label
-from harness.store import Store, check_url
+from harness.store import Store, check_url, unpack_correct
 
 
 def open_reader(db: str) -> Store:
@@ -32,23 +32,45 @@ def read_running_experiments(store: Store) -> pd.DataFrame:
 WHERE_COLUMNS = ("node", "node_id", "gpus")
 
 
+# The test split's scores (schema v4); NULL until a run ends. The per-image bits (`test_correct`) are
+# read only where runs are compared image by image (`read_test_correct`), not with every run.
+TEST_COLUMNS = ("test_loss", "test_acc", "n_test")
+
+
+def _run_columns(store: Store) -> str:
+    """The runs table's columns but `test_correct` (a database of any schema version: readers never migrate)."""
+    have = [c["name"] for c in sa.inspect(store.engine).get_columns("runs")]
+    return ", ".join(c for c in have if c != "test_correct")
+
+
 def read_runs(store: Store, experiment_id: int | None = None, run_ids: list[int] | None = None) -> pd.DataFrame:
+    cols = _run_columns(store)
     if run_ids is not None:
         if not run_ids:
-            return store.read_sql("SELECT * FROM runs WHERE 0")
+            return store.read_sql(f"SELECT {cols} FROM runs WHERE 0")
         ids = ",".join(str(int(i)) for i in run_ids)
-        df = store.read_sql(f"SELECT * FROM runs WHERE id IN ({ids}) ORDER BY id")
+        df = store.read_sql(f"SELECT {cols} FROM runs WHERE id IN ({ids}) ORDER BY id")
     elif experiment_id is not None:
-        df = store.read_sql("SELECT * FROM runs WHERE experiment_id = :e ORDER BY id", e=int(experiment_id))
+        df = store.read_sql(f"SELECT {cols} FROM runs WHERE experiment_id = :e ORDER BY id", e=int(experiment_id))
     else:
-        df = store.read_sql("SELECT * FROM runs ORDER BY id")
+        df = store.read_sql(f"SELECT {cols} FROM runs ORDER BY id")
     df["params"] = df["params"].map(_json)
-    for col in WHERE_COLUMNS:  # a database from before schema v3, read as it is (readers never migrate)
+    for col in (*WHERE_COLUMNS, *TEST_COLUMNS):  # a database from before schema v3 / v4, read as it is
         if col not in df:
             df[col] = None
     # Table cells: the short form, "vit_tiny (for vit_base)"; the pages say "CPU stand-in" around them.
     df["label"] = [stand_in_label(m, s, short=True) for m, s in zip(df["model"], df["stands_for"])]
     return df
+
+
+def read_test_correct(store: Store, run_ids: list[int]) -> dict[int, np.ndarray]:
+    """Per run id: which test images it got right (bools in the test split's order); runs without them
+    (not ended, no test split, an older database) are absent."""
+    if not run_ids or "test_correct" not in {c["name"] for c in sa.inspect(store.engine).get_columns("runs")}:
+        return {}
+    ids = ",".join(str(int(i)) for i in run_ids)
+    df = store.read_sql(f"SELECT id, n_test, test_correct FROM runs WHERE id IN ({ids}) AND test_correct IS NOT NULL")
+    return {int(r.id): unpack_correct(r.test_correct, int(r.n_test)) for r in df.itertuples()}
 
 
 def read_epochs(store: Store, run_ids: list[int] | None = None) -> pd.DataFrame:

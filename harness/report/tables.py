@@ -1,7 +1,12 @@
 """The tables: a run's summary, the before/after table of a benchmark (each pair with its interval and
 verdict), the ablation ladder's table, their text / Markdown / CSV forms. Pure functions of the rows:
 the same database always gives the same table, whoever wrote it (a finished benchmark, a sweep killed
-halfway, a single `harness train`)."""
+halfway, a single `harness train`).
+
+Validation chooses, test reports: a run's reported accuracy is its final weights' on the test split
+(`runs.test_acc`), which nothing in harness chooses on; the lr of "each at its best" is chosen on the
+validation median. A run whose data has no test split (a plugin's set) is reported on validation, and
+the table says so."""
 
 from __future__ import annotations
 
@@ -16,8 +21,9 @@ from harness.files import write_text_atomic
 from harness.models import stand_in_label
 from harness.store import Store
 
-from harness.report.read import read_epochs, read_evaluation_sizes, read_runs
-from harness.report.stats import CHANCE_MARGIN, DATASET_CLASSES, NEAR_BEST, newcombe, paired_bootstrap, verdict, wilson
+from harness.report.read import read_epochs, read_evaluation_sizes, read_runs, read_test_correct
+from harness.report.stats import (DATASET_CLASSES, NEAR_BEST, PAIRED_IMAGES_METHOD, SEED_T_METHOD, beats_chance, newcombe,
+                                  paired_image_interval, seed_t_interval, verdict, wilson)
 
 
 def _from_spec(params: object) -> tuple[int | None, object, object]:
@@ -35,18 +41,21 @@ def _from_spec(params: object) -> tuple[int | None, object, object]:
 
 # --- per-run summary ----------------------------------------------------------------------------
 
-RUN_SUMMARY_COLUMNS = ["run_id", "label", "model", "stands_for", "recipe", "seed", "status", "best", "final", "final_lo",
-                       "final_hi", "n_val", "batch", "updates", "epochs_to_90", "gap", "chance", "at_chance",
-                       "ends_at_chance", "lr", "lr_mult"]
+RUN_SUMMARY_COLUMNS = ["run_id", "label", "model", "stands_for", "recipe", "seed", "status", "best", "final", "n_val",
+                       "test", "test_loss", "n_test", "acc", "acc_lo", "acc_hi", "n_acc", "acc_split", "batch", "updates",
+                       "epochs_to_90", "gap", "chance", "at_chance", "ends_at_chance", "lr", "lr_mult"]
 
 
 def run_summary(store: Store, runs: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: best/final val acc, epochs to reach 90% of the best, final train-val gap
-    (points), chance level and whether the run beat it."""
+    """One row per run: best/final val acc (val chooses), the reported accuracy `acc` (the final weights
+    on the test split; on validation where the data has none, `acc_split` says which) with its Wilson
+    interval over those images, epochs to reach 90% of the best, final train-val gap (points), chance
+    level and whether the run beat it (a one-sided binomial test: `stats.beats_chance`)."""
     if runs.empty:
         return pd.DataFrame(columns=RUN_SUMMARY_COLUMNS)
     s = runs.rename(columns={"id": "run_id", "best_val_acc": "best", "final_val_acc": "final"})
-    s = s.astype({"best": float, "final": float})  # a column of only NULLs reads back as None objects
+    s = s.rename(columns={"test_acc": "test"})
+    s = s.astype({"best": float, "final": float, "test": float, "test_loss": float, "n_test": float})  # NULLs read as None
     s = s.merge(read_evaluation_sizes(store, s["run_id"].tolist()), on="run_id", how="left")
 
     # From the epochs: the first epoch at NEAR_BEST of the run's best, and the last epoch's gap.
@@ -63,12 +72,16 @@ def run_summary(store: Store, runs: pd.DataFrame, epochs: pd.DataFrame) -> pd.Da
     k = s["eval_classes"].where(s["eval_classes"] > 0, pd.Series(k_spec, index=s.index, dtype=float))
     s["chance"] = 1.0 / k  # NaN when the class count is unknown
     s["n_val"] = s["n_val"].where(s["n_val"] > 0)
-    s["final_lo"], s["final_hi"] = zip(*(wilson(f * n, int(n)) if pd.notna(n) and pd.notna(f) else (math.nan, math.nan)
-                                         for f, n in zip(s["final"], s["n_val"])))
+    on_test = s["test"].notna()
+    s["acc"] = s["test"].where(on_test, s["final"])
+    s["n_acc"] = s["n_test"].where(on_test, s["n_val"])
+    s["acc_split"] = np.where(on_test, "test", np.where(s["final"].notna(), "val", ""))
+    s["acc_lo"], s["acc_hi"] = zip(*(wilson(a * n, int(n)) if pd.notna(n) and pd.notna(a) else (math.nan, math.nan)
+                                     for a, n in zip(s["acc"], s["n_acc"])))
     # A run with no finished epoch has no accuracy to judge (its status says why). Both the best
-    # epoch and the last are judged: a run can touch chance+20% once and collapse after.
-    s["at_chance"] = (s["best"] < CHANCE_MARGIN * s["chance"]).fillna(False).astype(bool)
-    s["ends_at_chance"] = (s["final"] < CHANCE_MARGIN * s["chance"]).fillna(False).astype(bool)
+    # epoch (on val) and the end (the reported accuracy) are judged: a run can rise once and collapse after.
+    s["at_chance"] = [not _above_chance(a, n, c) for a, n, c in zip(s["best"], s["n_val"], s["chance"])]
+    s["ends_at_chance"] = [not _above_chance(a, n, c) for a, n, c in zip(s["acc"], s["n_acc"], s["chance"])]
     # Where the run sits on a grid's lr axis (NaN without one): its peak lr and the multiple of its recipe's own.
     tags = s["params"].map(lambda p: (p.get("tags") or {}) if isinstance(p, dict) else {})
     s["lr"] = tags.map(lambda t: t.get("lr", math.nan)).astype(float)
@@ -76,16 +89,24 @@ def run_summary(store: Store, runs: pd.DataFrame, epochs: pd.DataFrame) -> pd.Da
     return s[RUN_SUMMARY_COLUMNS]
 
 
+def _above_chance(acc: float, n: float, chance: float) -> bool:
+    """Whether an accuracy on n images is above chance by `stats.beats_chance`; True when unknown (no
+    accuracy, images or class count): a run is only called collapsed on evidence."""
+    if any(pd.isna(v) for v in (acc, n, chance)) or n <= 0:
+        return True
+    return beats_chance(int(round(acc * n)), int(n), int(round(1 / chance)))
+
+
 # --- the before/after table ---------------------------------------------------------------------
 
 TABLE_COLUMNS = [
-    "model", "ran", "stands_for", "before_recipe", "after_recipe", "lrs", "before_lr", "after_lr", "before_runs",
-    "after_runs", "batch", "updates", "n_val", "before_best_mean", "before_best_std", "after_best_mean", "after_best_std",
-    "delta_best", "before_final_mean", "before_final_std", "before_final_lo", "before_final_hi",
-    "before_final_median", "before_final_min", "before_final_max", "before_collapsed",
-    "after_final_mean", "after_final_std", "after_final_lo", "after_final_hi",
-    "after_final_median", "after_final_min", "after_final_max", "after_collapsed", "delta_final",
-    "delta_final_lo", "delta_final_hi", "interval", "verdict",
+    "model", "ran", "stands_for", "before_recipe", "after_recipe", "lrs", "chosen_on", "before_lr", "after_lr",
+    "before_runs", "after_runs", "batch", "updates", "split", "n_images", "before_best_mean", "before_best_std",
+    "after_best_mean", "after_best_std", "delta_best", "before_acc_mean", "before_acc_std", "before_acc_lo",
+    "before_acc_hi", "before_acc_median", "before_acc_min", "before_acc_max", "before_collapsed",
+    "after_acc_mean", "after_acc_std", "after_acc_lo", "after_acc_hi",
+    "after_acc_median", "after_acc_min", "after_acc_max", "after_collapsed", "delta",
+    "delta_lo", "delta_hi", "interval", "verdict",
     "before_epochs_to_90", "after_epochs_to_90", "before_gap", "after_gap", "flags",
 ]
 
@@ -103,6 +124,9 @@ def _flags(side: pd.DataFrame, recipe: str) -> list[str]:
     k = int((side["ends_at_chance"] & ~side["at_chance"]).sum())
     if k:
         out.append(f"{recipe}: {k}/{n} ended at chance")
+    k = int((side["acc_split"] == "val").sum())
+    if k:
+        out.append(f"{recipe}: {k}/{n} reported on validation (no test split)")
     return out
 
 
@@ -112,28 +136,49 @@ def _one(values: pd.Series) -> float:
     return float(v[0]) if len(v) == 1 else math.nan
 
 
-def compare(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, object]:
-    """The interval of after - before (final val acc, points) and its verdict, from two sets of
-    `run_summary` rows (the before/after table and the ablation ladder both judge with it).
+def compare(before: pd.DataFrame, after: pd.DataFrame, correct: dict[int, np.ndarray] | None = None) -> dict[str, object]:
+    """The interval of after - before (the reported accuracy, points) and its verdict, from two sets of
+    `run_summary` rows (the before/after table and the ablation ladder both judge with it). Both sides
+    were scored on the same images, so the interval is paired:
 
-    One seed per side: each accuracy is a binomial proportion on the validation set, so the
-    interval is Newcombe's from the two Wilson intervals (a seed's spread is not in it: say so).
-    Two or more seeds on both sides: a paired bootstrap over the seeds both sides ran."""
-    out: dict[str, object] = {"delta_final_lo": math.nan, "delta_final_hi": math.nan, "interval": "", "verdict": ""}
-    b, a = before.dropna(subset=["final"]), after.dropna(subset=["final"])
+    - the same seeds on both sides, two or more: Student's t on the per-seed differences (`seed_t_interval`);
+      it holds the seeds' spread, on these test images;
+    - one run a side: Newcombe's paired interval over the test images, from which images each got right
+      (`correct`: run id -> bools, `read_test_correct`); it leaves the seed's variance out, and the verdict
+      says "one seed";
+    - one run a side without per-image results (validation reports: no test split): Newcombe's unpaired
+      interval of two binomial proportions, labelled so.
+    Coverage of each is checked by simulation (tests/test_stats.py, benchmarks/coverage.py)."""
+    out: dict[str, object] = {"delta_lo": math.nan, "delta_hi": math.nan, "interval": "", "verdict": "", "one_seed": False}
+    b, a = before.dropna(subset=["acc"]), after.dropna(subset=["acc"])
     if b.empty or a.empty:
         return out
-    paired = b.set_index("seed")["final"].to_frame("b").join(a.set_index("seed")["final"].to_frame("a"), how="inner")
+    paired = b.set_index("seed")["acc"].to_frame("b").join(a.set_index("seed")["acc"].to_frame("a"), how="inner")
+    correct = correct or {}
     if len(paired) >= 2:
-        lo, hi = paired_bootstrap(paired["b"].tolist(), paired["a"].tolist())
-        out["interval"] = f"paired bootstrap over {len(paired)} seeds"
-    elif len(b) == 1 and len(a) == 1 and pd.notna(b["n_val"].iloc[0]) and pd.notna(a["n_val"].iloc[0]):
-        lo, hi = newcombe(b["final"].iloc[0], int(b["n_val"].iloc[0]), a["final"].iloc[0], int(a["n_val"].iloc[0]))
-        out["interval"] = f"binomial (Newcombe), n = {int(a['n_val'].iloc[0])} val images, one seed"
+        lo, hi = seed_t_interval(paired["b"].tolist(), paired["a"].tolist())
+        out["interval"] = f"{SEED_T_METHOD}: {len(paired)} seeds, on {_images(a)}"
+    elif len(b) == 1 and len(a) == 1:
+        rb, ra = int(b["run_id"].iloc[0]), int(a["run_id"].iloc[0])
+        if rb in correct and ra in correct and len(correct[rb]) == len(correct[ra]):
+            lo, hi = paired_image_interval(correct[rb], correct[ra])
+            out["interval"] = f"{PAIRED_IMAGES_METHOD}: {len(correct[ra])} test images, one seed (seed variance not in it)"
+        elif pd.notna(b["n_acc"].iloc[0]) and pd.notna(a["n_acc"].iloc[0]):
+            lo, hi = newcombe(b["acc"].iloc[0], int(b["n_acc"].iloc[0]), a["acc"].iloc[0], int(a["n_acc"].iloc[0]))
+            out["interval"] = (f"Newcombe (1998), unpaired: {int(a['n_acc'].iloc[0])} {a['acc_split'].iloc[0]} images, "
+                               "one seed (seed variance not in it)")
+        else:
+            return out
+        out["one_seed"] = True
     else:
         return out
-    out.update(delta_final_lo=100 * lo, delta_final_hi=100 * hi, verdict=verdict(lo, hi))
+    out.update(delta_lo=100 * lo, delta_hi=100 * hi, verdict=verdict(lo, hi))
     return out
+
+
+def _images(side: pd.DataFrame) -> str:
+    n, split = _one(side["n_acc"]), "+".join(sorted(set(side["acc_split"]) - {""})) or "no"
+    return f"{n:.0f} {split} images" if pd.notna(n) else f"{split} images"
 
 
 def _collapsed(side: pd.DataFrame) -> int:
@@ -142,33 +187,37 @@ def _collapsed(side: pd.DataFrame) -> int:
 
 
 def _comparison(label: dict, baseline: str, other: str | None, before: pd.DataFrame, after: pd.DataFrame,
-                lrs: str) -> dict:
+                lrs: str, correct: dict[int, np.ndarray]) -> dict:
     """One row of the before/after table: `before` (the baseline's runs) against `after` (another recipe's)."""
     both = pd.concat([before, after])
     row = {**label, "before_recipe": baseline, "after_recipe": other, "lrs": lrs,
-           "before_lr": _one(before["lr"]), "after_lr": _one(after["lr"]),
+           "chosen_on": "val median" if lrs == "best" else "", "before_lr": _one(before["lr"]), "after_lr": _one(after["lr"]),
            "before_runs": len(before), "after_runs": len(after), "batch": _one(both["batch"]),
-           "updates": _one(both["updates"]), "n_val": _one(both["n_val"])}
+           "updates": _one(both["updates"]), "split": "+".join(sorted(set(both["acc_split"]) - {""})),
+           "n_images": _one(both["n_acc"])}
     for side, df in (("before", before), ("after", after)):
-        for metric in ("best", "final"):
-            vals = 100.0 * df[metric].astype(float)
+        for metric, col in (("best", "best"), ("acc", "acc")):
+            vals = 100.0 * df[col].astype(float)
             row[f"{side}_{metric}_mean"] = vals.mean() if vals.notna().any() else math.nan
             row[f"{side}_{metric}_std"] = vals.std(ddof=1) if vals.notna().sum() > 1 else math.nan
         # Several seeds: the mean of a bimodal set (some collapse, some train) is no run's result, so the
         # median, the min-max and the collapses stand next to it.
-        finals = 100.0 * df["final"].astype(float)
-        row[f"{side}_final_median"], row[f"{side}_final_min"], row[f"{side}_final_max"] = (
-            (finals.median(), finals.min(), finals.max()) if finals.notna().any() else (math.nan,) * 3)
+        accs = 100.0 * df["acc"].astype(float)
+        row[f"{side}_acc_median"], row[f"{side}_acc_min"], row[f"{side}_acc_max"] = (
+            (accs.median(), accs.min(), accs.max()) if accs.notna().any() else (math.nan,) * 3)
         row[f"{side}_collapsed"] = _collapsed(df)
-        # One run: its binomial interval; several: the spread of the seeds says more.
+        # One run: its binomial interval over the images; several: the spread of the seeds says more.
         one = len(df) == 1
-        row[f"{side}_final_lo"] = 100 * df["final_lo"].iloc[0] if one else math.nan
-        row[f"{side}_final_hi"] = 100 * df["final_hi"].iloc[0] if one else math.nan
+        row[f"{side}_acc_lo"] = 100 * df["acc_lo"].iloc[0] if one else math.nan
+        row[f"{side}_acc_hi"] = 100 * df["acc_hi"].iloc[0] if one else math.nan
         row[f"{side}_epochs_to_90"] = df["epochs_to_90"].astype(float).mean() if len(df) else math.nan
         row[f"{side}_gap"] = df["gap"].astype(float).mean() if len(df) else math.nan
     row["delta_best"] = row["after_best_mean"] - row["before_best_mean"]
-    row["delta_final"] = row["after_final_mean"] - row["before_final_mean"]
-    row.update(compare(before, after))
+    row["delta"] = row["after_acc_mean"] - row["before_acc_mean"]
+    cmp = compare(before, after, correct)
+    row.update({k: v for k, v in cmp.items() if k != "one_seed"})
+    if cmp["one_seed"] and row["verdict"]:
+        row["verdict"] += " (one seed)"
     for side, recipe, df in (("before", baseline, before), ("after", other, after)):
         k = row[f"{side}_collapsed"]
         if len(df) >= 2 and k and row["verdict"]:  # the finding is the collapse, not the mean
@@ -177,26 +226,37 @@ def _comparison(label: dict, baseline: str, other: str | None, before: pd.DataFr
     return row
 
 
-def _best_lr(runs: pd.DataFrame) -> pd.DataFrame:
-    """A recipe's finished runs at the lr of its highest median final accuracy over seeds (ties: the lower
-    lr), by the sensitivity table's rule: a diverged run counts at chance, an unfinished or failed one not at all."""
-    done = runs[~runs["status"].isin(["running", "interrupted", "time_limit", "stopped", "failed"])]
-    acc = done["final"].where((done["status"] != "diverged") & done["final"].notna(), done["chance"])
-    med = acc.groupby(done["lr"]).median()
-    if med.dropna().empty:
-        return runs.iloc[0:0]
-    return done[done["lr"] == med.idxmax()]
+UNFINISHED = ("running", "interrupted", "time_limit", "stopped", "failed")
+
+
+def best_lr(runs: pd.DataFrame) -> float:
+    """The lr a recipe's runs choose: the highest median final *validation* accuracy over seeds (ties: the
+    lower lr), a diverged run counted at chance, an unfinished or failed one not at all. NaN when none
+    finished. Validation chooses; the runs' test accuracy is what is then reported."""
+    done = runs[~runs["status"].isin(UNFINISHED)]
+    val = done["final"].where((done["status"] != "diverged") & done["final"].notna(), done["chance"])
+    med = val.groupby(done["lr"]).median().dropna()
+    return math.nan if med.empty else float(med.idxmax())
+
+
+def _at_best_lr(runs: pd.DataFrame) -> pd.DataFrame:
+    """A recipe's finished runs at its `best_lr`."""
+    lr = best_lr(runs)
+    done = runs[~runs["status"].isin(UNFINISHED)]
+    return runs.iloc[0:0] if math.isnan(lr) else done[done["lr"] == lr]
 
 
 def before_after(store: Store, experiment_id: int) -> pd.DataFrame:
     """Per model of one experiment: the baseline recipe (naive, when present) against each other
-    recipe, accuracies in percent as mean and sample std over seeds (with median, min-max and
-    collapses). With an lr axis: once at each recipe's own lr (the x1 point) and once each at its
-    best lr in the grid, whether the recipe matters beyond its learning rate. Raw numbers (CSV-ready)."""
+    recipe, reported accuracies (test) in percent as mean and sample std over seeds (with median, min-max
+    and collapses). With an lr axis: once at each recipe's own lr (the x1 point) and once each at its
+    best lr in the grid (chosen on validation, reported on test), whether the recipe matters beyond its
+    learning rate. Raw numbers (CSV-ready)."""
     runs = read_runs(store, experiment_id)
     if runs.empty:
         return pd.DataFrame(columns=TABLE_COLUMNS)
     summary = run_summary(store, runs, read_epochs(store, runs["id"].tolist()))
+    correct = read_test_correct(store, runs["id"].tolist())
     axis = summary["lr_mult"].notna().any()
     several_lrs = summary["lr"].nunique() > 1  # one lr: its best is its own, no second row
     rows = []
@@ -212,10 +272,10 @@ def before_after(store: Store, experiment_id: int) -> pd.DataFrame:
             of = lambda df, recipe: df[df["recipe"] == recipe] if recipe else df.iloc[0:0]  # noqa: E731
             # On an absolute lr axis a recipe's own lr may be no grid point: then only the best-lr row.
             if not axis or not several_lrs or (not of(own, baseline).empty and (other is None or not of(own, other).empty)):
-                rows.append(_comparison(label, baseline, other, of(own, baseline), of(own, other), "own"))
+                rows.append(_comparison(label, baseline, other, of(own, baseline), of(own, other), "own", correct))
             if axis and several_lrs:
-                rows.append(_comparison(label, baseline, other, _best_lr(of(group, baseline)),
-                                        _best_lr(of(group, other)) if other else group.iloc[0:0], "best"))
+                rows.append(_comparison(label, baseline, other, _at_best_lr(of(group, baseline)),
+                                        _at_best_lr(of(group, other)) if other else group.iloc[0:0], "best", correct))
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
@@ -229,10 +289,10 @@ def _num(v: float, fmt: str = "{:.1f}") -> str:
     return "-" if pd.isna(v) else fmt.format(v)
 
 
-def format_final(mean: float, std: float, lo: float, hi: float, median: float = math.nan, low: float = math.nan,
-                 high: float = math.nan) -> str:
-    """A final-accuracy cell: '83.3 [79.2, 86.8]' for one run (its binomial interval), 'mean ± std;
-    median m [min–max]' over seeds, '-' for none."""
+def format_acc(mean: float, std: float, lo: float, hi: float, median: float = math.nan, low: float = math.nan,
+               high: float = math.nan) -> str:
+    """An accuracy cell: '83.3 [79.2, 86.8]' for one run (its 95% Wilson interval over the images),
+    'mean ± std; median m [min–max]' over seeds, '-' for none."""
     if pd.notna(lo) and pd.notna(mean):
         return f"{mean:.1f} [{lo:.1f}, {hi:.1f}]"
     if pd.notna(std) and pd.notna(median):
@@ -240,8 +300,8 @@ def format_final(mean: float, std: float, lo: float, hi: float, median: float = 
     return _pm(mean, std)
 
 
-def _final(r: pd.Series, side: str) -> str:
-    return format_final(*(r.get(f"{side}_final_{k}", math.nan) for k in ("mean", "std", "lo", "hi", "median", "min", "max")))
+def _acc(r: pd.Series, side: str) -> str:
+    return format_acc(*(r.get(f"{side}_acc_{k}", math.nan) for k in ("mean", "std", "lo", "hi", "median", "min", "max")))
 
 
 def format_before_after(table: pd.DataFrame) -> pd.DataFrame:
@@ -249,26 +309,28 @@ def format_before_after(table: pd.DataFrame) -> pd.DataFrame:
     seeds it adds the collapses (k/n), with an lr axis the lrs compared (each recipe's own, or its best)."""
     seeds = bool(((table["before_runs"] > 1) | (table["after_runs"] > 1)).any()) if len(table) else False
     axis = bool((table["lrs"] == "best").any()) if "lrs" in table and len(table) else False
+    split = "+".join(sorted(set("+".join(table["split"].fillna("")).split("+")) - {""})) if len(table) else "test"
     rows = []
     for _, r in table.iterrows():
         arrow = lambda a, b: f"{a} → {b}"  # noqa: E731
         row = {"model": r["model"], "recipes": arrow(r["before_recipe"], r["after_recipe"] or "-")}
         if axis:
             row["lr"] = ("each at its own (x1)" if r["lrs"] == "own" else
-                         "each at its best: " + arrow(_num(r["before_lr"], "{:.3g}"), _num(r["after_lr"], "{:.3g}")))
+                         "each at its best on val: " + arrow(_num(r["before_lr"], "{:.3g}"), _num(r["after_lr"], "{:.3g}")))
         row |= {
             "seeds": arrow(r["before_runs"], r["after_runs"]),
             "batch, updates": f"{_num(r['batch'], '{:.0f}')}, {_num(r['updates'], '{:.0f}')}",
-            "final val acc % [95% CI]": arrow(_final(r, "before"), _final(r, "after")),
+            "test acc %" if split in ("test", "") else "test acc % (val where flagged)": arrow(_acc(r, "before"),
+                                                                                             _acc(r, "after")),
         }
         if seeds:
             row["collapsed"] = arrow(f"{r['before_collapsed']}/{r['before_runs']}", f"{r['after_collapsed']}/{r['after_runs']}")
         row |= {
-            "Δ final [95% CI]": (_num(r["delta_final"], "{:+.1f}") + (f" [{r['delta_final_lo']:+.1f}, {r['delta_final_hi']:+.1f}]"
-                                                                    if pd.notna(r["delta_final_lo"]) else "")),
+            "Δ [95% CI]": (_num(r["delta"], "{:+.1f}") + (f" [{r['delta_lo']:+.1f}, {r['delta_hi']:+.1f}]"
+                                                          if pd.notna(r["delta_lo"]) else "")),
+            "interval": r["interval"] or "",
             "verdict": r["verdict"] or "",
             "best val acc %": arrow(_pm(r["before_best_mean"], r["before_best_std"]), _pm(r["after_best_mean"], r["after_best_std"])),
-            "Δ best": _num(r["delta_best"], "{:+.1f}"),
             "epochs to 90% of best": arrow(_num(r["before_epochs_to_90"]), _num(r["after_epochs_to_90"])),
             "final train–val gap (pts)": arrow(_num(r["before_gap"], "{:+.1f}"), _num(r["after_gap"], "{:+.1f}")),
             "flags": r["flags"] or "",
@@ -278,16 +340,20 @@ def format_before_after(table: pd.DataFrame) -> pd.DataFrame:
 
 
 TABLE_LEGEND = (
-    "Validation accuracy in %: final = the last epoch (the verdict's measure; best-of-epochs is picked on the "
-    "validation set itself, so it is optimistic). One seed: [95% Wilson interval] on the validation images; several: "
-    "mean ± sample std. Δ = after − before in points with its 95% interval: Newcombe's (two binomial proportions) for "
-    "one seed, a paired bootstrap over seeds for two or more. Verdict: better / worse when the interval excludes 0, "
-    "else no detectable difference. With several seeds, also the median [min–max] (the mean of seeds that split "
-    "between collapsing and training is no run's result) and the runs that collapsed (ended at chance, diverged or "
-    "failed) as k/n. With an lr axis, each pair is compared at each recipe's own lr and at each one's best lr in the "
-    "grid (the highest median): whether the recipe matters beyond its learning rate. Batch and updates are per run (one batch size for every recipe of a grid). "
-    "Gap = train − val accuracy at the last epoch, both measured in eval mode without augmentation. "
-    "Recipes say their form: published (the source's values) or fitted (derived for this run's budget).")
+    "Validation chooses, test reports. Test acc in %: the final weights on the held-out test split, which nothing "
+    "chooses on (best val acc, the best epoch on validation, is optimistic and shown, never judged). One seed: "
+    "[95% Wilson interval over the test images]; several: mean ± sample std, the median [min–max] (the mean of seeds "
+    "that split between collapsing and training is no run's result) and the runs that collapsed (test accuracy not "
+    "above chance by a one-sided exact binomial test at 1%, diverged or failed) as k/n. Δ = after − before in points "
+    "with a paired 95% interval (both recipes see the same test images): with the same two or more seeds on both sides, "
+    "Student's t on the per-seed differences (it holds the seeds' spread, on these images); with one seed, Newcombe's "
+    "(1998) paired interval over the test images (image noise only: the seed's variance is not in it, and the verdict "
+    "says one seed). Coverage of both was checked by simulation (benchmarks/results/coverage.md). Verdict: better / "
+    "worse when the interval excludes 0, else no detectable difference. With an lr axis, each pair is compared at each "
+    "recipe's own lr and at each one's best lr in the grid, chosen on the validation median and reported on test "
+    "(the test images are untouched by the choice; the seeds are the same runs'). Batch and updates are per run. "
+    "Gap = train − val accuracy at the last epoch, both in eval mode without augmentation. Recipes say their form: "
+    "published (the source's values) or fitted (derived for this run's budget).")
 
 
 def to_markdown(df: pd.DataFrame) -> str:
@@ -340,19 +406,20 @@ def check_runs_exist(store: Store, run_ids: list[int], field: str = "--compare")
 ABLATION_VERDICT = {"better": "helps", "worse": "hurts", "no detectable difference": "no detectable difference", "": ""}
 # --- the ablation ladder's table (harness ablate), from the database ----------------------------------------------------------------
 
-ABLATION_COLUMNS = ["mode", "rung", "ingredient", "recipe", "seeds", "final_mean", "final_std", "final_lo", "final_hi",
+ABLATION_COLUMNS = ["mode", "rung", "ingredient", "recipe", "seeds", "acc_mean", "acc_std", "acc_lo", "acc_hi",
                  "delta_prev", "delta_prev_lo", "delta_prev_hi", "delta_start", "delta_start_lo", "delta_start_hi",
                  "interval", "verdict"]
 
 
 def ablation_table(store: Store, experiment_id: int) -> pd.DataFrame:
-    """One row per rung: final val acc (%), Δ against the previous rung (add) or the full recipe (drop)
+    """One row per rung: test acc (%), Δ against the previous rung (add) or the full recipe (drop)
     with its 95% interval, Δ against the start, and the verdict on the ingredient (helps / hurts / no
     detectable difference). Intervals as in the before/after table (report.compare)."""
     runs = read_runs(store, experiment_id)
     if runs.empty:
         return pd.DataFrame(columns=ABLATION_COLUMNS)
     summary = run_summary(store, runs, read_epochs(store, runs["id"].tolist()))
+    correct = read_test_correct(store, runs["id"].tolist())
     tags = runs["params"].map(lambda p: (p or {}).get("tags") or {})
     summary["mode"] = tags.map(lambda t: t.get("mode")).values
     summary["rung"] = tags.map(lambda t: t.get("rung")).values
@@ -365,26 +432,26 @@ def ablation_table(store: Store, experiment_id: int) -> pd.DataFrame:
         start = side[side["rung"] == 0]
         for rung, group in side.groupby("rung", sort=True):
             prev = start if mode == "drop" else side[side["rung"] == rung - 1]
-            finals = 100 * group["final"].astype(float)
+            accs = 100 * group["acc"].astype(float)
             row = {"mode": mode, "rung": int(rung), "ingredient": group["ingredient"].iloc[0], "recipe": group["recipe"].iloc[0],
-                   "seeds": len(group), "final_mean": finals.mean(),
-                   "final_std": finals.std(ddof=1) if finals.notna().sum() > 1 else math.nan,
-                   "final_lo": 100 * group["final_lo"].iloc[0] if len(group) == 1 else math.nan,
-                   "final_hi": 100 * group["final_hi"].iloc[0] if len(group) == 1 else math.nan}
+                   "seeds": len(group), "acc_mean": accs.mean(),
+                   "acc_std": accs.std(ddof=1) if accs.notna().sum() > 1 else math.nan,
+                   "acc_lo": 100 * group["acc_lo"].iloc[0] if len(group) == 1 else math.nan,
+                   "acc_hi": 100 * group["acc_hi"].iloc[0] if len(group) == 1 else math.nan}
             for key, base in (("delta_prev", prev), ("delta_start", start)):
                 if rung == 0:
                     row.update({key: math.nan, f"{key}_lo": math.nan, f"{key}_hi": math.nan})
                     continue
-                cmp = compare(base, group)
-                row[key] = finals.mean() - 100 * base["final"].astype(float).mean()
-                row[f"{key}_lo"], row[f"{key}_hi"] = cmp["delta_final_lo"], cmp["delta_final_hi"]
+                cmp = compare(base, group, correct)
+                row[key] = accs.mean() - 100 * base["acc"].astype(float).mean()
+                row[f"{key}_lo"], row[f"{key}_hi"] = cmp["delta_lo"], cmp["delta_hi"]
                 if key == "delta_prev":
                     row["interval"] = cmp["interval"]
                     # drop: the rung is the full recipe without the ingredient, so "worse" means it helps.
                     v = cmp["verdict"]
                     if mode == "drop":
                         v = {"better": "worse", "worse": "better"}.get(v, v)
-                    row["verdict"] = ABLATION_VERDICT[v]
+                    row["verdict"] = ABLATION_VERDICT[v] + (" (one seed)" if cmp["one_seed"] and v else "")
             rows.append(row)
     return pd.DataFrame(rows, columns=ABLATION_COLUMNS)
 
@@ -395,19 +462,21 @@ def format_ablation(table: pd.DataFrame) -> pd.DataFrame:
         step = "start" if r["rung"] == 0 else ("+" if r["mode"] == "add" else "−") + str(r["ingredient"])
         delta = lambda k: "" if pd.isna(r[k]) else f"{r[k]:+.1f} [{r[f'{k}_lo']:+.1f}, {r[f'{k}_hi']:+.1f}]"  # noqa: E731
         rows.append({"mode": r["mode"], "rung": r["rung"], "ingredient": step, "seeds": r["seeds"],
-                     "final val acc % [95% CI]": format_final(r["final_mean"], r["final_std"], r["final_lo"], r["final_hi"]),
+                     "test acc %": format_acc(r["acc_mean"], r["acc_std"], r["acc_lo"], r["acc_hi"]),
                      "Δ vs previous" if r["mode"] == "add" else "Δ vs full": delta("delta_prev"),
                      "Δ vs start": delta("delta_start") if r["mode"] == "add" else "",
                      "verdict": r["verdict"] or ""})
     return pd.DataFrame(rows).fillna("")
 
 
-ABLATION_LEGEND = ("Final validation accuracy in % (one seed: [95% Wilson interval]; several: mean ± std). add: each rung "
+ABLATION_LEGEND = ("Test accuracy in %, the final weights on the held-out test split (one seed: [95% Wilson interval over "
+                "the test images]; several: mean ± std). add: each rung "
                 "adds one ingredient to the previous one, Δ vs previous is that ingredient's effect at this point of the "
                 "order — the order matters, because ingredients interact. drop: each rung is the full recipe without one "
-                "ingredient (its fields back at naive's), Δ vs full; the check on add's order. Intervals: Newcombe's for "
-                "one seed, paired bootstrap over seeds for two or more; verdict on the ingredient: helps / hurts when the "
-                "interval excludes 0, else no detectable difference.")
+                "ingredient (its fields back at naive's), Δ vs full; the check on add's order. Paired 95% intervals, as in "
+                "the before/after table: Newcombe's paired interval over the test images for one seed (image noise "
+                "only), Student's t on the per-seed differences for two or more; verdict on the ingredient: helps / "
+                "hurts when the interval excludes 0, else no detectable difference.")
 
 
 def save_ablation(store: Store, experiment_id: int, out: Path) -> tuple[Path, Path, pd.DataFrame]:
