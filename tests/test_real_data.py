@@ -72,7 +72,7 @@ def assert_every_class_everywhere(spec: DataSpec, k: int) -> dict[str, list[int]
     ds = data_mod.load(spec, torch.device("cpu"))
     assert ds.num_classes == k
     seen = {"train": counts(labels_of(ds.train), k), "probe": counts(labels_of(data_mod.probe(ds)), k),
-            "val": counts(labels_of(ds.val), k)}
+            "val": counts(labels_of(ds.val), k), "test": counts(labels_of(ds.test), k)}
     for part, c in seen.items():
         assert min(c) > 0, f"{part} misses classes: {c}"
     return seen
@@ -102,9 +102,15 @@ def test_stratified_order_keeps_class_shares_in_every_prefix():
 def test_digits_trains_end_to_end(db_url):
     spec = DataSpec(name="digits", image_size=16)
     seen = assert_every_class_everywhere(spec, 10)
-    assert sum(seen["train"]) == 1438 and sum(seen["val"]) == 359
+    # 1,797 images: a stratified fifth each for test and val (359), the rest to train.
+    assert (sum(seen["train"]), sum(seen["val"]), sum(seen["test"])) == (1079, 359, 359)
+    for part in ("val", "test"):  # within an image or two of the class's share
+        assert all(abs(c - 359 / 10) <= 2 for c in seen[part]), (part, seen[part])
+    ds = data_mod.load(spec, torch.device("cpu"))
+    keys = {part: {tuple(x.flatten().tolist()) for x in getattr(ds, part).x} for part in ("train", "val", "test")}
+    assert not (keys["test"] & keys["val"]) and not (keys["test"] & keys["train"])  # disjoint (digits has few twins)
     run = train_cli(db_url, "--data", "digits", epochs=2)
-    assert run["final_val_acc"] > 0.5, run  # chance is 0.1
+    assert run["final_val_acc"] > 0.5 and run["test_acc"] > 0.5 and run["n_test"] == 359, run  # chance is 0.1
     assert rows(db_url, "select min(train_acc) as a from epochs")[0]["a"] is not None
 
 
@@ -185,9 +191,10 @@ def test_cifar10_files_train_end_to_end(tmp_path, db_url, cifar_files_without_md
     write_cifar(tmp_path, "cifar10", (x32[train], y[train]), (x32[val], y[val]), [f"digit {i}" for i in range(10)])
     spec = DataSpec(name="cifar10", root=tmp_path, image_size=16, train_size=500)
     seen = assert_every_class_everywhere(spec, 10)
-    assert sum(seen["train"]) == 500 and sum(seen["val"]) == 360
+    # The official test set is the test split; val is carved out of the official train set (a fifth of it).
+    assert (sum(seen["train"]), sum(seen["val"]), sum(seen["test"])) == (500, round(len(train) * 0.2), 360)
     run = train_cli(db_url, "--data", "cifar10", "--data-root", tmp_path, "--train-size", "500", epochs=6)
-    assert run["final_val_acc"] > 0.5, run
+    assert run["final_val_acc"] > 0.5 and run["n_test"] == 360 and run["test_acc"] > 0.5, run
 
 
 def test_cifar100_files_train_end_to_end(tmp_path, db_url, cifar_files_without_md5):
@@ -227,6 +234,8 @@ def test_tinyimagenet_layout_maps_val_labels_through_annotations(tmp_path, db_ur
     index = {w: k for k, w in enumerate(ds.class_names)}
     assert ds.class_names == sorted(wnid.values())
     expected = {f"val_{i}.JPEG": index[wnid[y[i]]] for i in val}
-    assert {Path(p).name: label for p, label in ds.val.dataset.samples} == expected
+    # The labelled val/ is the test split (the official test has no labels); val is carved out of train/.
+    assert {Path(p).name: label for p, label in ds.test.dataset.samples} == expected
+    assert all(Path(p).parent.name == "images" and "train" in Path(p).parts for p, _ in ds.val.dataset.samples)
     run = train_cli(db_url, "--data", "tinyimagenet", "--data-root", tmp_path, "--workers", "0")
     assert run["final_val_acc"] > 0.5, run

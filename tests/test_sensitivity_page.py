@@ -33,6 +33,8 @@ def params(recipe: str, tags: dict | None) -> dict:
 def epochs(store: Store, run: int, final: float) -> None:
     store.log_epoch(run, 1, {"train_loss": 2.0, "val_loss": 2.1, "train_acc": 0.3, "val_acc": 0.25, "lr": 1e-3})
     store.log_epoch(run, 2, {"train_loss": 1.0, "val_loss": 1.1, "train_acc": final + 0.05, "val_acc": final, "lr": 1e-4})
+    # The same accuracy on 64 test images: what the page draws (6 or 5 of 64 is not above chance: collapsed).
+    store.save_test(run, {"test_acc": final, "test_loss": 1.1, "n_test": 64, "test_correct": None})
 
 
 @pytest.fixture(scope="module")
@@ -116,14 +118,14 @@ def test_sensitivity_page_holds_every_run_and_is_linked(db, pages):
     own_lines = [t for t in traces if t.get("mode") == "lines" and t.get("name") == "own lr"]
     assert sorted(t["x"][0] for t in own_lines) == pytest.approx(sorted(OWN.values()))
     assert len({t["line"]["color"] for t in own_lines}) == 2
-    naive = next(t for t in traces if t.get("mode") == "lines" and t.get("name") == "naive lr (seed 000)")
+    naive = next(t for t in traces if t.get("mode") == "lines" and t.get("name") == "naive lr (Adam 1e-3)")
     assert naive["x"] == pytest.approx([NAIVE_LR, NAIVE_LR])
     lay = layout(out / name)
     labels = {}  # their labels, placed at log10(lr) on the log axis
     for a in lay["annotations"]:
-        labels.setdefault(a["text"], []).append(10 ** a["x"] if a["text"] in ("own lr", "naive lr (seed 000)") else a["x"])
+        labels.setdefault(a["text"], []).append(10 ** a["x"] if a["text"] in ("own lr", "naive lr (Adam 1e-3)") else a["x"])
     assert sorted(labels["own lr"]) == pytest.approx(sorted(OWN.values()))
-    assert labels["naive lr (seed 000)"] == pytest.approx([NAIVE_LR])
+    assert labels["naive lr (Adam 1e-3)"] == pytest.approx([NAIVE_LR])
     assert lay["xaxis"]["type"] == "log"
     assert lay["yaxis"]["range"] == [0, 100]
     assert any(s.get("y0") == pytest.approx(CHANCE) and s["line"]["dash"] == "dot" for s in lay["shapes"])
@@ -151,4 +153,4 @@ def test_sensitivity_page_renders_in_headless_chromium(db, pages, tmp_path):
     out, _ = pages
     dom = dump_dom(out / f"sensitivity-{db[1]}.html", tmp_path / "profile")
     assert dom.count('class="main-svg"') >= 1  # Plotly drew the figure
-    assert "naive lr (seed 000)" in dom and "own lr" in dom
+    assert "naive lr (Adam 1e-3)" in dom and "own lr" in dom
