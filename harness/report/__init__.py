@@ -1,6 +1,6 @@
 """Tables over the results database (pandas): the statistics (`stats.py`), reading the database
 (`read.py`) and the tables built from it (`tables.py`): the before/after table of a benchmark, the
-ablation ladder's, and the per-run summaries the pages draw. `from harness import report as rep` and
+ablation ladder's (`ablation.py`), and the per-run summaries the pages draw. `from harness import report as rep` and
 `rep.before_after(...)` keep working: every public name is here."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from harness.report.read import (  # noqa: F401
     RUN_STAMP_COLUMNS, read_run_stamps, read_run_counts, read_run_points, read_evaluations, read_study_stamps)
 from harness.report.tables import (  # noqa: F401
     RUN_SUMMARY_COLUMNS, run_summary, TABLE_COLUMNS, UNFINISHED, compare, best_lr, before_after, format_acc,
-    format_before_after, TABLE_LEGEND, to_markdown, to_text, save_before_after, latest_benchmark, check_runs_exist,
+    format_before_after, TABLE_LEGEND, to_markdown, to_text, save_before_after, latest_benchmark, check_runs_exist)
+from harness.report.ablation import (  # noqa: F401
     ABLATION_VERDICT, ABLATION_COLUMNS, ablation_table, format_ablation, ABLATION_LEGEND, save_ablation)
 
 __all__ = ["ABLATION_COLUMNS", "ABLATION_LEGEND", "ABLATION_VERDICT", "COLLAPSE_ALPHA", "CONFIDENCE",
