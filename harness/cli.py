@@ -384,8 +384,9 @@ def sweep(study: Path, validate: bool, resume: bool, where, max_failures: int, t
 def doctor(model: str, recipe: str, data_opts: dict,
            sets: tuple[str, ...], scale: str, device: str, seed: int, threads: int | None, overfit_steps: int,
            lr_steps: int, as_json: bool, db: str, out: Path) -> None:
-    """Seed 004's pre-training checks (shapes, gradients, overfit 32 images, lr range test) and
-    seed 000's recipe lint. Exit 0: no FAIL; 1: a check FAILed; 2: bad input."""
+    """The ViT tuning checklist's pre-training checks (shapes, gradients, overfit 32 images, lr range
+    test) and the recipe lint of the ViT/Swin failure write-up's debugging checklist. Exit 0: no FAIL;
+    1: a check FAILed; 2: bad input."""
     import json
     import time
 

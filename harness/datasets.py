@@ -115,8 +115,16 @@ def _capped(n: int, spec: DataSpec) -> int:
 
 
 def synthetic_total(spec: DataSpec) -> int:
-    """Images the synthetic set generates so that `train_size` (default 1000) are left to train on."""
-    return int(round((spec.train_size or 1000) / (1 - spec.val_fraction - spec.test_fraction)))
+    """Images the synthetic set generates so that exactly `train_size` (default 1000) are left to train on
+    (the rounding of the two held-out shares can miss by one: step to the nearest total that does not)."""
+    want = spec.train_size or 1000
+    total = int(round(want / (1 - spec.val_fraction - spec.test_fraction)))
+    for _ in range(8):
+        train = total - n_val(total, spec) - n_test(total, spec)
+        if train == want:
+            break
+        total += 1 if train < want else -1
+    return total
 
 
 def _synthetic_images(spec: DataSpec) -> int:

@@ -36,7 +36,7 @@ IMAGENET_1K_TRAIN = 1_281_167  # images in ImageNet-1k's train split: the data e
 LR_RULES = {
     "linear": "lr x batch / lr_base_batch (Goyal et al. arXiv 1706.02677; DeiT main.py, Swin config.py, MAE FINETUNE.md)",
     "sqrt": "lr x sqrt(batch / lr_base_batch) (LAMB: You et al. arXiv 1904.00962 sec. 4; timm train.py --lr-base-scale sqrt for lamb)",
-    "none": "the lr as stated, whatever the batch (seed 000's users: one lr for every setting)",
+    "none": "the lr as stated, whatever the batch (the CNN settings of the ViT/Swin failure write-up: one lr for all)",
 }
 
 
@@ -171,10 +171,12 @@ def register(recipe: Recipe) -> Recipe:
 
 
 register(Recipe(
-    # Seed 000's "CNN settings" that users copy to every model: Adam 1e-3 flat, no warmup, step
-    # decay, no augmentation and no regularisation (seed 000 lists none), whatever the batch.
+    # The "CNN settings" of the ViT/Swin failure write-up, which users copy to every model: Adam 1e-3
+    # flat, no warmup, step decay, no augmentation and no regularisation (the write-up lists none),
+    # whatever the batch.
     # No source run: fitting changes nothing but the batch size.
-    name="naive", family="any", source="seed 000 (the CNN settings users copy to every model)",
+    name="naive", family="any",
+    source="CNN settings (Adam 1e-3) copied to every model, as in the ViT/Swin failure write-up",
     optimizer="adam", lr=1e-3, lr_base_batch=64, lr_rule="none", batch_size=64, weight_decay=0.0,
     no_decay_norm_bias=False, schedule="step", warmup_epochs=0, min_lr=0.0, decay_rate=0.1,
 ))
@@ -209,8 +211,8 @@ register(Recipe(
     # DeiT-B from scratch (facebookresearch/deit main.py defaults, README): 300 epochs at batch
     # 1024, AdamW 5e-4 per 512 (linear), wd 0.05, 5 warmup epochs from 1e-6, cosine to 1e-5,
     # smoothing 0.1, mixup 0.8 / cutmix 1.0, drop path 0.1, RandAugment rand-m9-mstd0.5-inc1,
-    # random erasing 0.25, no clipping. Clipping at 1.0 is seed 000's per-model setting.
-    name="vit", family="vit", source="DeiT main.py defaults (arXiv 2012.12877) + seed 000 clip 1.0",
+    # random erasing 0.25, no clipping. Clipping at 1.0 is the ViT/Swin failure write-up's.
+    name="vit", family="vit", source="DeiT main.py defaults (arXiv 2012.12877) + clip 1.0 (ViT/Swin failure write-up)",
     source_epochs=300, source_batch=1024,
     optimizer="adamw", lr=5e-4, lr_base_batch=512, lr_rule="linear", batch_size=128, weight_decay=0.05,
     schedule="cosine", warmup_epochs=5, min_lr=1e-5, grad_clip=1.0, label_smoothing=0.1,
@@ -240,9 +242,9 @@ register(RECIPES["vit"].model_copy(update=dict(
     lr=5e-4, lr_base_batch=256, layer_decay=0.65, min_lr=1e-6, pretrained=True,
 )))
 register(RECIPES["swin"].model_copy(update=dict(
-    # Seed 000's Swin fine-tuning settings (layer decay 0.7, clip 5.0) on the Swin-T recipe, with
+    # The ViT/Swin failure write-up's Swin fine-tuning settings (layer decay 0.7, clip 5.0) on the Swin-T recipe, with
     # MAE's fine-tuning lr (5e-4 per 256), run length and warmup (100 epochs, 5 warmup).
-    name="swin_ft", source="Swin-T recipe + seed 000 layer decay 0.7 + MAE fine-tune lr and length",
+    name="swin_ft", source="Swin-T recipe + layer decay 0.7 (ViT/Swin failure write-up) + MAE fine-tune lr and length",
     source_epochs=100, warmup_epochs=5, lr=5e-4, lr_base_batch=256, layer_decay=0.7, min_lr=1e-6, pretrained=True,
 )))
 register(RECIPES["cnn"].model_copy(update=dict(

@@ -128,7 +128,8 @@ def run_sweep(study_path: Path, where: Where, *, resume: bool = False, max_failu
     study_mod.settle(where.db, study.name, keep=outcome.known if outcome.status == "interrupted" else set())
     store = rep.open_reader(where.db)
     try:
-        result = summarize(store, outcome.experiment_id, study, echo=echo, top=top, out=Path(where.out or "."))
+        result = summarize(store, outcome.experiment_id, study, echo=echo, top=top,
+                           out=Path(where.out) if where.out is not None else None)
     finally:
         store.close()
     result.status, result.storage = outcome.status, outcome.exp_dir

@@ -3,6 +3,7 @@ written, and one real grid through Ray Tune to the table and the dashboards."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -108,12 +109,15 @@ def test_db_that_is_not_a_harness_database_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_benchmark_end_to_end_through_ray(ray_local, tmp_path, monkeypatch):
-    """A real 2-run grid through Ray Tune: rows in the database, the table printed and saved, dashboards."""
+    """A real grid through Ray Tune (2 recipes x an lr axis of 2 points): rows in the database with each run's
+    test scores, the table printed and saved, dashboards, and the recommended recipe as a file that
+    `harness train --recipe FILE` trains with."""
     monkeypatch.chdir(tmp_path)
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"name": "e2e", "models": ["resnet50"], "recipes": ["naive", "tuned"], "epochs": 2,
                                     "scale": "tiny", "data": {"name": "synthetic", "image_size": 16, "num_classes": 4,
-                                                              "train_size": 64}, "set": {"batch_size": 16}}))
+                                                              "train_size": 64}, "set": {"batch_size": 16},
+                                    "lrs": ["x1", "x3"]}))
     db = f"sqlite:///{tmp_path / 'results.db'}"
     r = CliRunner().invoke(main, ["benchmark", str(grid), "--db", db, "--out", str(tmp_path / "dash")])
     assert r.exit_code == 0, r.output
@@ -127,12 +131,28 @@ def test_benchmark_end_to_end_through_ray(ray_local, tmp_path, monkeypatch):
     exp = store.read_sql("SELECT * FROM experiments").iloc[0]
     store.close()
     assert exp["kind"] == "benchmark" and exp["status"] == "completed"
-    assert sorted(runs["recipe"]) == ["cnn (fitted)", "naive"] and set(runs["status"]) == {"completed"}
-    assert set(runs["stands_for"]) == {"resnet50"} and len(epochs) == 4
+    assert sorted(runs["recipe"]) == ["cnn (fitted)"] * 2 + ["naive"] * 2 and set(runs["status"]) == {"completed"}
+    assert set(runs["stands_for"]) == {"resnet50"} and len(epochs) == 8
+    # Every run scored its final weights once on the held-out test split (synthetic: 21 of 107 images).
+    assert runs["test_acc"].notna().all() and set(runs["n_test"]) == {21} and runs["test_correct"].notna().all()
     out = tmp_path / "dash"
     eid = int(exp["id"])
     for name in ("index.html", f"before_after-{eid}.html", f"before_after-{eid}.md", f"before_after-{eid}.csv"):
         assert (out / name).is_file(), name
-    best = runs.set_index("recipe")["best_val_acc"] * 100
-    assert f"{best['naive']:.1f} → {best['cnn (fitted)']:.1f}" in (out / f"before_after-{eid}.md").read_text()
     assert str(out / "index.html") in r.output
+    # The recipe handed back: the (recipe, lr) of the highest validation accuracy, its stored recipe as a file.
+    path = out / "recipes" / f"recommended-{eid}-resnet18.yaml"
+    assert f"recommended recipe for resnet18 (for resnet50): {path}" in r.output and "as timm train.py flags: --opt" in r.output
+    chosen = runs.loc[runs["final_val_acc"].idxmax()]  # one seed per point: the highest val acc (ties: the first)
+    from harness.recipe_file import load_recipe_file
+
+    params = json.loads(chosen["params"]) if isinstance(chosen["params"], str) else chosen["params"]
+    assert load_recipe_file(path, "recipe").model_dump(mode="json") == params["recipe"]
+    t = CliRunner().invoke(main, ["train", "--model", "resnet18", "--recipe", str(path), "--data", "synthetic",
+                                  "--image-size", "16", "--train-size", "64", "--epochs", "1", "--db", db])
+    assert t.exit_code == 0, t.output
+    store = Store(db, create=False)
+    trained = store.read_sql("SELECT params FROM runs ORDER BY id DESC LIMIT 1").iloc[0]["params"]
+    store.close()
+    trained = json.loads(trained) if isinstance(trained, str) else trained
+    assert trained["recipe"]["lr"] == load_recipe_file(path, "recipe").lr

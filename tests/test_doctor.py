@@ -70,7 +70,7 @@ def test_shapes_pass_for_each_family(name, stages):
     names = [row["stage"] for row in r.data["stages"]]
     assert names[0] == "input" and names[-1] == "output"
     assert len(names) == stages + 2 + (2 if entry.family == "vit" else 0)  # + patch embedding and token rows
-    if entry.family == "vit":  # seed 004: (N, 3, 16, 16) -> (N, 16, dim) for a 4x4 grid
+    if entry.family == "vit":  # ViT tuning checklist: (N, 3, 16, 16) -> (N, 16, dim) for a 4x4 grid
         assert r.data["stages"][1]["got"] == [2, 16, 192]
     if entry.family == "swin":  # patch 2 -> 8x8, then halved per stage
         assert [row["got"][-1] for row in r.data["stages"][1:-1]] == [8, 4, 2, 1]
@@ -270,9 +270,9 @@ def test_naive_recipe_on_transformers_fires_the_checklist(family):
 
 def test_lint_thresholds_are_honest():
     vit = get_recipe("vit")
-    # seed 000's limit: 2e-4 per 512 without warmup is fine, above it is not.
+    # the ViT/Swin failure write-up's limit: 2e-4 per 512 without warmup is fine, above it is not.
     assert "high_lr_no_warmup" not in fired(with_overrides(vit, {"warmup_epochs": 0, "lr": 2e-4}), "vit")
-    # naive on a CNN: Adam at 1e-3 without warmup is what CNNs tolerate (seed 000); only the scaling is flagged.
+    # naive on a CNN: Adam at 1e-3 without warmup is what CNNs tolerate (the write-up); only the scaling is flagged.
     assert fired(get_recipe("naive"), "resnet") == {"lr_not_scaled"}
     # layer decay is right when fine-tuning from pretrained weights.
     assert "layer_decay_from_scratch" not in fired(with_overrides(vit, {"layer_decay": 0.65}), "vit", pretrained=True)

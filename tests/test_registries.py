@@ -49,7 +49,7 @@ def test_cpu_variants_are_same_family_and_honestly_named():
 
 def test_recipe_values_follow_their_sources():
     naive, vit, swin, cnn, effnet = (RECIPES[n] for n in ("naive", "vit", "swin", "cnn", "effnet"))
-    # seed 000's CNN settings
+    # the CNN settings of the ViT/Swin failure write-up
     assert (naive.optimizer, naive.lr, naive.lr_rule, naive.warmup_epochs, naive.schedule) == ("adam", 1e-3, "none", 0, "step")
     assert naive.weight_decay == naive.grad_clip == naive.label_smoothing == naive.mixup_alpha == 0
     # DeiT-B
@@ -128,8 +128,8 @@ def test_mixup_is_configured_as_the_recipe_says(name):
 def test_digits_is_the_real_scikit_learn_set_with_a_fixed_split():
     a = load(DataSpec(image_size=16), torch.device("cpu"))
     b = load(DataSpec(image_size=16), torch.device("cpu"))
-    assert len(a.train) + len(a.val) == 1797 and a.num_classes == 10
-    assert torch.equal(a.val.y, b.val.y)
+    assert (len(a.train), len(a.val), len(a.test)) == (1079, 359, 359) and a.num_classes == 10
+    assert torch.equal(a.val.y, b.val.y) and torch.equal(a.test.y, b.test.y)
     assert a.train.x.shape[1:] == (3, 16, 16) and a.train.x.dtype == torch.uint8
     assert not a.hflip  # a mirrored digit is another symbol
 
@@ -137,6 +137,7 @@ def test_digits_is_the_real_scikit_learn_set_with_a_fixed_split():
 def test_synthetic_any_size_and_classes():
     ds = load(DataSpec(name="synthetic", image_size=24, num_classes=7, train_size=70), torch.device("cpu"))
     assert ds.num_classes == 7 and len(ds.train) == 70 and ds.train.x.shape[1:] == (3, 24, 24)
+    assert (len(ds.val), len(ds.test)) == (23, 23)  # a fifth each of the 116 generated
 
 
 def _write_images(folder, classes, n, size=20):
@@ -151,13 +152,17 @@ def _write_images(folder, classes, n, size=20):
 def test_imagefolder_with_and_without_split(tmp_path):
     _write_images(tmp_path / "flat", ["cat", "dog"], 5)
     ds = load(DataSpec(name="imagefolder", root=tmp_path / "flat", image_size=16, workers=0), torch.device("cpu"))
-    assert ds.class_names == ["cat", "dog"] and len(ds.train) + len(ds.val) == 10
+    assert ds.class_names == ["cat", "dog"] and (len(ds.train), len(ds.val), len(ds.test)) == (6, 2, 2)
     x, y = next(ds.train.batches(4, shuffle=True, generator=torch.Generator().manual_seed(0), drop_last=True))
     assert x.shape == (4, 3, 16, 16) and x.dtype == torch.uint8
     _write_images(tmp_path / "split" / "train", ["a", "b", "c"], 3)
     _write_images(tmp_path / "split" / "val", ["a", "b", "c"], 2)
     ds = load(DataSpec(name="imagefolder", root=tmp_path / "split", image_size=16, workers=0), torch.device("cpu"))
-    assert (len(ds.train), len(ds.val), ds.num_classes) == (9, 6, 3)
+    # train/ and val/ only: val is the user's, the test split a stratified fifth of train/ (2 of 9).
+    assert (len(ds.train), len(ds.val), len(ds.test), ds.num_classes) == (7, 6, 2, 3)
+    _write_images(tmp_path / "split" / "test", ["a", "b", "c"], 1)
+    ds = load(DataSpec(name="imagefolder", root=tmp_path / "split", image_size=16, workers=0), torch.device("cpu"))
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (9, 6, 3)  # all three given: used as they are
 
 
 def test_tinyimagenet_layout(tmp_path):
@@ -168,7 +173,8 @@ def test_tinyimagenet_layout(tmp_path):
     (root / "val" / "val_annotations.txt").write_text(
         "".join(f"{i}.png\t{'n01' if i % 2 else 'n02'}\t0\t0\t1\t1\n" for i in range(4)))
     ds = load(DataSpec(name="tinyimagenet", root=tmp_path, image_size=16, workers=0), torch.device("cpu"))
-    assert ds.class_names == ["n01", "n02"] and len(ds.train) == 6 and len(ds.val) == 4
+    # The labelled val/ is the test split; val is a fifth of train/ (1 of 6).
+    assert ds.class_names == ["n01", "n02"] and (len(ds.train), len(ds.val), len(ds.test)) == (5, 1, 4)
 
 
 @pytest.mark.parametrize("spec,match", [

@@ -9,8 +9,9 @@ rewrites every page; `write_pages` returns what was written and what was left un
 Pages: index.html (the newest experiments; index-2.html, ... older ones; index-<kind>.html per kind),
 experiment-<id>.html (its runs, curves overlaid), before_after-<id>.html (benchmarks: grouped bars +
 the table), sensitivity-<id>.html (benchmarks with an lr axis), ablate-<id>.html, sweep-<id>.html
-(Optuna's figures from the study in the same database + a trial table), run-<id>.html (seed 003's four
-panels, seed 002's per-class accuracy, confusion matrix and prediction grid), compare.html (--compare).
+(Optuna's figures from the study in the same database + a trial table), run-<id>.html (the four panels
+of the fine-tuning write-up (61-class plant disease); the per-class accuracy, confusion matrix and
+prediction grid of the ViT-Tiny-on-CIFAR-10 CPU guide), compare.html (--compare).
 Which pages an experiment gets beside its experiment page: `pages.KIND_PAGES`, by kind.
 
 Live pages: while work runs, `LivePages` (the grid driver, on a background thread) and `watch`

@@ -20,8 +20,8 @@ from plotly.subplots import make_subplots
 from harness import sensitivity
 from harness.dashboards.markup import PALETTE, esc
 
-# Seed 003's overfitting colour codes for the train-val gap in points: < 5 good fit (green), 5-10
-# slight overfitting (orange), > 10 overfitting (red).
+# The overfitting colour codes of the fine-tuning write-up (61-class plant disease) for the train-val
+# gap in points: < 5 good fit (green), 5-10 slight overfitting (orange), > 10 overfitting (red).
 GAP_OK, GAP_WARN = 5.0, 10.0
 GAP_COLORS = {"ok": "#2ca02c", "warn": "#ff7f0e", "bad": "#d62728"}
 WEAK_CLASS_ACC = 50.0  # harness choice: per-class accuracy % drawn red below this (most of the class missed)
@@ -94,9 +94,9 @@ def _styled(layout: dict) -> dict:
 
 
 def curves_figure(runs: pd.DataFrame, epochs: pd.DataFrame, title: str) -> dict:
-    """Seed 003's four panels, as a figure dict. One run: train/val curves, best epoch marked, warmup
-    end marked, gap bars coloured by size. Several runs: one colour per run, val solid, train dotted,
-    gap lines over green/orange/red bands."""
+    """The four panels of the fine-tuning write-up (61-class plant disease), as a figure dict. One run:
+    train/val curves, best epoch marked, warmup end marked, gap bars coloured by size. Several runs: one
+    colour per run, val solid, train dotted, gap lines over green/orange/red bands."""
     single = len(runs) == 1
     grid = _grid(single)
     cell = {(1, 1): ("x", "y"), (1, 2): ("x2", "y2"), (2, 1): ("x3", "y3"), (2, 2): ("x4", "y4")}

@@ -269,7 +269,8 @@ def sweep_page(db: Any, exp: pd.Series, runs: pd.DataFrame) -> str:
 
 
 def run_page(run: pd.Series, epochs: pd.DataFrame, exp_name: str, ev: dict | None) -> str:
-    """Seed 003's four panels, the final gap's verdict, seed 002's evaluation (`ev`, or None) and the spec."""
+    """The four panels of the fine-tuning write-up (61-class plant disease), the final gap's verdict, the
+    ViT-Tiny-on-CIFAR-10 CPU guide's evaluation (`ev`, or None) and the spec."""
     rid = int(run["id"])
     title = f"run #{rid}: {run['label']} / {run['recipe']} / seed {run['seed']}"
     exp_link = link(f"experiment-{int(run['experiment_id'])}.html", exp_name)

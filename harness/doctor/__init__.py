@@ -1,5 +1,6 @@
-"""`harness doctor`: the checks users run by hand before training (seed 004) and the recipe lint of
-seed 000's debugging checklist, as functions that take a model and data objects.
+"""`harness doctor`: the checks users run by hand before training (the ViT tuning checklist) and the
+recipe lint of the ViT/Swin failure write-up's debugging checklist, as functions that take a model and
+data objects.
 
 Its rooms: `probes.py` (shapes, gradients, the 32-sample overfit test, and `CheckResult`),
 `lr_range.py` (the lr range test), `lint.py` (the recipe lint); here, `run_doctor` (all of them on one

@@ -1,6 +1,6 @@
-"""The recipe lint of seed 000's debugging checklist: rules a recipe can break before any step is
-taken (a transformer without warmup at a high lr, decay coupled into Adam, mixup on tiny batches...),
-each with its source."""
+"""The recipe lint of the debugging checklist in the ViT/Swin failure write-up (transformers trained with
+CNN settings): rules a recipe can break before any step is taken (a transformer without warmup at a high
+lr, decay coupled into Adam, mixup on tiny batches...), each with its source."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from harness.recipes import Recipe
 
 from harness.doctor.probes import FAMILIES, PASS, TRANSFORMERS, WARN, CheckResult
 
-# recipe lint (seed 000's debugging checklist; each rule cites its own sources).
-# Seed 000: transformers fail above ~2e-4 ("learning rate < 0.0002?") without warmup; lrs are
+# recipe lint (the ViT/Swin failure write-up's debugging checklist; each rule cites its own sources).
+# That write-up: transformers fail above ~2e-4 ("learning rate < 0.0002?") without warmup; lrs are
 # compared per 512 images, DeiT's reference batch (lr = 5e-4 x batch / 512, arXiv 2012.12877).
 MAX_LR_NO_WARMUP = 2e-4
 LR_REFERENCE_BATCH = 512
@@ -38,8 +38,8 @@ def lr_per_512(r: Recipe) -> float:
     return r.scaled_lr() * LR_REFERENCE_BATCH / r.batch_size
 
 
-# Optimizers whose weight decay is coupled to the gradient (L2), or SGD: what seed 000 warns
-# transformers off. AdamW, LAMB, Lion... decouple it and are fine.
+# Optimizers whose weight decay is coupled to the gradient (L2), or SGD: what the ViT/Swin failure
+# write-up warns transformers off. AdamW, LAMB, Lion... decouple it and are fine.
 COUPLED_DECAY = ("adam", "nadam", "radam", "adamax", "adagrad", "rmsprop", "rmsproptf", "sgd", "momentum", "nesterov")
 
 LINT_RULES: tuple[LintRule, ...] = (
@@ -48,33 +48,37 @@ LINT_RULES: tuple[LintRule, ...] = (
         lambda r, _: r.optimizer in COUPLED_DECAY,
         lambda r: f"optimizer {r.optimizer}: transformers are trained with AdamW (decoupled weight decay)",
         "--set optimizer=adamw",
-        "seed 000 ('MUST use AdamW'); DeiT main.py and Swin config.py use AdamW; Loshchilov & Hutter, arXiv 1711.05101"),
+        "ViT/Swin failure write-up ('MUST use AdamW'); DeiT main.py and Swin config.py use AdamW; "
+        "Loshchilov & Hutter, arXiv 1711.05101"),
     LintRule(
-        # Seed 000: transformers fail above ~2e-4 without warmup; DeiT's 5e-4 per 512 is safe only
+        # The ViT/Swin failure write-up: transformers fail above ~2e-4 without warmup; DeiT's 5e-4 per 512 is safe only
         # behind a 5-epoch warmup. So the rule is the pair: high lr AND no warmup.
         "high_lr_no_warmup", TRANSFORMERS,
         lambda r, _: r.warmup_epochs == 0 and lr_per_512(r) > MAX_LR_NO_WARMUP,
         lambda r: f"lr {r.scaled_lr():.2g} at batch {r.batch_size} = {lr_per_512(r):.2g} per 512 images, above 2e-4, with no warmup",
         "--set lr=5e-4 --set lr_rule=linear --set lr_base_batch=512 --set warmup_epochs=1 (or keep the lr at most 2e-4 per 512)",
-        "seed 000 ('learning rate < 0.0002?'); DeiT: 5e-4 per 512 with 5 warmup epochs (arXiv 2012.12877)"),
+        "ViT/Swin failure write-up ('learning rate < 0.0002?'); DeiT: 5e-4 per 512 with 5 warmup epochs "
+        "(arXiv 2012.12877)"),
     LintRule(
         "no_warmup", TRANSFORMERS,
         lambda r, _: r.warmup_epochs == 0,
         lambda r: "no lr warmup: transformers are unstable at initialisation",
         "--set warmup_epochs=5",
-        "seed 000 ('MUST have warmup (3-5 epochs)'); DeiT 5 epochs, Swin 20 of 300"),
+        "ViT/Swin failure write-up ('MUST have warmup (3-5 epochs)'); DeiT 5 epochs, Swin 20 of 300"),
     LintRule(
         "no_clipping", TRANSFORMERS,
         lambda r, _: r.grad_clip == 0,
         lambda r: "no gradient clipping",
         "--set grad_clip=1.0 (ViT) or --set grad_clip=5.0 (Swin)",
-        "seed 000 (clip 1.0 ViT, 5.0 Swin); seed 004 step 3; Swin config.py TRAIN.CLIP_GRAD 5.0"),
+        "ViT/Swin failure write-up (clip 1.0 ViT, 5.0 Swin); ViT tuning checklist step 3; "
+        "Swin config.py TRAIN.CLIP_GRAD 5.0"),
     LintRule(
         "no_label_smoothing", TRANSFORMERS,
         lambda r, _: r.label_smoothing == 0 and r.loss == "ce",
         lambda r: "no label smoothing",
         "--set label_smoothing=0.1",
-        "seed 000 ('Label smoothing > 0?'); DeiT and Swin smoothing 0.1; Szegedy et al., arXiv 1512.00567"),
+        "ViT/Swin failure write-up ('Label smoothing > 0?'); DeiT and Swin smoothing 0.1; "
+        "Szegedy et al., arXiv 1512.00567"),
     LintRule(
         "decay_on_norm_bias", FAMILIES,
         lambda r, _: r.weight_decay > 0 and not r.no_decay_norm_bias,

@@ -1,8 +1,8 @@
-"""The doctor's probes of a model and its data (seed 004's "must-do checks before training"): the
-shapes through the stages, the first step's gradients, and the 32-sample overfit test. Each returns
-`CheckResult`s (PASS / WARN / FAIL, a one-line detail, a one-line fix, the numbers behind it in
-`data`), and takes plain objects (a `torch.nn.Module`, a data split with `.batches()`), so tests can
-hand it a model with a frozen layer or a pipeline that shuffles labels and see the fault caught.
+"""The doctor's probes of a model and its data (the ViT tuning checklist's "must-do checks before
+training"): the shapes through the stages, the first step's gradients, and the 32-sample overfit test.
+Each returns `CheckResult`s (PASS / WARN / FAIL, a one-line detail, a one-line fix, the numbers behind
+it in `data`), and takes plain objects (a `torch.nn.Module`, a data split with `.batches()`), so tests
+can hand it a model with a frozen layer or a pipeline that shuffles labels and see the fault caught.
 
 The probes are a few optimizer steps each (gradients: up to 3, overfit: up to 200). They are
 deliberately not `train.fit`: they need per-step control (a stop at 100% accuracy, per-parameter
@@ -25,25 +25,25 @@ TRANSFORMERS = ("vit", "swin")
 FAMILIES = ("resnet", "efficientnet", "vit", "swin")
 
 # --- thresholds, each with its source -----------------------------------------------------------
-# Seed 004 = the ViT tuning checklist's "must-do checks before training"; seed 000 = the debugging
-# checklist of the ViT/Swin failure write-up. Harness choices say why.
+# "The checklist" = the ViT tuning checklist's "must-do checks before training"; the lint's source,
+# the debugging checklist of the ViT/Swin failure write-up, is in lint.py. Harness choices say why.
 
-# gradients: seed 004's sane range (0.1 ~ 10) for the global grad norm of the first step.
+# gradients: the checklist's sane range (0.1 ~ 10) for the global grad norm of the first step.
 GRAD_NORM_RANGE = (0.1, 10.0)
 # Harness choice: a zero gradient on step 1 can be by design (timm zero-inits each ResNet block's
 # last norm), so zero gradients are re-checked after this many plain SGD steps at this lr.
 GRAD_RECHECK_STEPS = 2
 GRAD_PROBE_LR = 1e-2
 
-# overfit test: seed 004, "100% accuracy on 32 samples ... train 150-200 steps".
+# overfit test: the checklist, "100% accuracy on 32 samples ... train 150-200 steps".
 OVERFIT_SAMPLES = 32
 OVERFIT_STEPS = 200
 OVERFIT_TARGET_ACC = 1.0
 # Overfit-test optimizer: AdamW with weight decay 0 for every family, so a FAIL points at the
 # model or the data, not at an optimizer the recipe happened to pick (LAMB, RMSprop...). The lr
-# is per family. Seed 004 says 5e-3 for its 4-layer, 128-wide ViT; a 12-layer ViT or Swin with
+# is per family. The checklist says 5e-3 for its 4-layer, 128-wide ViT; a 12-layer ViT or Swin with
 # no warmup is not stable there (the loss spikes before it memorises), so transformers use 1e-3
-# (the top of seed 004's "medium dataset" range). BatchNorm CNNs take seed 004's 5e-3 as is.
+# (the top of the checklist's "medium dataset" range). BatchNorm CNNs take the checklist's 5e-3 as is.
 OVERFIT_LR = {"vit": 1e-3, "swin": 1e-3, "resnet": 5e-3, "efficientnet": 5e-3}
 OVERFIT_LR_OTHER = 1e-3  # a plugin's family: the transformers' (the more cautious) lr
 
@@ -159,7 +159,7 @@ def _layer(name: str) -> str:
 
 def check_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, extra_steps: int = GRAD_RECHECK_STEPS,
                     lr: float = GRAD_PROBE_LR) -> list[CheckResult]:
-    """Seed 004's gradient check on one batch (normalised images, hard labels).
+    """The ViT tuning checklist's gradient check on one batch (normalised images, hard labels).
 
     `gradients`: FAIL naming every parameter that is frozen (requires_grad=False: nothing in the
     harness freezes layers), gets no gradient (disconnected from the loss), a non-finite one, or
@@ -242,8 +242,8 @@ def _names(names: list[str], limit: int = 6) -> str:
 
 def check_overfit(model: torch.nn.Module, split: Any, *, normalize: Callable[[torch.Tensor], torch.Tensor],
                   lr: float, steps: int = OVERFIT_STEPS, seed: int = 0) -> CheckResult:
-    """Seed 004's overfit test: train on one small split (32 images) with AdamW, weight decay 0,
-    no augmentation, until the training batch is 100% right or `steps` run out.
+    """The ViT tuning checklist's overfit test: train on one small split (32 images) with AdamW,
+    weight decay 0, no augmentation, until the training batch is 100% right or `steps` run out.
 
     The caller builds the model with dropout and drop path off. Batches come from the split's
     own `batches()` every step, so a label pipeline that decouples labels from images (a
