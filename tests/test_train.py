@@ -38,7 +38,14 @@ def test_report_every_epoch_with_all_metrics(tiny_spec):
     assert reports[-1].evaluation is not None and reports[0].evaluation is None
     ev = reports[-1].evaluation
     assert len(ev["per_class_acc"]) == 4 and len(ev["confusion"]) == 4
-    assert sum(map(sum, ev["confusion"])) == 16  # every validation image counted once
+    assert sum(map(sum, ev["confusion"])) == 21  # every validation image counted once (a fifth of 106)
+    # The test split, scored once at the end on the final weights: the last report and the result carry it.
+    assert [r.test is not None for r in reports] == [False, False, True] and result.test == reports[-1].test
+    t = reports[-1].test
+    assert t["n_test"] == 21 and 0 <= t["test_acc"] <= 1 and t["test_loss"] > 0
+    from harness.store import unpack_correct
+
+    assert unpack_correct(t["test_correct"], 21).mean() == t["test_acc"]  # the bits are the accuracy, image by image
     assert result.status == "completed" and result.epochs_done == 3
 
 
