@@ -143,7 +143,8 @@ def test_sweep_records_statuses_asha_stops_and_settles_optuna(ray_local, tmp_pat
     from harness.sweep import run_sweep
 
     lines: list[str] = []
-    result = run_sweep(write_study(tmp_path / "s.yaml"), Where(db=db_url, out=None, storage_path=tmp_path / "ray"), echo=lines.append)
+    result = run_sweep(write_study(tmp_path / "s.yaml"), Where(db=db_url, out=tmp_path / "dash", storage_path=tmp_path / "ray"),
+                       echo=lines.append)
     assert result.status == "completed"
     got = assert_study_settled(db_url, "t_sweep", 6)
     stopped = [r for r in got if r["status"] == "stopped"]
@@ -165,6 +166,12 @@ def test_sweep_records_statuses_asha_stops_and_settles_optuna(ray_local, tmp_pat
     params = winner["params"] if isinstance(winner["params"], dict) else json.loads(winner["params"])
     assert result.best["params"] == {"lr": params["recipe"]["lr"]}
     assert f"  lr: {yaml.safe_dump(params['recipe']['lr']).splitlines()[0]}" in text  # the snippet holds it
+    # The best trial's whole recipe handed back as a file `harness train --recipe FILE` runs, chosen on val.
+    from harness.recipe_file import load_recipe_file
+
+    assert result.recipe_file == tmp_path / "dash" / "recipes" / f"recommended-{result.experiment_id}-t_sweep.yaml"
+    assert load_recipe_file(result.recipe_file, "recipe").model_dump(mode="json") == params["recipe"]
+    assert f"recommended recipe: {result.recipe_file}" in text and "not used to choose" in text
     import optuna
 
     from harness.study import optuna_storage
