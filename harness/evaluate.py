@@ -12,7 +12,16 @@ import torch
 import torch.nn.functional as F
 
 from harness import data as data_mod
-from harness.store import pack_correct
+
+
+def pack_correct(hits: Any) -> str:
+    """Per-image correctness (bools, in the test split's fixed order) -> the text of `runs.test_correct`:
+    base64 of numpy's packbits, one bit per image (10,000 images: 1.7 kB). `store.unpack_correct` reads it
+    back; the loop imports no database code, so the two halves of the format live on their two sides."""
+    import numpy as np
+
+    return base64.b64encode(np.packbits(np.asarray(hits, dtype=bool)).tobytes()).decode()
+
 
 def _eval_input(x: torch.Tensor, augment: data_mod.BatchAugment, channels_last: bool) -> torch.Tensor:
     """A batch as the model sees it in evaluation: normalized, in the memory format it trained with."""
@@ -42,7 +51,7 @@ def evaluate(model: torch.nn.Module, split: data_mod.Split, augment: data_mod.Ba
 def score_test(model: torch.nn.Module, split: data_mod.Split, augment: data_mod.BatchAugment, *, batch_size: int,
                autocast: Any, channels_last: bool = False) -> dict[str, Any]:
     """The test split scored once: plain cross-entropy, accuracy, and which images were right, in the
-    split's fixed order (`correct`: base64 of numpy's packbits, one bit per image), so two runs on the
+    split's fixed order (`test_correct`: `pack_correct`'s text), so two runs on the
     same images compare pair by pair. Nothing chooses on these numbers: validation chooses."""
     import numpy as np
 

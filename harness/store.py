@@ -75,7 +75,7 @@ runs = sa.Table(
     sa.Column("best_epoch", sa.Integer),
     sa.Column("final_val_acc", sa.Float),
     # The final weights on the test split, scored once when the run ends (what the tables report; nothing
-    # chooses on it): loss, accuracy, images, and which images were right (`pack_correct`), so two runs on
+    # chooses on it): loss, accuracy, images, and which images were right (`evaluate.pack_correct`), so two runs on
     # the same images compare pair by pair. NULL: the run has not ended, or its data has no test split.
     sa.Column("test_loss", sa.Float),
     sa.Column("test_acc", sa.Float),
@@ -414,16 +414,9 @@ class Store:
             return pd.read_sql(sa.text(query) if isinstance(query, str) else query, c, params=params or None)
 
 
-def pack_correct(hits: Any) -> str:
-    """Per-image correctness (bools, in the test split's fixed order) -> the text of `runs.test_correct`:
-    base64 of numpy's packbits, one bit per image (10,000 images: 1.7 kB)."""
-    import numpy as np
-
-    return base64.b64encode(np.packbits(np.asarray(hits, dtype=bool)).tobytes()).decode()
-
-
 def unpack_correct(text: str, n: int) -> Any:
-    """`pack_correct`'s text back to n bools (a numpy array)."""
+    """`runs.test_correct` back to n bools (a numpy array): base64 of numpy's packbits, one bit per test image,
+    as `evaluate.pack_correct` writes it in the training process."""
     import numpy as np
 
     return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[:n].astype(bool)

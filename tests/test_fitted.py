@@ -270,7 +270,8 @@ def test_table_interval_and_verdict_come_from_the_rows(db_url):
     images, from which images each run got right; the cells are each run's Wilson interval on test."""
     import numpy as np
 
-    from harness.store import Store, pack_correct
+    from harness.evaluate import pack_correct
+    from harness.store import Store
 
     store = Store(db_url)
     exp = store.create_experiment(kind="benchmark", name="g")
