@@ -327,12 +327,13 @@ def hand_back(store: Any, experiment_id: int, runs: Any, summary: Any, out: Path
             f"used to choose: median {best['best_test']:.1f}%.",
             f"Its own (fitted) lr was {best['own_lr']:.3g}: the chosen one is {best['best_lr'] / best['own_lr']:.3g}x it."
             + (" The best lr is at the grid's edge: the best may lie beyond it." if best["best_at_edge"] else ""),
-            f"Train with it: harness train --model {model} --recipe {path}",
+            f"Train with it: harness train --model {model} --recipe {path} --data {params['data']['name']} "
+            f"--image-size {params['data']['image_size']} --epochs {params['epochs']} (the budget it was fitted to)",
         ])
         flags = timm_train_flags(recipe, epochs=int(params["epochs"]))
         lines.append(f"recommended recipe for {best['model']}: {path}  ({best['recipe']} at lr {best['best_lr']:.3g}, "
                      f"val {best['best_val']:.1f}%, test {best['best_test']:.1f}%)")
-        lines.append(f"  as timm train.py flags: {flags if isinstance(flags, str) else flags[0]}")
+        lines.append(f"  as timm train.py flags: {flags}")
     return lines
 
 

@@ -222,5 +222,5 @@ def _hand_back(store: Store, exp: int, run_id: int, study: StudySpec, out: Path,
     ])
     flags = timm_train_flags(recipe, epochs=int(row["params"]["epochs"]))
     echo(f"recommended recipe: {path}")
-    echo(f"  as timm train.py flags: {flags if isinstance(flags, str) else flags[0]}")
+    echo(f"  as timm train.py flags: {flags}")
     return path
