@@ -273,7 +273,7 @@ def finish(where: Where, experiment_id: int, *, echo: Callable[[str], None] = pr
         recipes = hand_back(store, experiment_id, runs, summary, Path(where.out or "."), echo=echo) if not points.empty else []
     finally:
         store.close()
-    split = "+".join(sorted(set("+".join(table["split"].fillna("")).split("+")) - {""})) or "test"
+    split = rep.splits_of(table["split"]) or "test"
     echo("")
     echo(f"before/after ({split} acc %, the final weights on the held-out {split} split; one seed: [95% interval over "
          "its images], several: mean ± std; Δ in points with a paired 95% interval; the legend is in the .md):")

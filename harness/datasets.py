@@ -95,11 +95,12 @@ def three_way(labels: Sequence[int], spec: DataSpec) -> tuple[list[int], list[in
     return _stratified_cap(train, labels, spec), val, test
 
 
-def held_out_val(labels: Sequence[int], spec: DataSpec) -> tuple[list[int], list[int]]:
-    """(train, val) indices of a training split whose set has its own test split (cifar*, tinyimagenet,
-    a folder with test/): val is a stratified `val_fraction` of it; train the rest, capped."""
+def held_out_val(labels: Sequence[int], spec: DataSpec, fraction: float | None = None) -> tuple[list[int], list[int]]:
+    """(train, held out) indices of a training split whose set has its own test split (cifar*, tinyimagenet,
+    a folder with test/): a stratified `fraction` of it (default `val_fraction`) held out, the rest to train,
+    capped. A folder with train/ and val/ only holds its test split out the same way (`test_fraction`)."""
     order = stratified_order(labels, spec.split_seed)
-    k = n_val(len(order), spec)
+    k = max(1, int(round(len(order) * (spec.val_fraction if fraction is None else fraction))))
     return _stratified_cap(order[k:], labels, spec), order[:k]
 
 
@@ -220,7 +221,7 @@ def list_folder(spec: DataSpec) -> FolderListing:
             train, val = [train[i] for i in keep], [train[i] for i in val_idx]
         else:
             val = _same_classes(root, "val", classes)
-            keep, test_idx = held_out_val(labels, spec.model_copy(update={"val_fraction": spec.test_fraction}))
+            keep, test_idx = held_out_val(labels, spec, spec.test_fraction)
             train, test = [train[i] for i in keep], [train[i] for i in test_idx]
     else:
         samples, classes = _folder_classes(root, "data.root")

@@ -13,7 +13,7 @@ from harness.report.read import (  # noqa: F401
     read_evaluation_sizes, read_test_correct,
     RUN_STAMP_COLUMNS, read_run_stamps, read_run_counts, read_run_points, read_evaluations, read_study_stamps)
 from harness.report.tables import (  # noqa: F401
-    RUN_SUMMARY_COLUMNS, run_summary, TABLE_COLUMNS, UNFINISHED, compare, best_lr, before_after, format_acc,
+    RUN_SUMMARY_COLUMNS, run_summary, TABLE_COLUMNS, UNFINISHED, compare, best_lr, before_after, format_acc, splits_of,
     format_before_after, TABLE_LEGEND, to_markdown, to_text, save_before_after, latest_benchmark, check_runs_exist)
 from harness.report.ablation import (  # noqa: F401
     ABLATION_VERDICT, ABLATION_COLUMNS, ablation_table, format_ablation, ABLATION_LEGEND, save_ablation)
@@ -26,4 +26,4 @@ __all__ = ["ABLATION_COLUMNS", "ABLATION_LEGEND", "ABLATION_VERDICT", "COLLAPSE_
            "newcombe", "open_reader", "paired_image_interval", "read_epochs", "read_evaluation_sizes",
            "read_evaluations", "read_experiments", "read_run_counts", "read_run_points", "read_run_stamps",
            "read_running_experiments", "read_runs", "read_study_stamps", "read_test_correct", "run_summary",
-           "save_ablation", "save_before_after", "seed_t_interval", "to_markdown", "to_text", "verdict", "wilson"]
+           "save_ablation", "save_before_after", "seed_t_interval", "splits_of", "to_markdown", "to_text", "verdict", "wilson"]

@@ -37,10 +37,18 @@ WHERE_COLUMNS = ("node", "node_id", "gpus")
 TEST_COLUMNS = ("test_loss", "test_acc", "n_test")
 
 
+def _runs_table_columns(store: Store) -> list[str]:
+    """The runs table's columns as this database has them (any schema version: readers never migrate), asked
+    once per Store: the live pages read runs every few seconds, and a column appears only when a writer
+    migrates, which a reader opened before it does not need to see."""
+    if getattr(store, "_runs_columns", None) is None:
+        store._runs_columns = [c["name"] for c in sa.inspect(store.engine).get_columns("runs")]  # type: ignore[attr-defined]
+    return store._runs_columns  # type: ignore[attr-defined]
+
+
 def _run_columns(store: Store) -> str:
-    """The runs table's columns but `test_correct` (a database of any schema version: readers never migrate)."""
-    have = [c["name"] for c in sa.inspect(store.engine).get_columns("runs")]
-    return ", ".join(c for c in have if c != "test_correct")
+    """The runs table's columns but `test_correct` (read only by `read_test_correct`)."""
+    return ", ".join(c for c in _runs_table_columns(store) if c != "test_correct")
 
 
 def read_runs(store: Store, experiment_id: int | None = None, run_ids: list[int] | None = None) -> pd.DataFrame:
@@ -66,7 +74,7 @@ def read_runs(store: Store, experiment_id: int | None = None, run_ids: list[int]
 def read_test_correct(store: Store, run_ids: list[int]) -> dict[int, np.ndarray]:
     """Per run id: which test images it got right (bools in the test split's order); runs without them
     (not ended, no test split, an older database) are absent."""
-    if not run_ids or "test_correct" not in {c["name"] for c in sa.inspect(store.engine).get_columns("runs")}:
+    if not run_ids or "test_correct" not in _runs_table_columns(store):
         return {}
     ids = ",".join(str(int(i)) for i in run_ids)
     df = store.read_sql(f"SELECT id, n_test, test_correct FROM runs WHERE id IN ({ids}) AND test_correct IS NOT NULL")

@@ -188,8 +188,14 @@ def compare(before: pd.DataFrame, after: pd.DataFrame, correct: dict[int, np.nda
     return out
 
 
+def splits_of(labels: pd.Series) -> str:
+    """The splits some accuracies were reported on, as one label: 'test', 'val' or 'test+val' ('' for none);
+    `labels` are per-run `acc_split`s or already joined labels."""
+    return "+".join(sorted(set("+".join(labels.fillna("")).split("+")) - {""}))
+
+
 def _images(side: pd.DataFrame) -> str:
-    n, split = _one(side["n_acc"]), "+".join(sorted(set(side["acc_split"]) - {""})) or "no"
+    n, split = _one(side["n_acc"]), splits_of(side["acc_split"]) or "no"
     return f"{n:.0f} {split} images" if pd.notna(n) else f"{split} images"
 
 
@@ -205,7 +211,7 @@ def _comparison(label: dict, baseline: str, other: str | None, before: pd.DataFr
     row = {**label, "before_recipe": baseline, "after_recipe": other, "lrs": lrs,
            "chosen_on": "val median" if lrs == "best" else "", "before_lr": _one(before["lr"]), "after_lr": _one(after["lr"]),
            "before_runs": len(before), "after_runs": len(after), "batch": _one(both["batch"]),
-           "updates": _one(both["updates"]), "split": "+".join(sorted(set(both["acc_split"]) - {""})),
+           "updates": _one(both["updates"]), "split": splits_of(both["acc_split"]),
            "n_images": _one(both["n_acc"])}
     for side, df in (("before", before), ("after", after)):
         for metric, col in (("best", "best"), ("acc", "acc")):
@@ -321,7 +327,7 @@ def format_before_after(table: pd.DataFrame) -> pd.DataFrame:
     seeds it adds the collapses (k/n), with an lr axis the lrs compared (each recipe's own, or its best)."""
     seeds = bool(((table["before_runs"] > 1) | (table["after_runs"] > 1)).any()) if len(table) else False
     axis = bool((table["lrs"] == "best").any()) if "lrs" in table and len(table) else False
-    split = "+".join(sorted(set("+".join(table["split"].fillna("")).split("+")) - {""})) if len(table) else "test"
+    split = splits_of(table["split"]) if len(table) else "test"
     rows = []
     for _, r in table.iterrows():
         arrow = lambda a, b: f"{a} → {b}"  # noqa: E731
