@@ -46,8 +46,8 @@ common.importable_harness()
 
 FULL_MODELS = ("resnet50", "efficientnet_b3", "vit_base", "swin_tiny")  # harness.models.ALL
 CHECKS = ("fractional", "zero_gpu", "bf16", "throughput")
-# The fractional check's grid asks for no GPU, as a CPU-written grid does: on a GPU machine harness then
-# shares the cards itself (benchmark.grid_resources): 2 trials get half a card each on one card, a card
+# The fractional check's grid asks for gpu: auto, as the shipped grids do: on a GPU machine harness then
+# shares the cards (specs.share_cards): 2 trials get half a card each on one card, a card
 # each on two or more, so "both on one card while another idles" is a failure on a multi-GPU node. A grid
 # that asks for gpu: 0.5 itself would stack on card 0 there: Ray places fractions first-fit.
 FRACTION = 0.5  # the share each of the 2 trials gets on a one-card machine
@@ -68,7 +68,7 @@ batch_size: 64
 data: {name: synthetic, image_size: 32, train_size: 512}
 scale: tiny
 concurrency: 2
-resources: {cpu: 1, gpu: 0}
+resources: {cpu: 1, gpu: auto}
 """
 
 

@@ -147,22 +147,16 @@ def resolve_ablation(model: str, *, recipe: str = "tuned", steps: str | None = N
 
 
 def run_ablation(ab: Ablation, where: Where, *, concurrency: int = 2, echo: Callable[[str], None] = print,
-                 resume: bool = False, cuda: bool | None = None):
+                 resume: bool = False):
     """Run the ladder as an `ablate` experiment (with `resume`: continue the interrupted one of this
     model, which must be the same ladder), then its table, waterfall and the pages. Returns the
     engine's Outcome (status "interrupted": the CLI exits 130).
-    `cuda` (default: torch.cuda.is_available(), as `resolve_ablation` was told): on a GPU machine the
-    trials share the card as the benchmark's do (`benchmark.grid_resources`), so the full models it
-    chose train on the GPU they were chosen for."""
-    from harness.benchmark import grid_resources, local_gpus
+    The trials ask for `gpu: auto`, as the benchmark's do: on a GPU machine they share its cards
+    (`specs.share_cards`), so the full models `resolve_ablation` chose there train on the GPU."""
     from harness.engine import Experiment, resumable
     from harness.specs import ResourcesSpec
 
-    if cuda is None:
-        import torch
-
-        cuda = torch.cuda.is_available()
-    resources = grid_resources(ResourcesSpec(cpu=1), cuda=cuda, concurrency=concurrency, gpus=local_gpus(cuda))
+    resources = ResourcesSpec(cpu=1)
     name = f"ablate {ab.stands_for or ab.model}"
     spec = {"model": ab.model, "stands_for": ab.stands_for, "start": ab.start.label(), "end": ab.end.label(),
             "mode": ab.mode, "steps": list(ab.steps), "epochs": ab.runs[0].epochs, "seeds": len({r.seed for r in ab.runs}),

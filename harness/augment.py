@@ -250,7 +250,9 @@ def apply_op(name: str, x: torch.Tensor, arg: torch.Tensor, *, bicubic: bool = F
 class DeviceRandAugment:
     """timm's `RandAugment` (from `rand_augment_transform`) applied to uint8 batches on their device."""
 
-    def __init__(self, ra) -> None:
+    def __init__(self, ra, device: torch.device | str | None = None) -> None:
+        """`device`: where batches will be (the fill colour is copied there now: a first copy in the
+        step would be a synchronous host->device copy, which CUDA's sync debug mode reports)."""
         if not self.supports(ra):
             raise ValueError(f"no on-device form for {ra}")
         self.names = [op.name for op in ra.ops]
@@ -264,6 +266,8 @@ class DeviceRandAugment:
         self.resample = tuple(resample) if isinstance(resample, (list, tuple)) else (resample,)
         self.fill = torch.tensor(first.kwargs["fillcolor"], dtype=torch.float32)
         self._fills: dict[torch.device, torch.Tensor] = {}  # the fill on each device, copied there once
+        if device is not None:
+            self._fill(torch.empty(0, device=device).device)  # the device as a batch reports it (cuda:0, not cuda)
         self.num_layers = ra.num_layers
         self.weights = None if ra.choice_weights is None else torch.as_tensor(ra.choice_weights, dtype=torch.float64)
 

@@ -9,7 +9,6 @@ whether the full models or their same-family CPU stand-ins run (every label says
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,31 +189,6 @@ def resolved_yaml(spec: BenchmarkSpec, grid: Grid) -> str:
     return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
 
 
-def grid_resources(resources: ResourcesSpec, *, cuda: bool, concurrency: int, gpus: int = 1) -> ResourcesSpec:
-    """Per-trial resources of a grid (benchmark and ablate): on a GPU machine (where the grid resolves
-    to the full models) a grid written for CPU, asking for no GPU, shares the machine's `gpus` cards
-    between its concurrent trials instead of training the full models on the CPU; a trial's device
-    follows its grant (engine.device_for_grant).
-
-    Each trial gets 1/k of a card, k = ceil(concurrency / gpus) trials per card. Not gpus/concurrency:
-    Ray places a fractional GPU on the first card with room, so 4 trials of 0.25 on 4 cards would all
-    land on card 0, and 6 trials of 4/6 on 4 cards would run 4 at a time (no card holds two)."""
-    if cuda and resources.gpu == 0:
-        per_card = math.ceil(max(1, concurrency) / max(1, gpus))
-        # Floored, not rounded: 7 x round(1/7, 3) = 1.001 GPUs, and the 7th trial would wait.
-        return resources.model_copy(update={"gpu": math.floor(1000 / per_card) / 1000})
-    return resources
-
-
-def local_gpus(cuda: bool) -> int:
-    """The cards of this machine a grid's trials share (0 without CUDA)."""
-    if not cuda:
-        return 0
-    import torch
-
-    return max(1, torch.cuda.device_count())
-
-
 def run_benchmark(spec: BenchmarkSpec, where: Where, *, echo: Callable[[str], None] = print, cuda: bool | None = None,
                   resume: bool = False):
     """Run the grid through Ray Tune (`grids.run_grid`), then print the before/after table (and, with an
@@ -248,9 +222,7 @@ def run_benchmark(spec: BenchmarkSpec, where: Where, *, echo: Callable[[str], No
         echo(line)
     outcome = grids.run_grid(where, grid.runs, experiment=Experiment("benchmark", spec.name, spec.description,
                                                                      resolved_yaml(spec, grid), id=exp_id),
-                             concurrency=spec.concurrency, echo=echo,
-                             resources=grid_resources(spec.resources, cuda=cuda, concurrency=spec.concurrency,
-                                                      gpus=local_gpus(cuda)))
+                             concurrency=spec.concurrency, echo=echo, resources=spec.resources)
     finish(where, outcome.experiment_id, echo=echo)
     if outcome.status == "interrupted":
         # The partial table and pages are written above; the exit code still says it was cut short.

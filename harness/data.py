@@ -255,6 +255,15 @@ def auto_workers(threads: int | None = None) -> int:
     return min(MAX_AUTO_WORKERS, granted_cpus(threads) // 2)
 
 
+def gpu_trial_workers(host_cpus: int, *, node_gpus: float, granted_gpus: float) -> int:
+    """Loader workers for a trial that trains on a GPU: its share of the host's cores, as its share of
+    the node's cards (a trial with a whole card of 8 on a 16-core node: 2 cores), not its `resources.cpu`,
+    which only says what Ray reserves for the trial's own process: one core decodes ~150 JPEGs/s, several
+    times too few for a card at 224 px. One core is left to the training process; at most MAX_AUTO_WORKERS."""
+    share = min(1.0, granted_gpus / node_gpus) if node_gpus > 0 else 1.0
+    return max(0, min(MAX_AUTO_WORKERS, int(host_cpus * share) - 1))
+
+
 def load_folder(spec: DataSpec, device: torch.device) -> Dataset:
     """imagefolder / tinyimagenet, split as `datasets.list_folder` describes, decoded by loader workers
     (`spec.workers`; unset: `auto_workers()`, and fit() sets it from the run's granted threads)."""
@@ -356,7 +365,7 @@ class BatchAugment:
             from harness.augment import DeviceRandAugment
 
             if DeviceRandAugment.supports(self.randaugment):
-                self.device_randaugment = DeviceRandAugment(self.randaugment)
+                self.device_randaugment = DeviceRandAugment(self.randaugment, device=self.mean.device)
             elif randaugment_on_device:
                 raise ValueError(f"randaugment {recipe.randaugment!r} has ops with no on-device form")
         if recipe.random_erasing > 0:

@@ -20,6 +20,9 @@ class UserError(Exception):
             shown = shown[:200] + "..."
         super().__init__(f"{field}: got {shown}. {fix}")
 
+    def __reduce__(self):  # pickled as its three fields: Ray rebuilds a trial's error from them
+        return (type(self), (self.field, self.value, self.fix))
+
 
 def close_matches(name: str, choices: Iterable[str]) -> str:
     """'did you mean' text for an unknown name, listing the valid ones."""

@@ -91,6 +91,11 @@ register(ModelEntry("resnet50", "resnet", "resnet50", "ResNet-50, 25.6M params")
 register(ModelEntry("resnet18", "resnet", "resnet18", "ResNet-18, CPU stand-in for ResNet-50"))
 register(ModelEntry("efficientnet_b3", "efficientnet", "efficientnet_b3", "EfficientNet-B3"))
 register(ModelEntry("efficientnet_b0", "efficientnet", "efficientnet_b0", "EfficientNet-B0, CPU stand-in for B3"))
+# timm's own test-size networks (timm/models/resnet.py, efficientnet.py, vision_transformer.py: `test_*`):
+# the real architectures at a few hundred thousand parameters, for smoke runs and this project's tests,
+# where a ResNet-18's 45 MB of weights per checkpoint would be most of a run's time.
+register(ModelEntry("resnet_test", "resnet", "test_resnet", "timm's test-size ResNet, 0.37M params (smoke runs)"))
+register(ModelEntry("vit_test", "vit", "test_vit", "timm's test-size ViT: width 64, depth 6 (smoke runs)", grid=4))
 register(ModelEntry("vit_base", "vit", "vit_base_patch16_224", "ViT-Base/16: width 768, depth 12, 12 heads"))
 register(ModelEntry("vit_small", "vit", "vit_small_patch16_224", "ViT-Small/16: width 384, depth 12, 6 heads"))
 # ViT-Tiny on a 4x4 patch grid below 224 px: 16 tokens keep a CPU epoch on digits in seconds.

@@ -116,11 +116,26 @@ def check_study(path: Path, *, on_cluster: bool = False) -> list[str]:
     s = validate_study(path)
     lines = [f"warning: {w}" for w in study_warnings(s, path)]
     if not on_cluster:  # a cluster's nodes are checked when the sweep attaches
-        check_local_resources(s.resources, field=f"{path}: resources")
+        here = check_local_resources(s.resources, field=f"{path}: resources", concurrency=s.concurrency)
+        lines.append(f"{path}: resources: {gpu_shares(s.resources, s.concurrency, here=here.gpu)}")
     lines.append(f"{path}: ok — study {s.name!r}: {s.trials} trials of {s.model} ({s.base_recipe().label()} recipe) on "
                  f"{s.data.name} {s.data.image_size}px, searching {', '.join(s.search)}; sampler {s.sampler.type}, "
                  f"scheduler {s.scheduler.type} (max {s.scheduler.max_epochs} epochs)")
     return lines
+
+
+def gpu_shares(resources, concurrency: int, *, here: float) -> str:
+    """What each trial asks Ray for, here and on 1- and 8-GPU machines: `gpu: auto` resolves per
+    machine (`specs.share_cards`), a number is asked for as written."""
+    from harness.specs import share_cards
+
+    def on(gpus: int) -> str:
+        g = share_cards(resources, gpus=gpus, concurrency=concurrency).gpu
+        per_card = f" ({int(1 // g)} trials a card)" if 0 < g < 1 else ""
+        return f"{g:g} GPU{per_card}"
+
+    return (f"cpu {resources.cpu:g}, gpu {resources.gpu} per trial, {concurrency} at a time: here {here:g} GPU; "
+            f"on a 1-GPU machine {on(1)}; on an 8-GPU machine {on(8)}")
 
 
 def _cast(p: ParamSpec, v: float | None) -> Any:

@@ -110,10 +110,10 @@ def run_sweep(study_path: Path, where: Where, *, resume: bool = False, max_failu
     study_mod.quiet()
     base = _base_run(study)
 
-    def headline(cluster: str) -> str:
+    def headline(cluster: str, resources) -> str:
         return (f"harness sweep {study.name}: {study.trials} trials of {base.label()} on {study.data.name} "
                 f"{study.data.image_size}px, up to {study.scheduler.max_epochs} epochs, {study.concurrency} at a time, "
-                f"{study.resources.cpu:g} CPU + {study.resources.gpu:g} GPU each, sampler {study.sampler.type}, "
+                f"{resources.cpu:g} CPU + {resources.gpu:g} GPU each, sampler {study.sampler.type}, "
                 f"scheduler {study.scheduler.type} ({cluster})")
 
     outcome = grids.run(

@@ -287,12 +287,17 @@ def fault_plugin(tmp_path):
 
     from harness import plugins
 
+    made: list[str] = []
+
     def make(plan: dict, folder: str = "fault_plugin") -> Path:
         where = tmp_path / folder
         where.mkdir(exist_ok=True)
         path = Path(shutil.copy(Path(__file__).parent / "plugins" / "faults.py", where / "faults.py"))
         (where / "faults.json").write_text(json.dumps(plan))
-        plugins.load([str(path)])
+        made.extend(plugins.load([str(path)]))
         return path
 
-    return make
+    yield make
+    # Later tests' specs would still name this test's file, which pytest deletes once the test passes.
+    for key in made:
+        plugins._LOADED.pop(key, None)

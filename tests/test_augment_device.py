@@ -260,10 +260,10 @@ def test_on_cuda_same_pixels_as_on_cpu_and_no_host_sync():
     x = _images(64, size=64)
     from timm.data.auto_augment import rand_augment_transform
 
-    dev = DeviceRandAugment(rand_augment_transform("rand-m9-mstd0.5-inc1", dict(HPARAMS)))
+    xc = x.cuda()
+    dev = DeviceRandAugment(rand_augment_transform("rand-m9-mstd0.5-inc1", dict(HPARAMS)), device=xc.device)
     d = dev.draw(64, torch.Generator().manual_seed(0))
     cpu = dev.apply(x, d)
-    xc = x.cuda()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:

@@ -36,7 +36,7 @@ HARNESS = [sys.executable, "-m", "harness.cli"]
 
 STUDY = {
     "name": "t_cluster",
-    "model": "resnet18",
+    "model": "resnet_test",
     "recipe": "naive",
     "data": {"name": "synthetic", "image_size": 16, "num_classes": 4, "train_size": 64},
     "metric": "val_acc",
@@ -165,7 +165,7 @@ def test_sweep_across_two_nodes_survives_the_worker_node_dying(cluster, pg_url, 
     its trial trains: the trial is retried on the head node from its last checkpoint (--max-failures),
     what was recorded stays, no epoch is trained or recorded twice, and every row says where it ran."""
     plugin = fault_plugin({"*": {"sleep_per_step": 0.4}})  # ~2 s an epoch: time to kill a node mid-trial
-    study = write_study(tmp_path / "s.yaml", model="faulty_resnet18", scheduler={"type": "none", "max_epochs": 4})
+    study = write_study(tmp_path / "s.yaml", model="faulty_resnet_test", scheduler={"type": "none", "max_epochs": 4})
     proc = sweep(cluster, study, pg_url, tmp_path / "ray", "--plugin", str(plugin),
                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

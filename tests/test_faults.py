@@ -1,7 +1,7 @@
 """Faults injected for real (issue 7): killed and signalled sweep drivers, crashing, diverging and
 out-of-memory trials, readers holding the database open, two sweeps on one database, hostile strings.
 
-Every sweep here is tiny (resnet18 on 64 synthetic 16 px images, 4 steps an epoch) so that what is
+Every sweep here is tiny (resnet_test on 64 synthetic 16 px images, 4 steps an epoch) so that what is
 measured is the harness's bookkeeping, not training. Drivers that get killed run as real
 subprocesses (`python -m harness.cli sweep ...`), each in its own session so a signal reaches only
 the driver. docs/reliability.md lists which test here proves which guarantee.
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.timeout(600)
 
 STUDY = {
     "name": "faults",
-    "model": "resnet18",
+    "model": "resnet_test",
     "recipe": "naive",
     "data": {"name": "synthetic", "image_size": 16, "num_classes": 4, "train_size": 64},
     "metric": "val_acc",
@@ -174,7 +174,7 @@ def test_kill9_driver_with_readers_then_resume(tmp_path):
     db_file = tmp_path / "results.db"
     db_url = f"sqlite:///{db_file}"
     # One trial at a time: trial 0 finishes, trial 1 is killed after its 2nd epoch, trial 2 is still to come.
-    study = write_study(tmp_path / "s.yaml", name="kill9", trials=3, concurrency=1, model="faulty_resnet18")
+    study = write_study(tmp_path / "s.yaml", name="kill9", trials=3, concurrency=1, model="faulty_resnet_test")
     storage = tmp_path / "ray"
     plugin = slow_plugin(tmp_path, seconds_per_epoch=1.5)
     proc = start(sweep_cmd(study, db_url, storage, plugin=plugin), tmp_path)
@@ -243,7 +243,7 @@ def test_sigint_stops_cleanly_and_a_resumed_sweep_stops_and_resumes_again(tmp_pa
     db_file = tmp_path / "results.db"
     db_url = f"sqlite:///{db_file}"
     # One trial at a time, so that each stop finds one trial finished since the last and one midway.
-    study = write_study(tmp_path / "s.yaml", name="signals", trials=4, concurrency=1, model="faulty_resnet18")
+    study = write_study(tmp_path / "s.yaml", name="signals", trials=4, concurrency=1, model="faulty_resnet_test")
     storage = tmp_path / "ray"
     # >= 2 s epochs and a stop once the running trial has exactly 1 of its 3: the signal lands with >= 4 s
     # of that trial left, more than a graceful stop takes, so it reliably catches the trial midway.
@@ -312,7 +312,7 @@ def test_trial_faults_retry_fail_diverge_oom(ray_local, tmp_path, db_url, fault_
                   "trial_2": {"nan_at_step": STEPS_PER_EPOCH + 2},
                   "trial_3": {"oom_at_step": 1}})
     lines: list[str] = []
-    result = run_sweep(write_study(tmp_path / "s.yaml", name="trial_faults", trials=5, model="faulty_resnet18"),
+    result = run_sweep(write_study(tmp_path / "s.yaml", name="trial_faults", trials=5, model="faulty_resnet_test"),
                        Where(db=db_url, out=None, storage_path=tmp_path / "ray"), max_failures=1, echo=lines.append)
     assert result.status == "completed"
     got = {r["optuna_trial"]: r for r in rows(db_url, "SELECT * FROM runs ORDER BY id")}

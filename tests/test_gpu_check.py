@@ -123,10 +123,11 @@ def test_script_is_valid_bash_and_refuses_a_machine_without_a_gpu(tmp_path):
 
 
 def test_fractional_grid_is_a_valid_benchmark(gc, tmp_path):
-    """The grid the fractional check hands `harness benchmark`: 2 runs of a CPU stand-in asking for no GPU,
+    """The grid the fractional check hands `harness benchmark`: 2 runs of a CPU stand-in at gpu: auto,
     two at a time, resolved as a GPU machine would: half a card each on one card, a card each on more
-    (grid_resources spreads them; an explicit gpu: 0.5 would stack both on card 0 of a multi-GPU node)."""
-    from harness.benchmark import grid_resources, load_grid, resolve_grid
+    (share_cards spreads them; an explicit gpu: 0.5 would stack both on card 0 of a multi-GPU node)."""
+    from harness.benchmark import load_grid, resolve_grid
+    from harness.specs import share_cards
 
     path = tmp_path / "fractional.yaml"
     path.write_text(gc.FRACTIONAL_GRID)
@@ -134,8 +135,8 @@ def test_fractional_grid_is_a_valid_benchmark(gc, tmp_path):
     grid = resolve_grid(spec, cuda=True)
     assert len(grid.runs) == 2 and {r.model for r in grid.runs} == {"resnet18"}
     assert spec.concurrency == 2
-    assert grid_resources(spec.resources, cuda=True, concurrency=spec.concurrency, gpus=1).gpu == gc.FRACTION
-    assert grid_resources(spec.resources, cuda=True, concurrency=spec.concurrency, gpus=4).gpu == 1.0
+    assert share_cards(spec.resources, gpus=1, concurrency=spec.concurrency).gpu == gc.FRACTION
+    assert share_cards(spec.resources, gpus=4, concurrency=spec.concurrency).gpu == 1.0
 
 
 def test_bf16_steps_plumbing_on_cpu(gc):

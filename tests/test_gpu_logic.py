@@ -3,7 +3,9 @@
 - a Ray trial's device follows its grant (`engine.device_for_grant`), not `cuda.is_available()`
   (Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for a trial granted 0 GPUs);
 - asking for no GPU where there are some is said once, with the fix;
-- ablate asks for the GPU share the benchmark does on a GPU machine (it picks the full models there);
+- `gpu: auto` shares the cards among the concurrent trials (benchmark, ablate and sweep alike), and the
+  Ray just started must count the GPUs torch counts;
+- a trial granted a card that CUDA cannot use fails with the reason;
 - fit() makes cuda:N the current device before building anything;
 - evaluation feeds channels_last batches when training does, on CUDA only.
 No training runs: every test stops at the decision it checks (well under a second each).
@@ -18,11 +20,10 @@ import pytest
 import torch
 
 from harness import engine, grids, train
-from harness.benchmark import grid_resources
 from harness.datasets import DataSpec
 from harness.errors import UserError
 from harness.evaluate import evaluate
-from harness.specs import ResourcesSpec, resolve_run
+from harness.specs import ResourcesSpec, resolve_run, share_cards
 
 
 class Stop(Exception):
@@ -40,7 +41,6 @@ def _spec(**fields):
     ("auto", [], False, "cpu"),
     ("auto", ["0"], True, "cuda"),       # the granted card is cuda:0 under Ray's CUDA_VISIBLE_DEVICES
     ("auto", [3], True, "cuda"),         # ids are ints when CUDA_VISIBLE_DEVICES was unset at start
-    ("auto", ["0"], False, "cpu"),       # granted but CUDA unusable in the worker: as `auto` does anywhere
     ("cpu", ["0"], True, "cpu"),         # explicit cpu stays, grant or not
     ("cpu", [], True, "cpu"),
     ("cuda", ["1"], True, "cuda"),
@@ -61,6 +61,20 @@ def test_device_for_grant_refuses_an_ungranted_card(requested, gpu_ids, says):
     assert says in str(e.value)
 
 
+def test_a_granted_card_cuda_cannot_use_fails_the_trial():
+    """Not the CPU in its place: that would hold a card nobody uses and record CPU numbers as a GPU trial's."""
+    with pytest.raises(RuntimeError, match=r"Ray granted this trial GPU 0 but torch cannot use CUDA"):
+        engine.device_for_grant("auto", ["0"], False)
+
+
+def test_a_user_error_raised_in_a_trial_survives_pickling():
+    """Ray rebuilds a trial's exception by unpickling it: the recorded error is the message, not a TypeError."""
+    import pickle
+
+    e = pickle.loads(pickle.dumps(UserError("device", "cuda:3", "use auto.")))
+    assert (e.field, e.value, e.fix, str(e)) == ("device", "cuda:3", "use auto.", "device: got 'cuda:3'. use auto.")
+
+
 def test_trainable_trains_where_ray_granted(monkeypatch):
     """The wiring: on a GPU machine, a trial Ray granted no GPU hands fit() device cpu; one granted a
     share hands it cuda."""
@@ -70,6 +84,8 @@ def test_trainable_trains_where_ray_granted(monkeypatch):
     monkeypatch.setattr(engine.trial, "where_am_i", lambda: {"node": "n", "node_id": "x", "gpus": ""})
     monkeypatch.setattr(engine.trial, "fit", lambda spec, report, resume=None, gpu_share=None: seen.append((spec.device, gpu_share)))
     monkeypatch.setattr(engine.trial, "granted_gpu_share", lambda: 0.5)
+    monkeypatch.setattr(engine.trial, "node_gpus", lambda: 1)
+    monkeypatch.setattr(engine.trial, "granted_gpus", lambda: 0.5)
     spec = _spec()
     assert spec.device == "auto"
     for ids in ([], ["0"]):
@@ -88,6 +104,7 @@ def _run_trials_echo(monkeypatch, tmp_path: Path, resources: ResourcesSpec, *, g
     # As on a fresh `harness` process: the session's shared Ray (tests/conftest.py) may already be up, and
     # run_trials would then ask that Ray (0 GPUs) instead of this mocked machine.
     monkeypatch.setattr(engine.run.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(engine.run.ray, "cluster_resources", lambda: {"CPU": 2.0, "GPU": float(gpus)})
 
     def stop(*a, **k):
         raise Stop
@@ -102,26 +119,41 @@ def _run_trials_echo(monkeypatch, tmp_path: Path, resources: ResourcesSpec, *, g
 
 
 def test_warns_once_when_no_gpu_is_asked_for_on_a_gpu_machine(monkeypatch, tmp_path):
-    said = _run_trials_echo(monkeypatch, tmp_path, ResourcesSpec(cpu=1), gpus=2, field="studies/vit.yaml: resources")
+    said = _run_trials_echo(monkeypatch, tmp_path, ResourcesSpec(cpu=1, gpu=0), gpus=2, field="studies/vit.yaml: resources")
     assert said == ["warning: studies/vit.yaml: resources.gpu is 0 on this machine with 2 GPUs: trials train on the "
-                    "CPU; set resources: {gpu: 1} for a card each, or {gpu: 0.5} to pack two trials on a card (Ray fills "
-                    "one card before the next)."]
+                    "CPU; set resources: {gpu: auto} (the default) to share the cards among the trials that run at once, "
+                    "or a number per trial."]
 
 
-@pytest.mark.parametrize("resources, gpus", [(ResourcesSpec(cpu=1), 0), (ResourcesSpec(cpu=1, gpu=0.5), 1)])
+@pytest.mark.parametrize("resources, gpus", [(ResourcesSpec(cpu=1), 0), (ResourcesSpec(cpu=1), 2),
+                                             (ResourcesSpec(cpu=1, gpu=0.5), 1)])
 def test_no_warning_without_gpus_or_with_a_grant(monkeypatch, tmp_path, resources, gpus):
     assert _run_trials_echo(monkeypatch, tmp_path, resources, gpus=gpus) == []
 
 
-# --- ablate shares the card as the benchmark does ------------------------------------------------
+# --- gpu: auto, the cards shared among the concurrent trials ------------------------------------------
 
-def test_grid_resources_rule():
-    cpu_grid = ResourcesSpec(cpu=2)
-    assert grid_resources(cpu_grid, cuda=False, concurrency=4) == cpu_grid
-    assert grid_resources(cpu_grid, cuda=True, concurrency=4) == ResourcesSpec(cpu=2, gpu=0.25)
-    assert grid_resources(cpu_grid, cuda=True, concurrency=3).gpu == 0.333
-    asked = ResourcesSpec(cpu=1, gpu=1)
-    assert grid_resources(asked, cuda=True, concurrency=4) == asked  # a grid that asks for a GPU keeps it
+def test_share_cards_rule():
+    auto = ResourcesSpec(cpu=2)
+    assert auto.gpu == "auto"  # the default, in every shipped study and grid
+    assert share_cards(auto, gpus=0, concurrency=4) == ResourcesSpec(cpu=2, gpu=0)
+    assert share_cards(auto, gpus=1, concurrency=4) == ResourcesSpec(cpu=2, gpu=0.25)
+    assert share_cards(auto, gpus=1, concurrency=3).gpu == 0.333
+    for asked in (ResourcesSpec(cpu=1, gpu=1), ResourcesSpec(cpu=1, gpu=0)):
+        assert share_cards(asked, gpus=4, concurrency=4) == asked  # a number is asked for as written
+
+
+@pytest.mark.parametrize("gpus", [0, 1, 2, 8])
+@pytest.mark.parametrize("concurrency", range(1, 9))
+def test_auto_spreads_concurrent_trials_over_the_cards(gpus, concurrency):
+    got = share_cards(ResourcesSpec(cpu=1), gpus=gpus, concurrency=concurrency).gpu
+    if gpus == 0:
+        assert got == 0
+        return
+    assert 0 < got <= 1  # never more than one card per trial
+    per_card = int(1 / got + 1e-9)  # how many of these shares one card holds
+    assert per_card * gpus >= concurrency  # every trial can run at once, Ray packing cards first-fit
+    assert got == 1 or per_card * (gpus - 1) < concurrency  # no card left idle while another holds two
 
 
 @pytest.mark.parametrize("concurrency, gpus, share", [
@@ -131,15 +163,48 @@ def test_grid_resources_rule():
     (3, 2, 0.5),
     (2, 8, 1.0),  # more cards than trials: a card each, never more than one per trial
 ])
-def test_a_shared_grid_spreads_over_the_cards(concurrency, gpus, share):
-    got = grid_resources(ResourcesSpec(cpu=1), cuda=True, concurrency=concurrency, gpus=gpus).gpu
-    assert got == share
-    per_card = int(1 // got)  # how many of these shares one card holds
-    assert per_card * gpus >= concurrency  # every trial can run at once, Ray packing cards first-fit
+def test_auto_shares(concurrency, gpus, share):
+    assert share_cards(ResourcesSpec(cpu=1), gpus=gpus, concurrency=concurrency).gpu == share
 
 
-@pytest.mark.parametrize("cuda, gpu", [(True, 0.5), (False, 0)])
-def test_ablate_asks_for_the_gpu_its_models_were_chosen_for(monkeypatch, tmp_path, cuda, gpu):
+def test_ray_counting_fewer_gpus_than_the_trials_ask_for_is_refused():
+    from harness.engine.cluster import check_ray_sees_the_gpus
+
+    with pytest.raises(UserError, match=r"resources\.gpu: got 0\.5\. torch sees 1 GPU here but the Ray started for this "
+                                        r"run counts 0, and each trial asks for 0\.5"):
+        check_ray_sees_the_gpus(ResourcesSpec(cpu=1, gpu=0.5), torch_gpus=1, ray_gpus=0, field="resources")
+    said = check_ray_sees_the_gpus(ResourcesSpec(cpu=1, gpu=1), torch_gpus=2, ray_gpus=1, field="resources")
+    assert said == "note: torch sees 2 GPUs, Ray counts 1: trials are placed on Ray's"
+    assert check_ray_sees_the_gpus(ResourcesSpec(cpu=1, gpu=0), torch_gpus=0, ray_gpus=0, field="resources") is None
+
+
+def test_run_trials_resolves_auto_and_checks_the_ray_it_started(monkeypatch, tmp_path):
+    """On a (mocked) 1-GPU machine, 2 concurrent trials at gpu: auto ask for half a card each; when the Ray
+    started for the run counts no GPU, exit 2 with both counts before any row is written."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(engine.run, "ray_session", lambda address: __import__("contextlib").nullcontext())
+    monkeypatch.setattr(engine.run.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(engine.run.ray, "cluster_resources", lambda: {"CPU": 2.0})  # Ray found no GPU
+    db = tmp_path / "r.db"
+    with pytest.raises(UserError, match=r"resources\.gpu: got 0\.5\. torch sees 1 GPU here but the Ray started"):
+        engine.run_trials(lambda c: None, experiment=engine.Experiment("sweep", "s", "", ""), total=2,
+                          resources=ResourcesSpec(cpu=1), concurrency=2, db=f"sqlite:///{db}", echo=lambda s: None)
+    assert not db.exists()
+
+
+def test_loader_workers_of_a_gpu_trial_follow_its_card_share():
+    from harness.data import gpu_trial_workers
+
+    assert gpu_trial_workers(16, node_gpus=1, granted_gpus=1) == 8  # capped at MAX_AUTO_WORKERS
+    assert gpu_trial_workers(16, node_gpus=8, granted_gpus=1) == 1  # 2 cores: one decodes, one trains
+    assert gpu_trial_workers(16, node_gpus=1, granted_gpus=0.5) == 7
+    assert gpu_trial_workers(2, node_gpus=1, granted_gpus=1) == 1
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_ablate_asks_for_the_cards_its_models_were_chosen_for(monkeypatch, tmp_path, cuda):
+    """The full model on a GPU machine, with gpu: auto (run_trials shares the cards: tested above)."""
     from harness import ablate
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
@@ -152,10 +217,10 @@ def test_ablate_asks_for_the_gpu_its_models_were_chosen_for(monkeypatch, tmp_pat
         raise Stop
 
     monkeypatch.setattr(grids, "run_grid", run_grid)
-    with pytest.raises(Stop):  # cuda not passed: detected as the CLI's resolve_ablation was told
+    with pytest.raises(Stop):
         ablate.run_ablation(ab, grids.Where(db=f"sqlite:///{tmp_path / 'r.db'}", out=tmp_path / "out"), concurrency=2,
                             echo=lambda s: None)
-    assert asked == [ResourcesSpec(cpu=1, gpu=gpu)]
+    assert asked == [ResourcesSpec(cpu=1, gpu="auto")]
 
 
 # --- cuda:N is the current device in fit() -------------------------------------------------------

@@ -24,7 +24,7 @@ from dbrows import rows
 STEPS_PER_EPOCH = 4  # 64 images / batch 16
 GRID = {
     "name": "kgrid",
-    "models": ["faulty_resnet18"],  # resnet18 from tests/plugins/faults.py, sleeping before each step
+    "models": ["faulty_resnet_test"],  # resnet18 from tests/plugins/faults.py, sleeping before each step
     "recipes": ["naive", "cnn"],
     "epochs": 3,
     "seeds": 1,

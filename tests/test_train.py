@@ -140,7 +140,7 @@ def test_corrupt_or_tampered_checkpoint_is_refused(tmp_path):
 
 def test_nan_loss_stops_run_as_diverged(tiny_spec, fault_plugin):
     fault_plugin({"*": {"nan_at_step": 5}})
-    result, reports = collect(tiny_spec(model="faulty_resnet18", epochs=4))
+    result, reports = collect(tiny_spec(model="faulty_resnet_test", epochs=4))
     # 4 steps per epoch: step 5 is in epoch 2, which is the last one reported.
     assert result.status == "diverged"
     assert [r.epoch for r in reports] == [1, 2]

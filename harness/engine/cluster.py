@@ -20,7 +20,7 @@ from pathlib import Path
 import ray
 
 from harness.errors import UserError
-from harness.specs import ResourcesSpec, _check_resources, check_local_resources
+from harness.specs import ResourcesSpec, _check_resources, check_local_resources, local_gpus, share_cards  # noqa: F401
 
 CONNECT_TIMEOUT_S = 5  # a cluster address that does not answer in this long is reported, not waited for
 STORAGE_PROBE_S = 30  # how long every node gets to say whether it sees --storage-path
@@ -29,17 +29,38 @@ STORAGE_PROBE_S = 30  # how long every node gets to say whether it sees --storag
 EXPERIMENT_STATE_PERIOD_S = "1"
 
 
-def check_resources(resources: ResourcesSpec, *, field: str, address: str | None) -> str:
-    """Refuse per-trial resources no node can give (Ray would leave the trial PENDING forever).
+def check_resources(resources: ResourcesSpec, *, field: str, address: str | None, concurrency: int = 1) -> ResourcesSpec:
+    """Per-trial resources with `gpu: auto` resolved (`share_cards`), refused when no node can give them
+    (Ray would leave the trial PENDING forever).
 
-    Without a Ray cluster this checks this machine; with `address` (or a Ray already started in this
-    process) it checks the largest node of the cluster. Returns a description of what is there.
+    Without a Ray cluster this checks this machine (its cards counted by torch); with `address` (or a
+    Ray already started in this process) the cluster: auto shares all its cards, and the largest node
+    must hold one trial.
     """
     if address is None and not ray.is_initialized():
-        return check_local_resources(resources, field=field)
+        return check_local_resources(resources, field=field, concurrency=concurrency)
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    return _check_resources(resources, max((n.get("CPU", 0) for n in nodes), default=0),
-                            max((n.get("GPU", 0) for n in nodes), default=0), "the largest node of the Ray cluster", field)
+    resources = share_cards(resources, gpus=sum(n.get("GPU", 0) for n in nodes), concurrency=concurrency)
+    _check_resources(resources, max((n.get("CPU", 0) for n in nodes), default=0),
+                     max((n.get("GPU", 0) for n in nodes), default=0), "the largest node of the Ray cluster", field)
+    return resources
+
+
+def check_ray_sees_the_gpus(resources: ResourcesSpec, *, torch_gpus: int, ray_gpus: float, field: str) -> str | None:
+    """After harness started Ray on this machine: Ray counts GPUs its own way (CUDA_VISIBLE_DEVICES, or
+    nvidia-smi/NVML), torch through the CUDA runtime. Trials that ask for a card Ray did not count
+    would wait PENDING for ever: refused with both counts. A difference that still covers the trials is
+    one line (None when they agree)."""
+    asked = float(resources.gpu)
+    if asked > 0 and ray_gpus < asked:
+        raise UserError(f"{field}.gpu", resources.gpu, f"torch sees {torch_gpus} GPU{'s' if torch_gpus != 1 else ''} here "
+                        f"but the Ray started for this run counts {ray_gpus:g}, and each trial asks for {asked:g}: Ray would "
+                        "never start one. Make both see the same cards (check CUDA_VISIBLE_DEVICES and `nvidia-smi`), "
+                        "or set resources.gpu: 0 to train on the CPU.")
+    if torch_gpus != ray_gpus:
+        return (f"note: torch sees {torch_gpus} GPU{'s' if torch_gpus != 1 else ''}, Ray counts {ray_gpus:g}: "
+                "trials are placed on Ray's")
+    return None
 
 
 def gpu_idle_warning(resources: ResourcesSpec, gpus: float, *, field: str, where: str = "this machine") -> str | None:
@@ -47,19 +68,13 @@ def gpu_idle_warning(resources: ResourcesSpec, gpus: float, *, field: str, where
 
     Ray >= 2.60 no longer hides the cards from a task granted 0 GPUs, but the trainable follows the
     grant (`device_for_grant`), so such trials train on the CPU while the GPUs idle: say so, and how to
-    share a card instead (benchmark and ablate do that themselves on a GPU machine)."""
+    share the cards instead (`gpu: auto`, the default)."""
     if resources.gpu > 0 or gpus <= 0:
         return None
     key = field.rsplit(": ", 1)[-1]  # a study's field is "<file>: resources"
     return (f"warning: {field}.gpu is 0 on {where} with {gpus:g} GPU{'s' if gpus != 1 else ''}: trials train on the CPU; "
-            f"set {key}: {{gpu: 1}} for a card each, or {{gpu: 0.5}} to pack two trials on a card (Ray fills one card "
-            "before the next).")
-
-
-def local_gpus() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+            f"set {key}: {{gpu: auto}} (the default) to share the cards among the trials that run at once, or a "
+            "number per trial.")
 
 
 def check_shared_storage(storage: Path, *, field: str = "--storage-path") -> None:

@@ -24,8 +24,8 @@ from typing import Any, Protocol
 import ray
 from ray import tune
 
-from harness.engine.cluster import (check_resources, check_shared_storage, describe_cluster, gpu_idle_warning,
-                                    local_gpus, quiet_tune, ray_session)
+from harness.engine.cluster import (check_ray_sees_the_gpus, check_resources, check_shared_storage, describe_cluster,
+                                    gpu_idle_warning, local_gpus, quiet_tune, ray_session)
 from harness.engine.recorder import _LIVE, FINAL, Recorder, final_status, recorder_key
 from harness.engine.search import Search, tune_config
 from harness.engine.state import forget_state_dir, remember_state_dir, repair_state
@@ -68,14 +68,15 @@ class Outcome:
 def run_trials(make_spec: SpecMaker, *, experiment: Experiment, total: int, resources: ResourcesSpec,
                concurrency: int, db: str, search: Search | None = None, address: str | None = None,
                storage_path: Path | str = DEFAULT_STORAGE, ray_name: str | None = None, max_failures: int = 1,
-               resources_field: str = "resources", headline: Callable[[str], str] | None = None,
+               resources_field: str = "resources", headline: Callable[[str, ResourcesSpec], str] | None = None,
                pages: PageListener | None = None, echo: Callable[[str], None] = print) -> Outcome:
     """Run the trials through Ray Tune, recording each in `db`; returns how the experiment ended.
 
     `ray_name` names Ray's experiment folder under `storage_path` (default `<kind>-<experiment id>`);
     with `experiment.id` set the Tuner is restored from that folder: finished trials stay finished,
     unfinished ones continue from their last checkpoint, and only the missing samples are created.
-    `pages` (the live dashboards) run beside the trials, on their own thread.
+    `pages` (the live dashboards) run beside the trials, on their own thread. `resources.gpu: auto` is
+    resolved here, where the cards are counted (`share_cards`); `headline(cluster, resources)` sees the result.
     Bad input -> UserError before anything is written.
     """
     check_url(db)
@@ -85,12 +86,18 @@ def run_trials(make_spec: SpecMaker, *, experiment: Experiment, total: int, reso
         raise UserError("--max-failures", max_failures, "Use 0 (no retries) or more.")
     checked_here = address is None and not ray.is_initialized()
     if checked_here:  # before starting Ray: a trial bigger than the machine would stay PENDING forever
-        check_resources(resources, field=resources_field, address=None)
-        idle = gpu_idle_warning(resources, local_gpus(), field=resources_field)
+        torch_gpus = local_gpus()
+        resources = check_resources(resources, field=resources_field, address=None, concurrency=concurrency)
+        idle = gpu_idle_warning(resources, torch_gpus, field=resources_field)
     quiet_tune()
     with ray_session(address):
-        if not checked_here:  # the cluster's largest node
-            check_resources(resources, field=resources_field, address=address)
+        if checked_here:  # the Ray just started must count the cards torch counted
+            agree = check_ray_sees_the_gpus(resources, torch_gpus=torch_gpus,
+                                            ray_gpus=ray.cluster_resources().get("GPU", 0), field=resources_field)
+            if agree:
+                echo(agree)
+        else:  # the cluster's largest node
+            resources = check_resources(resources, field=resources_field, address=address, concurrency=concurrency)
             idle = gpu_idle_warning(resources, ray.cluster_resources().get("GPU", 0), field=resources_field,
                                     where="the Ray cluster")
         if idle:
@@ -131,7 +138,7 @@ def run_trials(make_spec: SpecMaker, *, experiment: Experiment, total: int, reso
                                        failure_config=tune.FailureConfig(max_failures=max_failures),
                                        # Only the latest checkpoint of a trial is needed to retry or resume it.
                                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-                echo(headline(cluster) if headline else
+                echo(headline(cluster, resources) if headline else
                      f"harness {experiment.kind} {experiment.name}: {total} runs, {concurrency} at a time, "
                      f"{resources.cpu:g} CPU + {resources.gpu:g} GPU each ({cluster})")
             if pages is not None:

@@ -10,6 +10,7 @@ its `RunSpec`: `GridSpecs` for a fixed grid, `sweep.SweepSpecs` for sampled conf
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -19,9 +20,10 @@ from typing import Any, Protocol
 import ray
 from ray import tune
 
+from harness.data import gpu_trial_workers
 from harness.errors import UserError
 from harness.specs import RunSpec
-from harness.train import EpochReport, fit
+from harness.train import EpochReport, fit, keep_weights_only
 
 OPTUNA_KEY = "_optuna_trial"  # added to each sampled config by the searcher: the Optuna trial number
 WHERE = ("node", "node_id", "gpus")  # where a trial ran: in every result, stored by the recorder
@@ -35,11 +37,22 @@ def where_am_i() -> dict[str, str | None]:
     return where_it_runs(gpu_ids=ray.get_gpu_ids(), node_id=ray.get_runtime_context().get_node_id())
 
 
+def granted_gpus() -> float:
+    """The GPUs Ray granted this trial (`resources.gpu`: 0.5 for half a card)."""
+    return ray.get_runtime_context().get_assigned_resources().get("GPU", 0)
+
+
 def granted_gpu_share() -> float | None:
     """The fraction of one card Ray granted this trial (`resources.gpu` below 1), for `fit` to cap its
     memory at (None: no GPU, or one card or more, which the trial has to itself)."""
-    gpu = ray.get_runtime_context().get_assigned_resources().get("GPU", 0)
+    gpu = granted_gpus()
     return gpu if 0 < gpu < 1 else None
+
+
+def node_gpus() -> float:
+    """The GPUs of the node this trial runs on, as Ray counts them."""
+    me = ray.get_runtime_context().get_node_id()
+    return next((n["Resources"].get("GPU", 0) for n in ray.nodes() if n.get("NodeID") == me), 0)
 
 
 class SpecMaker(Protocol):
@@ -71,15 +84,19 @@ def device_for_grant(requested: str, gpu_ids: list, cuda_available: bool) -> str
 
     - "auto": no GPU granted -> "cpu"; granted (a fraction shows as one id, e.g. ['0'] for gpu: 0.5)
       -> "cuda", which is the granted card: Ray sets CUDA_VISIBLE_DEVICES to the grant, so torch
-      numbers the granted cards from cuda:0. Granted but CUDA unusable here -> "cpu", as `auto` does
-      everywhere.
+      numbers the granted cards from cuda:0. Granted but CUDA unusable here -> the trial fails with the
+      reason (training on the CPU would hold a card nobody uses and pass off CPU numbers as GPU ones).
     - "cpu": stays "cpu" (asked for explicitly, even with a grant).
     - "cuda" / "cuda:N" asked for explicitly: kept when the trial was granted a card for it; N counts
       the granted cards only (cuda:1 needs a grant of 2 GPUs). A CUDA device the trial was not
       granted is refused: it would train on a card Ray gave to another trial (or to nobody).
     """
     if requested == "auto":
-        return "cuda" if gpu_ids and cuda_available else "cpu"
+        if gpu_ids and not cuda_available:
+            raise RuntimeError(f"Ray granted this trial GPU {', '.join(map(str, gpu_ids))} but torch cannot use CUDA in "
+                               "its worker (torch.cuda.is_available() is false: a CPU-only torch, or a driver the worker "
+                               "cannot reach); fix the worker's CUDA, or set resources.gpu: 0 to train on the CPU.")
+        return "cuda" if gpu_ids else "cpu"
     if not requested.startswith("cuda"):
         return requested
     tail = requested.partition(":")[2]
@@ -126,6 +143,9 @@ def _trainable(config: dict[str, Any], *, make_spec: SpecMaker) -> None:
         spec = spec.model_copy(update={"device": device_for_grant(spec.device, grant, torch.cuda.is_available())})
         if not spec.device.startswith("cuda"):  # granted a card but trains on the CPU: it used none
             where["gpus"] = ""
+        elif spec.data.workers is None:  # folder data decoded by the host's cores, as many as the trial's card share
+            workers = gpu_trial_workers(os.cpu_count() or 1, node_gpus=node_gpus(), granted_gpus=granted_gpus())
+            spec = spec.model_copy(update={"data": spec.data.model_copy(update={"workers": workers})})
 
         share = granted_gpu_share()
 
@@ -135,6 +155,8 @@ def _trainable(config: dict[str, Any], *, make_spec: SpecMaker) -> None:
                 metrics["evaluation"] = r.evaluation  # popped by the driver's recorder (kept out of Ray's logs)
             if r.test is not None:
                 metrics["test"] = r.test  # popped too: the test split's scores, recorded on the run
+            if r.status == "completed" and r.checkpoint is not None:
+                keep_weights_only(r.checkpoint)  # nothing resumes a completed trial: its storage keeps weights
             # Ray copies the folder to the trial's storage (synchronously) before this returns.
             ckpt = tune.Checkpoint.from_directory(str(local)) if r.checkpoint is not None else None
             tune.report(metrics, checkpoint=ckpt)

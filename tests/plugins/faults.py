@@ -1,7 +1,8 @@
 """A harness plugin for the reliability tests: real timm models that misbehave on cue.
 
 Loaded like any user's plugin (`harness --plugin PATH ...`, or `harness.plugins.load([PATH])`), it
-registers `faulty_resnet18` and `faulty_vit_tiny`: the same timm models as `resnet18` and `vit_tiny`
+registers `faulty_resnet_test`, `faulty_resnet18` and `faulty_vit_tiny`: the same timm models as
+`resnet_test`, `resnet18` and `vit_tiny`
 (same init, same numbers) with a forward hook that counts training steps in a buffer (so the count
 survives a checkpoint and a resume) and, at the steps its plan names, raises, sleeps, returns NaN or
 raises CUDA's out-of-memory error. The training loop knows nothing of it.
@@ -73,7 +74,9 @@ def _install(model: torch.nn.Module, plan: dict) -> torch.nn.Module:
     return model
 
 
-for inner in ("resnet18", "vit_tiny"):
+for inner in ("resnet_test", "resnet18", "vit_tiny"):
+    if inner not in MODELS:  # resnet_test is newer than the old engine test_sweep.py resumes with
+        continue
     entry = MODELS[inner]
 
     def factory(*, _inner: str = inner, **kwargs) -> torch.nn.Module:
