@@ -150,7 +150,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Non
 
 def stamp() -> str:
     """When and under what load a table was measured (a number without its load means little)."""
-    return f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; load average {os.getloadavg()[0]:.2f}"
+    return f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; load average {os.getloadavg()[0]:.2f}"
 
 
 def command_line(script: str, argv: list[str]) -> str:

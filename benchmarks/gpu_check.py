@@ -1,24 +1,30 @@
-"""What CPU tests cannot check, checked on a GPU machine in minutes (run it through gpu_check.sh).
+"""What CPU tests cannot check, checked on a GPU machine in minutes: the steps of benchmarks/gpu_check.sh.
 
-    bash benchmarks/gpu_check.sh            # every check; the table -> benchmarks/results/gpu_check-<gpu>.md
-    uv run python benchmarks/gpu_check.py --only throughput,bf16
+    bash benchmarks/gpu_check.sh              # on the GPU machine: every step, each under its own timeout
+    bash benchmarks/gpu_check.sh --dry-run    # the rehearsal on a CPU machine: every step that can run there
+    python benchmarks/gpu_check.py --only sweep --out OUT [--dry-run]   # one step (what the script calls)
+    python benchmarks/gpu_check.py --report --out OUT                    # the table of every step recorded
 
-Checks (each prints PASS or FAIL with its reason; the exit status is 1 when any fails):
+Steps (each appends "name, PASS/FAIL/SKIP, seconds, reason" to OUT/steps.tsv; the script adds its own
+setup, imports and gpu_tests steps to the same file):
 
-- fractional: `harness benchmark` on a 2-run grid with `resources: {gpu: 0.5}` and concurrency 2.
-  From results.db (`runs.gpus`: the cards Ray granted each trial, "<id>: <name>") each run was
-  granted a card that CUDA could name; from nvidia-smi, sampled during the grid, Ray's trial
-  processes used only granted cards (and every granted card was used).
-- zero_gpu: a trial granted no GPU (`resources: {gpu: 0}` through harness.engine.run_grid:
-  `harness benchmark` itself shares the card when a grid asks for none on a GPU machine) records
-  no card and no Ray trial process appears on any GPU while it runs.
-- bf16: a few bf16 training steps of each full model (resnet50, efficientnet_b3, vit_base,
-  swin_tiny) at 224 px through harness.train: finite loss, autocast on.
-- throughput: benchmarks/throughput.py at 224 px, with RandAugment on both sides (reference_full
-  = timm's own loader), every row measured, MFU filled in where the peak is known.
+- zero_gpu: a trial asking for `gpu: 0` (through harness.engine.run_grid) records no card and no Ray
+  trial process appears on a GPU while it runs.
+- sweep: `harness sweep` of the shipped studies/vit_lr.yaml at `gpu: auto` (4 trials of 2 epochs, 2 at
+  a time): from results.db (`runs.gpus`, the cards Ray granted each trial) and nvidia-smi sampled during
+  the sweep, every trial ran on a card it was granted, shares spread over the cards.
+- bf16: a few bf16 training steps of each full model (resnet50, efficientnet_b3, vit_base, swin_tiny)
+  at 224 px through harness.train: finite loss, autocast on.
+- peak: this card's bf16 matmul rate, measured (8192^3 GEMMs), beside its datasheet figure: the MFU
+  of the throughput table is taken against the measured peak.
+- throughput: benchmarks/throughput.py at 224 px: harness against timm's loop with the same fused
+  AdamW, with and without the loader (timm's workers sized like a trial's: `data.gpu_trial_workers`).
+- randaugment: img/s of RandAugment on the device (harness.augment) against timm's PIL ops, 32 and 224 px.
 
-This module's check functions are pure (a runs table in, a Check out) and tested on CPU with a
-fake database (tests/test_gpu_check.py); what they read is measured only on a GPU.
+With --dry-run each step runs its CPU form: the sweep on the CPU (placement not checked), the stand-ins
+instead of the full models at 32 px, a small matmul; what only a GPU has is reported as SKIP.
+This module's check functions are pure (a runs table in, a Check out) and tested on CPU with a fake
+database (tests/test_gpu_check.py); what they read is measured only on a GPU.
 """
 
 from __future__ import annotations
@@ -45,31 +51,30 @@ import _common as common  # noqa: E402
 common.importable_harness()
 
 FULL_MODELS = ("resnet50", "efficientnet_b3", "vit_base", "swin_tiny")  # harness.models.ALL
-CHECKS = ("fractional", "zero_gpu", "bf16", "throughput")
-# The fractional check's grid asks for gpu: auto, as the shipped grids do: on a GPU machine harness then
-# shares the cards (specs.share_cards): 2 trials get half a card each on one card, a card
-# each on two or more, so "both on one card while another idles" is a failure on a multi-GPU node. A grid
-# that asks for gpu: 0.5 itself would stack on card 0 there: Ray places fractions first-fit.
-FRACTION = 0.5  # the share each of the 2 trials gets on a one-card machine
+# In the order gpu_check.sh runs them: the Ray steps before this process makes a CUDA context of its own.
+CHECKS = ("zero_gpu", "sweep", "bf16", "peak", "throughput", "randaugment")
+# The sweep step's study asks for gpu: auto, as the shipped studies do: on a GPU machine harness then
+# shares the cards (specs.share_cards): 2 trials at a time get half a card each on one card, a card each
+# on two or more, so "both on one card while another idles" is a failure on a multi-GPU node. A study that
+# asks for gpu: 0.5 itself would stack on card 0 there: Ray places fractions first-fit.
+FRACTION = 0.5  # the share each of 2 concurrent trials gets on a one-card machine
+SWEEP_STUDY = Path(__file__).resolve().parent.parent / "studies" / "vit_lr.yaml"
+SWEEP_TRIALS, SWEEP_EPOCHS = 4, 2
 BF16_STEPS = 3  # training steps per full model: enough to see a finite loss after an update
 BF16_BATCH = 32
 RAY_PROCESS_PREFIX = "ray::"  # Ray names its worker processes "ray::<task>" (setproctitle)
 
-# The fractional check's grid: two CPU stand-in runs (naive and tuned resnet18) of one epoch on 512
-# synthetic 32 px images -- what is checked is where they run, not what they learn.
-FRACTIONAL_GRID = """\
-name: gpu_check_fractional
-description: two fractional trials, each should land on a card Ray granted it (benchmarks/gpu_check.py)
-models: [resnet50]
-recipes: [naive, tuned]
-epochs: 1
-seeds: 1
-batch_size: 64
-data: {name: synthetic, image_size: 32, train_size: 512}
-scale: tiny
-concurrency: 2
-resources: {cpu: 1, gpu: auto}
-"""
+
+
+def sweep_study(name: str = "gpu_check_sweep") -> dict[str, Any]:
+    """The shipped vit_lr study, shortened: SWEEP_TRIALS trials of SWEEP_EPOCHS epochs, 2 at a time, at
+    gpu: auto (what is checked is where its trials run, not what they learn)."""
+    import yaml
+
+    study = yaml.safe_load(SWEEP_STUDY.read_text())
+    scheduler = {**study["scheduler"], "max_epochs": SWEEP_EPOCHS, "grace_period": 1}
+    return {**study, "name": name, "trials": SWEEP_TRIALS, "concurrency": 2, "scheduler": scheduler,
+            "resources": {"cpu": 1, "gpu": "auto"}}
 
 
 @dataclass(frozen=True)
@@ -101,19 +106,20 @@ def granted_names(gpus: str | None) -> list[str]:
     return [part.split(":", 1)[1].strip() if ":" in part else "" for part in (gpus or "").split(";") if part.strip()]
 
 
-def check_fractional(runs: Any, *, used_cards: set[str] | None, cards: int) -> Check:
-    """`runs`: harness.report.read_runs of the fractional grid. `used_cards`: GPU indices on which
-    nvidia-smi saw a Ray trial process during the grid (None = nvidia-smi showed no processes at all,
-    e.g. inside a container's PID namespace: then only the database's record is checked)."""
-    name = "fractional"
-    if len(runs) != 2:
-        return failed(name, f"expected 2 runs in the grid's experiment, found {len(runs)}")
-    bad = [f"run {r.id} {r.status}: {r.error or ''}".strip() for r in runs.itertuples() if r.status != "completed"]
+def check_placement(runs: Any, *, used_cards: set[str] | None, cards: int, expected: int = SWEEP_TRIALS,
+                    name: str = "sweep") -> Check:
+    """`runs`: harness.report.read_runs of the sweep at gpu: auto. `used_cards`: GPU indices on which
+    nvidia-smi saw a Ray trial process during it (None = nvidia-smi showed no processes at all, e.g.
+    inside a container's PID namespace: then only the database's record is checked)."""
+    if len(runs) != expected:
+        return failed(name, f"expected {expected} runs in the sweep's experiment, found {len(runs)}")
+    bad = [f"run {r.id} {r.status}: {r.error or ''}".strip() for r in runs.itertuples()
+           if r.status not in ("completed", "stopped")]  # ASHA may stop a trial early: it still ran where granted
     if bad:
         return failed(name, "; ".join(bad))
     grants = {int(r.id): granted_ids(r.gpus) for r in runs.itertuples()}
     if any(not ids for ids in grants.values()):
-        return failed(name, f"a trial of a grid harness shares over the cards was granted no card (Ray ids by run: "
+        return failed(name, f"a trial at gpu: auto was granted no card (Ray ids by run: "
                             f"{grants}); it trained on the CPU")
     unnamed = [int(r.id) for r in runs.itertuples() if any(n in ("", "?") for n in granted_names(r.gpus))]
     if unnamed:
@@ -130,8 +136,8 @@ def check_fractional(runs: Any, *, used_cards: set[str] | None, cards: int) -> C
             return failed(name, f"granted card(s) {sorted(idle)} never ran a Ray trial process ({detail}): "
                                 "the trials trained elsewhere (the CPU?)")
     if cards >= 2 and len(granted) == 1:
-        return failed(name, f"both trials were put on card {next(iter(granted))} while {cards - 1} other card(s) idled "
-                            f"({detail}): fractional shares should spread over a multi-GPU node (issue 23 item 6)")
+        return failed(name, f"every trial was put on card {next(iter(granted))} while {cards - 1} other card(s) idled "
+                            f"({detail}): gpu: auto should spread the trials over a multi-GPU node")
     evidence = "nvidia-smi saw them there" if used_cards is not None else "runs.gpus only (nvidia-smi listed no processes)"
     return passed(name, f"{detail}; {evidence}")
 
@@ -149,7 +155,7 @@ def check_zero_gpu(runs: Any, *, used_cards: set[str] | None) -> Check:
         return failed(name, f"runs asking for gpu: 0 were granted cards: {on_gpu}")
     if used_cards:
         return failed(name, f"a Ray trial process used card(s) {sorted(used_cards)} although no trial was granted one: "
-                            "the trial trained on the GPU behind Ray's back (issue 23 item 1)")
+                            "the trial trained on the GPU behind Ray's back")
     evidence = ("and nvidia-smi saw no Ray process on any card" if used_cards is not None
                 else "(nvidia-smi listed no processes: runs.gpus only)")
     return passed(name, f"{len(runs)} run(s) granted no card, completed {evidence}")
@@ -210,11 +216,11 @@ class GpuProcesses:
     `cards()` is the set of GPU indices, or None when nvidia-smi listed no compute process at all
     (a container may hide other processes: then there is no evidence either way)."""
 
-    def __init__(self, every: float = 0.5) -> None:
-        self.every, self.any_process, self.ray_cards = every, False, set()
+    def __init__(self, every: float = 0.5, *, enabled: bool = True) -> None:
+        self.every, self.any_process, self.ray_cards, self.enabled = every, False, set(), enabled
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._index = self._uuid_to_index()
+        self._index = self._uuid_to_index() if enabled else {}
 
     @staticmethod
     def _smi(*query: str) -> list[list[str]]:
@@ -239,12 +245,14 @@ class GpuProcesses:
                         self.ray_cards.add(self._index.get(row[1], row[1]))
 
     def __enter__(self) -> GpuProcesses:
-        self._thread.start()
+        if self.enabled:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
-        self._thread.join()
+        if self.enabled:
+            self._thread.join()
 
     def cards(self) -> set[str] | None:
         return set(self.ray_cards) if self.any_process or self.ray_cards else None
@@ -266,20 +274,30 @@ def harness_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from harness.cli import main; sys.exit(main())"]
 
 
-def run_fractional(tmp: Path, log: Callable[[str], None]) -> Check:
+def run_sweep_step(tmp: Path, log: Callable[[str], None], *, dry_run: bool) -> Check:
+    """`harness sweep` of the shortened shipped study, in its own process (a fresh driver starting Ray)."""
+    import yaml
+
+    study = tmp / "sweep.yaml"
+    study.write_text(yaml.safe_dump(sweep_study(), sort_keys=False))
+    db = f"sqlite:///{tmp / 'sweep.db'}"
+    cmd = [*harness_command(), "sweep", str(study), "--db", db, "--out", str(tmp / "pages"),
+           "--storage-path", str(tmp / "ray_sweep")]
+    with GpuProcesses(enabled=not dry_run) as procs:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    log(done.stdout[-3000:])
+    if done.returncode != 0:
+        return failed("sweep", f"harness sweep exited {done.returncode}: {done.stderr.strip()[-300:]}")
+    runs = read_runs(db)
+    if dry_run:  # on the CPU auto resolves to no card: every trial must have finished there, on none
+        on_cards = [int(r.id) for r in runs.itertuples() if granted_ids(r.gpus)]
+        bad = [f"run {r.id} {r.status}" for r in runs.itertuples() if r.status not in ("completed", "stopped")]
+        if len(runs) != SWEEP_TRIALS or bad or on_cards:
+            return failed("sweep", f"{len(runs)} runs; not finished: {bad}; granted a card on a CPU machine: {on_cards}")
+        return passed("sweep", f"{len(runs)} trials at gpu: auto finished on the CPU (placement: GPU only)")
     import torch
 
-    grid = tmp / "fractional.yaml"
-    grid.write_text(FRACTIONAL_GRID)
-    db = f"sqlite:///{tmp / 'fractional.db'}"
-    cmd = [*harness_command(), "benchmark", str(grid), "--db", db, "--out", str(tmp / "pages"),
-           "--storage-path", str(tmp / "ray_fractional")]
-    with GpuProcesses() as procs:
-        done = subprocess.run(cmd, capture_output=True, text=True)
-    log(done.stdout[-2000:])
-    if done.returncode != 0:
-        return failed("fractional", f"harness benchmark exited {done.returncode}: {done.stderr.strip()[-300:]}")
-    return check_fractional(read_runs(db), used_cards=procs.cards(), cards=torch.cuda.device_count())
+    return check_placement(runs, used_cards=procs.cards(), cards=torch.cuda.device_count())
 
 
 def zero_gpu_grid(db: str, storage: str) -> None:
@@ -294,15 +312,15 @@ def zero_gpu_grid(db: str, storage: str) -> None:
              resources=ResourcesSpec(cpu=1, gpu=0), storage_path=storage)
 
 
-def run_zero_gpu(tmp: Path, log: Callable[[str], None]) -> Check:
+def run_zero_gpu(tmp: Path, log: Callable[[str], None], *, dry_run: bool) -> Check:
     db = f"sqlite:///{tmp / 'zero_gpu.db'}"
     proc = multiprocessing.get_context("spawn").Process(target=zero_gpu_grid, args=(db, str(tmp / "ray_zero")))
-    with GpuProcesses() as procs:
+    with GpuProcesses(enabled=not dry_run) as procs:
         proc.start()
         proc.join()
     if proc.exitcode != 0:
         return failed("zero_gpu", f"the 0-GPU grid exited {proc.exitcode}")
-    return check_zero_gpu(read_runs(db), used_cards=procs.cards())
+    return check_zero_gpu(read_runs(db), used_cards=procs.cards() if not dry_run else set())
 
 
 def bf16_steps(model: str, device: Any, *, image_size: int = 224, batch: int = BF16_BATCH) -> dict[str, Any]:
@@ -316,7 +334,7 @@ def bf16_steps(model: str, device: Any, *, image_size: int = 224, batch: int = B
 
     # Half a batch spare: however the set's split rounds, BF16_STEPS full batches remain.
     data = data_mod.DataSpec(name="synthetic", image_size=image_size, train_size=batch * BF16_STEPS + batch // 2,
-                             val_fraction=0.02)
+                             val_fraction=0.02, test_fraction=0.02)
     spec = resolve_run(model=model, recipe="tuned@published", data=data, overrides={"batch_size": batch},
                        epochs=1, device=str(device))
     ds = data_mod.load(spec.data, device)
@@ -325,97 +343,219 @@ def bf16_steps(model: str, device: Any, *, image_size: int = 224, batch: int = B
     return {"loss": float(sums.loss_sum) / max(sums.seen, 1), "steps": sums.steps, "amp": t.use_amp, "error": ""}
 
 
-def run_bf16(log: Callable[[str], None]) -> Check:
+def run_bf16(log: Callable[[str], None], *, dry_run: bool) -> Check:
     import torch
 
+    from harness.models import CPU_VARIANT
+
+    device = torch.device("cpu" if dry_run else "cuda")
     results: dict[str, dict[str, Any]] = {}
     for model in FULL_MODELS:
         try:
-            results[model] = bf16_steps(model, torch.device("cuda"))
+            if dry_run:  # the stand-in at 32 px on the CPU: the same calls, no autocast there
+                results[model] = {**bf16_steps(CPU_VARIANT[model], device, image_size=32, batch=4), "amp": True}
+            else:
+                results[model] = bf16_steps(model, device)
         except Exception as e:  # noqa: BLE001 - one model failing is this check's finding, not the end of the script
             results[model] = {"loss": None, "steps": 0, "amp": False, "error": f"{type(e).__name__}: {str(e)[:200]}"}
         finally:
-            torch.cuda.empty_cache()
+            if not dry_run:
+                torch.cuda.empty_cache()
         log(f"  bf16 {model}: {results[model]}")
-    return check_bf16(results)
+    check = check_bf16(results)
+    return Check(check.name, check.status, ("CPU stand-ins at 32 px, fp32: " if dry_run else "") + check.reason)
 
 
-def run_throughput(tmp: Path, log: Callable[[str], None]) -> tuple[Check, str]:
+PEAK_N = 8192  # the GEMM of the peak step: large enough to reach an H100's dense bf16 rate
+
+
+def measure_peak_tflops(device: Any, *, n: int = PEAK_N, repeats: int = 10) -> float:
+    """Dense matmul rate on `device` in TFLOP/s (bf16 on CUDA, fp32 on the CPU): the median of `repeats`
+    timed n x n x n products after a warm-up, 2 n^3 FLOPs each."""
+    import statistics
+
     import torch
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    a @ b
+    times = [common.time_s(lambda: a @ b, device) for _ in range(repeats)]
+    return 2 * n ** 3 / statistics.median(times) / 1e12
+
+
+def run_peak(out: Path, log: Callable[[str], None], *, dry_run: bool) -> Check:
+    import torch
+
+    device = torch.device("cpu" if dry_run else "cuda")
+    measured = measure_peak_tflops(device, n=512 if dry_run else PEAK_N)
+    (out / "peak_tflops.txt").write_text(f"{measured:.6g}\n")
+    name = common.device_name(device)
+    sheet = common.peak_tflops(name) if not dry_run else None
+    versus = f" ({100 * measured / sheet:.0f}% of the datasheet's {sheet:g})" if sheet else ""
+    what = "fp32 matmul 512^3 on the CPU" if dry_run else f"bf16 matmul {PEAK_N}^3"
+    log(f"  peak: {measured:.4g} TFLOP/s {what}{versus}")
+    return passed("peak", f"{measured:.4g} TFLOP/s measured, {what}{versus}")
+
+
+def run_throughput(tmp: Path, out: Path, log: Callable[[str], None], *, dry_run: bool) -> tuple[Check, str]:
+    import os
 
     import throughput
 
-    out = tmp / "throughput"
-    throughput.main(["--models", ",".join(FULL_MODELS), "--image-sizes", "224", "--steps", "10", "--repeats", "3",
-                     "--out", str(out)], log=log)
-    (csv_path,) = out.glob("throughput-*.csv")
+    from harness.data import gpu_trial_workers
+
+    peak_file = out / "peak_tflops.txt"
+    peak = ["--peak-tflops", peak_file.read_text().strip()] if peak_file.is_file() and not dry_run else []
+    # timm's loader gets the workers a trial with the whole card would get (harness.data.gpu_trial_workers).
+    workers = gpu_trial_workers(os.cpu_count() or 1, node_gpus=1, granted_gpus=1)
+    argv = (["--tiny", "--steps", "2", "--repeats", "2", "--warmup", "1"] if dry_run else
+            ["--models", ",".join(FULL_MODELS), "--image-sizes", "224", "--steps", "20", "--repeats", "3",
+             "--workers", str(workers), *peak])
+    throughput.main([*argv, "--out", str(tmp / "throughput")], log=log)
+    (csv_path,) = (tmp / "throughput").glob("throughput-*.csv")
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
-    peak = common.peak_tflops(torch.cuda.get_device_name())
-    md = next(out.glob("throughput-*.md")).read_text()
-    return check_throughput(rows, peak_known=peak is not None), md
+    md = next((tmp / "throughput").glob("throughput-*.md")).read_text()
+    (out / "throughput.md").write_text(md)
+    return check_throughput(rows, peak_known=bool(peak)), md
 
 
-def write_report(checks: list[Check], dev_name: str, out: Path, throughput_md: str) -> Path:
-    path = out / f"gpu_check-{common.slug(dev_name)}.md"
+RA_POLICY = "rand-m9-mstd0.5-inc1"  # the published DeiT/ViT recipe's RandAugment
+
+
+def randaugment_rates(device: Any, size: int, *, n: int = 256, n_pil: int = 64, repeats: int = 3) -> tuple[float, float]:
+    """(img/s on `device` through harness.augment.DeviceRandAugment, img/s through timm's PIL ops on the
+    host) for RandAugment RA_POLICY on uint8 images of `size` px; the PIL path on its first n_pil images."""
+    import statistics
+    import time
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from timm.data.auto_augment import rand_augment_transform
+
+    from harness.augment import DeviceRandAugment
+
+    ra = rand_augment_transform(RA_POLICY, {"translate_const": int(size * 0.45), "img_mean": (124, 116, 104)})
+    dev = DeviceRandAugment(ra, device=device)
+    x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, device=device)
+    g = torch.Generator().manual_seed(0)
+    dev.apply(x, dev.draw(n, g))  # warm-up
+    on_device = statistics.median(common.time_s(lambda: dev.apply(x, dev.draw(n, g)), device) for _ in range(repeats))
+    images = [Image.fromarray(im) for im in x[:n_pil].permute(0, 2, 3, 1).cpu().numpy()]
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        [np.asarray(ra(im)) for im in images]
+    pil = (time.perf_counter() - t0) / repeats
+    return n / on_device, n_pil / pil
+
+
+def run_randaugment(out: Path, log: Callable[[str], None], *, dry_run: bool) -> Check:
+    import torch
+
+    device = torch.device("cpu" if dry_run else "cuda")
+    rows = []
+    for size in (32, 224):
+        on_device, pil = randaugment_rates(device, size, n=32 if dry_run else 256, n_pil=16 if dry_run else 64,
+                                           repeats=1 if dry_run else 3)
+        rows.append({"image_size": size, "device": common.device_name(device), "device_img_s": f"{on_device:.0f}",
+                     "timm_pil_img_s": f"{pil:.0f}", "ratio": f"{on_device / pil:.1f}"})
+        log(f"  randaugment {size}px: {on_device:.0f} img/s on {device.type}, {pil:.0f} img/s timm PIL (one core)")
+    (out / "randaugment.md").write_text(common.md_table(rows, list(rows[0])) + "\n")
+    return passed("randaugment", "; ".join(f"{r['image_size']}px {r['device_img_s']} vs {r['timm_pil_img_s']} img/s "
+                                           f"(x{r['ratio']})" for r in rows) + f" ({RA_POLICY}, {device.type} vs PIL)")
+
+
+# --- the record: OUT/steps.tsv, one line a step (the script's own steps too), and the table ---------------
+
+STEPS_FILE = "steps.tsv"
+
+
+def record(out: Path, check: Check, seconds: float) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    reason = " ".join(check.reason.split()).replace("\t", " ")
+    with open(out / STEPS_FILE, "a") as f:
+        f.write(f"{check.name}\t{check.status}\t{seconds:.0f}\t{reason}\n")
+
+
+def read_steps(out: Path) -> list[dict[str, str]]:
+    path = out / STEPS_FILE
+    if not path.is_file():
+        return []
+    keys = ("step", "result", "seconds", "reason")
+    return [dict(zip(keys, line.split("\t", 3))) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_report(steps: list[dict[str, str]], dev_name: str, out: Path, *, dry_run: bool = False) -> Path:
+    path = out / f"gpu_check-{common.slug(dev_name)}{'-dry-run' if dry_run else ''}.md"
+    out.mkdir(parents=True, exist_ok=True)
+    extra = []
+    for name, title in (("throughput.md", "Throughput (benchmarks/throughput.py)"),
+                        ("randaugment.md", f"RandAugment {RA_POLICY}: on the device vs timm's PIL ops")):
+        if (out / name).is_file():
+            body = (out / name).read_text()
+            extra += [f"## {title}", "", body.split("\n", 1)[1] if body.startswith("#") else body, ""]
     text = "\n".join([
-        f"# GPU check on {dev_name}", "",
-        f"- command: `bash benchmarks/gpu_check.sh`; {common.stamp()}", "",
-        common.md_table([{"check": c.name, "result": c.status, "reason": c.reason} for c in checks],
-                        ["check", "result", "reason"]), "",
-        *(["## Throughput (benchmarks/throughput.py at 224 px)", "", throughput_md.split("\n", 1)[1]] if throughput_md else []),
-        ""])
+        f"# GPU check on {dev_name}{' (dry run: the CPU rehearsal)' if dry_run else ''}", "",
+        f"- command: `bash benchmarks/gpu_check.sh{' --dry-run' if dry_run else ''}`; {common.stamp()}", "",
+        common.md_table(steps, ["step", "result", "seconds", "reason"]), "", *extra])
     path.write_text(text)
     return path
 
 
+def summary(steps: list[dict[str, str]]) -> str:
+    counts = {k: sum(s["result"] == k for s in steps) for k in ("PASS", "FAIL", "SKIP")}
+    total = sum(float(s["seconds"] or 0) for s in steps)
+    failed_ = [s["step"] for s in steps if s["result"] == "FAIL"]
+    return (f"{counts['PASS']} passed, {counts['FAIL']} failed{' (' + ', '.join(failed_) + ')' if failed_ else ''}, "
+            f"{counts['SKIP']} skipped in {total:.0f} s")
+
+
 def main(argv: Iterable[str] | None = None, log: Callable[[str], None] = print) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", default=",".join(CHECKS), help=f"comma list of checks [default: {','.join(CHECKS)}]")
-    p.add_argument("--out", type=Path, default=common.RESULTS, help="folder for gpu_check-<gpu>.md")
+    p.add_argument("--only", default=",".join(CHECKS), help=f"comma list of steps [default: {','.join(CHECKS)}]")
+    p.add_argument("--out", type=Path, required=True, help="folder for steps.tsv, the tables and the report")
+    p.add_argument("--dry-run", action="store_true", help="the CPU rehearsal of every step")
+    p.add_argument("--report", action="store_true", help="write the table of the recorded steps and print the summary")
     args = p.parse_args(list(argv) if argv is not None else None)
+    import torch
+
+    device = torch.device("cpu" if args.dry_run else "cuda")
+    if args.report:
+        steps = read_steps(args.out)
+        dev_name = common.device_name(device) if args.dry_run or torch.cuda.is_available() else "no GPU"
+        path = write_report(steps, dev_name, args.out, dry_run=args.dry_run)
+        log(f"gpu_check{' --dry-run' if args.dry_run else ''} on {dev_name}: {summary(steps)}; table: {path}")
+        return 1 if any(s["result"] == "FAIL" for s in steps) else 0
     only = [c.strip() for c in args.only.split(",") if c.strip()]
     unknown = [c for c in only if c not in CHECKS]
     if unknown:
-        p.error(f"unknown check(s) {unknown}; choose from {', '.join(CHECKS)}")
-    import torch
-
-    if not torch.cuda.is_available():
-        log("FAIL cuda: torch.cuda.is_available() is false: this script checks a GPU machine (no check ran)")
-        return 2  # the machine, not a check, is wrong (gpu_check.sh's setup failures exit 2 too)
-    dev_name = torch.cuda.get_device_name()
-    log(f"gpu check on {dev_name} ({torch.cuda.device_count()} visible), torch {torch.__version__}")
-    checks: list[Check] = []
-    throughput_md = ""
+        p.error(f"unknown step(s) {unknown}; choose from {', '.join(CHECKS)}")
+    if not args.dry_run and not torch.cuda.is_available():
+        for name in only:
+            record(args.out, failed(name, "torch.cuda.is_available() is false: this step checks a GPU (--dry-run "
+                                          "rehearses it on the CPU)"), 0)
+        return 2
+    log(f"gpu check steps {', '.join(only)} on {common.device_name(device)}, torch {torch.__version__}"
+        + (" (dry run)" if args.dry_run else ""))
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp_name:
         tmp = Path(tmp_name)
-        # The Ray checks first, before this process makes a CUDA context of its own.
         steps: dict[str, Callable[[], Check]] = {
-            "zero_gpu": lambda: run_zero_gpu(tmp, log), "fractional": lambda: run_fractional(tmp, log),
-            "bf16": lambda: run_bf16(log)}
-        for name in ("zero_gpu", "fractional", "bf16"):
-            if name in only:
-                t0 = time.perf_counter()
-                try:
-                    check = steps[name]()
-                except Exception as e:  # noqa: BLE001 - a crashed check is a FAIL with its reason
-                    check = failed(name, f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
-                checks.append(check)
-                log(f"{check.line()} ({time.perf_counter() - t0:.0f} s)")
-        if "throughput" in only:
+            "zero_gpu": lambda: run_zero_gpu(tmp, log, dry_run=args.dry_run),
+            "sweep": lambda: run_sweep_step(tmp, log, dry_run=args.dry_run),
+            "bf16": lambda: run_bf16(log, dry_run=args.dry_run),
+            "peak": lambda: run_peak(args.out, log, dry_run=args.dry_run),
+            "throughput": lambda: run_throughput(tmp, args.out, log, dry_run=args.dry_run)[0],
+            "randaugment": lambda: run_randaugment(args.out, log, dry_run=args.dry_run)}
+        for name in only:
+            t0 = time.perf_counter()
             try:
-                check, throughput_md = run_throughput(tmp, log)
-            except Exception as e:  # noqa: BLE001
-                check = failed("throughput", f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
-            checks.append(check)
-            log(check.line())
-    path = write_report(checks, dev_name, args.out, throughput_md)
-    log("")
-    for c in checks:
-        log(c.line())
-    log(f"table: {path}")
-    return 1 if any(c.status != "PASS" for c in checks) else 0
+                check = steps[name]()
+            except Exception as e:  # noqa: BLE001 - a crashed step is a FAIL with its reason
+                check = failed(name, f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+            record(args.out, check, time.perf_counter() - t0)
+            log(f"{check.line()} ({time.perf_counter() - t0:.0f} s)")
+    return 0
 
 
 if __name__ == "__main__":

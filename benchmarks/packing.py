@@ -37,8 +37,8 @@ import _common as common  # noqa: E402
 common.importable_harness()
 
 from harness import data as data_mod  # noqa: E402
-from harness.specs import resolve_run  # noqa: E402
 from harness.process import resolve_device  # noqa: E402
+from harness.specs import resolve_run  # noqa: E402
 
 TRIALS = 4  # the case: four small trials sharing one card (--trials)
 SYNTHETIC_IMAGES = 10_000  # CIFAR-sized training set for --data synthetic

@@ -21,7 +21,7 @@ from harness.errors import UserError
 from harness.grids import Where
 from harness.models import ALL, MODELS, get_model_entry, resolve_scale
 from harness.recipes import parse_ref
-from harness.specs import BenchmarkSpec, LrPoint, ResourcesSpec, RunSpec, parse_lrs, parse_spec, read_yaml, resolve_run
+from harness.specs import BenchmarkSpec, LrPoint, RunSpec, parse_lrs, parse_spec, read_yaml, resolve_run
 
 DEFAULT_GRID = Path("benchmarks/naive_vs_recipe.yaml")
 REPO_GRID = Path(__file__).resolve().parent.parent / DEFAULT_GRID  # when run from another folder

@@ -18,8 +18,8 @@ from typing import Any
 import click
 import yaml
 
-from harness.errors import UserError
 from harness import DEFAULT_DB
+from harness.errors import UserError
 
 EXIT_BAD_INPUT = 2
 TERMINAL_WIDTH = 100  # what the listings are laid out for: a laptop's half-screen terminal
@@ -169,7 +169,8 @@ def make_data_spec(data_name: str, data_root: Path | None, download: bool, image
 @click.option("--resume", type=click.Path(path_type=Path), default=None, help="continue from a checkpoint (its config is used)")
 @click.option("--threads", type=int, default=None, help="torch CPU threads")
 def train(model: str, recipe: str, data_opts: dict,
-          epochs: int | None, batch_size: int | None, seed: int, sets: tuple[str, ...], db: str, device: str, compile_: bool, pretrained: bool,
+          epochs: int | None, batch_size: int | None, seed: int, sets: tuple[str, ...], db: str, device: str, compile_: bool,
+          pretrained: bool,
           pretrained_file: Path | None, checkpoint_dir: Path | None, checkpoint_every: int, max_hours: float | None,
           resume: Path | None, threads: int | None) -> None:
     """Train one model with one recipe; every epoch goes to the results database."""

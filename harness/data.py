@@ -19,8 +19,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.datasets import (DATASETS, DataSpec, check_spec, held_out_val, list_folder, n_val,  # noqa: F401
-                              stratified_order, synthetic_total, three_way, train_images)  # (train_images re-exported)
+from harness.datasets import (  # noqa: F401
+    DATASETS,
+    DataSpec,
+    check_spec,
+    held_out_val,
+    list_folder,
+    n_val,
+    stratified_order,  # (train_images re-exported)
+    synthetic_total,
+    three_way,
+    train_images,
+)
 from harness.errors import UserError
 from harness.recipes import Recipe
 

@@ -18,7 +18,6 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
-
 _TERMINAL_ECHOS = (print, click.echo)
 
 

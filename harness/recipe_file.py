@@ -41,7 +41,8 @@ def read_yaml(path: Path, *, example: str = "see studies/vit_lr.yaml for a compl
     if not p.is_file():
         raise UserError(str(path), None, "No such file. Check the path (studies ship in studies/, grids in benchmarks/).")
     if p.stat().st_size > MAX_YAML_BYTES:
-        raise UserError(str(path), f"{p.stat().st_size} bytes", f"File too large (limit {MAX_YAML_BYTES // 1024} KiB); a study is a few dozen lines.")
+        raise UserError(str(path), f"{p.stat().st_size} bytes",
+                        f"File too large (limit {MAX_YAML_BYTES // 1024} KiB); a study is a few dozen lines.")
     text = p.read_text(errors="replace")
     try:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):

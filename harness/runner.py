@@ -1,6 +1,7 @@
 """One run in this process, recorded: `fit()` with a report callable that writes the store.
 
-Used by `harness train`, and by `harness doctor` for its checks (`record_checks`). Sweeps, benchmarks and ablations go through Ray instead (harness/engine/),
+Used by `harness train`, and by `harness doctor` for its checks (`record_checks`). Sweeps, benchmarks
+and ablations go through Ray instead (harness/engine/),
 whose driver writes the same rows.
 """
 
@@ -14,10 +15,10 @@ import yaml
 
 from harness import plugins
 from harness.models import check_pretrained_file, get_model_entry
+from harness.process import resolve_device
 from harness.progress import LiveView
 from harness.specs import RunSpec
 from harness.store import Store, json_safe, shown_url
-from harness.process import resolve_device
 from harness.train import EpochReport, RunResult, fit
 
 

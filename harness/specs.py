@@ -15,13 +15,12 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from harness.datasets import DataSpec, check_spec, train_images
 from harness import plugins
+from harness.datasets import DataSpec, check_spec, train_images
 from harness.errors import UserError, close_matches, unknown
 from harness.models import get_model_entry
 from harness.recipe_file import MAX_YAML_BYTES, is_recipe_file, load_recipe_file, read_yaml  # noqa: F401 (re-exported)
-from harness.recipes import (TUNABLE, Budget, Recipe, get_recipe, parse_ref, resolve_recipe, tuned_recipe_name,
-                             with_overrides)
+from harness.recipes import TUNABLE, Budget, Recipe, get_recipe, parse_ref, resolve_recipe, tuned_recipe_name, with_overrides
 
 
 class Strict(BaseModel):

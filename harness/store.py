@@ -139,7 +139,7 @@ PAGE_INDEXES = (sa.Index("ix_runs_experiment_status", runs.c.experiment_id, runs
 
 
 def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def _finite(v: Any) -> Any:

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import UserError
 from harness.recipes import with_overrides
@@ -219,10 +217,9 @@ def __getattr__(name: str) -> Any:  # PEP 562: `harness.study.HarnessGridSampler
 def optuna_storage(db: str) -> optuna.storages.RDBStorage:
     """The results database is the Optuna storage too (optuna-dashboard reads the same file)."""
     import optuna
+    import sqlalchemy as sa
 
     from harness.store import CONNECT_TIMEOUT_S
-
-    import sqlalchemy as sa
 
     kwargs = ({"connect_args": {"timeout": 60}} if db.startswith("sqlite") else
               {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}})

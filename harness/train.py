@@ -27,8 +27,8 @@ import torch
 
 from harness import data as data_mod
 from harness import plugins
-from harness.evaluate import evaluate, evaluate_classes, score_test
 from harness.errors import UserError
+from harness.evaluate import evaluate, evaluate_classes, score_test
 from harness.models import build_model, get_model_entry
 from harness.process import compile_model, free_device_memory, prepare_process, set_backend_flags
 from harness.recipes import build_loss, build_mixup, build_optimizer, build_scheduler

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from harness.ablate import changed, ladder, resolve_ablation
-from harness.report import ablation_table
 from harness.cli import main
 from harness.recipes import INGREDIENTS, TUNABLE
+from harness.report import ablation_table
 from harness.store import Store
 
 

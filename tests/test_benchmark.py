@@ -13,9 +13,8 @@ from click.testing import CliRunner
 from harness.benchmark import default_grid, load_grid, resolve_grid
 from harness.cli import main
 from harness.errors import UserError
-from harness.models import ALL, CPU_VARIANT
+from harness.models import ALL, CPU_VARIANT, MODELS
 from harness.recipes import tuned_recipe_name
-from harness.models import MODELS
 
 
 def test_default_grid_is_all_models_naive_vs_tuned_on_cpu_stand_ins():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from dbrows import rows
 
 from harness.cli import main
-from dbrows import rows
 
 TINY = ["--data", "synthetic", "--image-size", "16", "--threads", "1", "--set", "batch_size=16"]
 

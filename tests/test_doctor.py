@@ -11,15 +11,15 @@ import pytest
 import timm
 import torch
 from click.testing import CliRunner
+from dbrows import rows
 
 from harness import doctor as doc
 from harness.cli import main
-from harness.data import BatchAugment, DataSpec, TensorSplit, load
 from harness.dashboards.figures import lr_range_figure
+from harness.data import BatchAugment, DataSpec, TensorSplit, load
 from harness.models import build_model
 from harness.recipes import RECIPES, get_recipe, tuned_recipe_name, with_overrides
 from harness.store import json_safe
-from dbrows import rows
 
 CPU = torch.device("cpu")
 

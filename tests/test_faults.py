@@ -254,9 +254,9 @@ def test_sigint_stops_cleanly_and_a_resumed_sweep_stops_and_resumes_again(tmp_pa
         done_before = count(db_url, "SELECT count(*) AS n FROM runs WHERE status = 'completed'") if extra else 0
         proc = start(sweep_cmd(study, db_url, storage, *extra, plugin=plugin), tmp_path)
         try:
-            wait_for(lambda: count(db_url, "SELECT count(*) AS n FROM runs WHERE status = 'completed'") > done_before
-                     and count(db_url, "SELECT count(*) AS n FROM runs WHERE status = 'running' AND epochs_done = 1") >= 1,
-                     proc)
+            wait_for(lambda done_before=done_before: count(db_url, "SELECT count(*) AS n FROM runs WHERE status = 'completed'")
+                     > done_before and count(db_url, "SELECT count(*) AS n FROM runs WHERE status = 'running' "
+                                                     "AND epochs_done = 1") >= 1, proc)
             proc.send_signal(sig)
             out = finish(proc, 120)
         finally:

@@ -49,15 +49,15 @@ def test_granted_ids(gc):
     assert gc.granted_ids("") == [] and gc.granted_ids(None) == []
 
 
-def test_fractional_pass_on_the_granted_card(gc, tmp_path):
+def test_placement_pass_on_the_granted_card(gc, tmp_path):
     runs = fake_runs(gc, tmp_path, [("completed", f"0: {H200}"), ("completed", f"0: {H200}")])
-    check = gc.check_fractional(runs, used_cards={"0"}, cards=1)
+    check = gc.check_placement(runs, used_cards={"0"}, cards=1, expected=2)
     assert check.status == "PASS" and "nvidia-smi saw them there" in check.reason
 
 
-def test_fractional_without_process_evidence_reads_the_database(gc, tmp_path):
+def test_placement_without_process_evidence_reads_the_database(gc, tmp_path):
     runs = fake_runs(gc, tmp_path, [("completed", f"0: {H200}"), ("completed", f"0: {H200}")])
-    check = gc.check_fractional(runs, used_cards=None, cards=1)
+    check = gc.check_placement(runs, used_cards=None, cards=1, expected=2)
     assert check.status == "PASS" and "runs.gpus only" in check.reason
 
 
@@ -68,9 +68,10 @@ def test_fractional_without_process_evidence_reads_the_database(gc, tmp_path):
     ([("completed", f"1: {H200}"), ("completed", f"1: {H200}")], {"0", "1"}, 2, "no trial was granted"),
     ([("completed", f"0: {H200}"), ("completed", f"1: {H200}")], {"0"}, 2, "never ran a Ray trial process"),
     ([("completed", f"0: {H200}"), ("completed", f"0: {H200}")], {"0"}, 4, "3 other card(s) idled"),
+    ([("completed", f"0: {H200}")], {"0"}, 1, "expected 2 runs"),
 ])
-def test_fractional_failures(gc, tmp_path, trials, used, cards, says):
-    check = gc.check_fractional(fake_runs(gc, tmp_path, trials), used_cards=used, cards=cards)
+def test_placement_failures(gc, tmp_path, trials, used, cards, says):
+    check = gc.check_placement(fake_runs(gc, tmp_path, trials), used_cards=used, cards=cards, expected=2)
     assert check.status == "FAIL" and says in check.reason, check
 
 
@@ -106,37 +107,41 @@ def test_throughput(gc):
     assert gc.check_throughput([{**row, "error": "OOM: ..."}], peak_known=True).status == "FAIL"
 
 
-def test_report_names_the_device(gc, tmp_path):
-    checks = [gc.passed("bf16", "fine"), gc.failed("zero_gpu", "a Ray process on card 0")]
-    path = gc.write_report(checks, "NVIDIA H200 NVL", tmp_path, "# Training throughput on X\n\n| a |\n")
+def test_report_names_the_device_and_summarises(gc, tmp_path):
+    gc.record(tmp_path, gc.passed("bf16", "fine"), 12)
+    gc.record(tmp_path, gc.failed("zero_gpu", "a Ray process\ton card 0"), 3)
+    (tmp_path / "steps.tsv").open("a").write("gpu_tests\tSKIP\t5\tno CUDA here\n")  # a line the script writes
+    steps = gc.read_steps(tmp_path)
+    path = gc.write_report(steps, "NVIDIA H200 NVL", tmp_path)
     assert path.name == "gpu_check-nvidia-h200-nvl.md"
     text = path.read_text()
-    assert "# GPU check on NVIDIA H200 NVL" in text and "| zero_gpu | FAIL | a Ray process on card 0 |" in text
+    assert "# GPU check on NVIDIA H200 NVL" in text and "| zero_gpu | FAIL | 3 | a Ray process on card 0 |" in text
+    assert gc.summary(steps) == "1 passed, 1 failed (zero_gpu), 1 skipped in 20 s"
 
 
 def test_script_is_valid_bash_and_refuses_a_machine_without_a_gpu(tmp_path):
-    """`bash -n` passes; on a machine without nvidia-smi it stops with status 2 and says why."""
+    """`bash -n` passes; on a machine without nvidia-smi (and without --dry-run) it stops with status 2,
+    says why, and writes only under $OUT."""
     script = REPO / "benchmarks" / "gpu_check.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
-    assert done.returncode == 2 and "FAIL setup" in done.stdout, done
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out")})
+    assert done.returncode == 2 and "FAIL setup: no nvidia-smi" in done.stdout, done
+    assert "machine\tFAIL\t0\tnvidia-smi not found" in (tmp_path / "out" / "steps.tsv").read_text()
+    assert not (REPO / "gpu_check_out").exists()
 
 
-def test_fractional_grid_is_a_valid_benchmark(gc, tmp_path):
-    """The grid the fractional check hands `harness benchmark`: 2 runs of a CPU stand-in at gpu: auto,
-    two at a time, resolved as a GPU machine would: half a card each on one card, a card each on more
-    (share_cards spreads them; an explicit gpu: 0.5 would stack both on card 0 of a multi-GPU node)."""
-    from harness.benchmark import load_grid, resolve_grid
-    from harness.specs import share_cards
+def test_the_sweep_step_runs_a_shipped_study_at_gpu_auto(gc):
+    """The sweep step's study is the shipped vit_lr, shortened, at gpu: auto: 2 at a time get half a card each
+    on one card, a card each on more (share_cards spreads them; an explicit gpu: 0.5 would stack both on card 0
+    of a multi-GPU node)."""
+    from harness.specs import StudySpec, parse_spec, share_cards
 
-    path = tmp_path / "fractional.yaml"
-    path.write_text(gc.FRACTIONAL_GRID)
-    spec = load_grid(path)
-    grid = resolve_grid(spec, cuda=True)
-    assert len(grid.runs) == 2 and {r.model for r in grid.runs} == {"resnet18"}
-    assert spec.concurrency == 2
-    assert share_cards(spec.resources, gpus=1, concurrency=spec.concurrency).gpu == gc.FRACTION
-    assert share_cards(spec.resources, gpus=4, concurrency=spec.concurrency).gpu == 1.0
+    study = parse_spec(StudySpec, gc.sweep_study(), "sweep step")
+    assert (study.trials, study.scheduler.max_epochs, study.concurrency) == (gc.SWEEP_TRIALS, gc.SWEEP_EPOCHS, 2)
+    assert study.model == "vit_tiny" and study.resources.gpu == "auto"
+    assert share_cards(study.resources, gpus=1, concurrency=study.concurrency).gpu == gc.FRACTION
+    assert share_cards(study.resources, gpus=4, concurrency=study.concurrency).gpu == 1.0
 
 
 def test_bf16_steps_plumbing_on_cpu(gc):

@@ -167,8 +167,9 @@ def test_the_index_paginates_newest_first_with_kind_pages(db_url, tmp_path, monk
 
 
 def test_a_long_curve_is_thinned_keeping_first_last_and_best(db_url, tmp_path):
-    from harness.dashboards.figures import MAX_POINTS
     from test_dashboards import plot_data
+
+    from harness.dashboards.figures import MAX_POINTS
 
     store = Store(db_url)
     exp = store.create_experiment(kind="train", name="long")

@@ -14,10 +14,10 @@ import textwrap
 
 import pytest
 from click.testing import CliRunner
+from dbrows import rows
 
 from harness import plugins
 from harness.cli import main
-from dbrows import rows
 
 TINY = ["--data", "synthetic", "--train-size", "64", "--image-size", "8", "--epochs", "1", "--threads", "1",
         "--batch-size", "16", "--recipe", "naive"]

@@ -8,9 +8,9 @@ import sys
 import textwrap
 
 from click.testing import CliRunner
+from dbrows import rows
 
 from harness.cli import main
-from dbrows import rows
 
 PLUGIN = '''
 import torch

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from dbrows import tables
 
 from harness.store import CONNECT_TIMEOUT_S
-from dbrows import tables
 
 STUDY = Path(__file__).parents[1] / "studies" / "vit_lr.yaml"
 

@@ -10,12 +10,12 @@ import pytest
 import timm
 import torch
 from click.testing import CliRunner
+from dbrows import rows
 from safetensors.torch import load_file, save_file
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
 from harness.cli import main
 from harness.models import build_model
-from dbrows import rows
 
 # Tiny runs: 64 synthetic images of 16 px, one epoch.
 TINY = ["--data", "synthetic", "--train-size", "64", "--image-size", "16", "--epochs", "1", "--threads", "1",

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from dbrows import rows
 from PIL import Image
 
-from dbrows import rows
 from harness import data as data_mod
 from harness.cli import main
 from harness.datasets import DataSpec, stratified_order

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-
 from dbrows import rows
+
 from harness.cli import main
 from harness.datasets import DataSpec
 from harness.errors import UserError

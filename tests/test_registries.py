@@ -59,7 +59,8 @@ def test_recipe_values_follow_their_sources():
     assert (swin.grad_clip, swin.drop_path_rate, swin.weight_decay, swin.no_decay_norm_bias) == (5.0, 0.2, 0.05, True)
     # RSB A3 and timm's EfficientNet-B0
     assert (cnn.optimizer, cnn.lr, cnn.lr_base_batch, cnn.weight_decay, cnn.loss) == ("lamb", 8e-3, 2048, 0.02, "bce")
-    assert (effnet.optimizer, effnet.lr, effnet.lr_base_batch, effnet.decay_rate, effnet.decay_epochs) == ("rmsproptf", 0.048, 768, 0.97, 2.4)
+    assert (effnet.optimizer, effnet.lr, effnet.lr_base_batch, effnet.decay_rate, effnet.decay_epochs) == \
+        ("rmsproptf", 0.048, 768, 0.97, 2.4)
     # fine-tuning variants carry layer decay and expect pretrained weights
     assert RECIPES["vit_ft"].layer_decay == 0.65 and RECIPES["swin_ft"].layer_decay == 0.7
     assert all(RECIPES[f"{n}_ft"].pretrained for n in TUNED.values())

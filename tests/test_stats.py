@@ -12,9 +12,17 @@ import numpy as np
 import pytest
 
 from harness.report import stats
-from harness.report.stats import (COLLAPSE_ALPHA, PAIRED_IMAGES_METHOD, SEED_T_METHOD, beats_chance,
-                                  newcombe_paired_counts, paired_bootstrap, paired_image_interval, seed_t_interval,
-                                  verdict)
+from harness.report.stats import (
+    COLLAPSE_ALPHA,
+    PAIRED_IMAGES_METHOD,
+    SEED_T_METHOD,
+    beats_chance,
+    newcombe_paired_counts,
+    paired_bootstrap,
+    paired_image_interval,
+    seed_t_interval,
+    verdict,
+)
 
 
 def vectors(both: int, only_before: int, only_after: int, neither: int) -> tuple[np.ndarray, np.ndarray]:

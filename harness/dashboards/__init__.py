@@ -28,12 +28,27 @@ writing), `live.py` (the background writer and the watch).
 from __future__ import annotations
 
 from harness.dashboards.figures import (
-    before_after_figure, curves_figure, evaluation_figures, overview_figure, sensitivity_figure, thin, waterfall_figure)
+    before_after_figure,
+    curves_figure,
+    evaluation_figures,
+    overview_figure,
+    sensitivity_figure,
+    thin,
+    waterfall_figure,
+)
 from harness.dashboards.index import PER_PAGE, compare_page, index_name, index_page
 from harness.dashboards.live import LivePages, running_experiments, watch
 from harness.dashboards.markup import PLOTLY_JS, Raw, esc, fig_html, link, mark_live, page, table, write_plotlyjs
 from harness.dashboards.pages import (
-    KIND_PAGES, ablate_page, before_after_page, experiment_page, quiet_optuna, run_page, sensitivity_page, sweep_page)
+    KIND_PAGES,
+    ablate_page,
+    before_after_page,
+    experiment_page,
+    quiet_optuna,
+    run_page,
+    sensitivity_page,
+    sweep_page,
+)
 from harness.dashboards.write import MANIFEST, Written, write_dashboards, write_pages
 
 __all__ = ["KIND_PAGES", "MANIFEST", "PER_PAGE", "PLOTLY_JS", "LivePages", "Raw", "Written", "ablate_page",

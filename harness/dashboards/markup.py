@@ -76,7 +76,8 @@ STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5rem auto;max-width:1400px;padding:0 1rem;color:#222}
 nav{margin-bottom:1rem;font-size:.9rem} nav a{margin-right:1rem}
 h1{font-size:1.5rem;word-break:break-word} h2{font-size:1.2rem;margin-top:2rem}
-table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0} th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top;max-width:40rem;word-break:break-word}
+table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}
+th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top;max-width:40rem;word-break:break-word}
 th{background:#f4f4f4} .muted{color:#777} .note{background:#fff8e1;border-left:4px solid #ffb300;padding:.5rem 1rem}
 .empty{font-size:1.2rem;padding:2rem;background:#f4f4f4;border-radius:6px}
 .grid{display:flex;flex-wrap:wrap;gap:.5rem} .grid figure{margin:0;text-align:center;font-size:.75rem;border:3px solid #2ca02c;padding:2px}

@@ -21,7 +21,15 @@ import pandas as pd
 from harness import report as rep
 from harness import sensitivity
 from harness.dashboards.figures import (
-    GAP_OK, GAP_WARN, before_after_figure, curves_figure, evaluation_figures, gap_color, sensitivity_figure, waterfall_figure)
+    GAP_OK,
+    GAP_WARN,
+    before_after_figure,
+    curves_figure,
+    evaluation_figures,
+    gap_color,
+    sensitivity_figure,
+    waterfall_figure,
+)
 from harness.dashboards.markup import Raw, esc, fig_html, frame_table, link, page, pct, status, table
 from harness.models import stand_in_label
 from harness.store import Store

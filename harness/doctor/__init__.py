@@ -19,19 +19,54 @@ from typing import Any
 
 import torch
 
+from harness.doctor.lint import (  # noqa: F401
+    COUPLED_DECAY,
+    LINT_RULES,
+    LR_REFERENCE_BATCH,
+    MAX_LR_NO_WARMUP,
+    MIXUP_MIN_BATCH,
+    LintRule,
+    lint_recipe,
+    lr_per_512,
+)
+from harness.doctor.lr_range import (  # noqa: F401
+    LR_CPU_BATCH,
+    LR_DIVERGE_FACTOR,
+    LR_MIN_LOSS_RATIO,
+    LR_SKIP_DIVERGED,
+    LR_SKIP_PART,
+    LR_SMOOTHING_BETA,
+    LR_SPAN,
+    LR_START_POINTS,
+    LR_STEPS,
+    LR_TOO_LOW_FACTOR,
+    LrCurve,
+    check_lr_range,
+    lr_range_test,
+)
+from harness.doctor.probes import (  # noqa: F401
+    FAIL,
+    FAMILIES,
+    GRAD_NORM_RANGE,
+    GRAD_PROBE_LR,
+    GRAD_RECHECK_STEPS,
+    OVERFIT_LR,
+    OVERFIT_LR_OTHER,
+    OVERFIT_SAMPLES,
+    OVERFIT_STEPS,
+    OVERFIT_TARGET_ACC,
+    PASS,
+    TRANSFORMERS,
+    WARN,
+    CheckResult,
+    check_gradients,
+    check_overfit,
+    check_shapes,
+    cycle,
+    expected_stages,
+)
 from harness.models import stand_in_label
 from harness.recipes import Recipe
-
-from harness.doctor.lint import (  # noqa: F401
-    MAX_LR_NO_WARMUP, LR_REFERENCE_BATCH, MIXUP_MIN_BATCH, LINT_RULES, LintRule, lr_per_512, COUPLED_DECAY, lint_recipe)
-from harness.doctor.lr_range import (  # noqa: F401
-    LR_STEPS, LR_DIVERGE_FACTOR, LR_SMOOTHING_BETA, LR_SPAN, LR_CPU_BATCH, LR_SKIP_PART, LR_SKIP_DIVERGED,
-    LR_START_POINTS, LR_MIN_LOSS_RATIO, LR_TOO_LOW_FACTOR, LrCurve, lr_range_test, check_lr_range)
-from harness.doctor.probes import (  # noqa: F401
-    FAIL, PASS, WARN,
-    TRANSFORMERS, FAMILIES, GRAD_NORM_RANGE, GRAD_RECHECK_STEPS, GRAD_PROBE_LR, OVERFIT_SAMPLES, OVERFIT_STEPS,
-    OVERFIT_TARGET_ACC, OVERFIT_LR, OVERFIT_LR_OTHER, CheckResult, cycle, expected_stages, check_shapes,
-    check_gradients, check_overfit)
 
 # --- the whole doctor run -----------------------------------------------------------------------
 
@@ -177,9 +212,9 @@ def checkup(model: str, recipe: str, data_spec: Any, *, overrides: dict[str, Any
     from harness.dashboards.figures import lr_range_figure
     from harness.errors import UserError
     from harness.models import resolve_scale
+    from harness.process import resolve_device
     from harness.runner import record_checks
     from harness.specs import resolve_run
-    from harness.process import resolve_device
 
     if threads is not None and threads < 1:
         raise UserError("--threads", threads, "Use 1 or more.")

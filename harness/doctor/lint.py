@@ -7,10 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-
-from harness.recipes import Recipe
-
 from harness.doctor.probes import FAMILIES, PASS, TRANSFORMERS, WARN, CheckResult
+from harness.recipes import Recipe
 
 # recipe lint (the ViT/Swin failure write-up's debugging checklist; each rule cites its own sources).
 # That write-up: transformers fail above ~2e-4 ("learning rate < 0.0002?") without warmup; lrs are

@@ -12,10 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.doctor.probes import PASS, WARN, CheckResult, _device, cycle
 from harness.recipes import Recipe, build_loss, build_optimizer
-
-from harness.doctor.probes import _device, PASS, WARN, CheckResult, cycle
-
 
 # lr range test: Smith, arXiv 1506.01186 sec. 3.3, as fastai's lr_find runs it.
 LR_STEPS = 100  # fastai lr_find's default number of iterations

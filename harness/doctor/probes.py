@@ -19,7 +19,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 TRANSFORMERS = ("vit", "swin")
 FAMILIES = ("resnet", "efficientnet", "vit", "swin")

@@ -29,14 +29,18 @@ import os
 # set here, before any room imports Ray.
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
-from harness.engine.cluster import (CONNECT_TIMEOUT_S, check_resources, check_shared_storage,  # noqa: E402
-                                    describe_cluster, gpu_idle_warning)
+from harness.engine.cluster import (  # noqa: E402
+                                    CONNECT_TIMEOUT_S,
+                                    check_resources,
+                                    check_shared_storage,
+                                    describe_cluster,
+                                    gpu_idle_warning,
+)
 from harness.engine.recorder import FINAL, Recorder, _live_recorder  # noqa: E402
 from harness.engine.run import DEFAULT_STORAGE, Experiment, Outcome, PageListener, run_grid, run_trials  # noqa: E402
 from harness.engine.search import ASHA_STATE, ResumableASHA, Search, _HarnessOptunaSearch  # noqa: E402
 from harness.engine.state import STATE_BACKUP, backup_state, can_restore, repair_state, resumable  # noqa: E402
-from harness.engine.trial import (OPTUNA_KEY, GridSpecs, SpecMaker, _trainable, device_for_grant,  # noqa: E402
-                                  trial_name, where_am_i)
+from harness.engine.trial import OPTUNA_KEY, GridSpecs, SpecMaker, _trainable, device_for_grant, trial_name, where_am_i  # noqa: E402
 
 __all__ = ["ASHA_STATE", "CONNECT_TIMEOUT_S", "DEFAULT_STORAGE", "FINAL", "OPTUNA_KEY", "STATE_BACKUP", "Experiment",
            "GridSpecs", "Outcome", "PageListener", "Recorder", "ResumableASHA", "Search", "SpecMaker", "_HarnessOptunaSearch",

@@ -24,8 +24,16 @@ from typing import Any, Protocol
 import ray
 from ray import tune
 
-from harness.engine.cluster import (check_ray_sees_the_gpus, check_resources, check_shared_storage, describe_cluster,
-                                    gpu_idle_warning, local_gpus, quiet_tune, ray_session)
+from harness.engine.cluster import (
+    check_ray_sees_the_gpus,
+    check_resources,
+    check_shared_storage,
+    describe_cluster,
+    gpu_idle_warning,
+    local_gpus,
+    quiet_tune,
+    ray_session,
+)
 from harness.engine.recorder import _LIVE, FINAL, Recorder, final_status, recorder_key
 from harness.engine.search import Search, tune_config
 from harness.engine.state import forget_state_dir, remember_state_dir, repair_state

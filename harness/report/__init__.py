@@ -5,18 +5,66 @@ ablation ladder's (`ablation.py`), and the per-run summaries the pages draw. `fr
 
 from __future__ import annotations
 
-from harness.report.stats import (  # noqa: F401
-    CONFIDENCE, Z95, NO_DIFFERENCE, VERDICTS, COLLAPSE_ALPHA, NEAR_BEST, DATASET_CLASSES, PAIRED_IMAGES_METHOD,
-    SEED_T_METHOD, wilson, newcombe, paired_image_interval, seed_t_interval, beats_chance, verdict)
-from harness.report.read import (  # noqa: F401
-    open_reader, read_experiments, read_running_experiments, WHERE_COLUMNS, TEST_COLUMNS, read_runs, read_epochs,
-    read_evaluation_sizes, read_test_correct,
-    RUN_STAMP_COLUMNS, read_run_stamps, read_run_counts, read_run_points, read_evaluations, read_study_stamps)
-from harness.report.tables import (  # noqa: F401
-    RUN_SUMMARY_COLUMNS, run_summary, TABLE_COLUMNS, UNFINISHED, compare, best_lr, before_after, format_acc, splits_of,
-    format_before_after, TABLE_LEGEND, to_markdown, to_text, save_before_after, latest_benchmark, check_runs_exist)
 from harness.report.ablation import (  # noqa: F401
-    ABLATION_VERDICT, ABLATION_COLUMNS, ablation_table, format_ablation, ABLATION_LEGEND, save_ablation)
+    ABLATION_COLUMNS,
+    ABLATION_LEGEND,
+    ABLATION_VERDICT,
+    ablation_table,
+    format_ablation,
+    save_ablation,
+)
+from harness.report.read import (  # noqa: F401
+    RUN_STAMP_COLUMNS,
+    TEST_COLUMNS,
+    WHERE_COLUMNS,
+    open_reader,
+    read_epochs,
+    read_evaluation_sizes,
+    read_evaluations,
+    read_experiments,
+    read_run_counts,
+    read_run_points,
+    read_run_stamps,
+    read_running_experiments,
+    read_runs,
+    read_study_stamps,
+    read_test_correct,
+)
+from harness.report.stats import (  # noqa: F401
+    COLLAPSE_ALPHA,
+    CONFIDENCE,
+    DATASET_CLASSES,
+    NEAR_BEST,
+    NO_DIFFERENCE,
+    PAIRED_IMAGES_METHOD,
+    SEED_T_METHOD,
+    VERDICTS,
+    Z95,
+    beats_chance,
+    newcombe,
+    paired_image_interval,
+    seed_t_interval,
+    verdict,
+    wilson,
+)
+from harness.report.tables import (  # noqa: F401
+    RUN_SUMMARY_COLUMNS,
+    TABLE_COLUMNS,
+    TABLE_LEGEND,
+    UNFINISHED,
+    before_after,
+    best_lr,
+    check_runs_exist,
+    compare,
+    format_acc,
+    format_before_after,
+    latest_benchmark,
+    run_summary,
+    save_before_after,
+    splits_of,
+    to_markdown,
+    to_text,
+)
 
 __all__ = ["ABLATION_COLUMNS", "ABLATION_LEGEND", "ABLATION_VERDICT", "COLLAPSE_ALPHA", "CONFIDENCE",
            "DATASET_CLASSES", "NEAR_BEST", "NO_DIFFERENCE", "PAIRED_IMAGES_METHOD", "RUN_STAMP_COLUMNS",

@@ -9,10 +9,9 @@ from pathlib import Path
 import pandas as pd
 
 from harness.files import write_text_atomic
-from harness.store import Store
-
 from harness.report.read import read_epochs, read_runs, read_test_correct
 from harness.report.tables import compare, format_acc, run_summary, to_markdown
+from harness.store import Store
 
 ABLATION_VERDICT = {"better": "helps", "worse": "hurts", "no detectable difference": "no detectable difference", "": ""}
 
@@ -70,7 +69,9 @@ def format_ablation(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in table.iterrows():
         step = "start" if r["rung"] == 0 else ("+" if r["mode"] == "add" else "−") + str(r["ingredient"])
-        delta = lambda k: "" if pd.isna(r[k]) else f"{r[k]:+.1f} [{r[f'{k}_lo']:+.1f}, {r[f'{k}_hi']:+.1f}]"  # noqa: E731
+        def delta(k: str, r=r) -> str:
+            return "" if pd.isna(r[k]) else f"{r[k]:+.1f} [{r[f'{k}_lo']:+.1f}, {r[f'{k}_hi']:+.1f}]"
+
         rows.append({"mode": r["mode"], "rung": r["rung"], "ingredient": step, "seeds": r["seeds"],
                      "test acc %": format_acc(r["acc_mean"], r["acc_std"], r["acc_lo"], r["acc_hi"]),
                      "Δ vs previous" if r["mode"] == "add" else "Δ vs full": delta("delta_prev"),

@@ -4,7 +4,6 @@ the pages use to tell whether they are stale. Every query here is on an index
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
@@ -137,11 +136,13 @@ def read_run_stamps(store: Store, experiment_ids: list[int] | None = None) -> pd
     epoch with other numbers changes a sum) and its evaluation's epoch. One query."""
     have = {c["name"] for c in sa.inspect(store.engine).get_columns("runs")}
     cols = ", ".join(f"r.{c}" for c in RUN_STAMP_COLUMNS if c in have)  # a database from before schema v3 lacks some
-    metrics = ", ".join(f"sum({m}) AS sum_{m}" for m in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"))
+    drawn = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
+    metrics = ", ".join(f"sum({m}) AS sum_{m}" for m in drawn)
     inner = ("" if experiment_ids is None else
              f"WHERE run_id IN (SELECT id FROM runs {_runs_scope('experiment_id', experiment_ids)})")
+    sums = ", ".join(f"e.sum_{m}" for m in drawn)
     return store.read_sql(
-        f"SELECT r.id, r.experiment_id, {cols}, e.n_epochs, e.last_epoch, {', '.join(f'e.sum_{m}' for m in ('train_loss', 'train_acc', 'val_loss', 'val_acc', 'lr'))}, "
+        f"SELECT r.id, r.experiment_id, {cols}, e.n_epochs, e.last_epoch, {sums}, "
         f"v.epoch AS eval_epoch FROM runs r "
         f"LEFT JOIN (SELECT run_id, count(*) AS n_epochs, max(epoch) AS last_epoch, {metrics} FROM epochs {inner} "
         f"GROUP BY run_id) e ON e.run_id = r.id LEFT JOIN evaluations v ON v.run_id = r.id "

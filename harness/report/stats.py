@@ -12,10 +12,10 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+
 # scipy.special, not scipy.stats: the same functions (scipy.stats.t.ppf and binom.sf call these) without the
 # second or so that importing scipy.stats adds to every `harness report`.
 from scipy.special import bdtrc, stdtrit
-
 
 # --- thresholds and levels, each with its source -------------------------------------------------
 # Intervals are two-sided 95%: z of the normal distribution (Wilson 1927, Newcombe 1998), and the

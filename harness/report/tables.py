@@ -19,11 +19,20 @@ import pandas as pd
 from harness.errors import UserError
 from harness.files import write_text_atomic
 from harness.models import stand_in_label
-from harness.store import Store
-
 from harness.report.read import read_epochs, read_evaluation_sizes, read_runs, read_test_correct
-from harness.report.stats import (DATASET_CLASSES, NEAR_BEST, PAIRED_IMAGES_METHOD, SEED_T_METHOD, beats_chance, newcombe,
-                                  paired_image_interval, seed_t_interval, verdict, wilson)
+from harness.report.stats import (
+    DATASET_CLASSES,
+    NEAR_BEST,
+    PAIRED_IMAGES_METHOD,
+    SEED_T_METHOD,
+    beats_chance,
+    newcombe,
+    paired_image_interval,
+    seed_t_interval,
+    verdict,
+    wilson,
+)
+from harness.store import Store
 
 
 def _from_spec(params: object) -> tuple[int | None, object, object]:
