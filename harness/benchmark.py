@@ -249,7 +249,7 @@ def finish(where: Where, experiment_id: int, *, echo: Callable[[str], None] = pr
     echo("")
     echo(f"before/after ({split} acc %, the final weights on the held-out {split} split; one seed: [95% interval over "
          "its images], several: mean ± std; Δ in points with a paired 95% interval; the legend is in the .md):")
-    echo(rep.to_text(rep.format_before_after(table)))
+    echo(rep.to_text(rep.format_before_after(table), columns=rep.TERMINAL_COLUMNS))
     if not points.empty:
         echo("")
         echo("lr sensitivity (the best lr and its window chosen on validation; test acc % over seeds: median [min–max]; "

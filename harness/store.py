@@ -30,7 +30,7 @@ from harness.errors import UserError
 
 # 2: epochs gained train_batch_acc and val_acc_raw; 3: runs gained node/node_id/gpus and epochs node_id
 # (both added in place to an older database: see Store._migrate); 4: runs gained the test split's scores
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Seconds a connection to a database server may take before it is reported instead of waited for
 # (a firewall that drops packets would otherwise hang the command for minutes: the TCP default).
 CONNECT_TIMEOUT_S = 5
@@ -57,6 +57,9 @@ experiments = sa.Table(
     sa.Column("status", sa.String(16), nullable=False, default="running"),  # running | completed | interrupted | failed
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("finished_at", sa.DateTime),
+    # Ray's experiment folder under --storage-path, unique to this experiment (engine.state.new_ray_folder):
+    # two experiments numbered 1 in two databases never share one. NULL before schema v5.
+    sa.Column("ray_folder", sa.Text),
 )
 
 runs = sa.Table(
@@ -275,8 +278,9 @@ class Store:
 
     def _migrate(self, c: sa.Connection) -> None:
         """An older schema -> this one: every column added since (all nullable) is added in place, and
-        old rows keep NULL there (v2: the newer epoch metrics; v3: where each run and epoch ran; v4: test scores)."""
-        for table in (runs, epochs):
+        old rows keep NULL there (v2: the newer epoch metrics; v3: where each run and epoch ran; v4: test scores;
+        v5: each experiment's Ray folder)."""
+        for table in (experiments, runs, epochs):
             have = {col["name"] for col in sa.inspect(c).get_columns(table.name)}
             for col in table.columns:
                 if col.name not in have:
@@ -288,13 +292,14 @@ class Store:
         self.engine.dispose()
 
     # --- experiments ---
-    def create_experiment(self, *, kind: str, name: str, description: str = "", spec: str = "", device: str = "") -> int:
+    def create_experiment(self, *, kind: str, name: str, description: str = "", spec: str = "", device: str = "",
+                          ray_folder: str | None = None) -> int:
         from harness import __version__
 
         with self.engine.begin() as c:
             return c.execute(experiments.insert().values(
                 kind=kind, name=name, description=description, spec=spec, code_version=__version__,
-                device=device, status="running", created_at=now())).inserted_primary_key[0]
+                device=device, status="running", created_at=now(), ray_folder=ray_folder)).inserted_primary_key[0]
 
     def finish_experiment(self, experiment_id: int, status: str) -> None:
         with self.engine.begin() as c:
@@ -366,10 +371,11 @@ class Store:
             c.execute(checks.insert().values(experiment_id=experiment_id, check=check, status=status,
                                              detail=detail, fix=fix, data=data))
 
-    def reopen_experiment(self, experiment_id: int) -> None:
-        """A resumed experiment is running again until it ends."""
+    def reopen_experiment(self, experiment_id: int) -> dict:
+        """A resumed experiment is running again until it ends; its row."""
         with self.engine.begin() as c:
             c.execute(experiments.update().where(experiments.c.id == experiment_id).values(status="running", finished_at=None))
+            return dict(c.execute(sa.select(experiments).where(experiments.c.id == experiment_id)).mappings().one())
 
     def status_counts(self, experiment_id: int) -> dict[str, int]:
         """{status: number of runs} of one experiment."""

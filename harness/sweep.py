@@ -84,7 +84,6 @@ def run_sweep(study_path: Path, where: Where, *, resume: bool = False, max_failu
     study = study_mod.validate_study(study_path)
     exp_row, has_optuna = _stored_study(where.db, study.name)
     storage = Path(where.storage_path).resolve()
-    exp_dir = storage / study.name
     if resume:
         exp_row = engine.resumable(where.db, kind="sweep", name=study.name, storage_path=storage, ray_name=study.name,
                                    again=f"harness sweep {study_path}", field=f"{study_path}: name")
@@ -102,9 +101,6 @@ def run_sweep(study_path: Path, where: Where, *, resume: bool = False, max_failu
                                 f"already in {where.shown_db}; give this one a new name (or --resume to continue the stored one).")
             raise UserError(f"{study_path}: name", study.name, f"A study of that name is already in {where.shown_db}; continue it with "
                             "--resume, or give this one a new name.")
-        if exp_dir.exists():
-            raise UserError("--storage-path", str(exp_dir), "Ray files of a study with this name are already there but "
-                            f"{where.shown_db} has no record of it; delete that folder, or pass another --storage-path or --db.")
     for w in study_mod.study_warnings(study, study_path):
         echo(f"warning: {w}")
     study_mod.quiet()

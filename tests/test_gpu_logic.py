@@ -75,6 +75,14 @@ def test_a_user_error_raised_in_a_trial_survives_pickling():
     assert (e.field, e.value, e.fix, str(e)) == ("device", "cuda:3", "use auto.", "device: got 'cuda:3'. use auto.")
 
 
+def test_an_lr_grids_progress_lines_say_the_lr():
+    from harness.benchmark import load_grid, resolve_grid
+
+    grid = resolve_grid(load_grid(None, models="vit_base", lrs="x1,x10"), cuda=False)
+    labels = [engine.GridSpecs(tuple(grid.runs)).label({"run": i}) for i in range(len(grid.runs))]
+    assert any(" / lr x10 (" in label for label in labels) and any(" / lr x1 (" in label for label in labels), labels
+
+
 def test_trainable_trains_where_ray_granted(monkeypatch):
     """The wiring: on a GPU machine, a trial Ray granted no GPU hands fit() device cpu; one granted a
     share hands it cuda."""

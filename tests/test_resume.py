@@ -1,6 +1,8 @@
-"""Every grid resumable (issue 14): a benchmark driver killed with -9 mid-grid, then `--resume`, ends
-with the rows a grid that never stopped has (each run's epochs 1..N, once, with the same numbers); the
-live pages say "running" while it runs and not after; ASHA's rungs survive a restarted driver."""
+"""Every grid resumable: a benchmark driver killed with -9 mid-grid, then `--resume`, ends with the rows
+a grid that never stopped has (each run's epochs 1..N, once, with the same numbers), even with another
+experiment run in between from the same folder into another database; the live pages say "running"
+while it runs and not after; ASHA's rungs survive a restarted driver; a Ray folder that holds another
+experiment's state is refused."""
 
 from __future__ import annotations
 
@@ -90,6 +92,21 @@ def test_kill9_benchmark_then_resume_equals_uninterrupted(tmp_path):
     before = epoch_keys(db_url)
     assert before and len(set(before)) == len(before)
 
+    # Another experiment, numbered 1 in its own database, run to the end from the same folder with the same
+    # default --storage-path: it gets a Ray folder of its own, and neither touches the other's.
+    other_url = f"sqlite:///{tmp_path / 'other.db'}"
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**GRID, "models": ["resnet_test"], "recipes": ["naive"], "epochs": 1}))
+    b = subprocess.run([sys.executable, "-m", "harness.cli", "benchmark", str(other), "--db", other_url,
+                        "--out", str(tmp_path / "other_dash")], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert b.returncode == 0, b.stdout + b.stderr
+    (a_exp,) = rows(db_url, "SELECT id, ray_folder FROM experiments")
+    (b_exp,) = rows(other_url, "SELECT id, ray_folder FROM experiments")
+    assert a_exp["id"] == b_exp["id"] == 1 and a_exp["ray_folder"] != b_exp["ray_folder"]
+    b_folder = tmp_path / "ray_results" / b_exp["ray_folder"]
+    b_files = {p.relative_to(b_folder): p.read_bytes() for p in b_folder.rglob("*") if p.is_file()}
+    b_rows = rows(other_url, "SELECT r.id, r.status, e.epoch, e.val_acc FROM runs r JOIN epochs e ON e.run_id = r.id")
+
     res = subprocess.run(benchmark_cmd(plugin, grid, db_url, out, "--resume"), capture_output=True, text=True,
                          cwd=tmp_path, timeout=400)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -100,6 +117,9 @@ def test_kill9_benchmark_then_resume_equals_uninterrupted(tmp_path):
     assert exp["status"] == "completed"
     assert len(rows(db_url, "SELECT id FROM runs")) == 2  # the same runs continued, none added
     assert BANNER not in (out / "index.html").read_text(encoding="utf-8")  # the final write removed it
+    # B untouched: its rows and every file of its Ray folder as they were
+    assert rows(other_url, "SELECT r.id, r.status, e.epoch, e.val_acc FROM runs r JOIN epochs e ON e.run_id = r.id") == b_rows
+    assert {p.relative_to(b_folder): p.read_bytes() for p in b_folder.rglob("*") if p.is_file()} == b_files
 
     # What the same grid records when it never stops: each run's epochs 1..N, once. (A reference run of
     # the grid gave exactly these rows; it cost a minute of CI, so the expectation is written out.)
@@ -115,6 +135,25 @@ def test_kill9_benchmark_then_resume_equals_uninterrupted(tmp_path):
     # (its stored spec, in this process, the plugin's sleep switched off), records: equal, not close.
     for r in rows(db_url, "SELECT id FROM runs"):
         assert recorded_metrics(db_url, r["id"]) == uninterrupted_metrics(db_url, r["id"], plugin.with_name("faults.json"))
+
+
+def test_a_ray_folder_of_another_experiment_is_refused(tmp_path):
+    """--resume finds its experiment's own folder (kept in its row) and refuses one another experiment
+    claimed, naming that experiment and its database, before anything starts."""
+    from harness.engine import resumable
+    from harness.engine.state import claim
+    from harness.errors import UserError
+    from harness.store import Store
+
+    db, other = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    store = Store(db)
+    exp = store.create_experiment(kind="benchmark", name="g", ray_folder="benchmark-0123abcd")
+    store.finish_experiment(exp, "interrupted")
+    store.close()
+    claim(tmp_path / "ray" / "benchmark-0123abcd", db=other, experiment_id=1, kind="benchmark", name="g")
+    with pytest.raises(UserError, match=r"holds benchmark 'g' \(experiment 1 in sqlite:///.*b\.db\), not experiment 1 in "
+                                        r"sqlite:///.*a\.db"):
+        resumable(db, kind="benchmark", name="g", storage_path=tmp_path / "ray", again="harness benchmark")
 
 
 def _trial(tid: str) -> SimpleNamespace:

@@ -22,6 +22,7 @@ from ray import tune
 
 from harness.engine.state import backup_state
 from harness.engine.trial import OPTUNA_KEY, WHERE, SpecMaker, trial_name
+from harness.errors import UserError
 from harness.progress import LiveView
 from harness.store import Store, sqlite_path
 
@@ -152,6 +153,8 @@ class Recorder(tune.Callback):
             status = final_status(last.get("status"))
         self.store.finish_run(rid, status=status, wall_s=last.get("time_total_s"))
         self.finished[trial.trial_id] = status
+        if status in ("stopped", "diverged"):  # never resumed (a completed trial dropped it itself)
+            self._drop_optimizer(trial)
         self.view.run_finished(trial.trial_id)
         value = last.get(self.metric)
         finite = isinstance(value, (int, float)) and math.isfinite(value)
@@ -164,6 +167,21 @@ class Recorder(tune.Callback):
                 self.best = (value, self._name(trial))
         best = f"  best so far {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
         self.echo(f"{self._name(trial)} {what}: {shown}{best}  {self._counts()}")
+
+    @staticmethod
+    def _drop_optimizer(trial: Any) -> None:
+        """The finished trial's checkpoint keeps its weights, not the optimizer that only a resume reads
+        (`train.keep_weights_only`; README "On a GPU machine" says what each trial keeps)."""
+        from harness.train import keep_weights_only
+
+        ckpt = getattr(trial, "checkpoint", None)
+        path = Path(ckpt.path) / "last.pt" if ckpt is not None else None
+        if path is None or not path.is_file():
+            return
+        try:
+            keep_weights_only(path)
+        except (OSError, UserError) as e:  # a full disk must not stop the recording: the file stays as it was
+            log.warning("checkpoint of %s kept whole: %s", trial.trial_id, e)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self.known.update(t.trial_id for t in trials)

@@ -36,7 +36,7 @@ from harness.engine.cluster import (
 )
 from harness.engine.recorder import _LIVE, FINAL, Recorder, final_status, recorder_key
 from harness.engine.search import Search, tune_config
-from harness.engine.state import forget_state_dir, remember_state_dir, repair_state
+from harness.engine.state import check_claim, claim, forget_state_dir, new_ray_folder, ray_folder, remember_state_dir, repair_state
 from harness.engine.trial import GridSpecs, SpecMaker, _trainable
 from harness.errors import UserError
 from harness.progress import LiveView
@@ -80,8 +80,9 @@ def run_trials(make_spec: SpecMaker, *, experiment: Experiment, total: int, reso
                pages: PageListener | None = None, echo: Callable[[str], None] = print) -> Outcome:
     """Run the trials through Ray Tune, recording each in `db`; returns how the experiment ended.
 
-    `ray_name` names Ray's experiment folder under `storage_path` (default `<kind>-<experiment id>`);
-    with `experiment.id` set the Tuner is restored from that folder: finished trials stay finished,
+    Ray's experiment folder under `storage_path` is the experiment's own: `<ray_name or kind>-<random>`,
+    kept in its row (`state.new_ray_folder`) and marked as its (`state.claim`). With `experiment.id` set
+    the Tuner is restored from that folder: finished trials stay finished,
     unfinished ones continue from their last checkpoint, and only the missing samples are created.
     `pages` (the live dashboards) run beside the trials, on their own thread. `resources.gpu: auto` is
     resolved here, where the cards are counted (`share_cards`); `headline(cluster, resources)` sees the result.
@@ -114,14 +115,17 @@ def run_trials(make_spec: SpecMaker, *, experiment: Experiment, total: int, reso
         cluster = describe_cluster()
         store = Store(db)
         restore = experiment.id is not None
+        storage = Path(storage_path).resolve()
         if restore:
             exp = experiment.id
-            store.reopen_experiment(exp)
+            exp_dir = storage / ray_folder(store.reopen_experiment(exp), ray_name=ray_name)
+            check_claim(exp_dir, db=db, experiment_id=exp)  # `resumable` asked before Ray started; asked again
         else:
+            folder = new_ray_folder(experiment.kind, ray_name)
             exp = store.create_experiment(kind=experiment.kind, name=experiment.name, description=experiment.description,
-                                          spec=experiment.spec_yaml, device=cluster)
-        storage = Path(storage_path).resolve()
-        exp_dir = storage / (ray_name or f"{experiment.kind}-{exp}")
+                                          spec=experiment.spec_yaml, device=cluster, ray_folder=folder)
+            exp_dir = storage / folder
+            claim(exp_dir, db=db, experiment_id=exp, kind=experiment.kind, name=experiment.name)
         remember_state_dir(exp_dir)
         view = LiveView(title=f"{experiment.kind} {experiment.name}", total_runs=total, slots=concurrency, echo=echo)
         recorder = Recorder(key=recorder_key(db, exp), store=store, experiment_id=exp, make_spec=make_spec,

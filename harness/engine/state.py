@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from harness.files import copy_atomic
 from harness.store import Store, shown_url, sqlite_path
 
 STATE_BACKUP = ".harness-last-good"  # in the experiment folder: Tune's state files as last seen whole
+CLAIM = ".harness-experiment.json"  # in the experiment folder: the database and experiment it belongs to
 _STATE_FILES = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl", "tuner.pkl")
 
 # Experiment folder name -> where it is in this process, for the scheduler Tune unpickles from it
@@ -43,10 +45,43 @@ def forget_state_dir(exp_dir: Path) -> None:
         del _STATE_DIRS[exp_dir.name]
 
 
+def new_ray_folder(kind: str, ray_name: str | None = None) -> str:
+    """A new experiment's Ray folder name: its kind (or a sweep's study name) and a random suffix, kept in
+    its `experiments` row. Not the experiment's id alone: experiment 1 of two databases run from one
+    folder would share `benchmark-1`, and the second would overwrite the first's state."""
+    return f"{ray_name or kind}-{uuid.uuid4().hex[:8]}"
+
+
+def ray_folder(row: dict, *, ray_name: str | None = None) -> str:
+    """The Ray folder of an experiment row: the one it records, or for an experiment started before rows
+    recorded it, the name it had then (a sweep's study name, a grid's <kind>-<id>)."""
+    return row.get("ray_folder") or ray_name or f"{row['kind']}-{row['id']}"
+
+
+def claim(exp_dir: Path, *, db: str, experiment_id: int, kind: str, name: str) -> None:
+    """Mark `exp_dir` as this experiment's (read back by `check_claim` before a resume)."""
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    (exp_dir / CLAIM).write_text(json.dumps({"db": shown_url(db), "experiment": experiment_id, "kind": kind,
+                                             "name": name}) + "\n")
+
+
+def check_claim(exp_dir: Path, *, db: str, experiment_id: int, field: str = "--storage-path") -> None:
+    """Refuse to continue an experiment from a folder that holds another one's state (a folder from before
+    the claim existed carries none and is taken as it is)."""
+    try:
+        mark = json.loads((exp_dir / CLAIM).read_text())
+    except (OSError, ValueError):
+        return
+    if (mark.get("db"), mark.get("experiment")) != (shown_url(db), experiment_id):
+        raise UserError(field, str(exp_dir), f"This Ray folder holds {mark.get('kind')} {mark.get('name')!r} (experiment "
+                        f"{mark.get('experiment')} in {mark.get('db')}), not experiment {experiment_id} in {shown_url(db)}: "
+                        "continuing from it would mix the two. Pass the --storage-path and --db this experiment ran with.")
+
+
 def resumable(db: str, *, kind: str, name: str, storage_path: Path | str, again: str, ray_name: str | None = None,
               field: str = "--resume") -> dict:
     """The latest unfinished `kind` experiment called `name`, with Ray's state there to continue it
-    (in <storage_path>/<ray_name>; grids use <kind>-<id>, a sweep its study's name); UserError
+    (in <storage_path>/<its ray_folder>, a folder that is this experiment's: `check_claim`); UserError
     otherwise. Reads only."""
     path = sqlite_path(db)
     row = None
@@ -64,7 +99,8 @@ def resumable(db: str, *, kind: str, name: str, storage_path: Path | str, again:
     if row["status"] == "completed":
         raise UserError(field, name, f"The {kind} of that name in {shown_url(db)} (experiment {row['id']}) already completed; "
                         f"nothing to continue. Run `{again}` without --resume for a new one.")
-    exp_dir = Path(storage_path).resolve() / (ray_name or f"{kind}-{row['id']}")
+    exp_dir = Path(storage_path).resolve() / ray_folder(row, ray_name=ray_name)
+    check_claim(exp_dir, db=db, experiment_id=row["id"])
     if not can_restore(exp_dir):
         raise UserError("--storage-path", str(storage_path), f"No Ray state for {kind} experiment {row['id']} in {exp_dir}; "
                         "pass the --storage-path it ran with (default ray_results, relative to where it ran).")

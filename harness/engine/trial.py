@@ -73,7 +73,8 @@ class GridSpecs:
 
     def label(self, config: dict[str, Any]) -> str:
         s = self(config)
-        return f"{s.label()} / {s.recipe.label()} / seed {s.seed}"
+        lr = f" / lr {s.tags['lr_point']} ({s.recipe.scaled_lr():.2g})" if "lr_point" in s.tags else ""
+        return f"{s.label()} / {s.recipe.label()}{lr} / seed {s.seed}"
 
 
 def device_for_grant(requested: str, gpu_ids: list, cuda_available: bool) -> str:

@@ -51,6 +51,7 @@ from harness.report.tables import (  # noqa: F401
     RUN_SUMMARY_COLUMNS,
     TABLE_COLUMNS,
     TABLE_LEGEND,
+    TERMINAL_COLUMNS,
     UNFINISHED,
     before_after,
     best_lr,
@@ -68,7 +69,7 @@ from harness.report.tables import (  # noqa: F401
 
 __all__ = ["ABLATION_COLUMNS", "ABLATION_LEGEND", "ABLATION_VERDICT", "COLLAPSE_ALPHA", "CONFIDENCE",
            "DATASET_CLASSES", "NEAR_BEST", "NO_DIFFERENCE", "PAIRED_IMAGES_METHOD", "RUN_STAMP_COLUMNS",
-           "RUN_SUMMARY_COLUMNS", "SEED_T_METHOD", "TABLE_COLUMNS", "TABLE_LEGEND", "TEST_COLUMNS", "UNFINISHED",
+           "RUN_SUMMARY_COLUMNS", "SEED_T_METHOD", "TABLE_COLUMNS", "TABLE_LEGEND", "TERMINAL_COLUMNS", "TEST_COLUMNS", "UNFINISHED",
            "VERDICTS", "WHERE_COLUMNS", "Z95", "ablation_table", "beats_chance", "before_after", "best_lr",
            "check_runs_exist", "compare", "format_ablation", "format_acc", "format_before_after", "latest_benchmark",
            "newcombe", "open_reader", "paired_image_interval", "read_epochs", "read_evaluation_sizes",
