@@ -95,7 +95,10 @@ elif command -v uv >/dev/null 2>&1; then
       rehearse_312() {
         set -e
         rm -rf "$SITE312"
-        [ -x "$ENV312/bin/python" ] || uv venv -q --seed -p 3.12 "$ENV312"
+        # A Python 3.12 on this machine (pyenv's): uv would otherwise try to download one.
+        py312=$(ls "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
+        [ -n "$py312" ] || py312=$(command -v python3.12)
+        [ -x "$ENV312/bin/python" ] || uv venv -q --seed --python-preference only-system -p "$py312" "$ENV312"
         uv pip install -q --python "$ENV312/bin/python" pip numpy pandas pillow scipy scikit-learn rich click pyyaml \
           typing-extensions msgpack packaging requests filelock protobuf aiohttp tqdm fsspec pyarrow psutil
         install_whl "$ENV312/bin/python" "$SITE312"

@@ -306,6 +306,10 @@ def hand_back(store: Any, experiment_id: int, runs: Any, summary: Any, out: Path
         lines.append(f"recommended recipe for {best['model']}: {path}  ({best['recipe']} at lr {best['best_lr']:.3g}, "
                      f"val {best['best_val']:.1f}%, test {best['best_test']:.1f}%)")
         lines.append(f"  as timm train.py flags: {flags}")
+        # Of the chosen point's seeds, the run with the highest final val acc: validation chooses here too.
+        chosen = rep.read_runs(store, run_ids=list(best["run_ids"])).sort_values("final_val_acc", ascending=False)
+        lines.append(f"  its trained model: harness export {int(chosen.iloc[0]['id'])} --out {model}.pth "
+                     "(weights, recipe and model card; add the --db and --storage-path this ran with)")
     return lines
 
 

@@ -253,7 +253,8 @@ def recipes_show(name: str, model: str | None, data_opts: dict, epochs: int, bat
 @click.option("--lrs", default=None, help="an lr axis: multipliers of each recipe's own lr (x0.1,x0.3,x1,x3,x10), "
               "absolute lrs at the run's batch (1e-4,3e-4,1e-3), or default (= x0.1,x0.3,x1,x3,x10); adds the lr "
               "sensitivity table and page [default: the grid file's; none = each recipe at its own lr]")
-@where_options(out_what="the dashboards and the before/after table", storage_layout="<path>/benchmark-<id>")
+@where_options(out_what="the dashboards and the before/after table",
+               storage_layout="<path>/benchmark-<random>, named in the experiment's row")
 @click.option("--resume", is_flag=True, help="continue the interrupted benchmark of this grid's name: finished runs "
               "are kept, interrupted ones continue from their checkpoints, missing ones start")
 def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs: int | None, seeds: int | None,
@@ -284,7 +285,8 @@ def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs
 @click.option("--scale", type=click.Choice(["auto", "tiny", "full"]), default="auto", show_default=True,
               help="auto: the full model on CUDA, its same-family CPU stand-in otherwise")
 @click.option("--concurrency", type=int, default=2, show_default=True, help="runs at once")
-@where_options(out_what="the waterfall, the table and the dashboards", storage_layout="<path>/ablate-<id>")
+@where_options(out_what="the waterfall, the table and the dashboards",
+               storage_layout="<path>/ablate-<random>, named in the experiment's row")
 @click.option("--resume", is_flag=True, help="continue the interrupted ablation of this model (the same flags)")
 def ablate(model: str, recipe: str, mode: str, steps: str | None, seeds: int, epochs: int, batch_size: int,
            data_opts: dict, scale: str, concurrency: int, where, resume: bool) -> None:
@@ -347,10 +349,29 @@ def report(db: str, out: Path, compare: tuple[int, ...], watch: bool, every: int
 
 
 @main.command()
+@click.argument("run_id", type=click.IntRange(min=1))
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="the weights file to write (e.g. model.pth); its .recipe.yaml and .md model card go beside it")
+@db_option
+@click.option("--storage-path", type=click.Path(path_type=Path), default=Path("ray_results"), show_default=True,
+              help="the --storage-path the run's benchmark, sweep or ablation ran with (its checkpoints are there)")
+def export(run_id: int, out: Path, db: str, storage_path: Path) -> None:
+    """Hand back a run's trained model: its weights as a timm-loadable state dict, its recipe and a model card."""
+    from harness.export import export_run
+    from harness.store import check_url
+
+    check_url(db)
+    weights, recipe, card = export_run(db, run_id, out, storage_path=storage_path)
+    click.echo(f"run {run_id}: weights {weights}, recipe {recipe}, model card {card}")
+    click.echo(f"load it: see {card} (timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=...)))")
+
+
+@main.command()
 @click.argument("study", type=click.Path(path_type=Path))
 @click.option("--validate", is_flag=True, help="check the study file (names, bounds, resources) and exit")
 @click.option("--resume", is_flag=True, help="continue the study of this name: finished trials are kept, unfinished ones continue")
-@where_options(out_what="the dashboards, rewritten while the sweep runs", storage_layout="<path>/<study name>")
+@where_options(out_what="the dashboards, rewritten while the sweep runs",
+               storage_layout="<path>/<study name>-<random>, named in the experiment's row")
 @click.option("--max-failures", type=int, default=1, show_default=True, help="retries of a crashing trial, from its last checkpoint")
 @click.option("--top", type=int, default=10, show_default=True, help="trials shown in the final table")
 def sweep(study: Path, validate: bool, resume: bool, where, max_failures: int, top: int) -> None:

@@ -147,6 +147,14 @@ def test_benchmark_end_to_end_through_ray(ray_local, tmp_path, monkeypatch):
 
     params = json.loads(chosen["params"]) if isinstance(chosen["params"], str) else chosen["params"]
     assert load_recipe_file(path, "recipe").model_dump(mode="json") == params["recipe"]
+    # Its trained model, handed back from the Ray trial's checkpoint: timm loads it as the model card says,
+    # and it scores the test accuracy the run recorded.
+    from test_export import load_as_the_card_says, test_accuracy_of
+
+    assert f"its trained model: harness export {int(chosen['id'])} --out resnet18.pth" in r.output
+    e = CliRunner().invoke(main, ["export", str(int(chosen["id"])), "--out", "resnet18.pth", "--db", db])
+    assert e.exit_code == 0, e.output
+    assert test_accuracy_of(load_as_the_card_says(tmp_path / "resnet18.md"), params) == pytest.approx(chosen["test_acc"], abs=1e-12)
     t = CliRunner().invoke(main, ["train", "--model", "resnet18", "--recipe", str(path), "--data", "synthetic",
                                   "--image-size", "16", "--train-size", "64", "--epochs", "1", "--db", db])
     assert t.exit_code == 0, t.output
