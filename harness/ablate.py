@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -25,9 +26,9 @@ from harness import report as rep
 from harness.datasets import DataSpec, check_spec, train_images
 from harness.errors import UserError, close_matches
 from harness.grids import Where
-from harness.models import get_model_entry, resolve_scale, stand_in_label
+from harness.models import check_weights, get_model_entry, resolve_scale, stand_in_label, weights_tag
 from harness.recipes import INGREDIENTS, Budget, Recipe, parse_ref, resolve_recipe
-from harness.specs import RunSpec
+from harness.specs import RunSpec, pretrained_fields
 
 DEFAULT_EPOCHS = 6  # 11 vit_tiny rungs of 6 epochs fit in 10 minutes on 2 cores (README)
 
@@ -116,8 +117,11 @@ def parse_steps(text: str | None, available: list[str], end: Recipe) -> list[str
 
 def resolve_ablation(model: str, *, recipe: str = "tuned", steps: str | None = None, mode: str = "add", seeds: int = 1,
                      epochs: int = DEFAULT_EPOCHS, batch_size: int = 64, data: DataSpec = DataSpec(image_size=16),
-                     scale: str = "auto", cuda: bool = False, threads: int | None = 1) -> Ablation:
-    """Everything resolved and checked before anything runs (UserError on bad input)."""
+                     scale: str = "auto", cuda: bool = False, threads: int | None = 1,
+                     pretrained: Any = None) -> Ablation:
+    """Everything resolved and checked before anything runs (UserError on bad input). `pretrained` ('timm'
+    or {model: path}): every rung starts from those weights, and 'tuned' is the family's fine-tuning recipe,
+    so layer decay, warmup and the schedule each get their measured share."""
     entry = get_model_entry(model, "--model")
     for flag, v, least in (("--seeds", seeds, "Run at least 1 seed, e.g. --seeds 3"),
                            ("--epochs", epochs, "Train at least 1 epoch, e.g. --epochs 6"),
@@ -131,8 +135,10 @@ def resolve_ablation(model: str, *, recipe: str = "tuned", steps: str | None = N
     get_model_entry(ran).size_kwargs(data.image_size)
     budget = Budget(epochs, train_images(data), batch_size)
     name, _ = parse_ref(recipe, "--recipe")
-    start = resolve_recipe("naive", family=entry.family, pretrained=False, budget=budget, field="--recipe")
-    end = resolve_recipe(recipe, family=entry.family, pretrained=False, budget=budget, field="--recipe")
+    weights = pretrained_fields(pretrained, ran, model if ran != model else None, "--pretrained-file")
+    fine_tuning = bool(weights)
+    start = resolve_recipe("naive", family=entry.family, pretrained=fine_tuning, budget=budget, field="--recipe")
+    end = resolve_recipe(recipe, family=entry.family, pretrained=fine_tuning, budget=budget, field="--recipe")
     available = changed(start, end)
     if not available:
         raise UserError("--recipe", recipe, "This recipe equals naive at this budget: nothing to ablate.")
@@ -140,9 +146,12 @@ def resolve_ablation(model: str, *, recipe: str = "tuned", steps: str | None = N
     rungs = ladder(start, end, order, mode)
     runs = tuple(
         RunSpec(model=ran, recipe=r.recipe, data=data, epochs=epochs, seed=seed, stands_for=model if ran != model else None,
-                train_images=budget.train_images, threads=threads if not cuda else None,
-                tags={"mode": r.mode, "rung": r.index, "ingredient": r.ingredient or ""})
+                train_images=budget.train_images, threads=threads if not cuda else None, **weights,
+                tags={"mode": r.mode, "rung": r.index, "ingredient": r.ingredient or "",
+                      **({"weights": tag} if (tag := weights_tag(ran, pretrained=bool(weights.get("pretrained")),
+                                                                  pretrained_file=weights.get("pretrained_file"))) else {})})
         for r in rungs for seed in range(seeds))
+    check_weights(runs[:1])  # a foreign file, or timm's weights out of reach: exit 2 before any row
     return Ablation(ran, model if ran != model else None, start, end, tuple(order), mode, tuple(rungs), runs)
 
 

@@ -19,9 +19,9 @@ import yaml
 from harness import grids
 from harness.errors import UserError
 from harness.grids import Where
-from harness.models import ALL, MODELS, get_model_entry, resolve_scale
+from harness.models import ALL, MODELS, check_weights, get_model_entry, resolve_scale
 from harness.recipes import parse_ref
-from harness.specs import BenchmarkSpec, LrPoint, RunSpec, parse_lrs, parse_spec, read_yaml, resolve_run
+from harness.specs import BenchmarkSpec, LrPoint, RunSpec, parse_lrs, parse_spec, pretrained_fields, read_yaml, resolve_run
 
 DEFAULT_GRID = Path("benchmarks/naive_vs_recipe.yaml")
 REPO_GRID = Path(__file__).resolve().parent.parent / DEFAULT_GRID  # when run from another folder
@@ -42,7 +42,8 @@ def split_names(value: str | list[Any] | None) -> list[str] | None:
 def load_grid(path: Path | None, *, models: str | None = None, recipes: str | None = None, epochs: int | None = None,
               seeds: int | None = None, data: str | None = None, image_size: int | None = None, scale: str | None = None,
               concurrency: int | None = None, batch_size: int | None = None,
-              sets: dict[str, Any] | None = None, lrs: str | None = None) -> BenchmarkSpec:
+              sets: dict[str, Any] | None = None, lrs: str | None = None,
+              pretrained: str | dict[str, str] | None = None) -> BenchmarkSpec:
     """The grid file with the command line's overrides applied, validated (UserError on bad input)."""
     for flag, v, least in (("--epochs", epochs, "Train at least 1 epoch"), ("--seeds", seeds, "Run at least 1 seed"),
                            ("--concurrency", concurrency, "Run at least 1 trial at a time"),
@@ -74,6 +75,8 @@ def load_grid(path: Path | None, *, models: str | None = None, recipes: str | No
         raw["data"] = d
     if sets:
         raw["set"] = {**(raw.get("set") or {}), **sets}
+    if pretrained is not None:  # --pretrained (timm) or --pretrained-file MODEL=PATH
+        raw["pretrained"] = pretrained
     where = f"{source}: "
     if lrs is not None:
         raw["lrs"] = lrs
@@ -133,6 +136,7 @@ def resolve_grid(spec: BenchmarkSpec, *, cuda: bool) -> Grid:
                 for seed in range(spec.seeds):
                     run = resolve_run(model=ran, recipe=recipe, data=spec.data, overrides=spec.set, epochs=spec.epochs,
                                       batch_size=spec.batch_size, recipe_field="recipes", seed=seed, stands_for=stands_for,
+                                      **pretrained_fields(spec.pretrained, ran, stands_for, "pretrained"),
                                       # one torch thread per CPU a trial holds: concurrent trials do not oversubscribe
                                       threads=max(1, int(spec.resources.cpu)) if not cuda else None)
                     runs.append(at_lr(run, point) if point is not None else run)
@@ -212,6 +216,8 @@ def run_benchmark(spec: BenchmarkSpec, where: Where, *, echo: Callable[[str], No
             echo(f"note: the grid given differs from benchmark {spec.name} as it was started; --resume continues it as started.")
         spec, exp_id = stored_spec, row["id"]
     grid = resolve_grid(spec, cuda=cuda)
+    if not resume:  # a resumed run starts from its checkpoint, not from these weights
+        check_weights(grid.runs)  # a foreign file, or timm's weights out of reach: exit 2 before any row
     if resume and yaml.safe_load(resolved_yaml(spec, grid)).get("runs") != stored_runs:
         # Run i must be the run that was started as run i: its checkpoint continues under that spec.
         raise UserError("--resume", spec.name, "The grid resolves to other runs than when it was started (the data, "

@@ -131,6 +131,35 @@ def where_options(*, out_what: str, storage_layout: str):
     return decorate
 
 
+def pretrained_options(f):
+    """--pretrained / --pretrained-file of the commands that run grids and studies (train has its own)."""
+    f = click.option("--pretrained-file", "pretrained_files", multiple=True, metavar="[MODEL=]PATH",
+                     help="start every run of MODEL from this state dict (repeatable; PATH alone when one model "
+                          "runs); a 'tuned'/'fitted' recipe is then the family's fine-tuning one")(f)
+    return click.option("--pretrained", is_flag=True, help="start from timm's own weights (the local Hugging Face cache); "
+                        "a 'tuned'/'fitted' recipe is then the family's fine-tuning one")(f)
+
+
+def parse_pretrained(pretrained: bool, files: tuple[str, ...], *, models: list[str] | None = None) -> Any:
+    """The flags as a spec's `pretrained:` value ('timm', {model: path}) or None when neither is given."""
+    if pretrained and files:
+        raise UserError("--pretrained", True, "Give --pretrained (timm's weights) or --pretrained-file, not both.")
+    if pretrained:
+        return "timm"
+    if not files:
+        return None
+    out: dict[str, str] = {}
+    for item in files:
+        model, sep, path = item.rpartition("=")
+        if not sep:
+            if not models or len(models) != 1:
+                raise UserError("--pretrained-file", item, "Name the model it is for: --pretrained-file MODEL=PATH "
+                                "(PATH alone only when one model runs).")
+            model = models[0]
+        out[model] = path
+    return out
+
+
 def make_data_spec(data_name: str, data_root: Path | None, download: bool, image_size: int,
                    train_size: int | None = None, workers: int | None = None):
     from pydantic import ValidationError
@@ -257,9 +286,11 @@ def recipes_show(name: str, model: str | None, data_opts: dict, epochs: int, bat
                storage_layout="<path>/benchmark-<random>, named in the experiment's row")
 @click.option("--resume", is_flag=True, help="continue the interrupted benchmark of this grid's name: finished runs "
               "are kept, interrupted ones continue from their checkpoints, missing ones start")
+@pretrained_options
 def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs: int | None, seeds: int | None,
               batch_size: int | None, data_name: str | None, image_size: int | None, scale: str | None, concurrency: int | None,
-              sets: tuple[str, ...], lrs: str | None, where, resume: bool) -> None:
+              sets: tuple[str, ...], lrs: str | None, where, resume: bool, pretrained: bool,
+              pretrained_files: tuple[str, ...]) -> None:
     """Models x recipes x seeds through Ray Tune, then the before/after table and dashboards.
 
     GRID is a benchmark YAML (default benchmarks/naive_vs_recipe.yaml); flags override its fields.
@@ -268,7 +299,9 @@ def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs
 
     spec = load_grid(grid, models=models, recipes=recipes, epochs=epochs, seeds=seeds, data=data_name,
                      image_size=image_size, scale=scale, concurrency=concurrency, batch_size=batch_size,
-                     sets=parse_sets(sets), lrs=lrs)
+                     sets=parse_sets(sets), lrs=lrs,
+                     pretrained=parse_pretrained(pretrained, pretrained_files,
+                                                 models=models.split(",") if models else None))
     exit_if_interrupted(run_benchmark(spec, where.check(), echo=click.echo, resume=resume).status)
 
 
@@ -288,8 +321,10 @@ def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs
 @where_options(out_what="the waterfall, the table and the dashboards",
                storage_layout="<path>/ablate-<random>, named in the experiment's row")
 @click.option("--resume", is_flag=True, help="continue the interrupted ablation of this model (the same flags)")
+@pretrained_options
 def ablate(model: str, recipe: str, mode: str, steps: str | None, seeds: int, epochs: int, batch_size: int,
-           data_opts: dict, scale: str, concurrency: int, where, resume: bool) -> None:
+           data_opts: dict, scale: str, concurrency: int, where, resume: bool, pretrained: bool,
+           pretrained_files: tuple[str, ...]) -> None:
     """Naive -> a model's fitted recipe one ingredient at a time: which one matters, at this budget."""
     import torch
 
@@ -299,7 +334,8 @@ def ablate(model: str, recipe: str, mode: str, steps: str | None, seeds: int, ep
         raise UserError("--concurrency", concurrency, "Run at least 1 at a time, e.g. --concurrency 2.")
     data = make_data_spec(**data_opts)
     ab = resolve_ablation(model, recipe=recipe, steps=steps, mode=mode, seeds=seeds, epochs=epochs, batch_size=batch_size,
-                          data=data, scale=scale, cuda=torch.cuda.is_available())
+                          data=data, scale=scale, cuda=torch.cuda.is_available(),
+                          pretrained=parse_pretrained(pretrained, pretrained_files, models=[model]))
     exit_if_interrupted(run_ablation(ab, where.check(), concurrency=concurrency, echo=click.echo, resume=resume).status)
 
 
@@ -374,7 +410,9 @@ def export(run_id: int, out: Path, db: str, storage_path: Path) -> None:
                storage_layout="<path>/<study name>-<random>, named in the experiment's row")
 @click.option("--max-failures", type=int, default=1, show_default=True, help="retries of a crashing trial, from its last checkpoint")
 @click.option("--top", type=int, default=10, show_default=True, help="trials shown in the final table")
-def sweep(study: Path, validate: bool, resume: bool, where, max_failures: int, top: int) -> None:
+@pretrained_options
+def sweep(study: Path, validate: bool, resume: bool, where, max_failures: int, top: int, pretrained: bool,
+          pretrained_files: tuple[str, ...]) -> None:
     """Run an Optuna study through Ray Tune with ASHA; every trial and epoch goes to the database."""
     if validate:  # no torch, timm or Ray: the study file alone, in about a second
         from harness.study import check_study
@@ -382,10 +420,12 @@ def sweep(study: Path, validate: bool, resume: bool, where, max_failures: int, t
         for line in check_study(study, on_cluster=where.address is not None):
             click.echo(line)
         return
+    from harness.study import load_study
     from harness.sweep import run_sweep
 
+    study_models = [load_study(study).model] if pretrained_files else None
     exit_if_interrupted(run_sweep(study, where.check(), resume=resume, max_failures=max_failures, echo=click.echo,
-                                  top=top).status)
+                                  top=top, pretrained=parse_pretrained(pretrained, pretrained_files, models=study_models)).status)
 
 
 @main.command()

@@ -7,10 +7,12 @@ harness never runs a stand-in under the full model's name.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import UserError, unknown
 
@@ -169,9 +171,13 @@ def build_model(name: str, *, num_classes: int, image_size: int, drop_path_rate:
         model = timm.create_model(entry.timm_name, pretrained=hub, **kwargs)
     except (OSError, RuntimeError) as e:
         if hub:
+            from huggingface_hub.constants import HF_HUB_CACHE
+
             raise UserError("--pretrained", name,
-                            f"could not fetch timm's weights for {entry.timm_name} ({type(e).__name__}; offline?). "
-                            "Download them elsewhere and pass --pretrained-file PATH.") from None
+                            f"timm's weights for {entry.timm_name} are not in the Hugging Face cache ({HF_HUB_CACHE}) and "
+                            f"could not be fetched ({type(e).__name__}; offline?). Download them where there is a network "
+                            "(they land in that cache), or give a state dict instead: --pretrained-file PATH "
+                            "(grids and studies: pretrained: {model: PATH}).") from None
         raise
     new_head = True  # from scratch, or timm's hub weights (1000 classes) under a smaller head
     if state is not None:
@@ -187,6 +193,70 @@ def check_pretrained_file(name: str, path: Path, *, image_size: int) -> None:
     """Refuse (UserError) a weights file the run could not start from: missing, unreadable, or not this
     model's architecture. Called before a run is recorded, so a bad file leaves no database row."""
     build_model(name, num_classes=2, image_size=image_size, pretrained_file=path)
+
+
+def hub_weights_cached(name: str) -> tuple[bool, str]:
+    """Whether timm's own weights for registry model `name` are in the local Hugging Face cache (harness
+    never downloads at run time: a trial would wait on the network, and these machines have none), and the
+    repository and cache folder looked in."""
+    import huggingface_hub
+    from huggingface_hub.constants import HF_HUB_CACHE
+    from timm.models import get_pretrained_cfg
+
+    entry = get_model_entry(name)
+    cfg = get_pretrained_cfg(entry.timm_name)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        return False, f"no Hugging Face repository for {entry.timm_name} in timm"
+    found = any(isinstance(huggingface_hub.try_to_load_from_cache(repo, f), str)
+                for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
+    return found, f"{repo} in {HF_HUB_CACHE}"
+
+
+def check_weights(runs: Any) -> None:
+    """Every distinct (model, weights, image size) of a grid or study built once, before Ray starts: a
+    missing or foreign file, or timm's weights out of reach offline, is one UserError and no row."""
+    seen: set[tuple] = set()
+    for r in runs:
+        key = (r.model, r.pretrained, r.pretrained_file, r.data.image_size)
+        if not (r.pretrained or r.pretrained_file) or key in seen:
+            continue
+        seen.add(key)
+        if r.pretrained and r.pretrained_file is None:
+            found, where = hub_weights_cached(r.model)
+            if not found:
+                raise UserError("--pretrained", r.model, f"timm's weights for {r.model} are not in the local Hugging Face "
+                                f"cache (looked for {where}); harness does not download at run time. Fetch them once "
+                                f"where there is a network (python -c \"import timm; timm.create_model("
+                                f"'{get_model_entry(r.model).timm_name}', pretrained=True)\"), or give a state dict: "
+                                "--pretrained-file PATH (grids and studies: pretrained: {model: PATH}).")
+        build_model(r.model, num_classes=2, image_size=r.data.image_size, pretrained=r.pretrained,
+                    pretrained_file=r.pretrained_file)
+
+
+def weights_tag(model: str, *, pretrained: bool, pretrained_file: Path | None) -> str | None:
+    """What a run starts from, as its row records it: 'timm:<timm name>' or '<file name> sha256:<16 hex>'
+    (None for a missing file: `check_weights` refuses it)."""
+    if pretrained_file is not None:
+        if not Path(pretrained_file).is_file():
+            return None
+        return f"{Path(pretrained_file).name} sha256:{_digest(str(pretrained_file), *_stat(pretrained_file))}"
+    return f"timm:{get_model_entry(model).timm_name}" if pretrained else None
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = Path(path).stat()
+    return st.st_mtime_ns, st.st_size
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, mtime_ns: int, size: int) -> str:
+    """A file's sha256 prefix, read once per version of the file (a grid names it once per run)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def _first_line(e: BaseException) -> str:

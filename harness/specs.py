@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness import plugins
 from harness.datasets import DataSpec, check_spec, train_images
 from harness.errors import UserError, close_matches, unknown
-from harness.models import get_model_entry
+from harness.models import get_model_entry, weights_tag
 from harness.recipe_file import MAX_YAML_BYTES, is_recipe_file, load_recipe_file, read_yaml  # noqa: F401 (re-exported)
 from harness.recipes import TUNABLE, Budget, Recipe, get_recipe, parse_ref, resolve_recipe, tuned_recipe_name, with_overrides
 
@@ -98,6 +98,9 @@ def resolve_run(*, model: str, recipe: str, data: DataSpec, overrides: dict[str,
         budget = Budget(epochs, n, batch_size or base.batch_size)
         resolved = resolve_recipe(recipe, family=entry.family, pretrained=pretrained, budget=budget,
                                   overrides=overrides, field=recipe_field)
+    weights = weights_tag(model, pretrained=bool(fields.get("pretrained")), pretrained_file=fields.get("pretrained_file"))
+    if weights is not None:  # which weights the run started from, in its row (params.tags)
+        fields["tags"] = {**fields.get("tags", {}), "weights": weights}
     try:
         return RunSpec(model=model, recipe=resolved, data=data, train_images=n, **fields)
     except ValidationError as e:
@@ -105,6 +108,29 @@ def resolve_run(*, model: str, recipe: str, data: DataSpec, overrides: dict[str,
 
 
 # --- studies and benchmarks -----------------------------------------------------------------------
+
+Pretrained = Literal["timm"] | dict[str, Path] | None
+PRETRAINED_HELP = ("the weights every run starts from: null = a fresh init; timm = timm's own (from the local Hugging Face "
+                   "cache); {model: FILE} = a state dict per model (a CPU stand-in's own name, or the model it stands "
+                   "for). With weights, a 'tuned'/'fitted' recipe is the family's fine-tuning one (*_ft)")
+
+
+def pretrained_fields(pretrained: Pretrained, model: str, stands_for: str | None, field: str) -> dict[str, Any]:
+    """`pretrained`/`pretrained_file` of one run of `model` (the model that runs; `stands_for`: the one it
+    replaces) from a grid's or study's `pretrained:`. A file is named per model; a file for another model
+    of the grid is not this one's."""
+    if pretrained is None:
+        return {}
+    if pretrained == "timm":
+        return {"pretrained": True}
+    path = pretrained.get(model) or (pretrained.get(stands_for) if stands_for else None)
+    if path is None:
+        raise UserError(f"{field}", sorted(pretrained), f"no weights file for {model}"
+                        + (f" (or {stands_for}, which it stands for)" if stands_for else "")
+                        + f"; add `{model}: PATH`, or use `timm` for timm's own weights.")
+    return {"pretrained_file": Path(path).expanduser().resolve()}  # trials run in workers elsewhere
+
+
 
 class ParamSpec(Strict):
     type: Literal["uniform", "loguniform", "int", "logint", "choice"]
@@ -225,6 +251,7 @@ class StudySpec(Strict):
     concurrency: int = Field(1, ge=1)
     resources: ResourcesSpec = ResourcesSpec()
     seed: int = 0
+    pretrained: Pretrained = Field(None, description=PRETRAINED_HELP)
 
     @field_validator("name")
     @classmethod
@@ -243,10 +270,11 @@ class StudySpec(Strict):
             return with_overrides(load_recipe_file(Path(self.recipe), "recipe"), self.fixed, "fixed")
         family = get_model_entry(self.model).family
         name, _ = parse_ref(self.recipe)
-        base = get_recipe(name if name != "tuned" else tuned_recipe_name(family), "recipe")
+        pretrained = self.pretrained is not None
+        base = get_recipe(name if name != "tuned" else tuned_recipe_name(family, pretrained), "recipe")
         batch = self.fixed.get("batch_size", base.batch_size)
         budget = Budget(self.scheduler.max_epochs, train_images(self.data), batch if isinstance(batch, int) else base.batch_size)
-        return resolve_recipe(self.recipe, family=family, pretrained=False, budget=budget, overrides=self.fixed,
+        return resolve_recipe(self.recipe, family=family, pretrained=pretrained, budget=budget, overrides=self.fixed,
                               field="recipe", set_field="fixed")
 
 
@@ -269,6 +297,7 @@ class BenchmarkSpec(Strict):
     lrs: list[str] | None = Field(None, description=(
         "a learning-rate axis: multipliers of each recipe's own lr (x0.1, x1, ...) or absolute lrs at the run's "
         "batch (1e-4, ...); null = each recipe at its own lr only"))
+    pretrained: Pretrained = Field(None, description=PRETRAINED_HELP)
 
 
 # --- the learning-rate axis of a grid -------------------------------------------------------------

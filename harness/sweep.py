@@ -24,7 +24,7 @@ from harness import study as study_mod
 from harness.errors import UserError
 from harness.grids import Where
 from harness.recipes import with_overrides
-from harness.specs import RunSpec, StudySpec, parse_spec
+from harness.specs import RunSpec, StudySpec, parse_spec, pretrained_fields
 from harness.store import Store, sqlite_path
 
 
@@ -77,11 +77,14 @@ def _stored_study(db: str, name: str) -> tuple[dict | None, bool]:
 
 
 def run_sweep(study_path: Path, where: Where, *, resume: bool = False, max_failures: int = 1,
-              echo: Callable[[str], None] = print, top: int = 10) -> SweepResult:
+              echo: Callable[[str], None] = print, top: int = 10, pretrained: Any = None) -> SweepResult:
     """Run (or with `resume`, continue) the study in `study_path`. Bad input -> UserError, nothing written.
     With `where.out`, the pages there are rewritten while it runs (live) and once at the end.
+    `pretrained` ('timm' or {model: path}) replaces the study's `pretrained:` (--pretrained, --pretrained-file).
     `where` is checked by the caller (`Where.check`); status "interrupted": the CLI exits 130."""
     study = study_mod.validate_study(study_path)
+    if pretrained is not None:
+        study = parse_spec(StudySpec, {**study.model_dump(mode="json"), "pretrained": pretrained}, str(study_path))
     exp_row, has_optuna = _stored_study(where.db, study.name)
     storage = Path(where.storage_path).resolve()
     if resume:
@@ -105,6 +108,8 @@ def run_sweep(study_path: Path, where: Where, *, resume: bool = False, max_failu
         echo(f"warning: {w}")
     study_mod.quiet()
     base = _base_run(study)
+    if not resume:  # a resumed trial starts from its checkpoint, not from these weights
+        models.check_weights([base])  # a foreign file, or timm's weights out of reach: exit 2 before any row
 
     def headline(cluster: str, resources) -> str:
         return (f"harness sweep {study.name}: {study.trials} trials of {base.label()} on {study.data.name} "
@@ -148,8 +153,11 @@ def _base_run(study: StudySpec) -> RunSpec:
     data = study.data
     if data.root is not None:  # trials run in Ray workers whose working folder is not ours
         data = data.model_copy(update={"root": data.root.resolve()})
+    weights = pretrained_fields(study.pretrained, study.model, stands_for, "pretrained")
+    tag = models.weights_tag(study.model, pretrained=bool(weights.get("pretrained")), pretrained_file=weights.get("pretrained_file"))
     return RunSpec(model=study.model, recipe=study.base_recipe(), data=data, epochs=study.scheduler.max_epochs,
-                   seed=study.seed, threads=max(1, int(study.resources.cpu)), stands_for=stands_for)
+                   seed=study.seed, threads=max(1, int(study.resources.cpu)), stands_for=stands_for, **weights,
+                   tags={"weights": tag} if tag else {})
 
 
 def summarize(store: Store, exp: int, study: StudySpec, *, echo: Callable[[str], None], top: int = 10,
