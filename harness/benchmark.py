@@ -20,6 +20,7 @@ from harness import grids
 from harness.errors import UserError
 from harness.grids import Where
 from harness.models import ALL, MODELS, check_weights, get_model_entry, resolve_scale
+from harness.recipe_file import is_recipe_file, load_recipe_file
 from harness.recipes import parse_ref
 from harness.specs import BenchmarkSpec, LrPoint, RunSpec, parse_lrs, parse_spec, pretrained_fields, read_yaml, resolve_run
 
@@ -93,6 +94,9 @@ def load_grid(path: Path | None, *, models: str | None = None, recipes: str | No
         if name != "all":
             get_model_entry(name, "--models" if models is not None else where + "models")
     for name in spec.recipes:
+        if is_recipe_file(name):  # a recipe file (a benchmark's or sweep's recommended one), used as written
+            load_recipe_file(Path(name), "--recipes" if recipes is not None else where + "recipes")
+            continue
         parse_ref(name, "--recipes" if recipes is not None else where + "recipes")
     if len(set(spec.recipes)) < len(spec.recipes):
         raise UserError("--recipes" if recipes is not None else where + "recipes", spec.recipes,

@@ -48,11 +48,12 @@ def find_checkpoint(run: dict, experiment: dict, *, storage_path: Path) -> Path:
             raise UserError("--storage-path", str(storage_path), f"No checkpoint of run {rid} (Ray trial {run['trial_id']}) in "
                             f"{exp_dir}; pass the --storage-path its {experiment['kind']} ran with.")
         return found
-    folder = (run["params"] or {}).get("checkpoint_dir")
-    if not folder or not (Path(folder) / "last.pt").is_file():
-        raise UserError("RUN_ID", rid, f"Run {rid} kept no checkpoint (looked in {folder or 'no --checkpoint-dir'}); "
-                        "train with `harness train --checkpoint-dir DIR` to export its weights.")
-    return Path(folder) / "last.pt"
+    # `harness train` keeps its checkpoints in --checkpoint-dir, or checkpoints/run-<id> where it ran (runner.py)
+    folder = Path((run["params"] or {}).get("checkpoint_dir") or Path("checkpoints") / f"run-{rid}")
+    if not (folder / "last.pt").is_file():
+        raise UserError("RUN_ID", rid, f"Run {rid} kept no checkpoint in {folder}; export from the folder it was trained "
+                        "in, or train with `harness train --checkpoint-dir DIR`.")
+    return folder / "last.pt"
 
 
 def final_weights(ckpt: dict) -> tuple[dict, str]:

@@ -69,9 +69,11 @@ def test_export_round_trip_through_timm(db_url, tmp_path):
     (["99"], "No run 99 in"),
     (["1"], "Run 1 kept no checkpoint"),
 ])
-def test_export_refusals(db_url, tmp_path, args, says):
+def test_export_refusals(db_url, tmp_path, monkeypatch, args, says):
+    monkeypatch.chdir(tmp_path)  # the run's checkpoints/run-1, then removed: a run that kept none
     assert run("train", "--model", "resnet_test", "--recipe", "naive", "--epochs", 1, "--db", db_url, "--data",
                "synthetic", "--image-size", "16", "--threads", "1").exit_code == 0
+    __import__("shutil").rmtree(tmp_path / "checkpoints")
     out = tmp_path / "m.pth"
     e = run("export", *args, "--out", out, "--db", db_url)
     assert e.exit_code == 2 and says in e.output, e.output
