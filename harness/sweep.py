@@ -137,12 +137,12 @@ def run_sweep(study_path: Path, where: Where, *, resume: bool = False, max_failu
     index = grids.write_pages(where)
     if index is not None:
         echo(f"dashboards: {index} (open it in a browser; works offline)")
-    echo(f"results: experiment {outcome.experiment_id} ({study.trials} trials) in {where.shown_db} (tables experiments/runs/epochs; "
-         f"Optuna study '{study.name}' in the same database: `optuna-dashboard {where.shown_db}`); "
-         f"Ray files and trial checkpoints in {outcome.exp_dir}")
     if result.best is not None:
         echo(f"the best trial's model: harness export {result.best['run']} --out {study.name}.pth --db {where.shown_db} "
              f"--storage-path {storage} (weights, recipe and model card)")
+    echo(f"results: experiment {outcome.experiment_id} ({study.trials} trials) in {where.shown_db} (tables experiments/runs/epochs; "
+         f"Optuna study '{study.name}' in the same database: `optuna-dashboard {where.shown_db}`); "
+         f"Ray files and trial checkpoints in {outcome.exp_dir}")
     if outcome.status == "interrupted":
         echo(f"continue with: harness sweep {study_path} --resume --db {where.shown_db} --storage-path {storage}")
     return result

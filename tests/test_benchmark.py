@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 
@@ -155,6 +156,9 @@ def test_benchmark_end_to_end_through_ray(ray_local, tmp_path, monkeypatch):
     e = CliRunner().invoke(main, ["export", str(int(chosen["id"])), "--out", "resnet18.pth", "--db", db])
     assert e.exit_code == 0, e.output
     assert test_accuracy_of(load_as_the_card_says(tmp_path / "resnet18.md"), params) == pytest.approx(chosen["test_acc"], abs=1e-12)
+    # Each completed trial's stored checkpoint keeps its weights, not the optimizer nothing will resume.
+    kept = list((tmp_path / "ray_results").glob("*/run_*/checkpoint_*/last.pt"))
+    assert len(kept) == 4 and all(torch.load(k, weights_only=True)["optimizer"] is None for k in kept)
     t = CliRunner().invoke(main, ["train", "--model", "resnet18", "--recipe", str(path), "--data", "synthetic",
                                   "--image-size", "16", "--train-size", "64", "--epochs", "1", "--db", db])
     assert t.exit_code == 0, t.output

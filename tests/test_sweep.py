@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import torch
 import yaml
 from conftest import DETERMINISTIC_METRICS, recorded_metrics, uninterrupted_metrics
 from dbrows import rows
@@ -155,7 +156,12 @@ def test_sweep_records_statuses_asha_stops_and_settles_optuna(ray_local, tmp_pat
     text = "\n".join(lines)
     assert "stopped by ASHA after epoch" in text and "best so far" in text
     assert "fixed:\n  batch_size: 16\n  lr: " in text  # the ready-to-use YAML snippet
-    assert str(tmp_path / "ray" / "t_sweep") in lines[-1]
+    assert str(tmp_path / "ray" / "t_sweep-") in lines[-1]  # the experiment's own Ray folder, named in its row
+    assert f"the best trial's model: harness export {result.best['run']} --out t_sweep.pth" in text
+    # Every trial finished (completed, or stopped by ASHA): its stored checkpoint keeps the weights, not
+    # the optimizer nothing will resume.
+    kept = list((tmp_path / "ray").glob("t_sweep-*/trial_*/checkpoint_*/last.pt"))
+    assert len(kept) == 6 and all(torch.load(k, weights_only=True)["optimizer"] is None for k in kept)
     # The reported best is the database's best completed run (ties on 16 validation images are
     # possible: then any run with the best value), with that run's lr, and Optuna's best value.
     done = rows(db_url, "SELECT id, final_val_acc, params FROM runs WHERE status = 'completed'")

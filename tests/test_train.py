@@ -104,6 +104,27 @@ def test_checkpoint_contents(tiny_spec, tmp_path):
         assert key in ckpt
     assert ckpt["epoch"] == 2 and ckpt["global_step"] == 2 * (64 // 16)
     assert ckpt["config"]["model"] == "resnet18"
+    # best.pt: the best epoch's weights and what they scored, no optimizer (a resume reads last.pt's)
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert set(best) == {"epoch", "model", "best_val_acc", "config"}
+
+
+def test_a_finished_runs_checkpoint_keeps_its_weights_not_the_optimizer(tiny_spec, tmp_path):
+    """What a completed (or ASHA-stopped) Ray trial keeps: the weights, evaluated and exported from; not
+    AdamW's moments, twice the weights, which only a resume reads. Resuming from it is refused with the fix."""
+    from harness.train import keep_weights_only
+
+    spec = tiny_spec(recipe="vit", epochs=1, checkpoint_dir=tmp_path)
+    fit(spec)
+    full = load_checkpoint(tmp_path / "last.pt")
+    size = (tmp_path / "last.pt").stat().st_size
+    keep_weights_only(tmp_path / "last.pt")
+    slim = load_checkpoint(tmp_path / "last.pt")
+    assert slim["optimizer"] is None and slim["scheduler"] is None
+    assert all(torch.equal(slim["model"][k], v) for k, v in full["model"].items())
+    assert (tmp_path / "last.pt").stat().st_size < size / 2  # resnet18 + AdamW's two moments -> the weights
+    with pytest.raises(UserError, match=r"finished trial's weights only"):
+        fit(spec.model_copy(update={"epochs": 2, "checkpoint_dir": tmp_path / "b"}), resume=tmp_path / "last.pt")
 
 
 def test_save_atomic_keeps_old_file_when_write_fails(tmp_path, monkeypatch):
