@@ -307,10 +307,14 @@ class Store:
                       .values(status=status, finished_at=now()))
 
     def find_experiment(self, *, kind: str, name: str) -> dict | None:
+        """The latest experiment of that kind and name. Read-only, so it also reads a database of an older
+        schema (not yet migrated: `ray_folder` missing there is None)."""
         with self.engine.connect() as c:
-            row = c.execute(sa.select(experiments).where(experiments.c.kind == kind, experiments.c.name == name)
+            have = {col["name"] for col in sa.inspect(c).get_columns(experiments.name)}
+            row = c.execute(sa.select(*[col for col in experiments.c if col.name in have])
+                            .where(experiments.c.kind == kind, experiments.c.name == name)
                             .order_by(experiments.c.id.desc())).mappings().first()
-            return dict(row) if row else None
+            return {col.name: None for col in experiments.c} | dict(row) if row else None
 
     # --- runs ---
     def create_run(self, experiment_id: int, *, model: str, recipe: str, params: dict, seed: int,

@@ -321,7 +321,8 @@ def test_trial_faults_retry_fail_diverge_oom(ray_local, tmp_path, db_url, fault_
 
     assert (got[0]["status"], got[0]["epochs_done"]) == ("completed", 3)
     assert (tmp_path / "raised").exists()  # the fault did fire
-    assert reported_epochs(tmp_path / "ray" / "trial_faults" / "trial_0") == [1, 2, 3]  # k+1 after the crash, not 1
+    (folder,) = (tmp_path / "ray").glob("trial_faults-*")  # the experiment's own Ray folder
+    assert reported_epochs(folder / "trial_0") == [1, 2, 3]  # k+1 after the crash, not 1
     assert "trial #0 crashed (RuntimeError: injected failure at step 5); retrying from its checkpoint at epoch 1" in text
 
     assert (got[1]["status"], got[1]["epochs_done"]) == ("failed", 1)
