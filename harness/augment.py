@@ -1,4 +1,4 @@
-"""timm's RandAugment on uint8 batches on their own device (issue 23, item 2).
+"""timm's RandAugment on uint8 batches on their own device.
 
 timm's `rand_augment_transform` is PIL, one image at a time on one host thread: on a GPU that is a
 device->host copy, ~0.5-1 ms per 224 px image and a copy back, in the step's path. This module runs

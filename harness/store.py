@@ -133,7 +133,7 @@ checks = sa.Table(
     sa.Column("data", sa.JSON),
 )
 
-# Indexes for the pages' reads (issue 22: every query on an index); beside the primary keys (epochs by
+# Indexes for the pages' reads (every query on an index); beside the primary keys (epochs by
 # (run_id, epoch), evaluations by run_id) and runs.experiment_id. The index's run counts per experiment
 # and status group on the first; `harness report --watch` and the resume checks find running experiments
 # with the second. Created on an older database too, when a writer opens it (`Store.__init__`).

@@ -3,7 +3,7 @@ another process writes (`harness report --watch`).
 
 A grid's driver records every result in Tune's callback loop; its live pages used to be rewritten in
 that same loop, so on a large database the driver recorded a finished trial ~40 s late and started the
-next trials that much later (issue 22). `LivePages` rewrites them on its own daemon thread, from its
+next trials that much later. `LivePages` rewrites them on its own daemon thread, from its
 own database connection (a reader: it never holds the writer), only the running experiment's pages and
 the index, and only those whose rows changed (`write.write_pages`).
 """
