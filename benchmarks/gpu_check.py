@@ -307,7 +307,7 @@ def zero_gpu_grid(db: str, storage: str) -> None:
     from harness.specs import ResourcesSpec, resolve_run
 
     data = data_mod.DataSpec(name="synthetic", image_size=32, train_size=512)
-    spec = resolve_run(model="resnet18", recipe="tuned", data=data, epochs=1, eval_samples=0)
+    spec = resolve_run(model="resnet18", recipe="fitted", data=data, epochs=1, eval_samples=0)
     run_grid([spec], db=db, experiment=Experiment("benchmark", "gpu_check_zero_gpu"), concurrency=1,
              resources=ResourcesSpec(cpu=1, gpu=0), storage_path=storage)
 
@@ -335,7 +335,7 @@ def bf16_steps(model: str, device: Any, *, image_size: int = 224, batch: int = B
     # Half a batch spare: however the set's split rounds, BF16_STEPS full batches remain.
     data = data_mod.DataSpec(name="synthetic", image_size=image_size, train_size=batch * BF16_STEPS + batch // 2,
                              val_fraction=0.02, test_fraction=0.02)
-    spec = resolve_run(model=model, recipe="tuned@published", data=data, overrides={"batch_size": batch},
+    spec = resolve_run(model=model, recipe="published", data=data, overrides={"batch_size": batch},
                        epochs=1, device=str(device))
     ds = data_mod.load(spec.data, device)
     t = build_training(spec, ds, device)

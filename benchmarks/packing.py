@@ -4,7 +4,7 @@
     uv run python benchmarks/packing.py                      # through harness.engine.run_grid (Ray Tune)
     uv run python benchmarks/packing.py --processes          # one plain process per trial, no Ray
 
-Each trial is a sweep-like run: `fit()` of --model (tuned recipe) on 32 px data for --epochs.
+Each trial is a sweep-like run: `fit()` of --model (own fitted recipe) on 32 px data for --epochs.
 Via Ray the trials go through `harness.engine.run_grid`, the sweeps' own path, with Ray's
 fractional GPUs doing the packing, and their times are read back from the run's results database
 (`harness.report`). With --processes (or where Ray is not installed) each trial runs `run_trial`
@@ -88,7 +88,7 @@ def trial_data(data: str, train_size: int | None) -> data_mod.DataSpec:
 
 def packing_specs(args: argparse.Namespace, device: str = "cuda") -> list[Any]:
     data = trial_data(args.data, args.train_size)
-    return [resolve_run(model=args.model, recipe="tuned", data=data, epochs=args.epochs, seed=i,
+    return [resolve_run(model=args.model, recipe="fitted", data=data, epochs=args.epochs, seed=i,
                         device=device, compile=args.compile, eval_samples=0) for i in range(args.trials)]
 
 
@@ -181,7 +181,7 @@ def packing(args: argparse.Namespace, device: torch.device, dev_name: str, log: 
     text = "\n".join([
         f"# Packing {args.trials} small trials on {dev_name}", "",
         f"- command: `{common.command_line('packing.py', args.argv)}`",
-        f"- trial: {args.model}, tuned recipe, {args.data} at 32 px ({args.train_size or 'all'} images), {args.epochs} epochs, "
+        f"- trial: {args.model}, own fitted recipe, {args.data} at 32 px ({args.train_size or 'all'} images), {args.epochs} epochs, "
         f"{'torch.compile' if args.compile else 'eager'}; via "
         f"{'harness.engine.run_grid (Ray Tune)' if how == 'ray' else 'one spawned process per trial'}",
         f"- {common.stamp()}; GPU utilisation from nvidia-smi every 0.5 s", "",

@@ -39,7 +39,7 @@ def pretrain(model: str, epochs: int, db: str, ckpt: Path) -> Path:
     from harness.runner import run_and_record
     from harness.specs import resolve_run
 
-    spec = resolve_run(model=model, recipe="tuned", data=DataSpec(**SOURCE), epochs=epochs, checkpoint_dir=ckpt / model)
+    spec = resolve_run(model=model, recipe="fitted", data=DataSpec(**SOURCE), epochs=epochs, checkpoint_dir=ckpt / model)
     run_and_record(spec, db=db)
     import sqlalchemy as sa
 

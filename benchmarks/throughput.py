@@ -52,7 +52,7 @@ from harness import data as data_mod  # noqa: E402
 from harness import models  # noqa: E402
 from harness.models import ALL, CPU_VARIANT, build_model, forward_gflops, get_model_entry  # noqa: E402
 from harness.process import resolve_device  # noqa: E402
-from harness.recipes import Budget, Recipe, resolve_recipe, tuned_recipe_name, with_overrides  # noqa: E402
+from harness.recipes import Budget, Recipe, family_recipe_name, resolve_recipe, with_overrides  # noqa: E402
 from harness.specs import resolve_run  # noqa: E402
 from harness.train import build_training, train_epoch  # noqa: E402
 
@@ -121,7 +121,7 @@ def like_for_like(model: str, batch_size: int) -> PathRecipes:
     (mixup, loss, clipping, drop path, EMA) is in both."""
     family = get_model_entry(model, "--models").family
     # Budget: only its batch matters for the published form (resolve_recipe sets it, fits nothing).
-    full = resolve_recipe(f"{tuned_recipe_name(family)}@published", family=family, pretrained=False,
+    full = resolve_recipe(f"{family_recipe_name(family)}@published", family=family, pretrained=False,
                           budget=Budget(epochs=1, train_images=batch_size, batch_size=batch_size), field="--models")
     plain = with_overrides(full, AUGMENT_OFF)
     aug = full if has_augment(full) else None

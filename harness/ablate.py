@@ -115,12 +115,12 @@ def parse_steps(text: str | None, available: list[str], end: Recipe) -> list[str
     return steps
 
 
-def resolve_ablation(model: str, *, recipe: str = "tuned", steps: str | None = None, mode: str = "add", seeds: int = 1,
+def resolve_ablation(model: str, *, recipe: str = "fitted", steps: str | None = None, mode: str = "add", seeds: int = 1,
                      epochs: int = DEFAULT_EPOCHS, batch_size: int = 64, data: DataSpec = DataSpec(image_size=16),
                      scale: str = "auto", cuda: bool = False, threads: int | None = 1,
                      pretrained: Any = None) -> Ablation:
     """Everything resolved and checked before anything runs (UserError on bad input). `pretrained` ('timm'
-    or {model: path}): every rung starts from those weights, and 'tuned' is the family's fine-tuning recipe,
+    or {model: path}): every rung starts from those weights, and 'fitted' is the family's fine-tuning recipe,
     so layer decay, warmup and the schedule each get their measured share."""
     entry = get_model_entry(model, "--model")
     for flag, v, least in (("--seeds", seeds, "Run at least 1 seed, e.g. --seeds 3"),

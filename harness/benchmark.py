@@ -3,7 +3,7 @@ then the before/after table and the dashboards.
 
 The grid file (benchmarks/naive_vs_recipe.yaml by default) is a `BenchmarkSpec`; command-line
 flags override its fields. Resolution happens here, once, before anything runs: model and recipe
-names are checked against the registries, 'all' and 'tuned' are expanded, and `--scale` decides
+names are checked against the registries, 'all' and 'fitted' are expanded, and `--scale` decides
 whether the full models or their same-family CPU stand-ins run (every label says which).
 """
 
@@ -93,12 +93,14 @@ def load_grid(path: Path | None, *, models: str | None = None, recipes: str | No
     for name in spec.models:
         if name != "all":
             get_model_entry(name, "--models" if models is not None else where + "models")
+    refs = []  # what each entry names ('tuned' and 'fitted' are one)
     for name in spec.recipes:
         if is_recipe_file(name):  # a recipe file (a benchmark's or sweep's recommended one), used as written
             load_recipe_file(Path(name), "--recipes" if recipes is not None else where + "recipes")
+            refs.append(Path(name).resolve())
             continue
-        parse_ref(name, "--recipes" if recipes is not None else where + "recipes")
-    if len(set(spec.recipes)) < len(spec.recipes):
+        refs.append(parse_ref(name, "--recipes" if recipes is not None else where + "recipes"))
+    if len(set(refs)) < len(refs):
         raise UserError("--recipes" if recipes is not None else where + "recipes", spec.recipes,
                         "A recipe is listed twice; list each once.")
     # The file's `set:` values, checked here so the error names the file and `set.<key>` (the command

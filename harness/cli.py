@@ -135,9 +135,9 @@ def pretrained_options(f):
     """--pretrained / --pretrained-file of the commands that run grids and studies (train has its own)."""
     f = click.option("--pretrained-file", "pretrained_files", multiple=True, metavar="[MODEL=]PATH",
                      help="start every run of MODEL from this state dict (repeatable; PATH alone when one model "
-                          "runs); a 'tuned'/'fitted' recipe is then the family's fine-tuning one")(f)
+                          "runs); 'fitted' (each model's own recipe) is then the family's fine-tuning one")(f)
     return click.option("--pretrained", is_flag=True, help="start from timm's own weights (the local Hugging Face cache); "
-                        "a 'tuned'/'fitted' recipe is then the family's fine-tuning one")(f)
+                        "'fitted' (each model's own recipe) is then the family's fine-tuning one")(f)
 
 
 def parse_pretrained(pretrained: bool, files: tuple[str, ...], *, models: list[str] | None = None) -> Any:
@@ -176,9 +176,9 @@ def make_data_spec(data_name: str, data_root: Path | None, download: bool, image
 
 @main.command()
 @click.option("--model", default=None, help="registry name (see `harness models`); required unless --resume")
-@click.option("--recipe", default="tuned", show_default=True,
+@click.option("--recipe", default="fitted", show_default=True,
               help="registry name, fitted to this run (NAME@published: the source's values as published); "
-                   "'tuned' = the model family's own; or FILE.yaml, a recipe file (a benchmark's or sweep's "
+                   "'fitted' = the model family's own ('tuned' also works); or FILE.yaml, a recipe file (a benchmark's or sweep's "
                    "recipes/recommended-*.yaml), used as written: not refitted, --batch-size rescales its lr")
 @data_options()
 @click.option("--epochs", type=int, default=None, help="[default: 10; with --resume: the checkpoint's; another N "
@@ -249,7 +249,7 @@ def recipes(ctx: click.Context) -> None:
 
 @recipes.command("show")
 @click.argument("name")
-@click.option("--model", default=None, help="fit for this model's family (with NAME tuned) [default: vit_base]")
+@click.option("--model", default=None, help="fit for this model's family (with NAME fitted) [default: vit_base]")
 @data_options()
 @click.option("--epochs", type=int, default=12, show_default=True, help="the run to fit to")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="the run's batch size")
@@ -267,8 +267,8 @@ def recipes_show(name: str, model: str | None, data_opts: dict, epochs: int, bat
 @click.argument("grid", required=False, type=click.Path(path_type=Path))
 @click.option("--models", default=None, help="all | comma list (resnet50,vit_base,...) [default: the grid file's]")
 @click.option("--recipes", default=None,
-              help="comma list: recipe names (fitted to the run; NAME@published as published), 'tuned'/'fitted' = each "
-                   "model's own fitted, 'published' = it as published [default: naive,tuned]")
+              help="comma list: recipe names (fitted to the run; NAME@published as published), 'fitted' = each "
+                   "model's own ('tuned' also works), 'published' = it as published [default: naive,fitted]")
 @click.option("--epochs", type=int, default=None, help="[default: the grid file's]")
 @click.option("--seeds", type=int, default=None, help="seeds per model x recipe (0..K-1) [default: the grid file's]")
 @click.option("--batch-size", type=int, default=None,
@@ -307,7 +307,7 @@ def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs
 
 @main.command()
 @click.option("--model", required=True, help="the model whose recipe is taken apart (see `harness models`)")
-@click.option("--recipe", default="tuned", show_default=True, help="the end of the ladder, fitted to the run")
+@click.option("--recipe", default="fitted", show_default=True, help="the end of the ladder, fitted to the run")
 @click.option("--mode", type=click.Choice(["add", "drop", "both"]), default="add", show_default=True,
               help="add: naive + one ingredient per rung; drop: full recipe minus one; both")
 @click.option("--steps", default=None, help="ingredients in order, comma-separated [default: every one the recipe changes]")
@@ -430,7 +430,7 @@ def sweep(study: Path, validate: bool, resume: bool, where, max_failures: int, t
 
 @main.command()
 @click.option("--model", required=True, help="registry name (see `harness models`)")
-@click.option("--recipe", default="tuned", show_default=True, help="registry name, or 'tuned' for the model family's own")
+@click.option("--recipe", default="fitted", show_default=True, help="registry name, or 'fitted' for the model family's own")
 @data_options()
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a recipe field (repeatable)")
 @click.option("--scale", type=click.Choice(["auto", "tiny", "full"]), default="auto", show_default=True,

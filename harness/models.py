@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # torch is imported where a model is built: the registry and 
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    family: str  # resnet | efficientnet | vit | swin: picks the tuned recipe and the doctor's rules
+    family: str  # resnet | efficientnet | vit | swin: picks its own recipe and the doctor's rules
     timm_name: str
     description: str
     fixed: dict = field(default_factory=dict)  # timm kwargs that define the variant (widths, depths)

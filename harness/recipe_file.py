@@ -65,7 +65,7 @@ def read_yaml(path: Path, *, example: str = "see studies/vit_lr.yaml for a compl
 
 def is_recipe_file(ref: str) -> bool:
     """Whether a recipe reference names a file rather than a registry recipe: it ends in .yaml/.yml
-    or contains a path separator ('vit', 'vit@published' and 'tuned' are names)."""
+    or contains a path separator ('vit', 'vit@published' and 'fitted' are names)."""
     seps = {"/", os.sep, os.altsep} - {None}
     return ref.lower().endswith(RECIPE_SUFFIXES) or any(s in ref for s in seps)  # type: ignore[operator]
 
@@ -95,7 +95,7 @@ def load_recipe_file(path: Path, field: str) -> Recipe:
     if not p.is_file():
         raise UserError(field, str(path), "No such recipe file (a relative path is from the current folder). Name a "
                         "file harness wrote (a benchmark's or sweep's recipes/recommended-*.yaml), or a recipe name: "
-                        + ", ".join(RECIPES) + ", tuned.")
+                        + ", ".join(RECIPES) + ", fitted.")
     try:
         data = read_yaml(p, example="a recipe file lists recipe fields (lr: 0.001, ...); "
                          "a benchmark with --lrs or a sweep writes complete ones", keys="name:, lr:, ...")

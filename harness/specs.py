@@ -20,7 +20,7 @@ from harness.datasets import DataSpec, check_spec, train_images
 from harness.errors import UserError, close_matches, unknown
 from harness.models import get_model_entry, weights_tag
 from harness.recipe_file import MAX_YAML_BYTES, is_recipe_file, load_recipe_file, read_yaml  # noqa: F401 (re-exported)
-from harness.recipes import TUNABLE, Budget, Recipe, get_recipe, parse_ref, resolve_recipe, tuned_recipe_name, with_overrides
+from harness.recipes import TUNABLE, Budget, Recipe, get_recipe, named_recipe, parse_ref, resolve_recipe, with_overrides
 
 
 class Strict(BaseModel):
@@ -80,8 +80,7 @@ def resolve_run(*, model: str, recipe: str, data: DataSpec, overrides: dict[str,
     if from_file:
         base = load_recipe_file(Path(recipe), recipe_field)
     else:
-        name, _ = parse_ref(recipe, recipe_field)
-        base = get_recipe(name if name != "tuned" else tuned_recipe_name(entry.family, pretrained), recipe_field)
+        base = named_recipe(recipe, family=entry.family, pretrained=pretrained, field=recipe_field)
     check_spec(data)
     entry.size_kwargs(data.image_size)
     epochs = fields.get("epochs", RunSpec.model_fields["epochs"].default)
@@ -112,7 +111,7 @@ def resolve_run(*, model: str, recipe: str, data: DataSpec, overrides: dict[str,
 Pretrained = Literal["timm"] | dict[str, Path] | None
 PRETRAINED_HELP = ("the weights every run starts from: null = a fresh init; timm = timm's own (from the local Hugging Face "
                    "cache); {model: FILE} = a state dict per model (a CPU stand-in's own name, or the model it stands "
-                   "for). With weights, a 'tuned'/'fitted' recipe is the family's fine-tuning one (*_ft)")
+                   "for). With weights, 'fitted' (each model's own recipe) is the family's fine-tuning one (*_ft)")
 
 
 def pretrained_fields(pretrained: Pretrained, model: str, stands_for: str | None, field: str) -> dict[str, Any]:
@@ -269,9 +268,8 @@ class StudySpec(Strict):
         if is_recipe_file(self.recipe):
             return with_overrides(load_recipe_file(Path(self.recipe), "recipe"), self.fixed, "fixed")
         family = get_model_entry(self.model).family
-        name, _ = parse_ref(self.recipe)
         pretrained = self.pretrained is not None
-        base = get_recipe(name if name != "tuned" else tuned_recipe_name(family, pretrained), "recipe")
+        base = named_recipe(self.recipe, family=family, pretrained=pretrained)
         batch = self.fixed.get("batch_size", base.batch_size)
         budget = Budget(self.scheduler.max_epochs, train_images(self.data), batch if isinstance(batch, int) else base.batch_size)
         return resolve_recipe(self.recipe, family=family, pretrained=pretrained, budget=budget, overrides=self.fixed,
@@ -282,8 +280,8 @@ class BenchmarkSpec(Strict):
     name: str = Field("naive_vs_recipe", min_length=1, max_length=20000)
     description: str = Field("", max_length=20000)
     models: list[str] = Field(min_length=1)
-    recipes: list[str] = Field(["naive", "tuned"], min_length=1, description=(
-        "recipe names (fitted to the run; NAME@published for the source's values); 'tuned' or 'fitted' = each "
+    recipes: list[str] = Field(["naive", "fitted"], min_length=1, description=(
+        "recipe names (fitted to the run; NAME@published for the source's values); 'fitted' (or 'tuned') = each "
         "model's own recipe fitted, 'published' = it as published"))
     epochs: int = Field(10, ge=1)
     batch_size: int | None = Field(64, ge=1, description="one batch size for every recipe, so every run gets the same "
@@ -432,7 +430,7 @@ def describe_fit(name: str, *, model: str, data: Any, epochs: int, batch_size: i
     for flag, v in (("--epochs", epochs), ("--batch-size", batch_size)):
         if v < 1:
             raise UserError(flag, v, f"Use at least 1, e.g. {flag} 12.")
-    spec = resolve_run(model=model, recipe=f"{ref}@fitted", data=data, epochs=epochs, batch_size=batch_size)
+    spec = resolve_run(model=model, recipe=f"{ref}@fitted" if ref else "fitted", data=data, epochs=epochs, batch_size=batch_size)
     published = get_recipe(spec.recipe.name)
     fitted = spec.recipe
     changed = {k: v for k, v in fitted.model_dump(exclude={"fit_notes", "form"}).items() if getattr(published, k) != v}

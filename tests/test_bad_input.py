@@ -133,7 +133,7 @@ def test_directory_and_foreign_database(sandbox):
 CLI_CALLS = [
     (["benchmark", "--models", "resnet5O", "--db", "sqlite:///results.db"], "--models", "Did you mean 'resnet50'"),
     (["benchmark", "--models", ",", "--db", "sqlite:///results.db"], "--models", "at least one name"),
-    (["benchmark", "--recipes", "naive,tunned", "--db", "sqlite:///results.db"], "--recipes", "Did you mean 'tuned'"),
+    (["benchmark", "--recipes", "naive,fittted", "--db", "sqlite:///results.db"], "--recipes", "Did you mean 'fitted'"),
     (["benchmark", "--seeds", "0", "--db", "sqlite:///results.db"], "--seeds", "at least 1 seed"),
     (["benchmark", "--epochs", "0", "--db", "sqlite:///results.db"], "--epochs", "at least 1 epoch"),
     (["benchmark", "--set", "lr", "--db", "sqlite:///results.db"], "--set", "KEY=VALUE"),

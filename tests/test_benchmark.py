@@ -1,4 +1,4 @@
-"""`harness benchmark`: grid resolution (all, tuned, scale), bad input refused before anything is
+"""`harness benchmark`: grid resolution (all, fitted, scale), bad input refused before anything is
 written, and one real grid through Ray Tune to the table and the dashboards."""
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from harness.benchmark import default_grid, load_grid, resolve_grid
 from harness.cli import main
 from harness.errors import UserError
 from harness.models import ALL, CPU_VARIANT, MODELS
-from harness.recipes import tuned_recipe_name
+from harness.recipes import family_recipe_name
 
 
-def test_default_grid_is_all_models_naive_vs_tuned_on_cpu_stand_ins():
+def test_default_grid_is_all_models_naive_vs_fitted_on_cpu_stand_ins():
     spec = load_grid(None)
     assert default_grid().name == "naive_vs_recipe.yaml"
     grid = resolve_grid(spec, cuda=False)
     assert grid.scale == "tiny"
     assert [(r.model, r.stands_for, r.recipe.name) for r in grid.runs] == [
-        (CPU_VARIANT[m], m, rec) for m in ALL for rec in ("naive", tuned_recipe_name(MODELS[m].family))]
+        (CPU_VARIANT[m], m, rec) for m in ALL for rec in ("naive", family_recipe_name(MODELS[m].family))]
     assert all(r.epochs == spec.epochs and r.data == spec.data and r.threads == 1 for r in grid.runs)
     assert grid.note.startswith("CPU: running resnet18 for resnet50, efficientnet_b0 for efficientnet_b3, "
                                 "vit_tiny for vit_base, swin_nano for swin_tiny; use --scale full")
@@ -32,7 +32,7 @@ def test_default_grid_is_all_models_naive_vs_tuned_on_cpu_stand_ins():
 
 
 def test_cuda_runs_the_full_models_and_flags_override_the_file():
-    spec = load_grid(None, models="vit_base,resnet50", recipes="tuned", epochs=3, seeds=2, image_size=32)
+    spec = load_grid(None, models="vit_base,resnet50", recipes="fitted", epochs=3, seeds=2, image_size=32)
     grid = resolve_grid(spec, cuda=True)
     assert grid.note is None and grid.scale == "full"
     assert [(r.model, r.recipe.name, r.seed, r.stands_for) for r in grid.runs] == [
@@ -59,7 +59,7 @@ def test_grid_file_and_set_overrides(tmp_path):
     (["--models", "vit_bas"], r"--models: got 'vit_bas'\. Unknown name\. Did you mean 'vit_base'"),
     (["--models", "all,resnet5"], r"--models: got 'resnet5'\. Unknown name\. Did you mean 'resnet50'"),
     (["--models", ","], r"--models: got ','\. Give at least one name"),
-    (["--recipes", "naive,tunned"], r"--recipes: got 'tunned'\. Unknown name\. Did you mean 'tuned'"),
+    (["--recipes", "naive,fittted"], r"--recipes: got 'fittted'\. Unknown name\. Did you mean 'fitted'"),
     (["--seeds", "0"], r"--seeds: got 0\. Run at least 1 seed"),
     (["--epochs", "0"], r"--epochs: got 0\. Train at least 1 epoch"),
     (["--epochs", "-3"], r"--epochs: got -3"),
@@ -114,7 +114,7 @@ def test_benchmark_end_to_end_through_ray(ray_local, tmp_path, monkeypatch):
     `harness train --recipe FILE` trains with."""
     monkeypatch.chdir(tmp_path)
     grid = tmp_path / "grid.yaml"
-    grid.write_text(yaml.safe_dump({"name": "e2e", "models": ["resnet50"], "recipes": ["naive", "tuned"], "epochs": 2,
+    grid.write_text(yaml.safe_dump({"name": "e2e", "models": ["resnet50"], "recipes": ["naive", "fitted"], "epochs": 2,
                                     "scale": "tiny", "data": {"name": "synthetic", "image_size": 16, "num_classes": 4,
                                                               "train_size": 64}, "set": {"batch_size": 16},
                                     "lrs": ["x1", "x3"]}))

@@ -18,7 +18,7 @@ from harness.cli import main
 from harness.dashboards.figures import lr_range_figure
 from harness.data import BatchAugment, DataSpec, TensorSplit, load
 from harness.models import build_model
-from harness.recipes import RECIPES, get_recipe, tuned_recipe_name, with_overrides
+from harness.recipes import RECIPES, family_recipe_name, get_recipe, with_overrides
 from harness.store import json_safe
 
 CPU = torch.device("cpu")
@@ -224,7 +224,7 @@ def test_lr_range_warns_when_nothing_trains(ds):
 
 # --- recipe lint --------------------------------------------------------------------------------
 
-# The bad setting of every rule, applied on top of each family's tuned recipe.
+# The bad setting of every rule, applied on top of each family's own recipe.
 BAD = {
     "adam_not_adamw": {"optimizer": "adam"},
     "high_lr_no_warmup": {"warmup_epochs": 0},
@@ -248,9 +248,9 @@ def test_every_rule_has_a_planted_case():
 
 @pytest.mark.parametrize("rule,family", [(r.name, f) for r in doc.LINT_RULES for f in r.families])
 def test_rule_fires_on_its_bad_setting_only(rule, family):
-    tuned = get_recipe(tuned_recipe_name(family))
-    assert rule not in fired(tuned, family)
-    bad = with_overrides(tuned, BAD[rule])
+    own = get_recipe(family_recipe_name(family))
+    assert rule not in fired(own, family)
+    bad = with_overrides(own, BAD[rule])
     assert rule in fired(bad, family)
     warn = next(r for r in doc.lint_recipe(bad, family) if r.check == f"lint.{rule}")
     assert "--set" in warn.fix and "source:" in warn.fix

@@ -196,7 +196,14 @@ def test_published_and_fitted_side_by_side():
     runs = resolve_grid(spec, cuda=False).runs
     assert [r.recipe.label() for r in runs] == ["naive", "vit (published)", "vit (fitted)"]
     with pytest.raises(Exception, match="listed twice"):
-        load_grid(None, models="vit_base", recipes="naive,tuned,tuned")
+        load_grid(None, models="vit_base", recipes="naive,tuned,fitted")  # the older word and the new one: one recipe
+
+
+def test_tuned_is_the_older_word_for_fitted():
+    """Grids and files written before the rename still run the same recipe; tables say 'fitted'."""
+    old, new = (resolve_grid(load_grid(None, models="vit_base", recipes=r), cuda=False).runs for r in ("tuned", "fitted"))
+    assert [r.recipe for r in old] == [r.recipe for r in new]
+    assert [r.recipe.label() for r in old] == ["vit (fitted)"]
 
 
 # --- 7. EfficientNet's head init and image floor ---------------------------------------------------

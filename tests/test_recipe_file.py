@@ -66,7 +66,7 @@ def test_file_holds_every_field_in_order_under_the_comment_and_reads_back_equal(
 
 def test_is_recipe_file():
     assert all(map(is_recipe_file, ["best.yaml", "best.YML", "out/recipes/x", "./vit", "/abs/r.yaml"]))
-    assert not any(map(is_recipe_file, ["vit", "vit@published", "tuned", "published", "cnn_ft"]))
+    assert not any(map(is_recipe_file, ["vit", "vit@published", "fitted", "tuned", "published", "cnn_ft"]))
 
 
 def test_the_module_imports_no_torch_timm_or_ray():

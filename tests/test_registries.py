@@ -8,14 +8,14 @@ import torch
 from harness.data import DataSpec, load
 from harness.errors import UserError
 from harness.models import ALL, CPU_VARIANT, MODELS, build_model, get_model_entry
-from harness.recipes import RECIPES, TUNED, build_loss, build_mixup, build_optimizer, get_recipe
+from harness.recipes import FAMILY_RECIPES, RECIPES, build_loss, build_mixup, build_optimizer, get_recipe
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_every_model_builds_and_takes_a_step(name):
     size = 32
     model = build_model(name, num_classes=5, image_size=size)
-    opt = build_optimizer(model, get_recipe(TUNED[MODELS[name].family]))
+    opt = build_optimizer(model, get_recipe(FAMILY_RECIPES[MODELS[name].family]))
     x, y = torch.randn(2, 3, size, size), torch.tensor([0, 4])
     out = model(x)
     assert out.shape == (2, 5)
@@ -63,7 +63,7 @@ def test_recipe_values_follow_their_sources():
         ("rmsproptf", 0.048, 768, 0.97, 2.4)
     # fine-tuning variants carry layer decay and expect pretrained weights
     assert RECIPES["vit_ft"].layer_decay == 0.65 and RECIPES["swin_ft"].layer_decay == 0.7
-    assert all(RECIPES[f"{n}_ft"].pretrained for n in TUNED.values())
+    assert all(RECIPES[f"{n}_ft"].pretrained for n in FAMILY_RECIPES.values())
 
 
 def test_lr_scales_linearly_with_batch_size():
