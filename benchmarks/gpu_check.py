@@ -8,7 +8,7 @@
 Steps (each appends "name, PASS/FAIL/SKIP, seconds, reason" to OUT/steps.tsv; the script adds its own
 setup, imports and gpu_tests steps to the same file):
 
-- zero_gpu: a trial asking for `gpu: 0` (through harness.engine.run_grid) records no card and no Ray
+- zero_gpu: a trial asking for `gpu: 0` (through harness.engine.run_trials) records no card and no Ray
   trial process appears on a GPU while it runs.
 - sweep: `harness sweep` of the shipped studies/vit_lr.yaml at `gpu: auto` (4 trials of 2 epochs, 2 at
   a time): from results.db (`runs.gpus`, the cards Ray granted each trial) and nvidia-smi sampled during
@@ -303,13 +303,14 @@ def run_sweep_step(tmp: Path, log: Callable[[str], None], *, dry_run: bool) -> C
 def zero_gpu_grid(db: str, storage: str) -> None:
     """One CPU stand-in trial granted no GPU, through the engine (in a spawned process: a clean driver)."""
     from harness import data as data_mod
-    from harness.engine import Experiment, run_grid
+    from harness.engine import Experiment, Trials, run_trials
+    from harness.experiment import Where
     from harness.specs import ResourcesSpec, resolve_run
 
     data = data_mod.DataSpec(name="synthetic", image_size=32, train_size=512)
     spec = resolve_run(model="resnet18", recipe="fitted", data=data, epochs=1, eval_samples=0)
-    run_grid([spec], db=db, experiment=Experiment("benchmark", "gpu_check_zero_gpu"), concurrency=1,
-             resources=ResourcesSpec(cpu=1, gpu=0), storage_path=storage)
+    run_trials(Trials.grid([spec], concurrency=1, resources=ResourcesSpec(cpu=1, gpu=0)),
+               where=Where(db=db, out=None, storage_path=Path(storage)), experiment=Experiment("benchmark", "gpu_check_zero_gpu"))
 
 
 def run_zero_gpu(tmp: Path, log: Callable[[str], None], *, dry_run: bool) -> Check:

@@ -1,11 +1,11 @@
 """Packing small trials on one GPU: 4 trials one after another (1 GPU each) against 4 at once
 (0.25 GPU each), wall time and GPU utilisation.
 
-    uv run python benchmarks/packing.py                      # through harness.engine.run_grid (Ray Tune)
+    uv run python benchmarks/packing.py                      # through harness.engine.run_trials (Ray Tune)
     uv run python benchmarks/packing.py --processes          # one plain process per trial, no Ray
 
 Each trial is a sweep-like run: `fit()` of --model (own fitted recipe) on 32 px data for --epochs.
-Via Ray the trials go through `harness.engine.run_grid`, the sweeps' own path, with Ray's
+Via Ray the trials go through `harness.engine.run_trials`, the sweeps' own path, with Ray's
 fractional GPUs doing the packing, and their times are read back from the run's results database
 (`harness.report`). With --processes (or where Ray is not installed) each trial runs `run_trial`
 in its own spawned process (`multiprocessing`, as a Ray worker would be). On a CPU it says it
@@ -104,22 +104,23 @@ def run_trial(spec: Any) -> dict[str, float | None]:
 
 def pack_with_ray(args: argparse.Namespace, mode: str, tmp: Path, log: Callable[[str], None], *,
                   device: str = "cuda", gpu_per_trial: float | None = None) -> dict[str, Any]:
-    """The trials through harness.engine.run_grid, the sweeps' own path: 1 GPU each one at a time, or
+    """The trials through harness.engine.run_trials, the sweeps' own path: 1 GPU each one at a time, or
     1/trials GPU each all at once (Ray fractional resources, floored: 7 x round(1/7, 3) > 1 GPU);
     times read back with harness.report."""
     import os
 
     from harness import report
-    from harness.engine import Experiment, run_grid
+    from harness.engine import Experiment, Trials, run_trials
+    from harness.experiment import Where
     from harness.specs import ResourcesSpec
 
     cpus = max(1, (os.cpu_count() or args.trials) // args.trials)
     concurrency, gpu = (1, 1.0) if mode == "sequential" else (args.trials, math.floor(1000 / args.trials) / 1000)
     gpu = gpu if gpu_per_trial is None else gpu_per_trial
     db = f"sqlite:///{tmp / f'{mode}.db'}"
-    exp = run_grid(packing_specs(args, device), db=db, experiment=Experiment("benchmark", f"packing-{mode}"),
-                   concurrency=concurrency, resources=ResourcesSpec(cpu=cpus, gpu=gpu), storage_path=tmp / "ray",
-                   echo=log).experiment_id
+    trials = Trials.grid(packing_specs(args, device), concurrency=concurrency, resources=ResourcesSpec(cpu=cpus, gpu=gpu))
+    exp = run_trials(trials, where=Where(db=db, out=None, storage_path=tmp / "ray"),
+                     experiment=Experiment("benchmark", f"packing-{mode}"), echo=log).experiment_id
     store = report.open_reader(db)
     try:
         runs = report.read_runs(store, exp)
@@ -183,7 +184,7 @@ def packing(args: argparse.Namespace, device: torch.device, dev_name: str, log: 
         f"- command: `{common.command_line('packing.py', args.argv)}`",
         f"- trial: {args.model}, own fitted recipe, {args.data} at 32 px ({args.train_size or 'all'} images), {args.epochs} epochs, "
         f"{'torch.compile' if args.compile else 'eager'}; via "
-        f"{'harness.engine.run_grid (Ray Tune)' if how == 'ray' else 'one spawned process per trial'}",
+        f"{'harness.engine.run_trials (Ray Tune)' if how == 'ray' else 'one spawned process per trial'}",
         f"- {common.stamp()}; GPU utilisation from nvidia-smi every 0.5 s", "",
         common.md_table(rows, list(rows[0])), "",
         f"{args.trials} concurrent finish {speedup:.2f}x sooner than {args.trials} in a row: {verdict}.",
@@ -206,7 +207,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--train-size", type=int, default=None,
                    help=f"training images per trial [default: synthetic {SYNTHETIC_IMAGES:,}; digits all]")
     p.add_argument("--processes", action="store_true",
-                   help="one spawned process per trial instead of harness.engine.run_grid (Ray)")
+                   help="one spawned process per trial instead of harness.engine.run_trials (Ray)")
     p.add_argument("--compile", action="store_true", help="torch.compile each trial's model")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", type=Path, default=common.RESULTS, help="folder for the table [default: benchmarks/results]")

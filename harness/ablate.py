@@ -7,7 +7,7 @@ time; an ingredient is a named group of recipe fields (`recipes.INGREDIENTS`). M
   full recipe with that one ingredient taken back to naive's values);
 - `both`: the two ladders (the order matters in `add` because ingredients interact; `drop` is the check).
 
-Every rung x seed is a `RunSpec` run through the benchmark's Ray grid (`engine.run_grid`), recorded as
+Every rung x seed is a `RunSpec` run through the skeleton every grid uses (`experiment.run_experiment`), recorded as
 one experiment of kind `ablate`; each run's `tags` (mode, rung, ingredient) say where it sits. The table
 and the waterfall are computed from those rows only (`ablation_table`), like the before/after table.
 """
@@ -17,18 +17,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from harness import grids
 from harness import report as rep
 from harness.datasets import DataSpec, check_spec, train_images
 from harness.errors import UserError, close_matches
-from harness.grids import Where
+from harness.experiment import Where, run_experiment
 from harness.models import check_weights, get_model_entry, resolve_scale, stand_in_label, weights_tag
-from harness.recipes import INGREDIENTS, Budget, Recipe, parse_ref, resolve_recipe
+from harness.recipes import INGREDIENTS, Budget, Recipe, resolve_recipe
 from harness.specs import RunSpec, pretrained_fields
+
+if TYPE_CHECKING:
+    from harness.engine import Trials
 
 DEFAULT_EPOCHS = 6  # 11 vit_tiny rungs of 6 epochs fit in 10 minutes on 2 cores (README)
 
@@ -119,22 +121,15 @@ def resolve_ablation(model: str, *, recipe: str = "fitted", steps: str | None = 
                      epochs: int = DEFAULT_EPOCHS, batch_size: int = 64, data: DataSpec = DataSpec(image_size=16),
                      scale: str = "auto", cuda: bool = False, threads: int | None = 1,
                      pretrained: Any = None) -> Ablation:
-    """Everything resolved and checked before anything runs (UserError on bad input). `pretrained` ('timm'
+    """Everything resolved and checked before anything runs (UserError on bad input; the bounds of seeds,
+    epochs, batch size and mode are the CLI's click types). `pretrained` ('timm'
     or {model: path}): every rung starts from those weights, and 'fitted' is the family's fine-tuning recipe,
     so layer decay, warmup and the schedule each get their measured share."""
     entry = get_model_entry(model, "--model")
-    for flag, v, least in (("--seeds", seeds, "Run at least 1 seed, e.g. --seeds 3"),
-                           ("--epochs", epochs, "Train at least 1 epoch, e.g. --epochs 6"),
-                           ("--batch-size", batch_size, "Use at least 1 image per step, e.g. --batch-size 64")):
-        if v < 1:
-            raise UserError(flag, v, least + ".")
-    if mode not in ("add", "drop", "both"):
-        raise UserError("--mode", mode, "Use add, drop or both.")
     check_spec(data, "--data")
     ran, _ = resolve_scale(model, scale, cuda=cuda)
     get_model_entry(ran).size_kwargs(data.image_size)
     budget = Budget(epochs, train_images(data), batch_size)
-    name, _ = parse_ref(recipe, "--recipe")
     weights = pretrained_fields(pretrained, ran, model if ran != model else None, "--pretrained-file")
     fine_tuning = bool(weights)
     start = resolve_recipe("naive", family=entry.family, pretrained=fine_tuning, budget=budget, field="--recipe")
@@ -157,50 +152,77 @@ def resolve_ablation(model: str, *, recipe: str = "fitted", steps: str | None = 
 
 def run_ablation(ab: Ablation, where: Where, *, concurrency: int = 2, echo: Callable[[str], None] = print,
                  resume: bool = False):
-    """Run the ladder as an `ablate` experiment (with `resume`: continue the interrupted one of this
-    model, which must be the same ladder), then its table, waterfall and the pages. Returns the
-    engine's Outcome (status "interrupted": the CLI exits 130).
+    """Run the ladder as an `ablate` experiment (`experiment.run_experiment`; with `resume`: continue
+    the interrupted one of this model, which must be the same ladder), then its table, waterfall and
+    the pages. Returns the engine's Outcome (status "interrupted": the CLI exits 130)."""
+    return run_experiment(Ladder(ab, concurrency), where, resume=resume, echo=echo)
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """`harness ablate` as an `experiment.Command`: the ladder's runs and its table.
     The trials ask for `gpu: auto`, as the benchmark's do: on a GPU machine they share its cards
     (`specs.share_cards`), so the full models `resolve_ablation` chose there train on the GPU."""
-    from harness.engine import Experiment, resumable
-    from harness.specs import ResourcesSpec
 
-    resources = ResourcesSpec(cpu=1)
-    name = f"ablate {ab.stands_for or ab.model}"
-    spec = {"model": ab.model, "stands_for": ab.stands_for, "start": ab.start.label(), "end": ab.end.label(),
-            "mode": ab.mode, "steps": list(ab.steps), "epochs": ab.runs[0].epochs, "seeds": len({r.seed for r in ab.runs}),
-            "batch_size": ab.end.batch_size, "data": ab.runs[0].data.model_dump(mode="json"),
-            "rungs": [f"{r.mode} {r.index}: {r.recipe.name}" for r in ab.rungs]}
-    exp_id = None
-    if resume:
-        row = resumable(where.db, kind="ablate", name=name, storage_path=where.storage_path,
-                        again=f"harness ablate --model {ab.stands_for or ab.model}")
-        stored = yaml.safe_load(row["spec"])
+    ab: Ablation
+    concurrency: int
+    kind = "ablate"
+
+    @property
+    def name(self) -> str:
+        return f"ablate {self.ab.stands_for or self.ab.model}"
+
+    @property
+    def description(self) -> str:
+        return f"{self.ab.start.label()} -> {self.ab.end.label()}, one ingredient at a time ({self.ab.mode})"
+
+    @property
+    def again(self) -> str:
+        return f"harness ablate --model {self.ab.stands_for or self.ab.model}"
+
+    def stored(self) -> dict[str, Any]:
+        ab = self.ab
+        return {"model": ab.model, "stands_for": ab.stands_for, "start": ab.start.label(), "end": ab.end.label(),
+                "mode": ab.mode, "steps": list(ab.steps), "epochs": ab.runs[0].epochs, "seeds": len({r.seed for r in ab.runs}),
+                "batch_size": ab.end.batch_size, "data": ab.runs[0].data.model_dump(mode="json"),
+                "rungs": [f"{r.mode} {r.index}: {r.recipe.name}" for r in ab.rungs]}
+
+    def spec_yaml(self) -> str:
+        return yaml.safe_dump(self.stored(), sort_keys=False)
+
+    def resumed(self, row: dict[str, Any], where: Where, echo: Callable[[str], None]) -> Ladder:
+        """Only the same ladder continues: it is rebuilt from the flags, not from the row."""
+        stored, spec = yaml.safe_load(row["spec"]), self.stored()
         if stored != spec:
             changed = sorted(k for k in spec if stored.get(k) != spec[k])
-            raise UserError("--resume", name, f"The ladder asked for differs from the one started in {', '.join(changed)}; "
+            raise UserError("--resume", self.name, f"The ladder asked for differs from the one started in {', '.join(changed)}; "
                             "pass the same flags to continue it, or run without --resume.")
-        exp_id = row["id"]
-    for line in ab.describe():
-        echo(line)
-    outcome = grids.run_grid(where, list(ab.runs), experiment=Experiment(
-        "ablate", name, f"{ab.start.label()} -> {ab.end.label()}, one ingredient at a time ({ab.mode})",
-        yaml.safe_dump(spec, sort_keys=False), id=exp_id), concurrency=concurrency, resources=resources, echo=echo)
-    exp = outcome.experiment_id
-    index = grids.write_pages(where)
-    store = rep.open_reader(where.db)
-    try:
-        table = rep.ablation_table(store, exp)
-    finally:
-        store.close()
-    echo("")
-    echo(rep.to_text(rep.format_ablation(table)))
-    echo("")
-    if where.out is not None:
-        echo(f"table: {Path(where.out) / f'ablate-{exp}.md'} and .csv")
-        echo(f"dashboards: {Path(where.out) / f'ablate-{exp}.html'} (waterfall), {index} (everything)")
-    echo(f"results: experiment {exp} in {where.shown_db}")
-    if outcome.status == "interrupted":
-        echo(f"continue with: harness ablate --model {ab.stands_for or ab.model} ... --resume (the same flags; "
-             f"experiment {exp} keeps what finished)")
-    return outcome
+        return self
+
+    def check_new(self, where: Where) -> None:
+        pass  # the weights were checked by `resolve_ablation`
+
+    def describe(self) -> list[str]:
+        return self.ab.describe()
+
+    def trials(self, where: Where) -> Trials:
+        from harness.engine import Trials
+        from harness.specs import ResourcesSpec
+
+        return Trials.grid(self.ab.runs, concurrency=self.concurrency, resources=ResourcesSpec(cpu=1))
+
+    def report(self, where: Where, outcome: Any, echo: Callable[[str], None]) -> list[str]:
+        exp = outcome.experiment_id
+        store = rep.open_reader(where.db)
+        try:
+            table = rep.ablation_table(store, exp)
+        finally:
+            store.close()
+        echo("")
+        echo(rep.to_text(rep.format_ablation(table)))
+        if where.out is None:
+            return []
+        return [f"table: {Path(where.out) / f'ablate-{exp}.md'} and .csv, waterfall {Path(where.out) / f'ablate-{exp}.html'}"]
+
+    def continue_with(self, where: Where) -> str:
+        return f"{self.again} ... --resume (the same flags)"

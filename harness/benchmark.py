@@ -12,17 +12,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from harness import grids
 from harness.errors import UserError
-from harness.grids import Where
+from harness.experiment import Where, run_experiment
 from harness.models import ALL, MODELS, check_weights, get_model_entry, resolve_scale
 from harness.recipe_file import is_recipe_file, load_recipe_file
 from harness.recipes import parse_ref
 from harness.specs import BenchmarkSpec, LrPoint, RunSpec, parse_lrs, parse_spec, pretrained_fields, read_yaml, resolve_run
+
+if TYPE_CHECKING:
+    from harness.engine import Trials
 
 DEFAULT_GRID = Path("benchmarks/naive_vs_recipe.yaml")
 REPO_GRID = Path(__file__).resolve().parent.parent / DEFAULT_GRID  # when run from another folder
@@ -45,12 +47,8 @@ def load_grid(path: Path | None, *, models: str | None = None, recipes: str | No
               concurrency: int | None = None, batch_size: int | None = None,
               sets: dict[str, Any] | None = None, lrs: str | None = None,
               pretrained: str | dict[str, str] | None = None) -> BenchmarkSpec:
-    """The grid file with the command line's overrides applied, validated (UserError on bad input)."""
-    for flag, v, least in (("--epochs", epochs, "Train at least 1 epoch"), ("--seeds", seeds, "Run at least 1 seed"),
-                           ("--concurrency", concurrency, "Run at least 1 trial at a time"),
-                           ("--batch-size", batch_size, "Use at least 1 image per step")):
-        if v is not None and v < 1:
-            raise UserError(flag, v, f"{least}, e.g. {flag} {2 if flag == '--concurrency' else 3}.")
+    """The grid file with the command line's overrides applied, validated (UserError on bad input; the
+    overrides' bounds are the CLI's click types, the file's the spec's fields)."""
     for flag, v in (("--models", models), ("--recipes", recipes)):
         if v is not None and not split_names(v):
             raise UserError(flag, v, "Give at least one name, comma-separated (e.g. resnet50,vit_base or all).")
@@ -83,7 +81,7 @@ def load_grid(path: Path | None, *, models: str | None = None, recipes: str | No
         raw["lrs"] = lrs
     if raw.get("lrs") is not None:  # normalised once: the stored spec holds the axis as it resolved
         field = "--lrs" if lrs is not None else where + "lrs"
-        raw["lrs"] = [p.label for p in parse_lrs(raw["lrs"], field)]
+        raw["lrs"] = parse_lrs(raw["lrs"], field)  # typed points from here on
         fixed = sorted({"lr"} & set(raw.get("set") or {}))  # a floor or warmup start set is scaled with the axis
         if fixed:
             by = "--set" if sets and set(fixed) & set(sets) else where + "set"
@@ -134,7 +132,7 @@ def resolve_grid(spec: BenchmarkSpec, *, cuda: bool) -> Grid:
     pairs = [resolve_scale(name, spec.scale, cuda=cuda) for name in expand_models(spec.models)]
     seen: set[str] = set()
     pairs = [p for p in pairs if not (p[0] in seen or seen.add(p[0]))]  # one per model that runs, first wins
-    points = parse_lrs(spec.lrs, "lrs") if spec.lrs else (None,)
+    points = spec.lrs or (None,)
     runs: list[RunSpec] = []
     for ran, stands_for in pairs:
         for recipe in spec.recipes:
@@ -201,55 +199,78 @@ def resolved_yaml(spec: BenchmarkSpec, grid: Grid) -> str:
 
 def run_benchmark(spec: BenchmarkSpec, where: Where, *, echo: Callable[[str], None] = print, cuda: bool | None = None,
                   resume: bool = False):
-    """Run the grid through Ray Tune (`grids.run_grid`), then print the before/after table (and, with an
-    lr axis, the sensitivity tables) and write them with the pages into `where.out`. Returns the
-    engine's Outcome (status "interrupted": the CLI exits 130). With `resume`, the interrupted benchmark of
-    this name continues: finished runs are kept, interrupted ones continue from their checkpoints,
-    missing ones start. `where` is checked by the caller (`Where.check`)."""
-    from harness.engine import Experiment, resumable
-
+    """Run the grid as one experiment (`experiment.run_experiment`: through Ray Tune, with live pages),
+    then print the before/after table (and, with an lr axis, the sensitivity tables) and write them with
+    the pages into `where.out`. Returns the engine's Outcome (status "interrupted": the CLI exits 130).
+    With `resume`, the interrupted benchmark of this name continues as it was started: finished runs are
+    kept, interrupted ones continue from their checkpoints, missing ones start. `where` is checked by the
+    caller (`Where.check`)."""
     if cuda is None:
         import torch
 
         cuda = torch.cuda.is_available()
-    exp_id = None
-    if resume:
-        row = resumable(where.db, kind="benchmark", name=spec.name, storage_path=where.storage_path, again="harness benchmark")
+    return run_experiment(Benchmark(spec, resolve_grid(spec, cuda=cuda), cuda), where, resume=resume, echo=echo)
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """`harness benchmark` as a `experiment.Command`: the grid's runs and its tables."""
+
+    spec: BenchmarkSpec
+    grid: Grid
+    cuda: bool
+    kind = "benchmark"
+    again = "harness benchmark"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def description(self) -> str:
+        return self.spec.description
+
+    def spec_yaml(self) -> str:
+        return resolved_yaml(self.spec, self.grid)
+
+    def resumed(self, row: dict[str, Any], where: Where, echo: Callable[[str], None]) -> Benchmark:
+        """The grid as it was started (a note when the one given differs); refused when it now resolves
+        to other runs: run i continues run i's checkpoint, so it must be the same run."""
         stored = yaml.safe_load(row["spec"])
         stored_runs = stored.pop("runs", None)
-        stored_spec = parse_spec(BenchmarkSpec, stored, f"{where.shown_db} benchmark {spec.name}")
-        if stored_spec != spec.model_copy(update={"scale": stored_spec.scale}):
+        spec = parse_spec(BenchmarkSpec, stored, f"{where.shown_db} benchmark {self.spec.name}")
+        if spec != self.spec.model_copy(update={"scale": spec.scale}):
             echo(f"note: the grid given differs from benchmark {spec.name} as it was started; --resume continues it as started.")
-        spec, exp_id = stored_spec, row["id"]
-    grid = resolve_grid(spec, cuda=cuda)
-    if not resume:  # a resumed run starts from its checkpoint, not from these weights
-        check_weights(grid.runs)  # a foreign file, or timm's weights out of reach: exit 2 before any row
-    if resume and yaml.safe_load(resolved_yaml(spec, grid)).get("runs") != stored_runs:
-        # Run i must be the run that was started as run i: its checkpoint continues under that spec.
-        raise UserError("--resume", spec.name, "The grid resolves to other runs than when it was started (the data, "
-                        "the device or the harness changed); run it without --resume.")
-    if grid.note:
-        echo(grid.note)
-    for line in budget_lines(grid):
-        echo(line)
-    outcome = grids.run_grid(where, grid.runs, experiment=Experiment("benchmark", spec.name, spec.description,
-                                                                     resolved_yaml(spec, grid), id=exp_id),
-                             concurrency=spec.concurrency, echo=echo, resources=spec.resources)
-    finish(where, outcome.experiment_id, echo=echo)
-    if outcome.status == "interrupted":
-        # The partial table and pages are written above; the exit code still says it was cut short.
-        echo(f"continue with: harness benchmark --resume --db {where.shown_db} "
-             f"(experiment {outcome.experiment_id} keeps what finished)")
-    return outcome
+        started = Benchmark(spec, resolve_grid(spec, cuda=self.cuda), self.cuda)
+        if yaml.safe_load(started.spec_yaml()).get("runs") != stored_runs:
+            raise UserError("--resume", spec.name, "The grid resolves to other runs than when it was started (the data, "
+                            "the device or the harness changed); run it without --resume.")
+        return started
+
+    def check_new(self, where: Where) -> None:
+        check_weights(self.grid.runs)  # a foreign file, or timm's weights out of reach: exit 2 before any row
+
+    def describe(self) -> list[str]:
+        return ([self.grid.note] if self.grid.note else []) + budget_lines(self.grid)
+
+    def trials(self, where: Where) -> Trials:
+        from harness.engine import Trials
+
+        return Trials.grid(self.grid.runs, concurrency=self.spec.concurrency, resources=self.spec.resources)
+
+    def report(self, where: Where, outcome: Any, echo: Callable[[str], None]) -> list[str]:
+        return finish(where, outcome.experiment_id, echo=echo)
+
+    def continue_with(self, where: Where) -> str:
+        return f"harness benchmark --resume --db {where.shown_db} --storage-path {where.storage_path}"
 
 
-def finish(where: Where, experiment_id: int, *, echo: Callable[[str], None] = print) -> Path | None:
-    """The tables in the terminal, their Markdown/CSV and the pages in `where.out`; with an lr axis, each
-    model's recommended recipe as a file (`hand_back`)."""
+def finish(where: Where, experiment_id: int, *, echo: Callable[[str], None] = print) -> list[str]:
+    """The tables in the terminal, their Markdown/CSV in `where.out`; with an lr axis, each model's
+    recommended recipe as a file (`hand_back`). Returns the lines that name the files."""
     from harness import report as rep
     from harness import sensitivity as sens
 
-    index = grids.write_pages(where)
     store = rep.open_reader(where.db)
     try:
         table = rep.before_after(store, experiment_id)
@@ -269,17 +290,14 @@ def finish(where: Where, experiment_id: int, *, echo: Callable[[str], None] = pr
         echo(rep.to_text(sens.format_summary(summary)))
         echo("")
         echo(rep.to_text(sens.format_curve(points)))
-    echo("")
-    for line in recipes:
-        echo(line)
+    lines = list(recipes)
     if where.out is not None:
         out = Path(where.out)
-        echo(f"table: {out / f'before_after-{experiment_id}.md'} and .csv")
+        lines.append(f"table: {out / f'before_after-{experiment_id}.md'} and .csv, page {out / f'before_after-{experiment_id}.html'}")
         if not points.empty:
-            echo(f"lr sensitivity: {out / f'sensitivity-{experiment_id}.md'} and .csv, page {out / f'sensitivity-{experiment_id}.html'}")
-        echo(f"dashboards: {out / f'before_after-{experiment_id}.html'} (before/after), {index} (everything)")
-    echo(f"results: experiment {experiment_id} in {where.shown_db}")
-    return index
+            lines.append(f"lr sensitivity: {out / f'sensitivity-{experiment_id}.md'} and .csv, "
+                         f"page {out / f'sensitivity-{experiment_id}.html'}")
+    return lines
 
 
 def hand_back(store: Any, experiment_id: int, runs: Any, summary: Any, out: Path, *,
@@ -325,4 +343,4 @@ def hand_back(store: Any, experiment_id: int, runs: Any, summary: Any, out: Path
     return lines
 
 
-__all__ = ["load_grid", "resolve_grid", "run_benchmark", "finish", "hand_back", "default_grid", "MODELS"]
+__all__ = ["Benchmark", "load_grid", "resolve_grid", "run_benchmark", "finish", "hand_back", "default_grid", "MODELS"]

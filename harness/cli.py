@@ -20,6 +20,7 @@ import yaml
 
 from harness import DEFAULT_DB
 from harness.errors import UserError
+from harness.experiment import DEFAULT_STORAGE, PAGES_EVERY_S, Where
 
 EXIT_BAD_INPUT = 2
 TERMINAL_WIDTH = 100  # what the listings are laid out for: a laptop's half-screen terminal
@@ -38,6 +39,31 @@ class HarnessGroup(click.Group):
             ctx.exit(EXIT_BAD_INPUT)
         except KeyboardInterrupt:
             ctx.exit(EXIT_INTERRUPTED)
+
+
+class AtLeast(click.ParamType):
+    """An int option's bound, declared with the option (as `ge=` is with a spec's field): a value below it
+    is refused in harness's words, the flag, the value and the fix, exit 2."""
+
+    name = "integer"
+
+    def __init__(self, least: int, unit: str, example: int) -> None:
+        self.least, self.unit, self.example = least, unit, example
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        flag = param.opts[0] if param is not None else "value"
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise UserError(flag, value, f"Not a whole number; e.g. {flag} {self.example}.") from None
+        if number < self.least:
+            raise UserError(flag, number, f"Use at least {self.least} {self.unit}, e.g. {flag} {self.example}.")
+        return number
+
+
+EPOCHS, SEEDS, BATCH = AtLeast(1, "epoch", 10), AtLeast(1, "seed", 3), AtLeast(1, "image per step", 64)
+AT_ONCE, THREADS, SECONDS = AtLeast(1, "trial at a time", 2), AtLeast(1, "thread", 1), AtLeast(1, "second", 30)
+RETRIES, EVERY_N, ROWS = AtLeast(0, "retries", 1), AtLeast(0, "epochs (0 = never)", 5), AtLeast(1, "row", 10)
 
 
 def exit_if_interrupted(status: str) -> None:
@@ -107,13 +133,11 @@ def out_option(default: str = "dashboards", what: str = "the pages and tables"):
 
 def where_options(*, out_what: str, storage_layout: str):
     """--db, --out, --address, --storage-path and --pages-every of the commands that run trials through
-    Ray, declared once; the command receives them as one `grids.Where` (`where`), to check (`where.check()`)
+    Ray, declared once; the command receives them as one `experiment.Where` (`where`), to check (`where.check()`)
     before anything runs: `sweep --validate` checks the study file alone, without SQLAlchemy."""
     def decorate(f):
         @functools.wraps(f)
         def command(*args, db, out, address, storage_path, pages_every, **kwargs):
-            from harness.grids import Where
-
             where = Where(db=db, out=out, address=address, storage_path=storage_path, pages_every_s=pages_every)
             return f(*args, where=where, **kwargs)
         for option in reversed((
@@ -121,9 +145,9 @@ def where_options(*, out_what: str, storage_layout: str):
             out_option(what=out_what),
             click.option("--address", default=None, help="attach to this Ray cluster (HOST:PORT as `ray start --head` "
                          "printed it, or auto) [default: start Ray here]"),
-            click.option("--storage-path", type=click.Path(path_type=Path), default=Path("ray_results"), show_default=True,
+            click.option("--storage-path", type=click.Path(path_type=Path), default=DEFAULT_STORAGE, show_default=True,
                          help=f"where Ray keeps trial checkpoints and its state ({storage_layout}); shared storage on a cluster"),
-            click.option("--pages-every", type=click.FloatRange(min=1), default=30, show_default=True,
+            click.option("--pages-every", type=click.FloatRange(min=1), default=PAGES_EVERY_S, show_default=True,
                          help="seconds between rewrites of the live pages while it runs"),
         )):
             command = option(command)
@@ -181,9 +205,9 @@ def make_data_spec(data_name: str, data_root: Path | None, download: bool, image
                    "'fitted' = the model family's own ('tuned' also works); or FILE.yaml, a recipe file (a benchmark's or sweep's "
                    "recipes/recommended-*.yaml), used as written: not refitted, --batch-size rescales its lr")
 @data_options()
-@click.option("--epochs", type=int, default=None, help="[default: 10; with --resume: the checkpoint's; another N "
+@click.option("--epochs", type=EPOCHS, default=None, help="[default: 10; with --resume: the checkpoint's; another N "
               "stretches its lr schedule to N epochs]")
-@click.option("--batch-size", type=int, default=None, help="images per step [default: the recipe's]")
+@click.option("--batch-size", type=BATCH, default=None, help="images per step [default: the recipe's]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a recipe field (repeatable)")
 @db_option
@@ -193,10 +217,10 @@ def make_data_spec(data_name: str, data_root: Path | None, download: bool, image
 @click.option("--pretrained-file", type=click.Path(path_type=Path), default=None, help="start from local weights")
 @click.option("--checkpoint-dir", type=click.Path(path_type=Path), default=None,
               help="default: checkpoints/run-<id>/")
-@click.option("--checkpoint-every", type=int, default=0, show_default=True, help="keep epoch_N.pt every N epochs; 0 = only last/best")
+@click.option("--checkpoint-every", type=EVERY_N, default=0, show_default=True, help="keep epoch_N.pt every N epochs; 0 = only last/best")
 @click.option("--max-hours", type=float, default=None, help="stop with a checkpoint after this much wall time")
 @click.option("--resume", type=click.Path(path_type=Path), default=None, help="continue from a checkpoint (its config is used)")
-@click.option("--threads", type=int, default=None, help="torch CPU threads")
+@click.option("--threads", type=THREADS, default=None, help="torch CPU threads")
 def train(model: str, recipe: str, data_opts: dict,
           epochs: int | None, batch_size: int | None, seed: int, sets: tuple[str, ...], db: str, device: str, compile_: bool,
           pretrained: bool,
@@ -214,8 +238,6 @@ def train(model: str, recipe: str, data_opts: dict,
     elif model is None:
         raise UserError("--model", None, "Name a model (see `harness models`), or pass --resume CHECKPOINT.")
     else:
-        if batch_size is not None and batch_size < 1:
-            raise UserError("--batch-size", batch_size, "Use at least 1 image per step, e.g. --batch-size 64.")
         data = make_data_spec(**data_opts)
         spec = resolve_run(model=model, recipe=recipe, data=data, overrides=parse_sets(sets), batch_size=batch_size,
                            epochs=10 if epochs is None else epochs, seed=seed,
@@ -251,8 +273,8 @@ def recipes(ctx: click.Context) -> None:
 @click.argument("name")
 @click.option("--model", default=None, help="fit for this model's family (with NAME fitted) [default: vit_base]")
 @data_options()
-@click.option("--epochs", type=int, default=12, show_default=True, help="the run to fit to")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="the run's batch size")
+@click.option("--epochs", type=EPOCHS, default=12, show_default=True, help="the run to fit to")
+@click.option("--batch-size", type=BATCH, default=64, show_default=True, help="the run's batch size")
 def recipes_show(name: str, model: str | None, data_opts: dict, epochs: int, batch_size: int) -> None:
     """One recipe as published (with its source) and fitted to a run: the lr, warmup and strengths it
     will actually use, and the rule behind each."""
@@ -269,15 +291,15 @@ def recipes_show(name: str, model: str | None, data_opts: dict, epochs: int, bat
 @click.option("--recipes", default=None,
               help="comma list: recipe names (fitted to the run; NAME@published as published), 'fitted' = each "
                    "model's own ('tuned' also works), 'published' = it as published [default: naive,fitted]")
-@click.option("--epochs", type=int, default=None, help="[default: the grid file's]")
-@click.option("--seeds", type=int, default=None, help="seeds per model x recipe (0..K-1) [default: the grid file's]")
-@click.option("--batch-size", type=int, default=None,
+@click.option("--epochs", type=EPOCHS, default=None, help="[default: the grid file's]")
+@click.option("--seeds", type=SEEDS, default=None, help="seeds per model x recipe (0..K-1) [default: the grid file's]")
+@click.option("--batch-size", type=BATCH, default=None,
               help="one batch size for every recipe (the same updates per run) [default: the grid file's, 64]")
 @click.option("--data", "data_name", default=None, help="dataset name [default: the grid file's, digits]")
 @click.option("--image-size", type=int, default=None, help="pixels per side [default: the grid file's]")
 @click.option("--scale", type=click.Choice(["auto", "tiny", "full"]), default=None,
               help="auto: full models on CUDA, same-family CPU stand-ins otherwise [default: the grid file's, auto]")
-@click.option("--concurrency", type=int, default=None, help="trials at once [default: the grid file's]")
+@click.option("--concurrency", type=AT_ONCE, default=None, help="trials at once [default: the grid file's]")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a recipe field in every run (repeatable)")
 @click.option("--lrs", default=None, help="an lr axis: multipliers of each recipe's own lr (x0.1,x0.3,x1,x3,x10), "
               "absolute lrs at the run's batch (1e-4,3e-4,1e-3), or default (= x0.1,x0.3,x1,x3,x10); adds the lr "
@@ -311,13 +333,13 @@ def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs
 @click.option("--mode", type=click.Choice(["add", "drop", "both"]), default="add", show_default=True,
               help="add: naive + one ingredient per rung; drop: full recipe minus one; both")
 @click.option("--steps", default=None, help="ingredients in order, comma-separated [default: every one the recipe changes]")
-@click.option("--seeds", type=int, default=1, show_default=True, help="seeds per rung (>= 2: paired bootstrap intervals)")
-@click.option("--epochs", type=int, default=6, show_default=True, help="the budget every rung trains for")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="one batch size on every rung")
+@click.option("--seeds", type=SEEDS, default=1, show_default=True, help="seeds per rung (>= 2: paired bootstrap intervals)")
+@click.option("--epochs", type=EPOCHS, default=6, show_default=True, help="the budget every rung trains for")
+@click.option("--batch-size", type=BATCH, default=64, show_default=True, help="one batch size on every rung")
 @data_options(image_size=16)
 @click.option("--scale", type=click.Choice(["auto", "tiny", "full"]), default="auto", show_default=True,
               help="auto: the full model on CUDA, its same-family CPU stand-in otherwise")
-@click.option("--concurrency", type=int, default=2, show_default=True, help="runs at once")
+@click.option("--concurrency", type=AT_ONCE, default=2, show_default=True, help="runs at once")
 @where_options(out_what="the waterfall, the table and the dashboards",
                storage_layout="<path>/ablate-<random>, named in the experiment's row")
 @click.option("--resume", is_flag=True, help="continue the interrupted ablation of this model (the same flags)")
@@ -330,8 +352,6 @@ def ablate(model: str, recipe: str, mode: str, steps: str | None, seeds: int, ep
 
     from harness.ablate import resolve_ablation, run_ablation
 
-    if concurrency < 1:
-        raise UserError("--concurrency", concurrency, "Run at least 1 at a time, e.g. --concurrency 2.")
     data = make_data_spec(**data_opts)
     ab = resolve_ablation(model, recipe=recipe, steps=steps, mode=mode, seeds=seeds, epochs=epochs, batch_size=batch_size,
                           data=data, scale=scale, cuda=torch.cuda.is_available(),
@@ -348,7 +368,7 @@ def ablate(model: str, recipe: str, mode: str, steps: str | None, seeds: int, ep
               help="while an experiment in the database runs (another process writing it), rewrite the pages every "
                    "--every seconds with a 'running' banner (open tabs reload themselves); ends by itself when none "
                    "runs, or on Ctrl-C, with the final pages")
-@click.option("--every", type=int, default=30, show_default=True, help="seconds between rewrites with --watch")
+@click.option("--every", type=SECONDS, default=int(PAGES_EVERY_S), show_default=True, help="seconds between rewrites with --watch")
 @click.option("--all", "all_", is_flag=True, help="rewrite every page, changed or not (default: only the pages "
               "whose rows changed since they were written, and the index)")
 @click.argument("more_ids", nargs=-1, type=int, metavar="[RUN_ID]...")
@@ -361,8 +381,6 @@ def report(db: str, out: Path, compare: tuple[int, ...], watch: bool, every: int
     ids = [*compare, *more_ids]
     if more_ids and not compare:
         raise UserError("RUN_ID", list(more_ids), "Run ids go after --compare, e.g. `harness report --compare 3 7`.")
-    if every < 1:
-        raise UserError("--every", every, "Rewrite at most once a second: --every 1 or more (default 30).")
     if watch:
         from harness.dashboards import watch as watch_pages
 
@@ -389,7 +407,7 @@ def report(db: str, out: Path, compare: tuple[int, ...], watch: bool, every: int
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="the weights file to write (e.g. model.pth); its .recipe.yaml and .md model card go beside it")
 @db_option
-@click.option("--storage-path", type=click.Path(path_type=Path), default=Path("ray_results"), show_default=True,
+@click.option("--storage-path", type=click.Path(path_type=Path), default=DEFAULT_STORAGE, show_default=True,
               help="the --storage-path the run's benchmark, sweep or ablation ran with (its checkpoints are there)")
 def export(run_id: int, out: Path, db: str, storage_path: Path) -> None:
     """Hand back a run's trained model: its weights as a timm-loadable state dict, its recipe and a model card."""
@@ -408,8 +426,8 @@ def export(run_id: int, out: Path, db: str, storage_path: Path) -> None:
 @click.option("--resume", is_flag=True, help="continue the study of this name: finished trials are kept, unfinished ones continue")
 @where_options(out_what="the dashboards, rewritten while the sweep runs",
                storage_layout="<path>/<study name>-<random>, named in the experiment's row")
-@click.option("--max-failures", type=int, default=1, show_default=True, help="retries of a crashing trial, from its last checkpoint")
-@click.option("--top", type=int, default=10, show_default=True, help="trials shown in the final table")
+@click.option("--max-failures", type=RETRIES, default=1, show_default=True, help="retries of a crashing trial, from its last checkpoint")
+@click.option("--top", type=ROWS, default=10, show_default=True, help="trials shown in the final table")
 @pretrained_options
 def sweep(study: Path, validate: bool, resume: bool, where, max_failures: int, top: int, pretrained: bool,
           pretrained_files: tuple[str, ...]) -> None:
@@ -437,7 +455,7 @@ def sweep(study: Path, validate: bool, resume: bool, where, max_failures: int, t
               help="auto: the CPU stand-in on a CPU, the named model on a GPU; tiny: always the stand-in; full: the named model")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
+@click.option("--threads", type=THREADS, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
 @click.option("--overfit-steps", type=click.IntRange(1, 10000), default=200, show_default=True, help="step budget of the overfit test")
 @click.option("--lr-steps", type=click.IntRange(10, 10000), default=100, show_default=True, help="steps of the lr range test")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON (progress goes to stderr)")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
 from harness import plugins
 from harness.datasets import DataSpec, check_spec, train_images
@@ -276,28 +276,6 @@ class StudySpec(Strict):
                               field="recipe", set_field="fixed")
 
 
-class BenchmarkSpec(Strict):
-    name: str = Field("naive_vs_recipe", min_length=1, max_length=20000)
-    description: str = Field("", max_length=20000)
-    models: list[str] = Field(min_length=1)
-    recipes: list[str] = Field(["naive", "fitted"], min_length=1, description=(
-        "recipe names (fitted to the run; NAME@published for the source's values); 'fitted' (or 'tuned') = each "
-        "model's own recipe fitted, 'published' = it as published"))
-    epochs: int = Field(10, ge=1)
-    batch_size: int | None = Field(64, ge=1, description="one batch size for every recipe, so every run gets the same "
-                                   "updates; null = each recipe's own")
-    seeds: int = Field(1, ge=1)
-    data: DataSpec = DataSpec()
-    scale: Literal["auto", "tiny", "full"] = "auto"
-    concurrency: int = Field(2, ge=1)
-    resources: ResourcesSpec = ResourcesSpec()
-    set: dict[str, Any] = Field(default_factory=dict, description="recipe overrides for every run")
-    lrs: list[str] | None = Field(None, description=(
-        "a learning-rate axis: multipliers of each recipe's own lr (x0.1, x1, ...) or absolute lrs at the run's "
-        "batch (1e-4, ...); null = each recipe at its own lr only"))
-    pretrained: Pretrained = Field(None, description=PRETRAINED_HELP)
-
-
 # --- the learning-rate axis of a grid -------------------------------------------------------------
 
 # `lrs: default`: two decades in half-decade steps around each recipe's own (fitted) lr. Relative, not
@@ -349,6 +327,41 @@ def parse_lrs(value: Any, field: str) -> tuple[LrPoint, ...]:
         raise UserError(field, ",".join(items), "Multipliers and absolute lrs are mixed; use one kind per axis "
                         "(x0.1,x1,x10 around each recipe's own lr, or 1e-4,3e-4,1e-3 for every recipe).")
     return tuple(sorted(points, key=lambda p: p.mult if p.mult is not None else p.lr))  # type: ignore[arg-type,return-value]
+
+
+class BenchmarkSpec(Strict):
+    name: str = Field("naive_vs_recipe", min_length=1, max_length=20000)
+    description: str = Field("", max_length=20000)
+    models: list[str] = Field(min_length=1)
+    recipes: list[str] = Field(["naive", "fitted"], min_length=1, description=(
+        "recipe names (fitted to the run; NAME@published for the source's values); 'fitted' (or 'tuned') = each "
+        "model's own recipe fitted, 'published' = it as published"))
+    epochs: int = Field(10, ge=1)
+    batch_size: int | None = Field(64, ge=1, description="one batch size for every recipe, so every run gets the same "
+                                   "updates; null = each recipe's own")
+    seeds: int = Field(1, ge=1)
+    data: DataSpec = DataSpec()
+    scale: Literal["auto", "tiny", "full"] = "auto"
+    concurrency: int = Field(2, ge=1)
+    resources: ResourcesSpec = ResourcesSpec()
+    set: dict[str, Any] = Field(default_factory=dict, description="recipe overrides for every run")
+    lrs: tuple[LrPoint, ...] | None = Field(None, description=(
+        "a learning-rate axis: multipliers of each recipe's own lr (x0.1, x1, ...) or absolute lrs at the run's "
+        "batch (1e-4, ...); null = each recipe at its own lr only"))
+    pretrained: Pretrained = Field(None, description=PRETRAINED_HELP)
+
+    @field_validator("lrs", mode="before")
+    @classmethod
+    def _lr_axis(cls, v: Any) -> Any:
+        """The axis parsed once, into typed points (`load_grid` parses it first, to name the flag or the
+        file in a refusal); stored and shown as written back ('x0.3', '0.0003')."""
+        if v is None or (isinstance(v, tuple) and all(isinstance(p, LrPoint) for p in v)):
+            return v
+        return parse_lrs(v, "lrs")
+
+    @field_serializer("lrs")
+    def _lr_labels(self, v: tuple[LrPoint, ...] | None) -> list[str] | None:
+        return None if v is None else [p.label for p in v]
 
 
 # --- YAML loading with field paths --------------------------------------------------------------
@@ -427,9 +440,6 @@ def describe_fit(name: str, *, model: str, data: Any, epochs: int, batch_size: i
     from harness.recipes import FIT_RULES
 
     ref, _ = parse_ref(name, "NAME")
-    for flag, v in (("--epochs", epochs), ("--batch-size", batch_size)):
-        if v < 1:
-            raise UserError(flag, v, f"Use at least 1, e.g. {flag} 12.")
     spec = resolve_run(model=model, recipe=f"{ref}@fitted" if ref else "fitted", data=data, epochs=epochs, batch_size=batch_size)
     published = get_recipe(spec.recipe.name)
     fitted = spec.recipe

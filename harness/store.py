@@ -188,6 +188,22 @@ def sqlite_path(url: str) -> Path | None:
     return None
 
 
+def stored_experiment(db: str, *, kind: str, name: str) -> dict | None:
+    """The latest `kind` experiment called `name` in `db`, reading only: None when the database or its
+    harness tables do not exist (nothing is created). The one way a command asks before it writes
+    (`--resume`'s lookup, a sweep's name already taken)."""
+    path = sqlite_path(db)
+    if path is not None and not path.exists():
+        return None
+    store = Store(db, create=False)
+    try:
+        if experiments.name not in sa.inspect(store.engine).get_table_names():
+            return None
+        return store.find_experiment(kind=kind, name=name)
+    finally:
+        store.close()
+
+
 def check_url(url: str, *, must_exist: bool = False, field: str = "--db") -> None:
     """Refuse a URL that does not parse, a missing database (for readers) or a foreign database.
 

@@ -2,8 +2,9 @@
 
 This module is the command: it checks the study file and the database (`--resume` continues the
 stored study; a second study of the same name is refused), turns each sampled config into a trial's
-`RunSpec` (`SweepSpecs`), hands the trials to `grids.run` (the engine, with the live pages), settles
-Optuna's bookkeeping (harness/study.py) and prints the top trials with the best parameters as YAML.
+`RunSpec` (`SweepSpecs`), and as a `Sweep` command hands them to `experiment.run_experiment` (the
+skeleton every command shares: the engine, the live pages, the closing lines); then settles Optuna's
+bookkeeping (harness/study.py) and prints the top trials with the best parameters as YAML.
 Ray lives in harness/engine/, Optuna in study.py.
 """
 
@@ -12,20 +13,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import sqlalchemy as sa
 import yaml
 
-from harness import engine, grids, models
+from harness import models
 from harness import report as rep
 from harness import study as study_mod
 from harness.errors import UserError
-from harness.grids import Where
+from harness.experiment import Where, run_experiment
 from harness.recipes import with_overrides
 from harness.specs import RunSpec, StudySpec, parse_spec, pretrained_fields
-from harness.store import Store, sqlite_path
+from harness.store import Store, stored_experiment
+
+if TYPE_CHECKING:
+    from harness.engine import Trials
 
 
 @dataclass(frozen=True)
@@ -56,96 +59,111 @@ class SweepResult:
     recipe_file: Path | None = None  # the best trial's recipe, handed back (harness train --recipe FILE)
 
 
-def _stored_study(db: str, name: str) -> tuple[dict | None, bool]:
-    """(the harness experiment row of the sweep, whether Optuna holds a study of that name); reads only."""
-    path = sqlite_path(db)
-    if path is not None and not path.exists():
-        return None, False
-    engine_ = sa.create_engine(db)
-    try:
-        has_harness = "experiments" in sa.inspect(engine_).get_table_names()
-    finally:
-        engine_.dispose()
-    exp = None
-    if has_harness:
-        store = Store(db, create=False)
-        try:
-            exp = store.find_experiment(kind="sweep", name=name)
-        finally:
-            store.close()
-    return exp, study_mod.study_exists(db, name)
-
-
 def run_sweep(study_path: Path, where: Where, *, resume: bool = False, max_failures: int = 1,
               echo: Callable[[str], None] = print, top: int = 10, pretrained: Any = None) -> SweepResult:
-    """Run (or with `resume`, continue) the study in `study_path`. Bad input -> UserError, nothing written.
-    With `where.out`, the pages there are rewritten while it runs (live) and once at the end.
-    `pretrained` ('timm' or {model: path}) replaces the study's `pretrained:` (--pretrained, --pretrained-file).
-    `where` is checked by the caller (`Where.check`); status "interrupted": the CLI exits 130."""
+    """Run (or with `resume`, continue) the study in `study_path` as one experiment
+    (`experiment.run_experiment`). Bad input -> UserError, nothing written. With `where.out`, the pages
+    there are rewritten while it runs (live) and once at the end. `pretrained` ('timm' or {model: path})
+    replaces the study's `pretrained:` (--pretrained, --pretrained-file). `where` is checked by the caller
+    (`Where.check`); status "interrupted": the CLI exits 130."""
     study = study_mod.validate_study(study_path)
     if pretrained is not None:
         study = parse_spec(StudySpec, {**study.model_dump(mode="json"), "pretrained": pretrained}, str(study_path))
-    exp_row, has_optuna = _stored_study(where.db, study.name)
-    storage = Path(where.storage_path).resolve()
-    if resume:
-        exp_row = engine.resumable(where.db, kind="sweep", name=study.name, storage_path=storage, ray_name=study.name,
-                                   again=f"harness sweep {study_path}", field=f"{study_path}: name")
-        stored = parse_spec(StudySpec, yaml.safe_load(exp_row["spec"]), f"{where.shown_db} study {study.name}")
-        if stored.model_dump() != study.model_dump():
-            changed = [k for k in StudySpec.model_fields if getattr(stored, k) != getattr(study, k)]
-            echo(f"note: {study_path} differs from the stored study in {', '.join(changed)}; "
-                 "--resume continues the study as it was started.")
-        study = stored
-    else:
-        if exp_row is not None or has_optuna:
-            stored = parse_spec(StudySpec, yaml.safe_load(exp_row["spec"]), "stored") if exp_row else None
-            if stored is not None and stored.search != study.search:
-                raise UserError(f"{study_path}: name", study.name, f"A study of that name with a different search space is "
-                                f"already in {where.shown_db}; give this one a new name (or --resume to continue the stored one).")
-            raise UserError(f"{study_path}: name", study.name, f"A study of that name is already in {where.shown_db}; continue it with "
-                            "--resume, or give this one a new name.")
-    for w in study_mod.study_warnings(study, study_path):
-        echo(f"warning: {w}")
-    study_mod.quiet()
-    base = _base_run(study)
-    if not resume:  # a resumed trial starts from its checkpoint, not from these weights
-        models.check_weights([base])  # a foreign file, or timm's weights out of reach: exit 2 before any row
-
-    def headline(cluster: str, resources) -> str:
-        return (f"harness sweep {study.name}: {study.trials} trials of {base.label()} on {study.data.name} "
-                f"{study.data.image_size}px, up to {study.scheduler.max_epochs} epochs, {study.concurrency} at a time, "
-                f"{resources.cpu:g} CPU + {resources.gpu:g} GPU each, sampler {study.sampler.type}, "
-                f"scheduler {study.scheduler.type} ({cluster})")
-
-    outcome = grids.run(
-        where, SweepSpecs(base), experiment=engine.Experiment("sweep", study.name, study.description,
-                                                              yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False),
-                                                              id=exp_row["id"] if resume else None),
-        total=study.trials, resources=study.resources, concurrency=study.concurrency,
-        search=engine.Search(study, where.db), ray_name=study.name, max_failures=max_failures,
-        resources_field=f"{study_path}: resources", headline=headline, echo=echo)
-    # Optuna trials of unfinished Ray trials stay RUNNING while the sweep can be resumed;
-    # anything else RUNNING (an orphan of a killed driver, a NaN the searcher could not tell) fails.
-    study_mod.settle(where.db, study.name, keep=outcome.known if outcome.status == "interrupted" else set())
-    store = rep.open_reader(where.db)
-    try:
-        result = summarize(store, outcome.experiment_id, study, echo=echo, top=top,
-                           out=Path(where.out) if where.out is not None else None)
-    finally:
-        store.close()
+    sweep = Sweep(study, study_path, max_failures=max_failures, top=top)
+    outcome = run_experiment(sweep, where, resume=resume, echo=echo, ray_name=study.name,
+                             resume_field=f"{study_path}: name")
+    result = sweep.result or SweepResult(outcome.experiment_id, outcome.status, outcome.exp_dir)
     result.status, result.storage = outcome.status, outcome.exp_dir
-    index = grids.write_pages(where)
-    if index is not None:
-        echo(f"dashboards: {index} (open it in a browser; works offline)")
-    if result.best is not None:
-        echo(f"the best trial's model: harness export {result.best['run']} --out {study.name}.pth --db {where.shown_db} "
-             f"--storage-path {storage} (weights, recipe and model card)")
-    echo(f"results: experiment {outcome.experiment_id} ({study.trials} trials) in {where.shown_db} (tables experiments/runs/epochs; "
-         f"Optuna study '{study.name}' in the same database: `optuna-dashboard {where.shown_db}`); "
-         f"Ray files and trial checkpoints in {outcome.exp_dir}")
-    if outcome.status == "interrupted":
-        echo(f"continue with: harness sweep {study_path} --resume --db {where.shown_db} --storage-path {storage}")
     return result
+
+
+@dataclass
+class Sweep:
+    """`harness sweep` as an `experiment.Command`: Optuna-sampled trials of the study's base run, and
+    the top-trials table with the best trial's recipe handed back. `result` is set by `report`."""
+
+    study: StudySpec
+    path: Path
+    max_failures: int = 1
+    top: int = 10
+    result: SweepResult | None = None
+    kind = "sweep"
+
+    @property
+    def name(self) -> str:
+        return self.study.name
+
+    @property
+    def description(self) -> str:
+        return self.study.description
+
+    @property
+    def again(self) -> str:
+        return f"harness sweep {self.path}"
+
+    def spec_yaml(self) -> str:
+        return yaml.safe_dump(self.study.model_dump(mode="json"), sort_keys=False)
+
+    def resumed(self, row: dict[str, Any], where: Where, echo: Callable[[str], None]) -> Sweep:
+        """The study as it was started, with a note when the file now differs."""
+        stored = parse_spec(StudySpec, yaml.safe_load(row["spec"]), f"{where.shown_db} study {self.study.name}")
+        if stored.model_dump() != self.study.model_dump():
+            changed = [k for k in StudySpec.model_fields if getattr(stored, k) != getattr(self.study, k)]
+            echo(f"note: {self.path} differs from the stored study in {', '.join(changed)}; "
+                 "--resume continues the study as it was started.")
+        return Sweep(stored, self.path, self.max_failures, self.top)
+
+    def check_new(self, where: Where) -> None:
+        """A study name is its identity in Optuna's tables too: a taken one is refused; then the weights."""
+        row = stored_experiment(where.db, kind="sweep", name=self.study.name)
+        if row is not None or study_mod.study_exists(where.db, self.study.name):
+            stored = parse_spec(StudySpec, yaml.safe_load(row["spec"]), "stored") if row else None
+            if stored is not None and stored.search != self.study.search:
+                raise UserError(f"{self.path}: name", self.study.name, f"A study of that name with a different search "
+                                f"space is already in {where.shown_db}; give this one a new name (or --resume to continue "
+                                "the stored one).")
+            raise UserError(f"{self.path}: name", self.study.name, f"A study of that name is already in {where.shown_db}; "
+                            "continue it with --resume, or give this one a new name.")
+        models.check_weights([_base_run(self.study)])  # a foreign file, or timm's weights out of reach: exit 2
+
+    def describe(self) -> list[str]:
+        study_mod.quiet()
+        return [f"warning: {w}" for w in study_mod.study_warnings(self.study, self.path)]
+
+    def trials(self, where: Where) -> Trials:
+        from harness.engine import Search, Trials
+
+        study, base = self.study, _base_run(self.study)
+
+        def headline(cluster: str, resources) -> str:
+            return (f"harness sweep {study.name}: {study.trials} trials of {base.label()} on {study.data.name} "
+                    f"{study.data.image_size}px, up to {study.scheduler.max_epochs} epochs, {study.concurrency} at a time, "
+                    f"{resources.cpu:g} CPU + {resources.gpu:g} GPU each, sampler {study.sampler.type}, "
+                    f"scheduler {study.scheduler.type} ({cluster})")
+
+        return Trials(SweepSpecs(base), total=study.trials, concurrency=study.concurrency, resources=study.resources,
+                      search=Search(study, where.db), max_failures=self.max_failures,
+                      resources_field=f"{self.path}: resources", headline=headline)
+
+    def report(self, where: Where, outcome: Any, echo: Callable[[str], None]) -> list[str]:
+        # Optuna trials of unfinished Ray trials stay RUNNING while the sweep can be resumed;
+        # anything else RUNNING (an orphan of a killed driver, a NaN the searcher could not tell) fails.
+        study = self.study
+        study_mod.settle(where.db, study.name, keep=outcome.known if outcome.status == "interrupted" else set())
+        store = rep.open_reader(where.db)
+        try:
+            self.result = summarize(store, outcome.experiment_id, study, echo=echo, top=self.top,
+                                    out=Path(where.out) if where.out is not None else None)
+        finally:
+            store.close()
+        lines = [f"optuna: study '{study.name}' in {where.shown_db}, beside harness's tables (`optuna-dashboard {where.shown_db}`)"]
+        if self.result.best is not None:
+            lines.append(f"the best trial's model: harness export {self.result.best['run']} --out {study.name}.pth --db "
+                         f"{where.shown_db} --storage-path {where.storage_path} (weights, recipe and model card)")
+        return lines
+
+    def continue_with(self, where: Where) -> str:
+        return f"harness sweep {self.path} --resume --db {where.shown_db} --storage-path {where.storage_path}"
 
 
 def _base_run(study: StudySpec) -> RunSpec:

@@ -183,7 +183,7 @@ def ray_local():
     """One local Ray (2 CPUs) for every in-process test that needs one, started on first use and shut
     down at the end of the session: ray.init costs seconds, several times that on a loaded 2-core
     machine. harness.engine reuses an initialized Ray (`_ray`: "unless this process already did") and
-    leaves it running, so run_grid/run_sweep and in-process `harness benchmark/ablate/sweep` calls all
+    leaves it running, so run_trials/run_sweep and in-process `harness benchmark/ablate/sweep` calls all
     run on this one. address="local": a new Ray for the tests even when a cluster already runs on this
     machine. Tests whose driver must be killed run it as a subprocess, which starts its own Ray."""
     import ray

@@ -62,7 +62,7 @@ def test_resume_with_fewer_epochs_than_done_exits_2_and_writes_nothing(db_url, t
     (["--model", "resnet18", "--set", "lr"], "--set", "KEY=VALUE"),
     (["--model", "resnet18", "--data", "imagefolder"], "data.root", "--data-root"),
     (["--model", "resnet18", "--data", "imagefolder", "--data-root", "/no/such/dir"], "data.root", "No such folder"),
-    (["--model", "resnet18", "--epochs", "0"], "--epochs", "Train at least 1 epoch"),
+    (["--model", "resnet18", "--epochs", "0"], "--epochs", "Use at least 1 epoch"),
     (["--model", "swin_tiny", "--image-size", "40"], "data.image_size", "divisible by 8"),
     (["--resume", "/no/such/last.pt"], "--resume", "No such checkpoint"),
     ([], "--model", "Name a model"),

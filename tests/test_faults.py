@@ -26,7 +26,7 @@ import yaml
 from conftest import recorded_metrics, uninterrupted_metrics
 from dbrows import rows
 
-from harness.grids import Where
+from harness.experiment import Where
 
 pytestmark = pytest.mark.timeout(600)
 

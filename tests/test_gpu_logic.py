@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from harness import engine, grids, train
+from harness import engine, experiment, train
 from harness.datasets import DataSpec
 from harness.errors import UserError
 from harness.evaluate import evaluate
@@ -120,9 +120,9 @@ def _run_trials_echo(monkeypatch, tmp_path: Path, resources: ResourcesSpec, *, g
     monkeypatch.setattr(engine.run, "check_shared_storage", stop)
     said: list[str] = []
     with pytest.raises(Stop):
-        engine.run_trials(lambda c: None, experiment=engine.Experiment("sweep", "s", "", ""), total=1,
-                          resources=resources, concurrency=1, db=f"sqlite:///{tmp_path / 'r.db'}",
-                          resources_field=field, echo=said.append)
+        engine.run_trials(engine.Trials(lambda c: None, total=1, concurrency=1, resources=resources, resources_field=field),
+                          where=experiment.Where(db=f"sqlite:///{tmp_path / 'r.db'}"),
+                          experiment=engine.Experiment("sweep", "s", "", ""), echo=said.append)
     return said
 
 
@@ -196,8 +196,9 @@ def test_run_trials_resolves_auto_and_checks_the_ray_it_started(monkeypatch, tmp
     monkeypatch.setattr(engine.run.ray, "cluster_resources", lambda: {"CPU": 2.0})  # Ray found no GPU
     db = tmp_path / "r.db"
     with pytest.raises(UserError, match=r"resources\.gpu: got 0\.5\. torch sees 1 GPU here but the Ray started"):
-        engine.run_trials(lambda c: None, experiment=engine.Experiment("sweep", "s", "", ""), total=2,
-                          resources=ResourcesSpec(cpu=1), concurrency=2, db=f"sqlite:///{db}", echo=lambda s: None)
+        engine.run_trials(engine.Trials(lambda c: None, total=2, concurrency=2, resources=ResourcesSpec(cpu=1)),
+                          where=experiment.Where(db=f"sqlite:///{db}"),
+                          experiment=engine.Experiment("sweep", "s", "", ""), echo=lambda s: None)
     assert not db.exists()
 
 
@@ -220,13 +221,13 @@ def test_ablate_asks_for_the_cards_its_models_were_chosen_for(monkeypatch, tmp_p
     assert (ab.stands_for is None) == cuda  # the full model on the (mocked) GPU machine, the stand-in on CPU
     asked = []
 
-    def run_grid(where, runs, *, resources, **kw):
-        asked.append(resources)
+    def run_trials(trials, **kw):
+        asked.append(trials.resources)
         raise Stop
 
-    monkeypatch.setattr(grids, "run_grid", run_grid)
+    monkeypatch.setattr(engine, "run_trials", run_trials)
     with pytest.raises(Stop):
-        ablate.run_ablation(ab, grids.Where(db=f"sqlite:///{tmp_path / 'r.db'}", out=tmp_path / "out"), concurrency=2,
+        ablate.run_ablation(ab, experiment.Where(db=f"sqlite:///{tmp_path / 'r.db'}", out=tmp_path / "out"), concurrency=2,
                             echo=lambda s: None)
     assert asked == [ResourcesSpec(cpu=1, gpu="auto")]
 

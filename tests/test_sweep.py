@@ -20,7 +20,7 @@ import yaml
 from conftest import DETERMINISTIC_METRICS, recorded_metrics, uninterrupted_metrics
 from dbrows import rows
 
-from harness.grids import Where
+from harness.experiment import Where
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -28,13 +28,15 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.mark.slow
 def test_run_grid_records_every_run_and_epoch(ray_local, tiny_spec, db_url, tmp_path):
     """Every RunSpec becomes one completed `runs` row with all its epochs and an evaluation."""
-    from harness.engine import Experiment, run_grid
+    from harness.engine import Experiment, Trials, run_trials
     from harness.specs import ResourcesSpec
 
     specs = [tiny_spec(recipe="naive", epochs=2), tiny_spec(recipe="cnn", epochs=3)]
     lines: list[str] = []
-    exp = run_grid(specs, db=db_url, experiment=Experiment("benchmark", "grid"), concurrency=2,
-                   resources=ResourcesSpec(cpu=1), storage_path=tmp_path / "ray", echo=lines.append).experiment_id
+    outcome = run_trials(Trials.grid(specs, concurrency=2, resources=ResourcesSpec(cpu=1)),
+                         where=Where(db=db_url, out=None, storage_path=tmp_path / "ray"),
+                         experiment=Experiment("benchmark", "grid"), echo=lines.append)
+    exp = outcome.experiment_id
     # Rows appear in the order the trials start (a race between the two), so sort by recipe.
     got = rows(db_url, "SELECT id, recipe, status, epochs_done, trial_id FROM runs WHERE experiment_id = :e "
                        "ORDER BY recipe DESC", e=exp)
@@ -45,7 +47,7 @@ def test_run_grid_records_every_run_and_epoch(ray_local, tiny_spec, db_url, tmp_
     assert len(rows(db_url, "SELECT run_id FROM evaluations")) == 2
     (e,) = rows(db_url, "SELECT kind, status FROM experiments WHERE id = :e", e=exp)
     assert e == {"kind": "benchmark", "status": "completed"}
-    assert any("completed" in ln for ln in lines) and str(tmp_path / "ray") in lines[-1]
+    assert outcome.status == "completed" and outcome.exp_dir.parent == (tmp_path / "ray").resolve()
     # Not a terminal: one plain line per epoch, with the numbers the database holds.
     for r in got:
         for e in rows(db_url, "SELECT epoch, val_acc FROM epochs WHERE run_id = :r ORDER BY epoch", r=r["id"]):
@@ -64,7 +66,7 @@ def test_recording_never_waits_for_the_live_pages(ray_local, tiny_spec, db_url, 
     import threading
 
     from harness.dashboards import LivePages
-    from harness.engine import Experiment, run_grid
+    from harness.engine import Experiment, Trials, run_trials
     from harness.specs import ResourcesSpec
 
     entered, release = threading.Event(), threading.Event()
@@ -75,10 +77,16 @@ def test_recording_never_waits_for_the_live_pages(ray_local, tiny_spec, db_url, 
             release.wait()  # until the test ends
 
     pages = StuckPages(db_url, tmp_path / "pages", every_s=0.05)
+
+    class StuckWhere(Where):  # the pages `where.out` would get, stuck
+        def live_pages(self):
+            return pages
+
     try:
-        outcome = run_grid([tiny_spec(recipe="naive", epochs=3), tiny_spec(recipe="cnn", epochs=3)], db=db_url,
-                           experiment=Experiment("benchmark", "stuck pages"), concurrency=2, resources=ResourcesSpec(cpu=1),
-                           storage_path=tmp_path / "ray", pages=pages, echo=lambda s: None)
+        outcome = run_trials(Trials.grid([tiny_spec(recipe="naive", epochs=3), tiny_spec(recipe="cnn", epochs=3)],
+                                         concurrency=2, resources=ResourcesSpec(cpu=1)),
+                             where=StuckWhere(db=db_url, storage_path=tmp_path / "ray"),
+                             experiment=Experiment("benchmark", "stuck pages"), echo=lambda s: None)
         assert entered.is_set()  # the writer did start, and was stuck while the trials ran
         assert pages.rewrites == 0 and pages._thread.is_alive()  # still stuck after stop() gave up waiting
         assert outcome.status == "completed"

@@ -3,7 +3,7 @@ package that imports Ray.
 
 Its rooms, and which way the arrows run (each imports only those to its right):
 
-    run.py       run_trials / run_grid: the Tuner, clean stops, reconciling the database with Tune
+    run.py       run_trials(Trials, where=...): the Tuner, clean stops, reconciling the database with Tune
       -> recorder.py  the driver-side writer (a Tune Callback): runs and epochs through store.py
       -> search.py    Optuna search, ResumableASHA, the TuneConfig
       -> trial.py     the trainable (train.fit in a Ray worker), the device Ray granted, where it runs
@@ -37,13 +37,13 @@ from harness.engine.cluster import (  # noqa: E402
                                     gpu_idle_warning,
 )
 from harness.engine.recorder import FINAL, Recorder, _live_recorder  # noqa: E402
-from harness.engine.run import DEFAULT_STORAGE, Experiment, Outcome, PageListener, run_grid, run_trials  # noqa: E402
+from harness.engine.run import Experiment, Outcome, PageListener, Trials, run_trials  # noqa: E402
 from harness.engine.search import ASHA_STATE, ResumableASHA, Search, _HarnessOptunaSearch  # noqa: E402
 from harness.engine.state import STATE_BACKUP, backup_state, can_restore, repair_state, resumable  # noqa: E402
 from harness.engine.trial import OPTUNA_KEY, GridSpecs, SpecMaker, _trainable, device_for_grant, trial_name, where_am_i  # noqa: E402
 
-__all__ = ["ASHA_STATE", "CONNECT_TIMEOUT_S", "DEFAULT_STORAGE", "FINAL", "OPTUNA_KEY", "STATE_BACKUP", "Experiment",
-           "GridSpecs", "Outcome", "PageListener", "Recorder", "ResumableASHA", "Search", "SpecMaker", "_HarnessOptunaSearch",
+__all__ = ["ASHA_STATE", "CONNECT_TIMEOUT_S", "FINAL", "OPTUNA_KEY", "STATE_BACKUP", "Experiment",
+           "GridSpecs", "Outcome", "PageListener", "Recorder", "ResumableASHA", "Search", "SpecMaker", "Trials", "_HarnessOptunaSearch",
            "_live_recorder", "_trainable", "backup_state", "can_restore", "check_resources", "check_shared_storage",
-           "describe_cluster", "device_for_grant", "gpu_idle_warning", "repair_state", "resumable", "run_grid",
+           "describe_cluster", "device_for_grant", "gpu_idle_warning", "repair_state", "resumable",
            "run_trials", "trial_name", "where_am_i"]

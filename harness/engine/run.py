@@ -1,8 +1,9 @@
 """Running trials through Ray Tune: the wiring, clean stops, and the database made to agree with Tune.
 
-`run_trials` is where `harness sweep`, `harness benchmark` and `harness ablate` end: given a way to
-make each trial's `RunSpec` from its Ray config (`make_spec`) and either a fixed number of runs (a
-grid: config `{"run": i}`, `run_grid`) or an Optuna study to sample from (`search.Search`), it starts
+`run_trials` is where `harness sweep`, `harness benchmark` and `harness ablate` end
+(`experiment.run_experiment` calls it): given their `Trials` (a way to make each trial's `RunSpec`
+from its Ray config, and either a fixed number of runs (a grid: config `{"run": i}`, `Trials.grid`)
+or an Optuna study to sample from (`search.Search`)) and the command's `Where`, it starts
 Ray (`cluster.ray_session`), creates or reopens the `experiments` row, builds the Tuner (or restores
 it from the experiment folder), and runs it with the `Recorder` as its callback and the live pages
 (if any) on a thread of their own. Ctrl-C and SIGTERM stop Tune gracefully; what finished is then
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import ray
 from ray import tune
@@ -41,9 +42,10 @@ from harness.engine.trial import GridSpecs, SpecMaker, _trainable
 from harness.errors import UserError
 from harness.progress import LiveView
 from harness.specs import ResourcesSpec, RunSpec
-from harness.store import Store, check_url, shown_url
+from harness.store import Store
 
-DEFAULT_STORAGE = Path("ray_results")
+if TYPE_CHECKING:
+    from harness.experiment import Where
 
 
 class PageListener(Protocol):
@@ -73,26 +75,46 @@ class Outcome:
     known: set[str] = field(default_factory=set)  # every Ray trial id Tune holds (resumable ones included)
 
 
-def run_trials(make_spec: SpecMaker, *, experiment: Experiment, total: int, resources: ResourcesSpec,
-               concurrency: int, db: str, search: Search | None = None, address: str | None = None,
-               storage_path: Path | str = DEFAULT_STORAGE, ray_name: str | None = None, max_failures: int = 1,
-               resources_field: str = "resources", headline: Callable[[str, ResourcesSpec], str] | None = None,
-               pages: PageListener | None = None, echo: Callable[[str], None] = print) -> Outcome:
-    """Run the trials through Ray Tune, recording each in `db`; returns how the experiment ended.
+@dataclass(frozen=True)
+class Trials:
+    """What a command runs: how each trial's RunSpec is made from its Ray config, how many trials, how
+    many at a time, on what share of a machine (`gpu: auto` is resolved by `run_trials`), and for a
+    sweep the Optuna search. The bounds (at least 1 trial at a time, no negative retries) are checked
+    at the edge, where the field is (the spec's pydantic fields, the CLI's click types)."""
 
-    Ray's experiment folder under `storage_path` is the experiment's own: `<ray_name or kind>-<random>`,
-    kept in its row (`state.new_ray_folder`) and marked as its (`state.claim`). With `experiment.id` set
-    the Tuner is restored from that folder: finished trials stay finished,
-    unfinished ones continue from their last checkpoint, and only the missing samples are created.
-    `pages` (the live dashboards) run beside the trials, on their own thread. `resources.gpu: auto` is
-    resolved here, where the cards are counted (`share_cards`); `headline(cluster, resources)` sees the result.
-    Bad input -> UserError before anything is written.
+    make_spec: SpecMaker
+    total: int
+    concurrency: int
+    resources: ResourcesSpec
+    search: Search | None = None
+    max_failures: int = 1  # Ray's retries of a crashing trial, from its last checkpoint
+    resources_field: str = "resources"  # where the resources came from, for the refusals
+    headline: Callable[[str, ResourcesSpec], str] | None = None  # (cluster, resolved resources) -> first line
+
+    @classmethod
+    def grid(cls, runs: list[RunSpec] | tuple[RunSpec, ...], *, concurrency: int, resources: ResourcesSpec,
+             max_failures: int = 1) -> Trials:
+        """Every RunSpec once (no early stopping, no Optuna): benchmark and ablate grids."""
+        if not runs:
+            raise UserError("runs", [], "Nothing to run; list at least one model and recipe.")
+        return cls(GridSpecs(tuple(runs)), total=len(runs), concurrency=concurrency, resources=resources,
+                   max_failures=max_failures)
+
+
+def run_trials(trials: Trials, *, where: Where, experiment: Experiment, echo: Callable[[str], None] = print) -> Outcome:
+    """Run the trials through Ray Tune, recording each in `where.db`; returns how the experiment ended.
+
+    Ray's experiment folder under `where.storage_path` is the experiment's own: `<kind>-<random>` (a
+    sweep's `<study>-<random>`), kept in its row (`state.new_ray_folder`) and marked as its
+    (`state.claim`). With `experiment.id` set the Tuner is restored from that folder: finished trials
+    stay finished, unfinished ones continue from their last checkpoint, and only the missing samples
+    are created. The live pages (`where.live_pages()`) run beside the trials, on their own thread.
+    `resources.gpu: auto` is resolved here, where the cards are counted (`share_cards`); the headline
+    sees the result. Bad input -> UserError before anything is written.
     """
-    check_url(db)
-    if concurrency < 1:
-        raise UserError("concurrency", concurrency, "Run at least 1 trial at a time.")
-    if max_failures < 0:
-        raise UserError("--max-failures", max_failures, "Use 0 (no retries) or more.")
+    db, address, search, total, concurrency = where.db, where.address, trials.search, trials.total, trials.concurrency
+    resources, resources_field = trials.resources, trials.resources_field
+    ray_name = search.study.name if search is not None else None
     checked_here = address is None and not ray.is_initialized()
     if checked_here:  # before starting Ray: a trial bigger than the machine would stay PENDING forever
         torch_gpus = local_gpus()
@@ -111,11 +133,11 @@ def run_trials(make_spec: SpecMaker, *, experiment: Experiment, total: int, reso
                                     where="the Ray cluster")
         if idle:
             echo(idle)
-        check_shared_storage(Path(storage_path).resolve())
+        storage = Path(where.storage_path).resolve()
+        check_shared_storage(storage)
         cluster = describe_cluster()
         store = Store(db)
         restore = experiment.id is not None
-        storage = Path(storage_path).resolve()
         if restore:
             exp = experiment.id
             exp_dir = storage / ray_folder(store.reopen_experiment(exp), ray_name=ray_name)
@@ -128,11 +150,11 @@ def run_trials(make_spec: SpecMaker, *, experiment: Experiment, total: int, reso
             claim(exp_dir, db=db, experiment_id=exp, kind=experiment.kind, name=experiment.name)
         remember_state_dir(exp_dir)
         view = LiveView(title=f"{experiment.kind} {experiment.name}", total_runs=total, slots=concurrency, echo=echo)
-        recorder = Recorder(key=recorder_key(db, exp), store=store, experiment_id=exp, make_spec=make_spec,
+        recorder = Recorder(key=recorder_key(db, exp), store=store, experiment_id=exp, make_spec=trials.make_spec,
                             metric=search.study.metric if search else "val_acc", mode=search.study.mode if search else "max",
                             total=total, view=view,
                             stopper="ASHA" if search is not None and search.study.scheduler.type == "asha" else "none")
-        trainable = tune.with_resources(tune.with_parameters(_trainable, make_spec=make_spec),
+        trainable = tune.with_resources(tune.with_parameters(_trainable, make_spec=trials.make_spec),
                                         {"cpu": resources.cpu, "gpu": resources.gpu})
         try:
             recorder.exp_dir = exp_dir
@@ -147,12 +169,13 @@ def run_trials(make_spec: SpecMaker, *, experiment: Experiment, total: int, reso
                 tuner = tune.Tuner(trainable, param_space=param_space, tune_config=config,
                                    run_config=tune.RunConfig(
                                        name=exp_dir.name, storage_path=str(storage), callbacks=[recorder], verbose=0,
-                                       failure_config=tune.FailureConfig(max_failures=max_failures),
+                                       failure_config=tune.FailureConfig(max_failures=trials.max_failures),
                                        # Only the latest checkpoint of a trial is needed to retry or resume it.
                                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-                echo(headline(cluster, resources) if headline else
+                echo(trials.headline(cluster, resources) if trials.headline else
                      f"harness {experiment.kind} {experiment.name}: {total} runs, {concurrency} at a time, "
                      f"{resources.cpu:g} CPU + {resources.gpu:g} GPU each ({cluster})")
+            pages = where.live_pages()
             if pages is not None:
                 pages.start(exp)
             try:
@@ -228,18 +251,3 @@ def _sigterm_stops_tune() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def run_grid(runs_: list[RunSpec], *, db: str, experiment: Experiment, concurrency: int, resources: ResourcesSpec,
-             address: str | None = None, storage_path: Path | str = DEFAULT_STORAGE, max_failures: int = 1,
-             pages: PageListener | None = None, echo: Callable[[str], None] = print) -> Outcome:
-    """Every RunSpec once (no early stopping, no Optuna): benchmark and ablate grids. With
-    `experiment.id` set, that grid continues from Ray's saved state (`resumable` finds it)."""
-    if not runs_:
-        raise UserError("runs", [], "Nothing to run; list at least one model and recipe.")
-    outcome = run_trials(GridSpecs(tuple(runs_)), experiment=experiment, total=len(runs_), resources=resources,
-                         concurrency=concurrency, db=db, address=address, storage_path=storage_path,
-                         max_failures=max_failures, pages=pages, echo=echo)
-    echo(f"{experiment.kind} {outcome.status}: experiment {outcome.experiment_id} in {shown_url(db)}; "
-         f"Ray files in {outcome.exp_dir}")
-    return outcome

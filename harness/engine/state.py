@@ -15,12 +15,11 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import sqlalchemy as sa
 from ray import tune
 
 from harness.errors import UserError
 from harness.files import copy_atomic
-from harness.store import Store, shown_url, sqlite_path
+from harness.store import shown_url, stored_experiment
 
 STATE_BACKUP = ".harness-last-good"  # in the experiment folder: Tune's state files as last seen whole
 CLAIM = ".harness-experiment.json"  # in the experiment folder: the database and experiment it belongs to
@@ -83,16 +82,7 @@ def resumable(db: str, *, kind: str, name: str, storage_path: Path | str, again:
     """The latest unfinished `kind` experiment called `name`, with Ray's state there to continue it
     (in <storage_path>/<its ray_folder>, a folder that is this experiment's: `check_claim`); UserError
     otherwise. Reads only."""
-    path = sqlite_path(db)
-    row = None
-    if path is None or path.exists():
-        store = Store(db, create=False)
-        try:
-            row = store.find_experiment(kind=kind, name=name)
-        except sa.exc.SQLAlchemyError:  # not a harness database (yet)
-            row = None
-        finally:
-            store.close()
+    row = stored_experiment(db, kind=kind, name=name)
     if row is None:
         raise UserError(field, name, f"No {kind} of that name in {shown_url(db)} to continue; run `{again}` without "
                         "--resume (or pass the --db it was recorded in).")

@@ -1,0 +1,140 @@
+"""An experiment from the command line to its closing lines: the one skeleton of `benchmark`,
+`ablate` and `sweep`, written once.
+
+    resume lookup -> the command's check -> its trials through the engine, with live pages
+      -> its tables -> the final pages -> "results: ... / continue with: ..."
+
+A command supplies only what is its own, as a `Command`: its name and spec, its trials (an
+`engine.Trials`), what `--resume` accepts, and its tables. `run_experiment` does the rest for all
+three alike. `Where` (the shared flags, resolved once at the edge and checked by `Where.check`) goes
+through whole, down to the engine. Whether the process then exits 0 or 130 (interrupted, resumable)
+is decided only by `cli.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from harness import DEFAULT_DB
+
+if TYPE_CHECKING:
+    from harness.engine import Outcome, Trials
+
+DEFAULT_STORAGE = Path("ray_results")  # Ray's experiment folders (state and trial checkpoints)
+PAGES_EVERY_S = 30.0  # live pages are rewritten this often while trials run (one full grid epoch on CPU)
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a command's trials run and where its results go, resolved once from the shared flags
+    (`--db`, `--out`, `--address`, `--storage-path`, `--pages-every`) and passed down as one object.
+    `out` None: no pages (a library caller's choice: the CLI always names a folder)."""
+
+    db: str = DEFAULT_DB
+    out: Path | None = Path("dashboards")
+    address: str | None = None
+    storage_path: Path = DEFAULT_STORAGE
+    pages_every_s: float = PAGES_EVERY_S
+
+    def check(self) -> Where:
+        """Refuse a bad database URL or an output path that is a file, before anything runs or is written."""
+        from harness.files import check_out_dir
+        from harness.store import check_url
+
+        check_url(self.db)
+        if self.out is not None:
+            check_out_dir(Path(self.out))
+        return self
+
+    @property
+    def shown_db(self) -> str:
+        from harness.store import shown_url
+
+        return shown_url(self.db)
+
+    def live_pages(self):
+        """The live pages of `out` (None without one), rewritten on their own thread while trials run:
+        recording never waits for a page."""
+        if self.out is None:
+            return None
+        from harness.dashboards import LivePages
+
+        return LivePages(self.db, Path(self.out), every_s=self.pages_every_s)
+
+    def write_pages(self) -> Path | None:
+        """The final pages (no live banner), rewritten where what they show changed; the index's path."""
+        if self.out is None:
+            return None
+        from harness.dashboards import write_dashboards
+
+        return write_dashboards(self.db, Path(self.out))
+
+
+class Command(Protocol):
+    """What one command brings to `run_experiment`; everything else is the skeleton's."""
+
+    kind: str  # benchmark | ablate | sweep: the experiment row's kind
+    name: str  # the experiment's name: what --resume looks up
+    description: str
+    again: str  # the command line that starts it anew (named in --resume's refusals)
+
+    def spec_yaml(self) -> str:
+        """The experiment's spec as stored in its row (what --resume compares with)."""
+
+    def resumed(self, row: dict[str, Any], where: Where, echo: Callable[[str], None]) -> Command:
+        """The command as the stored experiment `row` was started: its own rule for a spec that changed
+        (continue as started, with a note; or refuse)."""
+
+    def check_new(self, where: Where) -> None:
+        """Before a new experiment writes anything: a name already taken, weights out of reach."""
+
+    def describe(self) -> list[str]:
+        """The lines printed before the trials start."""
+
+    def trials(self, where: Where) -> Trials:
+        """The trials, for the engine (a sweep's Optuna search keeps its study in `where.db`)."""
+
+    def report(self, where: Where, outcome: Outcome, echo: Callable[[str], None]) -> list[str]:
+        """After the trials: print the command's tables (read from the database) and write their files;
+        return the lines that name those files."""
+
+    def continue_with(self, where: Where) -> str:
+        """The command line that continues it after an interruption."""
+
+
+def run_experiment(command: Command, where: Where, *, resume: bool = False,
+                   echo: Callable[[str], None] = print, ray_name: str | None = None,
+                   resume_field: str = "--resume") -> Outcome:
+    """Run `command` as one experiment in `where` (checked by the caller: `Where.check`). With `resume`,
+    continue the interrupted experiment of its kind and name (`engine.resumable` finds it and its Ray
+    folder, `command.resumed` decides what runs). `ray_name`: the folder name of experiments recorded
+    before folders were per experiment (a sweep's was its study's name). Returns the engine's Outcome;
+    status "interrupted" means resumable, and the closing lines say how."""
+    from harness import engine
+
+    exp_id = None
+    if resume:
+        row = engine.resumable(where.db, kind=command.kind, name=command.name, storage_path=where.storage_path,
+                               again=command.again, ray_name=ray_name, field=resume_field)
+        command, exp_id = command.resumed(row, where, echo), row["id"]
+    else:
+        command.check_new(where)
+    for line in command.describe():
+        echo(line)
+    outcome = engine.run_trials(command.trials(where), where=where, echo=echo, experiment=engine.Experiment(
+        command.kind, command.name, command.description, command.spec_yaml(), id=exp_id))
+    files = command.report(where, outcome, echo)
+    index = where.write_pages()
+    echo("")
+    for line in files:
+        echo(line)
+    if index is not None:
+        echo(f"dashboards: {index} (every experiment; open it in a browser, works offline)")
+    echo(f"results: experiment {outcome.experiment_id} ({command.kind} {command.name}, {outcome.status}) in "
+         f"{where.shown_db}; Ray files and trial checkpoints in {outcome.exp_dir}")
+    if outcome.status == "interrupted":
+        echo(f"continue with: {command.continue_with(where)} (experiment {outcome.experiment_id} keeps what finished)")
+    return outcome
