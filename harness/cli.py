@@ -1,29 +1,44 @@
 """The command line: a thin skin over the library.
 
-Each command turns its flags into typed specs (the shared ones through `db_option`, `out_option`,
-`where_options` and `data_options`), calls the library, prints, and ends by saying where the results
-are. The exit codes are decided here only: 0, 1 (a doctor check failed), 2 (bad input, refused before
-anything is written), 130 (stopped by Ctrl-C / SIGTERM; `--resume` continues it).
-
-Length (~430 lines): one function per command, almost all of it click options with their help text.
+Each command turns its flags into typed specs (the shared options and their parsing are in
+`options.py`), calls the library, prints through `terminal.echo`, and ends by saying where the
+results are. The exit codes are decided here only: 0, 1 (a doctor check failed), 2 (bad input,
+refused before anything is written), 130 (stopped by Ctrl-C / SIGTERM; `--resume` continues it).
 """
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
-from harness import DEFAULT_DB
 from harness.errors import UserError
-from harness.experiment import DEFAULT_STORAGE, PAGES_EVERY_S, Where
+from harness.experiment import DEFAULT_STORAGE, PAGES_EVERY_S
+from harness.options import (
+    AT_ONCE,
+    BATCH,
+    EPOCHS,
+    EVERY_N,
+    RETRIES,
+    ROWS,
+    SECONDS,
+    SEEDS,
+    THREADS,
+    data_options,
+    db_option,
+    make_data_spec,
+    out_option,
+    parse_pretrained,
+    parse_sets,
+    pretrained_options,
+    where_options,
+)
+from harness.terminal import MESSAGE_COLUMNS as TERMINAL_WIDTH  # what the listings are laid out for
+from harness.terminal import echo
 
 EXIT_BAD_INPUT = 2
-TERMINAL_WIDTH = 100  # what the listings are laid out for: a laptop's half-screen terminal
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C: the work stopped early and can be resumed
 
 
@@ -35,35 +50,10 @@ class HarnessGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as e:
-            click.echo(f"error: {e}", err=True)
+            echo(f"error: {e}", err=True)
             ctx.exit(EXIT_BAD_INPUT)
         except KeyboardInterrupt:
             ctx.exit(EXIT_INTERRUPTED)
-
-
-class AtLeast(click.ParamType):
-    """An int option's bound, declared with the option (as `ge=` is with a spec's field): a value below it
-    is refused in harness's words, the flag, the value and the fix, exit 2."""
-
-    name = "integer"
-
-    def __init__(self, least: int, unit: str, example: int) -> None:
-        self.least, self.unit, self.example = least, unit, example
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        flag = param.opts[0] if param is not None else "value"
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            raise UserError(flag, value, f"Not a whole number; e.g. {flag} {self.example}.") from None
-        if number < self.least:
-            raise UserError(flag, number, f"Use at least {self.least} {self.unit}, e.g. {flag} {self.example}.")
-        return number
-
-
-EPOCHS, SEEDS, BATCH = AtLeast(1, "epoch", 10), AtLeast(1, "seed", 3), AtLeast(1, "image per step", 64)
-AT_ONCE, THREADS, SECONDS = AtLeast(1, "trial at a time", 2), AtLeast(1, "thread", 1), AtLeast(1, "second", 30)
-RETRIES, EVERY_N, ROWS = AtLeast(0, "retries", 1), AtLeast(0, "epochs (0 = never)", 5), AtLeast(1, "row", 10)
 
 
 def exit_if_interrupted(status: str) -> None:
@@ -81,121 +71,6 @@ def main(plugin_refs: tuple[str, ...]) -> None:
 
     plugins.load_entry_points()
     plugins.load(plugin_refs)
-
-
-def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
-    """--set key=value (value parsed as YAML: 3e-4, true, adamw, null)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError("--set", item, "Expected KEY=VALUE, e.g. --set lr=3e-4.")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise UserError(f"--set {key}", value, "Not a value; write a number, true/false, a name or null.") from None
-    return out
-
-
-def data_options(image_size: int = 32):
-    """The data flags, declared once for every command that loads data; the command receives them as one
-    `data_opts` dict for `make_data_spec(**data_opts)`."""
-    def decorate(f):
-        @functools.wraps(f)
-        def command(*args, data_name, data_root, download, image_size, train_size, workers, **kwargs):
-            return f(*args, data_opts=dict(data_name=data_name, data_root=data_root, download=download,
-                                           image_size=image_size, train_size=train_size, workers=workers), **kwargs)
-        for option in reversed((
-            click.option("--data", "data_name", default="digits", show_default=True,
-                         help="digits | synthetic | cifar10 | cifar100 | tinyimagenet | imagefolder"),
-            click.option("--data-root", type=click.Path(path_type=Path), default=None,
-                         help="folder of the dataset (cifar*, tinyimagenet, imagefolder)"),
-            click.option("--download", is_flag=True, help="cifar*: download into --data-root (needs internet)"),
-            click.option("--image-size", type=int, default=image_size, show_default=True, help="pixels per side"),
-            click.option("--train-size", type=int, default=None,
-                         help="train on this many images, drawn class-balanced (synthetic: how many to generate)"),
-            click.option("--workers", type=int, default=None,
-                         help="folder sets: image-decoding loader workers [default: half the cores, at most 8]"),
-        )):
-            command = option(command)
-        return command
-    return decorate
-
-
-def db_option(f):
-    return click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLAlchemy URL of the results database")(f)
-
-
-def out_option(default: str = "dashboards", what: str = "the pages and tables"):
-    return click.option("--out", type=click.Path(path_type=Path), default=Path(default), show_default=True,
-                        help=f"folder for {what}")
-
-
-def where_options(*, out_what: str, storage_layout: str):
-    """--db, --out, --address, --storage-path and --pages-every of the commands that run trials through
-    Ray, declared once; the command receives them as one `experiment.Where` (`where`), to check (`where.check()`)
-    before anything runs: `sweep --validate` checks the study file alone, without SQLAlchemy."""
-    def decorate(f):
-        @functools.wraps(f)
-        def command(*args, db, out, address, storage_path, pages_every, **kwargs):
-            where = Where(db=db, out=out, address=address, storage_path=storage_path, pages_every_s=pages_every)
-            return f(*args, where=where, **kwargs)
-        for option in reversed((
-            db_option,
-            out_option(what=out_what),
-            click.option("--address", default=None, help="attach to this Ray cluster (HOST:PORT as `ray start --head` "
-                         "printed it, or auto) [default: start Ray here]"),
-            click.option("--storage-path", type=click.Path(path_type=Path), default=DEFAULT_STORAGE, show_default=True,
-                         help=f"where Ray keeps trial checkpoints and its state ({storage_layout}); shared storage on a cluster"),
-            click.option("--pages-every", type=click.FloatRange(min=1), default=PAGES_EVERY_S, show_default=True,
-                         help="seconds between rewrites of the live pages while it runs"),
-        )):
-            command = option(command)
-        return command
-    return decorate
-
-
-def pretrained_options(f):
-    """--pretrained / --pretrained-file of the commands that run grids and studies (train has its own)."""
-    f = click.option("--pretrained-file", "pretrained_files", multiple=True, metavar="[MODEL=]PATH",
-                     help="start every run of MODEL from this state dict (repeatable; PATH alone when one model "
-                          "runs); 'fitted' (each model's own recipe) is then the family's fine-tuning one")(f)
-    return click.option("--pretrained", is_flag=True, help="start from timm's own weights (the local Hugging Face cache); "
-                        "'fitted' (each model's own recipe) is then the family's fine-tuning one")(f)
-
-
-def parse_pretrained(pretrained: bool, files: tuple[str, ...], *, models: list[str] | None = None) -> Any:
-    """The flags as a spec's `pretrained:` value ('timm', {model: path}) or None when neither is given."""
-    if pretrained and files:
-        raise UserError("--pretrained", True, "Give --pretrained (timm's weights) or --pretrained-file, not both.")
-    if pretrained:
-        return "timm"
-    if not files:
-        return None
-    out: dict[str, str] = {}
-    for item in files:
-        model, sep, path = item.rpartition("=")
-        if not sep:
-            if not models or len(models) != 1:
-                raise UserError("--pretrained-file", item, "Name the model it is for: --pretrained-file MODEL=PATH "
-                                "(PATH alone only when one model runs).")
-            model = models[0]
-        out[model] = path
-    return out
-
-
-def make_data_spec(data_name: str, data_root: Path | None, download: bool, image_size: int,
-                   train_size: int | None = None, workers: int | None = None):
-    from pydantic import ValidationError
-
-    from harness.data import DataSpec
-    from harness.specs import _user_error
-
-    try:
-        return DataSpec(name=data_name, root=data_root, download=download, image_size=image_size,
-                        train_size=train_size, workers=workers)
-    except ValidationError as e:
-        raise _user_error(e, DataSpec, prefix="--data.") from None
 
 
 @main.command()
@@ -245,7 +120,7 @@ def train(model: str, recipe: str, data_opts: dict,
                            checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, max_hours=max_hours,
                            threads=threads)
     resolve_device(spec.device)
-    run_and_record(spec, db=db, resume=resume, echo=click.echo)
+    run_and_record(spec, db=db, resume=resume, echo=echo)
 
 
 @main.command()
@@ -255,7 +130,7 @@ def models(image_size: int) -> None:
     from harness.models import describe_registry
 
     for line in describe_registry(image_size, width=TERMINAL_WIDTH):
-        click.echo(line)
+        echo(line)
 
 
 @main.group(invoke_without_command=True)
@@ -265,8 +140,8 @@ def recipes(ctx: click.Context) -> None:
     if ctx.invoked_subcommand is None:
         from harness.recipes import published_table
 
-        click.echo("Published values (the sources' units; `harness recipes show NAME` fits one to a run):")
-        click.echo(published_table(width=TERMINAL_WIDTH))
+        echo("Published values (the sources' units; `harness recipes show NAME` fits one to a run):")
+        echo(published_table(width=TERMINAL_WIDTH))
 
 
 @recipes.command("show")
@@ -282,7 +157,7 @@ def recipes_show(name: str, model: str | None, data_opts: dict, epochs: int, bat
 
     for line in describe_fit(name, model=model or "vit_base", data=make_data_spec(**data_opts), epochs=epochs,
                              batch_size=batch_size):
-        click.echo(line)
+        echo(line)
 
 
 @main.command()
@@ -324,7 +199,7 @@ def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs
                      sets=parse_sets(sets), lrs=lrs,
                      pretrained=parse_pretrained(pretrained, pretrained_files,
                                                  models=models.split(",") if models else None))
-    exit_if_interrupted(run_benchmark(spec, where.check(), echo=click.echo, resume=resume).status)
+    exit_if_interrupted(run_benchmark(spec, where.check(), echo=echo, resume=resume).status)
 
 
 @main.command()
@@ -356,7 +231,7 @@ def ablate(model: str, recipe: str, mode: str, steps: str | None, seeds: int, ep
     ab = resolve_ablation(model, recipe=recipe, steps=steps, mode=mode, seeds=seeds, epochs=epochs, batch_size=batch_size,
                           data=data, scale=scale, cuda=torch.cuda.is_available(),
                           pretrained=parse_pretrained(pretrained, pretrained_files, models=[model]))
-    exit_if_interrupted(run_ablation(ab, where.check(), concurrency=concurrency, echo=click.echo, resume=resume).status)
+    exit_if_interrupted(run_ablation(ab, where.check(), concurrency=concurrency, echo=echo, resume=resume).status)
 
 
 @main.command()
@@ -384,22 +259,22 @@ def report(db: str, out: Path, compare: tuple[int, ...], watch: bool, every: int
     if watch:
         from harness.dashboards import watch as watch_pages
 
-        watch_pages(db, out, every=every, compare=ids or None, echo=click.echo)
+        watch_pages(db, out, every=every, compare=ids or None, echo=echo)
     written = write_pages(db, out, compare=ids or None, all=all_)  # the final pages: no banner, no reload
     store = rep.open_reader(db)
     try:
         latest = rep.latest_benchmark(store)
         if latest is not None:
-            click.echo(f"latest benchmark (experiment {latest}), val acc %:")
-            click.echo(rep.to_text(rep.format_before_after(rep.before_after(store, latest))))
-            click.echo(f"before/after: {out / f'before_after-{latest}.html'} (+ .md, .csv)")
+            echo(f"latest benchmark (experiment {latest}), val acc %:")
+            echo(rep.to_text(rep.format_before_after(rep.before_after(store, latest))))
+            echo(f"before/after: {out / f'before_after-{latest}.html'} (+ .md, .csv)")
     finally:
         store.close()
     if ids:
-        click.echo(f"compare: {written.path} (runs {', '.join(map(str, ids))})")
-    click.echo(f"pages: {len(written.written)} written, {written.unchanged} unchanged since their last write"
-               + (" (nothing in the database changed)" if not written.written else "") + "; --all rewrites every one")
-    click.echo(f"dashboards: {out / 'index.html'} (open it in a browser; works offline)")
+        echo(f"compare: {written.path} (runs {', '.join(map(str, ids))})")
+    echo(f"pages: {len(written.written)} written, {written.unchanged} unchanged since their last write"
+         + (" (nothing in the database changed)" if not written.written else "") + "; --all rewrites every one")
+    echo(f"dashboards: {out / 'index.html'} (open it in a browser; works offline)")
 
 
 @main.command()
@@ -416,8 +291,8 @@ def export(run_id: int, out: Path, db: str, storage_path: Path) -> None:
 
     check_url(db)
     weights, recipe, card = export_run(db, run_id, out, storage_path=storage_path)
-    click.echo(f"run {run_id}: weights {weights}, recipe {recipe}, model card {card}")
-    click.echo(f"load it: see {card} (timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=...)))")
+    echo(f"run {run_id}: weights {weights}, recipe {recipe}, model card {card}")
+    echo(f"load it: see {card} (timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=...)))")
 
 
 @main.command()
@@ -436,13 +311,13 @@ def sweep(study: Path, validate: bool, resume: bool, where, max_failures: int, t
         from harness.study import check_study
 
         for line in check_study(study, on_cluster=where.address is not None):
-            click.echo(line)
+            echo(line)
         return
     from harness.study import load_study
     from harness.sweep import run_sweep
 
     study_models = [load_study(study).model] if pretrained_files else None
-    exit_if_interrupted(run_sweep(study, where.check(), resume=resume, max_failures=max_failures, echo=click.echo,
+    exit_if_interrupted(run_sweep(study, where.check(), resume=resume, max_failures=max_failures, echo=echo,
                                   top=top, pretrained=parse_pretrained(pretrained, pretrained_files, models=study_models)).status)
 
 
@@ -477,17 +352,17 @@ def doctor(model: str, recipe: str, data_opts: dict,
     t0, cpu0 = time.monotonic(), time.process_time()
     check_url(db)  # everything is validated before anything runs or is written
     check_out_dir(out, what="the HTML", default="dashboards/doctor")
-    echo = (lambda s: click.echo(s, err=True)) if as_json else click.echo
+    log = (lambda s: echo(s, err=True)) if as_json else echo  # with --json, stdout holds the JSON alone
     done = doc.checkup(model, recipe, make_data_spec(**data_opts), overrides=parse_sets(sets), scale=scale, device=device,
-                       seed=seed, threads=threads, overfit_steps=overfit_steps, lr_steps=lr_steps, db=db, out=out, log=echo)
+                       seed=seed, threads=threads, overfit_steps=overfit_steps, lr_steps=lr_steps, db=db, out=out, log=log)
     if as_json:
         click.echo(json.dumps(done.as_json(db=db, total_s=time.monotonic() - t0, total_cpu_s=time.process_time() - cpu0)))
     else:
-        click.echo(doc.format_table(done.report))
+        echo(doc.format_table(done.report))
         counts = {s: sum(r.status == s for r in done.report.results) for s in ("PASS", "WARN", "FAIL")}
-        click.echo(f"{counts['FAIL']} FAIL, {counts['WARN']} WARN, {counts['PASS']} PASS in "
-                   f"{time.monotonic() - t0:.0f}s ({time.process_time() - cpu0:.0f}s CPU)")
-        click.echo(f"results: experiment {done.experiment_id} (kind doctor) in {shown_url(db)}; lr range curve: {done.html}")
+        echo(f"{counts['FAIL']} FAIL, {counts['WARN']} WARN, {counts['PASS']} PASS in "
+             f"{time.monotonic() - t0:.0f}s ({time.process_time() - cpu0:.0f}s CPU)")
+        echo(f"results: experiment {done.experiment_id} (kind doctor) in {shown_url(db)}; lr range curve: {done.html}")
     if done.exit_code:
         sys.exit(done.exit_code)
 

@@ -18,7 +18,9 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
-_TERMINAL_ECHOS = (print, click.echo)
+from harness import terminal
+
+_TERMINAL_ECHOS = (print, click.echo, terminal.echo)
 
 
 def _duration(seconds: float) -> str:

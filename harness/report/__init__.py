@@ -64,7 +64,6 @@ from harness.report.tables import (  # noqa: F401
     save_before_after,
     splits_of,
     to_markdown,
-    to_text,
 )
 
 __all__ = ["ABLATION_COLUMNS", "ABLATION_LEGEND", "ABLATION_VERDICT", "COLLAPSE_ALPHA", "CONFIDENCE",
@@ -76,3 +75,5 @@ __all__ = ["ABLATION_COLUMNS", "ABLATION_LEGEND", "ABLATION_VERDICT", "COLLAPSE_
            "read_evaluations", "read_experiments", "read_run_counts", "read_run_points", "read_run_stamps",
            "read_running_experiments", "read_runs", "read_study_stamps", "read_test_correct", "run_summary",
            "save_ablation", "save_before_after", "seed_t_interval", "splits_of", "to_markdown", "to_text", "verdict", "wilson"]
+
+from harness.terminal import to_text  # noqa: E402,F401 (tables for the terminal live with the other terminal output)

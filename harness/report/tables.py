@@ -398,40 +398,6 @@ TERMINAL_COLUMNS = ("model", "recipes", "lr", "seeds", "test acc %", "test acc %
                     "Δ [95% CI]", "verdict")
 
 
-def terminal_width() -> int | None:
-    """The terminal's width when stdout is one (COLUMNS overrides it), else None: piped output and logs keep
-    every column on one line each."""
-    import shutil
-    import sys
-
-    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
-
-
-def to_text(df: pd.DataFrame, *, width: int | None = None, columns: tuple[str, ...] | None = None) -> str:
-    """A table for the terminal: laid out to `width` (default: the terminal's, when stdout is one) by rich,
-    long cells folded onto more lines, never cut; with a width, only `columns` (those of them present) when
-    given. Without a width (a pipe, a log) every column, each row on one line."""
-    import io
-
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    if df.empty:
-        return "(no runs)"
-    width = width or terminal_width()
-    if width is not None and columns is not None:
-        df = df[[c for c in df.columns if c in columns]]
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, show_lines=width is not None)
-    for c in df.columns:
-        table.add_column(str(c), overflow="fold")
-    for row in df.itertuples(index=False):
-        table.add_row(*("" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v) for v in row))
-    console = Console(width=width or 100_000, file=io.StringIO(), record=True, color_system=None, soft_wrap=False)
-    console.print(table)
-    return "\n".join(line.rstrip() for line in console.export_text().splitlines() if line.strip())
-
-
 def save_before_after(store: Store, experiment_id: int, out: Path) -> tuple[Path, Path, pd.DataFrame]:
     """before_after-<id>.md (readable) and .csv (raw numbers) in `out`."""
     table = before_after(store, experiment_id)

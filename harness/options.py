@@ -1,0 +1,161 @@
+"""The command line's shared parts: the options several commands take (declared once, with their
+bounds), and turning them into typed specs. `cli.py` holds the commands.
+
+Bounds live with the option (`AtLeast`, click's Choice and FloatRange), as a spec's live with its
+field (pydantic `ge=`): a value out of bounds is refused before the command body runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from harness import DEFAULT_DB
+from harness.errors import UserError
+from harness.experiment import DEFAULT_STORAGE, PAGES_EVERY_S, Where
+
+
+class AtLeast(click.ParamType):
+    """An int option's bound, declared with the option (as `ge=` is with a spec's field): a value below it
+    is refused in harness's words, the flag, the value and the fix, exit 2."""
+
+    name = "integer"
+
+    def __init__(self, least: int, unit: str, example: int) -> None:
+        self.least, self.unit, self.example = least, unit, example
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        flag = param.opts[0] if param is not None else "value"
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise UserError(flag, value, f"Not a whole number; e.g. {flag} {self.example}.") from None
+        if number < self.least:
+            raise UserError(flag, number, f"Use at least {self.least} {self.unit}, e.g. {flag} {self.example}.")
+        return number
+
+
+EPOCHS, SEEDS, BATCH = AtLeast(1, "epoch", 10), AtLeast(1, "seed", 3), AtLeast(1, "image per step", 64)
+AT_ONCE, THREADS, SECONDS = AtLeast(1, "trial at a time", 2), AtLeast(1, "thread", 1), AtLeast(1, "second", 30)
+RETRIES, EVERY_N, ROWS = AtLeast(0, "retries", 1), AtLeast(0, "epochs (0 = never)", 5), AtLeast(1, "row", 10)
+
+
+def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
+    """--set key=value (value parsed as YAML: 3e-4, true, adamw, null)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError("--set", item, "Expected KEY=VALUE, e.g. --set lr=3e-4.")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"--set {key}", value, "Not a value; write a number, true/false, a name or null.") from None
+    return out
+
+
+def data_options(image_size: int = 32):
+    """The data flags, declared once for every command that loads data; the command receives them as one
+    `data_opts` dict for `make_data_spec(**data_opts)`."""
+    def decorate(f):
+        @functools.wraps(f)
+        def command(*args, data_name, data_root, download, image_size, train_size, workers, **kwargs):
+            return f(*args, data_opts=dict(data_name=data_name, data_root=data_root, download=download,
+                                           image_size=image_size, train_size=train_size, workers=workers), **kwargs)
+        for option in reversed((
+            click.option("--data", "data_name", default="digits", show_default=True,
+                         help="digits | synthetic | cifar10 | cifar100 | tinyimagenet | imagefolder"),
+            click.option("--data-root", type=click.Path(path_type=Path), default=None,
+                         help="folder of the dataset (cifar*, tinyimagenet, imagefolder)"),
+            click.option("--download", is_flag=True, help="cifar*: download into --data-root (needs internet)"),
+            click.option("--image-size", type=int, default=image_size, show_default=True, help="pixels per side"),
+            click.option("--train-size", type=int, default=None,
+                         help="train on this many images, drawn class-balanced (synthetic: how many to generate)"),
+            click.option("--workers", type=int, default=None,
+                         help="folder sets: image-decoding loader workers [default: half the cores, at most 8]"),
+        )):
+            command = option(command)
+        return command
+    return decorate
+
+
+def db_option(f):
+    return click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLAlchemy URL of the results database")(f)
+
+
+def out_option(default: str = "dashboards", what: str = "the pages and tables"):
+    return click.option("--out", type=click.Path(path_type=Path), default=Path(default), show_default=True,
+                        help=f"folder for {what}")
+
+
+def where_options(*, out_what: str, storage_layout: str):
+    """--db, --out, --address, --storage-path and --pages-every of the commands that run trials through
+    Ray, declared once; the command receives them as one `experiment.Where` (`where`), to check (`where.check()`)
+    before anything runs: `sweep --validate` checks the study file alone, without SQLAlchemy."""
+    def decorate(f):
+        @functools.wraps(f)
+        def command(*args, db, out, address, storage_path, pages_every, **kwargs):
+            where = Where(db=db, out=out, address=address, storage_path=storage_path, pages_every_s=pages_every)
+            return f(*args, where=where, **kwargs)
+        for option in reversed((
+            db_option,
+            out_option(what=out_what),
+            click.option("--address", default=None, help="attach to this Ray cluster (HOST:PORT as `ray start --head` "
+                         "printed it, or auto) [default: start Ray here]"),
+            click.option("--storage-path", type=click.Path(path_type=Path), default=DEFAULT_STORAGE, show_default=True,
+                         help=f"where Ray keeps trial checkpoints and its state ({storage_layout}); shared storage on a cluster"),
+            click.option("--pages-every", type=click.FloatRange(min=1), default=PAGES_EVERY_S, show_default=True,
+                         help="seconds between rewrites of the live pages while it runs"),
+        )):
+            command = option(command)
+        return command
+    return decorate
+
+
+def pretrained_options(f):
+    """--pretrained / --pretrained-file of the commands that run grids and studies (train has its own)."""
+    f = click.option("--pretrained-file", "pretrained_files", multiple=True, metavar="[MODEL=]PATH",
+                     help="start every run of MODEL from this state dict (repeatable; PATH alone when one model "
+                          "runs); 'fitted' (each model's own recipe) is then the family's fine-tuning one")(f)
+    return click.option("--pretrained", is_flag=True, help="start from timm's own weights (the local Hugging Face cache); "
+                        "'fitted' (each model's own recipe) is then the family's fine-tuning one")(f)
+
+
+def parse_pretrained(pretrained: bool, files: tuple[str, ...], *, models: list[str] | None = None) -> Any:
+    """The flags as a spec's `pretrained:` value ('timm', {model: path}) or None when neither is given."""
+    if pretrained and files:
+        raise UserError("--pretrained", True, "Give --pretrained (timm's weights) or --pretrained-file, not both.")
+    if pretrained:
+        return "timm"
+    if not files:
+        return None
+    out: dict[str, str] = {}
+    for item in files:
+        model, sep, path = item.rpartition("=")
+        if not sep:
+            if not models or len(models) != 1:
+                raise UserError("--pretrained-file", item, "Name the model it is for: --pretrained-file MODEL=PATH "
+                                "(PATH alone only when one model runs).")
+            model = models[0]
+        out[model] = path
+    return out
+
+
+def make_data_spec(data_name: str, data_root: Path | None, download: bool, image_size: int,
+                   train_size: int | None = None, workers: int | None = None):
+    from pydantic import ValidationError
+
+    from harness.data import DataSpec
+    from harness.specs import _user_error
+
+    try:
+        return DataSpec(name=data_name, root=data_root, download=download, image_size=image_size,
+                        train_size=train_size, workers=workers)
+    except ValidationError as e:
+        raise _user_error(e, DataSpec, prefix="--data.") from None
+
+
