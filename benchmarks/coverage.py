@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_common.p
 from _common import RESULTS, command_line, importable_harness, md_table, stamp  # noqa: E402
 
 importable_harness()
-from harness.report import stats  # noqa: E402
+from harness.tables import stats  # noqa: E402
 
 N_IMAGES = 359
 PAIRS = [(0.5, 0.7), (0.9, 0.95), (0.97, 0.98), (0.3, 0.3)]  # (before, after) true accuracies

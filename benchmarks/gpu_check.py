@@ -108,7 +108,7 @@ def granted_names(gpus: str | None) -> list[str]:
 
 def check_placement(runs: Any, *, used_cards: set[str] | None, cards: int, expected: int = SWEEP_TRIALS,
                     name: str = "sweep") -> Check:
-    """`runs`: harness.report.read_runs of the sweep at gpu: auto. `used_cards`: GPU indices on which
+    """`runs`: harness.tables.read_runs of the sweep at gpu: auto. `used_cards`: GPU indices on which
     nvidia-smi saw a Ray trial process during it (None = nvidia-smi showed no processes at all, e.g.
     inside a container's PID namespace: then only the database's record is checked)."""
     if len(runs) != expected:
@@ -260,7 +260,7 @@ class GpuProcesses:
 
 def read_runs(db: str) -> Any:
     """Every run in the database, through harness's own reader."""
-    from harness import report
+    from harness import tables as report
 
     store = report.open_reader(db)
     try:

@@ -7,7 +7,7 @@
 Each trial is a sweep-like run: `fit()` of --model (own fitted recipe) on 32 px data for --epochs.
 Via Ray the trials go through `harness.engine.run_trials`, the sweeps' own path, with Ray's
 fractional GPUs doing the packing, and their times are read back from the run's results database
-(`harness.report`). With --processes (or where Ray is not installed) each trial runs `run_trial`
+(`harness.tables`). With --processes (or where Ray is not installed) each trial runs `run_trial`
 in its own spawned process (`multiprocessing`, as a Ray worker would be). On a CPU it says it
 needs a GPU and exits 0. Results: benchmarks/results/packing-<gpu>.{md,csv}.
 """
@@ -106,10 +106,10 @@ def pack_with_ray(args: argparse.Namespace, mode: str, tmp: Path, log: Callable[
                   device: str = "cuda", gpu_per_trial: float | None = None) -> dict[str, Any]:
     """The trials through harness.engine.run_trials, the sweeps' own path: 1 GPU each one at a time, or
     1/trials GPU each all at once (Ray fractional resources, floored: 7 x round(1/7, 3) > 1 GPU);
-    times read back with harness.report."""
+    times read back with harness.tables."""
     import os
 
-    from harness import report
+    from harness import tables as report
     from harness.engine import Experiment, Trials, run_trials
     from harness.experiment import Where
     from harness.specs import ResourcesSpec

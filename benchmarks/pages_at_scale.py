@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or tmp / "dashboards"
     path = sqlite_path(db)
     fresh = path is None or not path.exists()
-    from harness import report as rep
+    from harness import tables as rep
     from harness.dashboards import write_pages
 
     if fresh:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from harness import report as rep
+from harness import tables as rep
 from harness.datasets import DataSpec, check_spec, train_images
 from harness.errors import UserError, close_matches
 from harness.experiment import Where, run_experiment

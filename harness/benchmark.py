@@ -268,8 +268,8 @@ class Benchmark:
 def finish(where: Where, experiment_id: int, *, echo: Callable[[str], None] = print) -> list[str]:
     """The tables in the terminal, their Markdown/CSV in `where.out`; with an lr axis, each model's
     recommended recipe as a file (`hand_back`). Returns the lines that name the files."""
-    from harness import report as rep
     from harness import sensitivity as sens
+    from harness import tables as rep
 
     store = rep.open_reader(where.db)
     try:
@@ -306,8 +306,8 @@ def hand_back(store: Any, experiment_id: int, runs: Any, summary: Any, out: Path
     highest validation median) written as `out/recipes/recommended-<experiment>-<model>.yaml`, a file
     `harness train --recipe FILE` runs, with how it was chosen and its test accuracy in its header. Returns
     the lines that name each file, with the same recipe as timm train.py flags."""
-    from harness import report as rep
     from harness import sensitivity as sens
+    from harness import tables as rep
     from harness.recipe_file import timm_train_flags, write_recipe_file
     from harness.recipes import Recipe
 

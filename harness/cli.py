@@ -250,7 +250,7 @@ def ablate(model: str, recipe: str, mode: str, steps: str | None, seeds: int, ep
 def report(db: str, out: Path, compare: tuple[int, ...], watch: bool, every: int, all_: bool,
            more_ids: tuple[int, ...]) -> None:
     """Dashboards (Plotly HTML, offline) and before/after tables from the results database."""
-    from harness import report as rep
+    from harness import tables as rep
     from harness.dashboards import write_pages
 
     ids = [*compare, *more_ids]

@@ -79,12 +79,12 @@ def export_run(db: str, run_id: int, out: Path, *, storage_path: Path) -> list[P
     UserError before anything is written."""
     import torch
 
-    from harness import report as rep
+    from harness import tables as rep
     from harness.files import write_atomic, write_text_atomic
     from harness.recipe_file import write_recipe_file
-    from harness.report.stats import wilson
     from harness.specs import RunSpec
     from harness.store import shown_url
+    from harness.tables.stats import wilson
     from harness.train import load_checkpoint
 
     out = Path(out)

@@ -1,4 +1,4 @@
-"""One run in this process, recorded: `fit()` with a report callable that writes the store.
+"""One run in this process, recorded: `fit()` with an `on_epoch` callable that writes the store.
 
 Used by `harness train`, and by `harness doctor` for its checks (`record_checks`). Sweeps, benchmarks
 and ablations go through Ray instead (harness/engine/),
@@ -103,7 +103,7 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
 
     view = LiveView(title=f"{kind} {spec.label()}", total_runs=1, slots=1, echo=echo)
 
-    def report(r: EpochReport) -> None:
+    def on_epoch(r: EpochReport) -> None:
         store.log_epoch(run, r.epoch, r.metrics, where=where)
         if r.evaluation is not None:
             store.save_evaluation(run, r.evaluation)
@@ -121,7 +121,7 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
                 store.log_epoch(run, i, m)
         with view:
             view.run_started("run", spec.label(), spec.epochs)
-            result = fit(spec, report, resume=resume, log=view.echo)
+            result = fit(spec, on_epoch, resume=resume, log=view.echo)
             view.run_finished("run")
     except KeyboardInterrupt:
         store.finish_run(run, status="interrupted", error="interrupted by the user")

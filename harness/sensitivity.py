@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import report as rep
+from harness import tables as rep
 from harness.files import write_text_atomic
 from harness.models import stand_in_label
 from harness.store import Store

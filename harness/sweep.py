@@ -19,8 +19,8 @@ import pandas as pd
 import yaml
 
 from harness import models
-from harness import report as rep
 from harness import study as study_mod
+from harness import tables as rep
 from harness.errors import UserError
 from harness.experiment import Where, run_experiment
 from harness.recipes import with_overrides

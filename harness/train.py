@@ -1,11 +1,11 @@
 """The one training loop. No Ray, no Optuna, no database: a resolved `RunSpec` in, one
-`EpochReport` per epoch out through the `report` callable, a `RunResult` back.
+`EpochReport` per epoch out through the `on_epoch` callable, a `RunResult` back.
 
 `harness train`, every benchmark run and every sweep trial call `fit()`; so do the tests.
 `fit()` = `prepare_process()` (what a reused Ray worker must not carry over from its previous trial:
 device, threads, GPU memory share and cache), then `build_training()` once, then per epoch
 `train_epoch()` (the GPU path: data resident on the device, on-device augmentation, no host sync per
-step), evaluation, checkpoint, report.
+step), evaluation, checkpoint, on_epoch.
 benchmarks/throughput.py times `train_epoch()` itself against a plain timm loop.
 
 The process state is set in `process.py`, the per-class evaluation is in `evaluate.py`; checkpoints and
@@ -387,7 +387,7 @@ def run_status(spec: RunSpec, epoch: int, *, diverged: bool, hours: float) -> st
     return "completed" if epoch >= spec.epochs else "running"
 
 
-def fit(spec: RunSpec, report: Callable[[EpochReport], None] = lambda r: None, *,
+def fit(spec: RunSpec, on_epoch: Callable[[EpochReport], None] = lambda r: None, *,
         resume: Path | None = None, log: Callable[[str], None] = lambda s: None,
         gpu_share: float | None = None) -> RunResult:
     """Train `spec` from scratch (or from `resume`), reporting every epoch; the best weights are evaluated at the end.
@@ -398,7 +398,7 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] = lambda r: None, *
     plugins.load(spec.plugins)  # a Ray worker or a resumed run imports the models/datasets the spec names
     device = prepare_process(spec, gpu_share)
     try:
-        return _fit(spec, device, report, resume=resume, log=log, t_start=t_start)
+        return _fit(spec, device, on_epoch, resume=resume, log=log, t_start=t_start)
     finally:  # the run's tensors died with _fit's frame (on success): give their cache back to the card
         free_device_memory(device)
 
@@ -411,7 +411,7 @@ def run_data(spec: RunSpec) -> data_mod.DataSpec:
     return spec.data.model_copy(update={"workers": data_mod.auto_workers(spec.threads)})
 
 
-def _fit(spec: RunSpec, device: torch.device, report: Callable[[EpochReport], None], *, resume: Path | None,
+def _fit(spec: RunSpec, device: torch.device, on_epoch: Callable[[EpochReport], None], *, resume: Path | None,
          log: Callable[[str], None], t_start: float) -> RunResult:
     _seed_epoch(spec.seed, 0)
     ds = data_mod.load(run_data(spec), device)
@@ -450,7 +450,7 @@ def _fit(spec: RunSpec, device: torch.device, report: Callable[[EpochReport], No
             evaluation = {"epoch": p.best_epoch, **evaluate_classes(eval_model, ds, t.augment, batch_size=2 * t.batch_size,
                                                                    autocast=t.autocast, samples=spec.eval_samples,
                                                                    channels_last=t.eval_channels_last)}
-        report(EpochReport(epoch, metrics, ckpt_path, status, evaluation, test))
+        on_epoch(EpochReport(epoch, metrics, ckpt_path, status, evaluation, test))
         if status != "running":
             break
     if status == "running":  # resumed at or past the last epoch: nothing left to train

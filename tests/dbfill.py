@@ -17,14 +17,14 @@ def record(db: str, specs: list[RunSpec], *, kind: str = "benchmark", name: str 
         run = store.create_run(exp, model=spec.model, recipe=spec.recipe.label(), params=spec.model_dump(mode="json"),
                                seed=spec.seed, stands_for=spec.stands_for)
 
-        def report(r: EpochReport, run: int = run) -> None:
+        def on_epoch(r: EpochReport, run: int = run) -> None:
             store.log_epoch(run, r.epoch, r.metrics)
             if r.evaluation is not None:
                 store.save_evaluation(run, r.evaluation)
             if r.test is not None:
                 store.save_test(run, r.test)
 
-        result = fit(spec, report)
+        result = fit(spec, on_epoch)
         store.finish_run(run, status=result.status, wall_s=result.wall_s)
     store.finish_experiment(exp, status)
     store.close()

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from harness.ablate import changed, ladder, resolve_ablation
 from harness.cli import main
 from harness.recipes import INGREDIENTS, TUNABLE
-from harness.report import ablation_table
 from harness.store import Store
+from harness.tables import ablation_table
 
 
 def test_every_tunable_field_is_in_exactly_one_ingredient():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness import report as rep
+from harness import tables as rep
 from harness.benchmark import load_grid, resolve_grid
 from harness.data import BatchAugment, DataSpec, load
 from harness.models import build_model, get_model_entry

@@ -139,7 +139,7 @@ def test_readers_work_while_another_process_writes(pg_url, tmp_path):
     """The driver writes (its own process, one transaction per epoch); report and the dashboards read at
     the same time, never block it, and every read sees whole epochs: a run's epochs_done always
     equals its epoch rows in that read."""
-    from harness import report as rep
+    from harness import tables as rep
     from harness.dashboards import write_dashboards
 
     writer = subprocess.Popen([sys.executable, "-c", WRITER, pg_url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from dbfill import record
 
-from harness import report as rep
+from harness import tables as rep
 from harness.errors import UserError
 from harness.store import Store
 

@@ -8,8 +8,8 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from harness import report as rep
 from harness import sensitivity as sens
+from harness import tables as rep
 from harness.benchmark import load_grid, resolve_grid
 from harness.cli import main
 from harness.store import Store
@@ -138,7 +138,8 @@ def test_before_after_chosen_on_val_reported_on_test(grid_db):
 def test_lr_axis_resolves_each_recipe_around_its_own_lr():
     spec = load_grid(None, models="vit_base", lrs="x10,x0.1,x1")
     grid = resolve_grid(spec, cuda=False)
-    assert spec.lrs == ["x0.1", "x1", "x10"]  # sorted, stored normalised
+    assert [p.label for p in spec.lrs] == ["x0.1", "x1", "x10"]  # parsed once into typed points, sorted
+    assert spec.model_dump(mode="json")["lrs"] == ["x0.1", "x1", "x10"]  # stored as written back
     by = {(r.recipe.label(), r.tags["lr_point"]): r for r in grid.runs}
     assert len(grid.runs) == 6
     naive, vit = by[("naive", "x1")], by[("vit (fitted)", "x1")]

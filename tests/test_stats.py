@@ -1,4 +1,4 @@
-"""harness.report.stats: the paired intervals against hand computations and a published value, the
+"""harness.tables.stats: the paired intervals against hand computations and a published value, the
 collapse test against an exact tail sum, and small coverage simulations of each interval the tables use
 (the full ones: benchmarks/coverage.py, benchmarks/results/coverage.md)."""
 
@@ -11,8 +11,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from harness.report import stats
-from harness.report.stats import (
+from harness.tables import stats
+from harness.tables.stats import (
     COLLAPSE_ALPHA,
     PAIRED_IMAGES_METHOD,
     SEED_T_METHOD,

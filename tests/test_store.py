@@ -27,7 +27,7 @@ def test_store_on_an_empty_database(empty_db):
     reader sees it all."""
     import optuna
 
-    from harness import report as rep
+    from harness import tables as rep
     from harness.store import Store, check_url, metadata
     from harness.study import optuna_storage
 
@@ -62,7 +62,7 @@ def test_store_on_an_empty_database(empty_db):
 def test_where_is_optional_and_cpu_only_is_an_empty_string(empty_db):
     """Callers that do not say where (old tests, tools) leave the run's node as it was; "" GPUs means
     CPU only, NULL means never recorded (an older database)."""
-    from harness import report as rep
+    from harness import tables as rep
     from harness.store import Store
 
     store = Store(empty_db)
@@ -142,8 +142,8 @@ def test_foreign_tables_refused_on_both(empty_db):
 def test_a_reader_leaves_an_older_database_as_it_is(empty_db, tmp_path):
     """Readers (report, dashboards) never migrate: a v2 database is read as it is, its runs say nowhere
     that they ran, and the pages show no node columns."""
-    from harness import report as rep
     from harness import store as st
+    from harness import tables as rep
     from harness.dashboards import write_dashboards
 
     _old_schema(empty_db, 2)
@@ -164,7 +164,7 @@ def test_harness_train_records_this_machine(empty_db, tiny_spec, tmp_path, monke
     """A plain `harness train` run (no Ray) records the hostname, no Ray node id, and "" GPUs on a CPU."""
     import socket
 
-    from harness import report as rep
+    from harness import tables as rep
     from harness.runner import run_and_record
 
     monkeypatch.chdir(tmp_path)

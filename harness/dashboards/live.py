@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import report as rep
+from harness import tables as rep
 from harness.dashboards.write import write_dashboards, write_pages
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from harness import report as rep
 from harness import sensitivity
+from harness import tables as rep
 from harness.dashboards.figures import (
     GAP_OK,
     GAP_WARN,

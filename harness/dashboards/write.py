@@ -32,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness import report as rep
+from harness import tables as rep
 from harness.dashboards.index import KIND_NAME, PER_PAGE, compare_page, index_name, index_page, index_pages
 from harness.dashboards.markup import mark_live, write_plotlyjs
 from harness.dashboards.pages import ExperimentRows, experiment_pages, run_page

@@ -1,6 +1,6 @@
 """The trial side: what runs inside a Ray worker.
 
-`_trainable` is one trial: `train.fit()` with a `report` that hands every epoch (and the trial's
+`_trainable` is one trial: `train.fit()` with an `on_epoch` that hands every epoch (and the trial's
 last.pt/best.pt as a Ray checkpoint) to `ray.tune.report`. A retried or resumed trial gets its
 checkpoint back through `ray.tune.get_checkpoint()` and continues at epoch k+1. Workers are reused
 across trials (`reuse_actors`), so everything process-wide a trial relies on is set by `fit()` at
@@ -150,7 +150,7 @@ def _trainable(config: dict[str, Any], *, make_spec: SpecMaker) -> None:
 
         share = granted_gpu_share()
 
-        def report(r: EpochReport) -> None:
+        def on_epoch(r: EpochReport) -> None:
             metrics: dict[str, Any] = {**r.metrics, "epoch": r.epoch, "status": r.status, **where}
             if r.evaluation is not None:
                 metrics["evaluation"] = r.evaluation  # popped by the driver's recorder (kept out of Ray's logs)
@@ -162,5 +162,5 @@ def _trainable(config: dict[str, Any], *, make_spec: SpecMaker) -> None:
             ckpt = tune.Checkpoint.from_directory(str(local)) if r.checkpoint is not None else None
             tune.report(metrics, checkpoint=ckpt)
 
-        fit(spec, report, resume=resume, gpu_share=share)
+        fit(spec, on_epoch, resume=resume, gpu_share=share)
 

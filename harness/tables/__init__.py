@@ -1,11 +1,12 @@
 """Tables over the results database (pandas): the statistics (`stats.py`), reading the database
-(`read.py`) and the tables built from it (`tables.py`): the before/after table of a benchmark, the
-ablation ladder's (`ablation.py`), and the per-run summaries the pages draw. `from harness import report as rep` and
-`rep.before_after(...)` keep working: every public name is here."""
+(`read.py`) and the tables built from it (`before_after.py`): the before/after table of a benchmark,
+the ablation ladder's (`ablation.py`), and the per-run summaries the pages draw. Every public name is
+here: `from harness import tables as rep`, then `rep.before_after(...)`. (Named `report` until
+2026-12-06; `harness report` is the command that writes the pages.)"""
 
 from __future__ import annotations
 
-from harness.report.ablation import (  # noqa: F401
+from harness.tables.ablation import (  # noqa: F401
     ABLATION_COLUMNS,
     ABLATION_LEGEND,
     ABLATION_VERDICT,
@@ -13,41 +14,7 @@ from harness.report.ablation import (  # noqa: F401
     format_ablation,
     save_ablation,
 )
-from harness.report.read import (  # noqa: F401
-    RUN_STAMP_COLUMNS,
-    TEST_COLUMNS,
-    WHERE_COLUMNS,
-    open_reader,
-    read_epochs,
-    read_evaluation_sizes,
-    read_evaluations,
-    read_experiments,
-    read_run_counts,
-    read_run_points,
-    read_run_stamps,
-    read_running_experiments,
-    read_runs,
-    read_study_stamps,
-    read_test_correct,
-)
-from harness.report.stats import (  # noqa: F401
-    COLLAPSE_ALPHA,
-    CONFIDENCE,
-    DATASET_CLASSES,
-    NEAR_BEST,
-    NO_DIFFERENCE,
-    PAIRED_IMAGES_METHOD,
-    SEED_T_METHOD,
-    VERDICTS,
-    Z95,
-    beats_chance,
-    newcombe,
-    paired_image_interval,
-    seed_t_interval,
-    verdict,
-    wilson,
-)
-from harness.report.tables import (  # noqa: F401
+from harness.tables.before_after import (  # noqa: F401
     RUN_SUMMARY_COLUMNS,
     TABLE_COLUMNS,
     TABLE_LEGEND,
@@ -64,6 +31,40 @@ from harness.report.tables import (  # noqa: F401
     save_before_after,
     splits_of,
     to_markdown,
+)
+from harness.tables.read import (  # noqa: F401
+    RUN_STAMP_COLUMNS,
+    TEST_COLUMNS,
+    WHERE_COLUMNS,
+    open_reader,
+    read_epochs,
+    read_evaluation_sizes,
+    read_evaluations,
+    read_experiments,
+    read_run_counts,
+    read_run_points,
+    read_run_stamps,
+    read_running_experiments,
+    read_runs,
+    read_study_stamps,
+    read_test_correct,
+)
+from harness.tables.stats import (  # noqa: F401
+    COLLAPSE_ALPHA,
+    CONFIDENCE,
+    DATASET_CLASSES,
+    NEAR_BEST,
+    NO_DIFFERENCE,
+    PAIRED_IMAGES_METHOD,
+    SEED_T_METHOD,
+    VERDICTS,
+    Z95,
+    beats_chance,
+    newcombe,
+    paired_image_interval,
+    seed_t_interval,
+    verdict,
+    wilson,
 )
 
 __all__ = ["ABLATION_COLUMNS", "ABLATION_LEGEND", "ABLATION_VERDICT", "COLLAPSE_ALPHA", "CONFIDENCE",

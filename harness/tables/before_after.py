@@ -19,8 +19,9 @@ import pandas as pd
 from harness.errors import UserError
 from harness.files import write_text_atomic
 from harness.models import stand_in_label
-from harness.report.read import read_epochs, read_evaluation_sizes, read_runs, read_test_correct
-from harness.report.stats import (
+from harness.store import Store
+from harness.tables.read import read_epochs, read_evaluation_sizes, read_runs, read_test_correct
+from harness.tables.stats import (
     DATASET_CLASSES,
     NEAR_BEST,
     PAIRED_IMAGES_METHOD,
@@ -32,7 +33,6 @@ from harness.report.stats import (
     verdict,
     wilson,
 )
-from harness.store import Store
 
 
 def _from_spec(params: object) -> tuple[int | None, object, object]:

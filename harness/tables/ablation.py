@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 
 from harness.files import write_text_atomic
-from harness.report.read import read_epochs, read_runs, read_test_correct
-from harness.report.tables import compare, format_acc, run_summary, to_markdown
 from harness.store import Store
+from harness.tables.before_after import compare, format_acc, run_summary, to_markdown
+from harness.tables.read import read_epochs, read_runs, read_test_correct
 
 ABLATION_VERDICT = {"better": "helps", "worse": "hurts", "no detectable difference": "no detectable difference", "": ""}
 
