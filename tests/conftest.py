@@ -30,8 +30,10 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 BOTH_BACKENDS = {
     ("test_report.py", "*"),
     ("test_sweep.py", "test_sweep_records_statuses_asha_stops_and_settles_optuna"),
-    ("test_sweep.py", "test_interrupted_sweep_resumes_to_exactly_trials"),
 }
+# Each thing tested once: SQLite's stop and resume of a sweep is tests/test_faults.py's SIGINT test (and
+# kill -9 of a benchmark, tests/test_resume.py), so the SIGTERM stop runs on PostgreSQL only.
+POSTGRES_ONLY = {("test_sweep.py", "test_interrupted_sweep_resumes_to_exactly_trials")}
 
 
 def pytest_generate_tests(metafunc):
@@ -40,6 +42,8 @@ def pytest_generate_tests(metafunc):
     module = Path(str(metafunc.definition.fspath)).name
     if {(module, "*"), (module, metafunc.definition.originalname)} & BOTH_BACKENDS:
         metafunc.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
+    elif (module, metafunc.definition.originalname) in POSTGRES_ONLY:
+        metafunc.parametrize("db_url", ["postgresql"], indirect=True)
 
 
 @pytest.fixture

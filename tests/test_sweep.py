@@ -238,7 +238,7 @@ def _metrics_by_epoch(db_url: str) -> dict[tuple[int, int], tuple]:
 
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_to_exactly_trials(ray_local, tmp_path, db_url, fault_plugin):
-    """The suite's SIGTERM stop, on SQLite and PostgreSQL (SIGINT and kill -9: tests/test_faults.py).
+    """The suite's SIGTERM stop, on PostgreSQL (SIGINT and kill -9, on SQLite: tests/test_faults.py).
     A driver stopped by SIGTERM mid-trial stops cleanly (exit 130, no traceback, the resume command
     printed, unfinished runs `interrupted` and none left `running`, the experiment `interrupted`, Optuna
     trials RUNNING only for the trials --resume continues); --resume continues the unfinished trial from
