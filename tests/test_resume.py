@@ -217,3 +217,23 @@ def test_state_cut_off_by_a_kill_is_repaired_from_its_last_whole_copy(tmp_path):
     assert notes and "cut off" in notes[0]
     repair_state(exp_dir, notes.append)  # a whole file is left alone
     assert len(notes) == 1
+
+
+def test_working_copies_of_killed_trials_are_reaped(tmp_path):
+    """A trial killed with -9 leaves its working copy behind; the next trial on that machine removes the
+    ones whose worker is gone and never one whose worker lives."""
+    import os
+    import subprocess
+    import sys
+
+    from harness.engine.trial import TRIAL_PREFIX, reap_orphans
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan, alive, other = (tmp_path / f"{TRIAL_PREFIX}{dead.pid}-x1", tmp_path / f"{TRIAL_PREFIX}{os.getpid()}-x2",
+                            tmp_path / f"{TRIAL_PREFIX}abc")
+    for d in (orphan, alive, other):
+        d.mkdir()
+        (d / "last.pt").write_bytes(b"weights")
+    assert reap_orphans(tmp_path) == [orphan]
+    assert not orphan.exists() and alive.is_dir() and other.is_dir()

@@ -122,10 +122,33 @@ def trial_name(trial: Any) -> str:
     return f"trial_{str(trial.experiment_tag).split('_')[0]}"
 
 
+TRIAL_PREFIX = "harness-trial-"  # + the worker's pid + "-": a trial's working copy of its checkpoints
+
+
+def reap_orphans(tmpdir: Path) -> list[Path]:
+    """Remove the working copies of trials killed with -9 (a TemporaryDirectory a SIGKILL cannot clean up,
+    up to 4x the weights each): every folder is named for its worker's pid, and those whose process is
+    gone are removed. A live pid (or a reused one) keeps its folder: never a running trial's."""
+    gone = []
+    for d in tmpdir.glob(f"{TRIAL_PREFIX}*-*"):
+        pid = d.name[len(TRIAL_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+            gone.append(d)
+        except PermissionError:  # alive, another user's
+            pass
+    return gone
+
+
 def _trainable(config: dict[str, Any], *, make_spec: SpecMaker) -> None:
     """One Ray trial: fit() reporting every epoch to Tune, with last.pt/best.pt as the checkpoint."""
     spec = make_spec(config)
-    with tempfile.TemporaryDirectory(prefix="harness-trial-") as tmp:
+    reap_orphans(Path(tempfile.gettempdir()))
+    with tempfile.TemporaryDirectory(prefix=f"{TRIAL_PREFIX}{os.getpid()}-") as tmp:
         local = Path(tmp)
         spec = spec.model_copy(update={"checkpoint_dir": local})
         resume = None
