@@ -125,9 +125,10 @@ def expand_models(names: list[str]) -> list[str]:
 
 def resolve_grid(spec: BenchmarkSpec, *, cuda: bool) -> Grid:
     """Every RunSpec of the grid, model-major (model, then recipe, then seed)."""
-    from harness.datasets import check_spec
+    from harness.datasets import check_spec, train_images
 
     check_spec(spec.data, "data")
+    n_train = train_images(spec.data)  # once for the grid: an image folder is listed once, not once per run
     # (model that runs, full model it stands for)
     pairs = [resolve_scale(name, spec.scale, cuda=cuda) for name in expand_models(spec.models)]
     seen: set[str] = set()
@@ -139,7 +140,8 @@ def resolve_grid(spec: BenchmarkSpec, *, cuda: bool) -> Grid:
             for point in points:
                 for seed in range(spec.seeds):
                     run = resolve_run(model=ran, recipe=recipe, data=spec.data, overrides=spec.set, epochs=spec.epochs,
-                                      batch_size=spec.batch_size, recipe_field="recipes", seed=seed, stands_for=stands_for,
+                                      batch_size=spec.batch_size, recipe_field="recipes", n_train=n_train, seed=seed,
+                                      stands_for=stands_for,
                                       **pretrained_fields(spec.pretrained, ran, stands_for, "pretrained"),
                                       # one torch thread per CPU a trial holds: concurrent trials do not oversubscribe
                                       threads=max(1, int(spec.resources.cpu)) if not cuda else None)

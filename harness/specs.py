@@ -67,9 +67,12 @@ class RunSpec(Strict):
 
 
 def resolve_run(*, model: str, recipe: str, data: DataSpec, overrides: dict[str, Any] | None = None,
-                batch_size: int | None = None, recipe_field: str = "--recipe", **fields: Any) -> RunSpec:
+                batch_size: int | None = None, recipe_field: str = "--recipe", n_train: int | None = None,
+                **fields: Any) -> RunSpec:
     """Check names and values, fit the recipe to the run (unless `NAME@published`), apply the
     overrides, return the typed spec. `batch_size` None = the recipe's own. Raises UserError.
+    `n_train`: the data's training images when the caller counted them once for many runs (a grid over
+    an image folder would otherwise list it once per run).
 
     A recipe FILE (`recipe_file.is_recipe_file`: a benchmark's or sweep's recommended recipe) is used
     as written, already fitted: no refit; `batch_size` replaces its batch (its own `lr_rule` and
@@ -86,7 +89,7 @@ def resolve_run(*, model: str, recipe: str, data: DataSpec, overrides: dict[str,
     epochs = fields.get("epochs", RunSpec.model_fields["epochs"].default)
     if not isinstance(epochs, int) or epochs < 1:
         raise UserError("--epochs", epochs, "Train at least 1 epoch, e.g. --epochs 10.")
-    n = train_images(data)
+    n = n_train if n_train is not None else train_images(data)
     if from_file:
         if batch_size is not None:
             if batch_size < 1:

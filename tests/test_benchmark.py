@@ -167,3 +167,18 @@ def test_benchmark_end_to_end_through_ray(ray_local, tmp_path, monkeypatch):
     store.close()
     trained = json.loads(trained) if isinstance(trained, str) else trained
     assert trained["recipe"]["lr"] == load_recipe_file(path, "recipe").lr
+
+
+def test_a_grid_counts_its_training_images_once(monkeypatch):
+    """The budget's image count is read once per grid, not once per run: for an image folder it is a
+    walk over every file."""
+    import dataclasses
+
+    from harness import datasets
+
+    calls = []
+    entry = datasets.DATASETS["digits"]
+    monkeypatch.setitem(datasets.DATASETS, "digits", dataclasses.replace(
+        entry, train_images=lambda spec: calls.append(spec) or entry.train_images(spec)))
+    grid = resolve_grid(load_grid(None, models="vit_base,resnet50", recipes="naive,fitted", lrs="x1,x3", seeds=2), cuda=False)
+    assert len(grid.runs) == 16 and len(calls) == 1
