@@ -72,7 +72,7 @@ def run_sweep(study_path: Path, where: Where, *, resume: bool = False, max_failu
     sweep = Sweep(study, study_path, max_failures=max_failures, top=top)
     outcome = run_experiment(sweep, where, resume=resume, echo=echo, ray_name=study.name,
                              resume_field=f"{study_path}: name")
-    result = sweep.result or SweepResult(outcome.experiment_id, outcome.status, outcome.exp_dir)
+    result = sweep.result or SweepResult(outcome.experiment_id, outcome.status, outcome.exp_dir)  # None: report never ran
     result.status, result.storage = outcome.status, outcome.exp_dir
     return result
 
@@ -111,7 +111,8 @@ class Sweep:
             changed = [k for k in StudySpec.model_fields if getattr(stored, k) != getattr(self.study, k)]
             echo(f"note: {self.path} differs from the stored study in {', '.join(changed)}; "
                  "--resume continues the study as it was started.")
-        return Sweep(stored, self.path, self.max_failures, self.top)
+        self.study = stored  # this object, so that run_sweep reads the result `report` sets on it
+        return self
 
     def check_new(self, where: Where) -> None:
         """A study name is its identity in Optuna's tables too: a taken one is refused; then the weights."""

@@ -281,6 +281,7 @@ def test_interrupted_sweep_resumes_to_exactly_trials(ray_local, tmp_path, db_url
     lines: list[str] = []
     result = run_sweep(study, Where(db=db_url, out=None, storage_path=tmp_path / "ray"), resume=True, echo=lines.append)
     assert result.status == "completed"
+    assert result.best is not None and len(result.table) == 3  # the resumed study's own summary, handed back
     got = assert_study_settled(db_url, "t_sweep", 3, max_epochs=max_epochs)
     assert all(r["status"] == "completed" for r in got)
     numbers = {r["id"]: r["optuna_trial"] for r in got}
