@@ -146,7 +146,6 @@ def resolve_ablation(model: str, *, recipe: str = "fitted", steps: str | None = 
                       **({"weights": tag} if (tag := weights_tag(ran, pretrained=bool(weights.get("pretrained")),
                                                                   pretrained_file=weights.get("pretrained_file"))) else {})})
         for r in rungs for seed in range(seeds))
-    check_weights(runs[:1])  # a foreign file, or timm's weights out of reach: exit 2 before any row
     return Ablation(ran, model if ran != model else None, start, end, tuple(order), mode, tuple(rungs), runs)
 
 
@@ -200,7 +199,8 @@ class Ladder:
         return self
 
     def check_new(self, where: Where) -> None:
-        pass  # the weights were checked by `resolve_ablation`
+        """As the benchmark's: a new ladder's weights (a resumed one starts from its checkpoints)."""
+        check_weights(self.ab.runs[:1])  # a foreign file, or timm's weights out of reach: exit 2 before any row
 
     def describe(self) -> list[str]:
         return self.ab.describe()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -211,7 +212,7 @@ def run_benchmark(spec: BenchmarkSpec, where: Where, *, echo: Callable[[str], No
         import torch
 
         cuda = torch.cuda.is_available()
-    return run_experiment(Benchmark(spec, resolve_grid(spec, cuda=cuda), cuda), where, resume=resume, echo=echo)
+    return run_experiment(Benchmark(spec, cuda), where, resume=resume, echo=echo)
 
 
 @dataclass(frozen=True)
@@ -219,10 +220,14 @@ class Benchmark:
     """`harness benchmark` as a `experiment.Command`: the grid's runs and its tables."""
 
     spec: BenchmarkSpec
-    grid: Grid
     cuda: bool
     kind = "benchmark"
     again = "harness benchmark"
+
+    @cached_property
+    def grid(self) -> Grid:
+        """Resolved when first needed: a resumed benchmark resolves only the grid it was started with."""
+        return resolve_grid(self.spec, cuda=self.cuda)
 
     @property
     def name(self) -> str:
@@ -243,7 +248,7 @@ class Benchmark:
         spec = parse_spec(BenchmarkSpec, stored, f"{where.shown_db} benchmark {self.spec.name}")
         if spec != self.spec.model_copy(update={"scale": spec.scale}):
             echo(f"note: the grid given differs from benchmark {spec.name} as it was started; --resume continues it as started.")
-        started = Benchmark(spec, resolve_grid(spec, cuda=self.cuda), self.cuda)
+        started = Benchmark(spec, self.cuda)
         if yaml.safe_load(started.spec_yaml()).get("runs") != stored_runs:
             raise UserError("--resume", spec.name, "The grid resolves to other runs than when it was started (the data, "
                             "the device or the harness changed); run it without --resume.")
