@@ -1,8 +1,11 @@
 """An experiment from the command line to its closing lines: the one skeleton of `benchmark`,
 `ablate` and `sweep`, written once.
 
-    resume lookup -> the command's check -> its trials through the engine, with live pages
-      -> its tables -> the final pages -> "results: ... / continue with: ..."
+    the experiment's lock -> resume lookup -> the command's check -> its trials through the engine,
+      with live pages -> its tables -> the final pages -> "results: ... / continue with: ..."
+
+The lock (harness/locks.py) is held from before the lookup to the closing lines: a second driver of
+the same kind and name is refused, naming who holds it.
 
 A command supplies only what is its own, as a `Command`: its name and spec, its trials (an
 `engine.Trials`), what `--resume` accepts, and its tables. `run_experiment` does the rest for all
@@ -113,6 +116,16 @@ def run_experiment(command: Command, where: Where, *, resume: bool = False,
     folder, `command.resumed` decides what runs). `ray_name`: the folder name of experiments recorded
     before folders were per experiment (a sweep's was its study's name). Returns the engine's Outcome;
     status "interrupted" means resumable, and the closing lines say how."""
+    from harness.locks import experiment_lock
+
+    # One driver per experiment, from the name/--resume check to the closing lines (harness/locks.py).
+    field = resume_field if resume or resume_field != "--resume" else f"{command.kind} name"
+    with experiment_lock(where.db, kind=command.kind, name=command.name, field=field):
+        return _run_locked(command, where, resume=resume, echo=echo, ray_name=ray_name, resume_field=resume_field)
+
+
+def _run_locked(command: Command, where: Where, *, resume: bool, echo: Callable[[str], None], ray_name: str | None,
+                resume_field: str) -> Outcome:
     from harness import engine
 
     exp_id = None

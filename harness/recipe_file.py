@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,18 @@ def read_yaml(path: Path, *, example: str = "see studies/vit_lr.yaml for a compl
     return data
 
 
+# --- names that become paths -----------------------------------------------------------------------
+
+# A study's name is a folder (<storage-path>/<name>-...) and an Optuna study; a recipe's name is part of
+# the pages' file names (lr_range_<model>_<recipe>.html): no "/", "..", markup or 10 kB names there.
+NAME_PATTERN = r"\w[\w.-]{0,99}"
+NAME_RULE = "Use letters, digits, '_', '-' and '.' (at most 100, first a letter or digit)"
+
+
+def path_name_ok(name: str) -> bool:
+    return re.fullmatch(NAME_PATTERN, name) is not None
+
+
 # --- the recipe file ------------------------------------------------------------------------------
 
 def is_recipe_file(ref: str) -> bool:
@@ -102,7 +115,7 @@ def load_recipe_file(path: Path, field: str) -> Recipe:
     except UserError as e:
         raise UserError(field, str(path), e.fix) from None
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as e:
         errs = e.errors()
         err = next((x for x in errs if x["type"] == "extra_forbidden"), errs[0])
@@ -113,6 +126,9 @@ def load_recipe_file(path: Path, field: str) -> Recipe:
             msg = err["msg"].removeprefix("Value error, ")
             fix = f"{msg[:1].upper()}{msg[1:]}."
         raise UserError(f"{field}.{key}", err.get("input"), f"{fix} Fix it in {path}.") from None
+    if not path_name_ok(recipe.name):  # the pages' file names carry it
+        raise UserError(f"{field}.name", recipe.name, f"{NAME_RULE}, e.g. vit_lr. Fix it in {path}.")
+    return recipe
 
 
 # --- the same recipe for timm's train.py ---------------------------------------------------------

@@ -7,7 +7,6 @@ the path of the field (`search.lr.low`), the value received and the fix, as a `U
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,7 +18,14 @@ from harness import plugins
 from harness.datasets import DataSpec, check_spec, train_images
 from harness.errors import UserError, close_matches, unknown
 from harness.models import get_model_entry, weights_tag
-from harness.recipe_file import MAX_YAML_BYTES, is_recipe_file, load_recipe_file, read_yaml  # noqa: F401 (re-exported)
+from harness.recipe_file import (  # noqa: F401 (MAX_YAML_BYTES re-exported)
+    MAX_YAML_BYTES,
+    NAME_RULE,
+    is_recipe_file,
+    load_recipe_file,
+    path_name_ok,
+    read_yaml,
+)
 from harness.recipes import TUNABLE, Budget, Recipe, get_recipe, named_recipe, parse_ref, resolve_recipe, with_overrides
 
 
@@ -258,11 +264,9 @@ class StudySpec(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        # The name is also a folder (<storage-path>/<name>) and the Optuna study name: no "/", "..",
-        # markup or 10 kB names there (free text goes in `description`).
-        if not re.fullmatch(r"\w[\w.-]{0,99}", v):
-            raise ValueError("Use letters, digits, '_', '-' and '.' (at most 100, first a letter or digit), "
-                             "e.g. vit_lr; free text goes in description")
+        # The name is also a folder (<storage-path>/<name>) and the Optuna study name (recipe_file.NAME_RULE).
+        if not path_name_ok(v):
+            raise ValueError(f"{NAME_RULE}, e.g. vit_lr; free text goes in description")
         return v
 
     def base_recipe(self) -> Recipe:

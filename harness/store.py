@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -205,7 +206,8 @@ def stored_experiment(db: str, *, kind: str, name: str) -> dict | None:
 
 
 def check_url(url: str, *, must_exist: bool = False, field: str = "--db") -> None:
-    """Refuse a URL that does not parse, a missing database (for readers) or a foreign database.
+    """Refuse a URL that does not parse, a missing database (for readers), a folder that does not exist or
+    cannot be written (for writers) or a foreign database.
 
     A server database is connected to (within CONNECT_TIMEOUT_S): an unreachable host, wrong
     credentials or a missing database are refused here, before anything is started or written.
@@ -221,7 +223,10 @@ def check_url(url: str, *, must_exist: bool = False, field: str = "--db") -> Non
         if not path.exists():
             if must_exist:
                 raise UserError(field, url, "No such database yet; run `harness train`, `benchmark` or `sweep` first, or fix the path.")
+            _check_folder(path, url, field)
             return
+        if not must_exist:
+            _check_folder(path, url, field)
         # No open()/close() of the file here: closing any descriptor of an SQLite file drops every POSIX
         # lock this process holds on it, and a driver that writes the database also writes the live
         # pages (a disk I/O error on its next commit). SQLite itself tells a foreign file below.
@@ -247,6 +252,21 @@ def check_url(url: str, *, must_exist: bool = False, field: str = "--db") -> Non
                         "use another file or database.")
     if must_exist and "harness_meta" not in names:
         raise UserError(field, shown, "Not a harness results database (no harness_meta table); name one written by harness.")
+
+
+def _check_folder(path: Path, url: str, field: str) -> None:
+    """A database a writer will create or write: its folder must exist and take new files (SQLite
+    writes its -wal and -shm files and the experiment lock beside it), the file itself be writable.
+    Otherwise SQLAlchemy's error would come after Ray started, as a long traceback."""
+    folder = path.parent.resolve() if str(path.parent) else Path.cwd()
+    if not folder.is_dir():
+        raise UserError(field, url, f"The folder {folder} does not exist; create it (mkdir -p {folder}) or name a "
+                        "database in an existing folder.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(field, url, f"The folder {folder} is not writable by this user; SQLite writes its journal "
+                        "beside the database. Name a database in a folder you can write.")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(field, url, "The database file is read-only for this user; make it writable or name another.")
 
 
 def _server_fix(u: sa.engine.URL, e: Exception) -> str:
