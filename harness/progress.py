@@ -3,7 +3,8 @@
 On a terminal, a `rich.progress` display sits under the log: one bar per running trial (epoch /
 total, latest val acc, images/s) and one for the whole grid (runs done / total, elapsed, ETA from
 the epoch times measured so far). When stdout is not a terminal (CI, `> log`), it prints one plain
-line per epoch instead. The start / finish lines of each run are printed above the bars either way.
+line per epoch instead. The start / finish lines of each run are printed above the bars either way,
+folded at min(width, 100) columns on a terminal as every message is (`terminal.fold`).
 """
 
 from __future__ import annotations
@@ -78,7 +79,11 @@ class LiveView:
     # --- log lines ---
     def echo(self, line: str) -> None:
         if self.progress is not None:
-            self.progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            # Folded as `terminal.echo` folds a message (rich's own wrapping would not indent the rest,
+            # and soft_wrap leaves a long line to the terminal): a run's start line with an lr axis is
+            # longer than 100 columns.
+            width = terminal.message_width(self.progress.console.width)
+            self.progress.console.print(terminal.fold(line, width), markup=False, highlight=False, soft_wrap=True)
         else:
             self._echo(line)
 
