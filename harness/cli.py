@@ -25,6 +25,7 @@ from harness.options import (
     ROWS,
     SECONDS,
     SEEDS,
+    SEEDS_OR_AUTO,
     THREADS,
     data_options,
     db_option,
@@ -167,7 +168,9 @@ def recipes_show(name: str, model: str | None, data_opts: dict, epochs: int, bat
               help="comma list: recipe names (fitted to the run; NAME@published as published), 'fitted' = each "
                    "model's own ('tuned' also works), 'published' = it as published [default: naive,fitted]")
 @click.option("--epochs", type=EPOCHS, default=None, help="[default: the grid file's]")
-@click.option("--seeds", type=SEEDS, default=None, help="seeds per model x recipe (0..K-1) [default: the grid file's]")
+@click.option("--seeds", type=SEEDS_OR_AUTO, default=None,
+              help="seeds per model x recipe: N (0..N-1), or auto: 2, then more for a model whose verdict is undecided, "
+                   "up to 5 [default: the grid file's, auto]")
 @click.option("--batch-size", type=BATCH, default=None,
               help="one batch size for every recipe (the same updates per run) [default: the grid file's, 64]")
 @click.option("--data", "data_name", default=None, help="dataset name [default: the grid file's, digits]")
@@ -184,7 +187,7 @@ def recipes_show(name: str, model: str | None, data_opts: dict, epochs: int, bat
 @click.option("--resume", is_flag=True, help="continue the interrupted benchmark of this grid's name: finished runs "
               "are kept, interrupted ones continue from their checkpoints, missing ones start")
 @pretrained_options
-def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs: int | None, seeds: int | None,
+def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs: int | None, seeds: int | str | None,
               batch_size: int | None, data_name: str | None, image_size: int | None, scale: str | None, concurrency: int | None,
               sets: tuple[str, ...], lrs: str | None, where, resume: bool, pretrained: bool,
               pretrained_files: tuple[str, ...]) -> None:
@@ -284,13 +287,14 @@ def report(db: str, out: Path, compare: tuple[int, ...], watch: bool, every: int
 @db_option
 @click.option("--storage-path", type=click.Path(path_type=Path), default=DEFAULT_STORAGE, show_default=True,
               help="the --storage-path the run's benchmark, sweep or ablation ran with (its checkpoints are there)")
-def export(run_id: int, out: Path, db: str, storage_path: Path) -> None:
+@click.option("--force", is_flag=True, help="replace the three files if they exist (never the database or the checkpoint)")
+def export(run_id: int, out: Path, db: str, storage_path: Path, force: bool) -> None:
     """Hand back a run's trained model: its weights as a timm-loadable state dict, its recipe and a model card."""
     from harness.export import export_run
     from harness.store import check_url
 
     check_url(db)
-    weights, recipe, card = export_run(db, run_id, out, storage_path=storage_path)
+    weights, recipe, card = export_run(db, run_id, out, storage_path=storage_path, force=force)
     echo(f"run {run_id}: weights {weights}, recipe {recipe}, model card {card}")
     echo(f"load it: see {card} (timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=...)))")
 

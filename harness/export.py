@@ -9,12 +9,18 @@ interval, how to load it, and where it came from.
 
 The weights come from the run's checkpoint: a Ray trial's latest one in its experiment's Ray folder
 (found by the trial id its `result.json` carries), a `harness train` run's `--checkpoint-dir`.
+
+Export never overwrites: the three paths are worked out first and refused (exit 2, naming the path)
+when one exists (unless `--force`), when two are one file (`--out w.md`), or when one is the results
+database or the checkpoint being read; then all three are written to temp files and moved into place.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -74,22 +80,51 @@ def load_call(spec: Any, path: Path, num_classes: int) -> str:
             f"pretrained_cfg_overlay=dict(file={str(path)!r}, num_classes={num_classes}))")
 
 
-def export_run(db: str, run_id: int, out: Path, *, storage_path: Path) -> list[Path]:
+def output_paths(out: Path, *, db: str, force: bool = False) -> list[Path]:
+    """The three files `export_run` writes for `--out out` (weights, recipe, model card), checked before
+    anything is read or written: none may be the results database (or its journal files), two may not be
+    one file (`--out w.md` is also the card's path), and none may exist unless `force`."""
+    from harness.store import sqlite_path
+
+    out = Path(out)
+    if out.is_dir():
+        raise UserError("--out", str(out), "That is a folder; give the weights file's path, e.g. model.pth.")
+    paths = [out, out.with_suffix(".recipe.yaml"), out.with_suffix(".md")]
+    real = [Path(os.path.realpath(p)) for p in paths]
+    if len(set(real)) < len(real):
+        raise UserError("--out", str(out), f"The weights, the recipe and the model card would be one file "
+                        f"({', '.join(map(str, paths))}); give a weights name with its own suffix, e.g. model.pth.")
+    db_file = sqlite_path(db)
+    if db_file is not None:
+        kept = {Path(os.path.realpath(db_file)).with_name(Path(os.path.realpath(db_file)).name + tail)
+                for tail in ("", "-wal", "-shm", "-journal")}
+        for p, r in zip(paths, real):
+            if r in kept:
+                raise UserError("--out", str(out), f"{p} is the results database the run is read from; write the "
+                                "export elsewhere, e.g. model.pth.")
+    if not force:
+        for p in paths:
+            if p.exists():
+                raise UserError("--out", str(out), f"{p} already exists; export never overwrites a file: name another "
+                                "path, remove it, or pass --force to replace the three files.")
+    return paths
+
+
+def export_run(db: str, run_id: int, out: Path, *, storage_path: Path, force: bool = False) -> list[Path]:
     """Write the run's weights, recipe and model card next to `out`; the three paths. Bad input ->
-    UserError before anything is written."""
+    UserError before anything is written; an existing file is refused unless `force` (`output_paths`).
+    The three are written to temp files first and then moved into place, so a failure leaves none."""
     import torch
 
     from harness import tables as rep
-    from harness.files import write_atomic, write_text_atomic
-    from harness.recipe_file import write_recipe_file
+    from harness.files import atomic_path
+    from harness.recipe_file import recipe_yaml
     from harness.specs import RunSpec
     from harness.store import shown_url
     from harness.tables.stats import wilson
     from harness.train import load_checkpoint
 
-    out = Path(out)
-    if out.is_dir():
-        raise UserError("--out", str(out), "That is a folder; give the weights file's path, e.g. model.pth.")
+    out, recipe_path, card_path = output_paths(out, db=db, force=force)
     store = rep.open_reader(db)
     try:
         runs = rep.read_runs(store, run_ids=[int(run_id)])
@@ -105,18 +140,21 @@ def export_run(db: str, run_id: int, out: Path, *, storage_path: Path) -> list[P
         raise UserError("RUN_ID", run_id, f"Run {run_id} is {run['status']}: its weights are no trained model; export a "
                         "completed run.")
     spec = RunSpec.model_validate(run["params"])
-    ckpt = load_checkpoint(find_checkpoint(run, experiment, storage_path=storage_path), field_name="RUN_ID")
+    source = find_checkpoint(run, experiment, storage_path=storage_path)
+    if source.resolve() in {p.resolve() for p in (out, recipe_path, card_path)}:
+        raise UserError("--out", str(out), f"{source} is the run's own checkpoint, which the export reads; write elsewhere.")
+    ckpt = load_checkpoint(source, field_name="RUN_ID")
     weights, which = final_weights(ckpt)
     head = next((v for k, v in weights.items() if k.endswith(("head.weight", "fc.weight", "classifier.weight"))
                  and v.ndim == 2), None)
     num_classes = int(head.shape[0]) if head is not None else int(ckpt["config"].get("num_classes") or 0)
 
-    recipe_path, card_path = out.with_suffix(".recipe.yaml"), out.with_suffix(".md")
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, lambda f: torch.save(dict(weights), f))
-    digest = hashlib.sha256(out.read_bytes()).hexdigest()
-    write_recipe_file(spec.recipe, recipe_path, comment=[f"the recipe of run {run_id} ({spec.label()}), exported with "
-                                                         f"its weights: {out.name}"])
+    buf = io.BytesIO()
+    torch.save(dict(weights), buf)
+    digest = hashlib.sha256(buf.getvalue()).hexdigest()
+    recipe_text = recipe_yaml(spec.recipe, comment=[f"the recipe of run {run_id} ({spec.label()}), exported with "
+                                                    f"its weights: {out.name}"])
     test = "not scored (a run from before test splits)"
     if run.get("n_test") and run.get("test_acc") == run.get("test_acc"):  # not NaN
         n = int(run["n_test"])
@@ -137,5 +175,9 @@ def export_run(db: str, run_id: int, out: Path, *, storage_path: Path) -> list[P
         f"best validation accuracy {100 * (run.get('best_val_acc') or 0):.1f}% at epoch {run.get('best_epoch')}.",
         f"- **Made by**: experiment {experiment['id']} ({experiment['kind']} {experiment['name']!r}) in {shown_url(db)}, "
         f"harness {experiment.get('code_version') or '?'}, on {experiment.get('device') or '?'}.", ""]
-    write_text_atomic(card_path, "\n".join(lines))
+    # Each file written whole beside its place, then all three renamed into place (atomic_path's os.replace).
+    with atomic_path(out) as w, atomic_path(recipe_path) as r, atomic_path(card_path) as c:
+        w.write_bytes(buf.getvalue())
+        r.write_text(recipe_text, encoding="utf-8")
+        c.write_text("\n".join(lines), encoding="utf-8")
     return [out, recipe_path, card_path]

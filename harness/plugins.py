@@ -22,9 +22,11 @@ or checkers; the harness has nothing to use an object for but registering. A non
 (a constant, say) is loaded and not called. `--plugin my_pkg.recipes:register` means the same.
 
 Runs remember the plugins that were loaded when their spec was made (`RunSpec.plugins`: a file as its
-absolute path, a module by name, an entry point as `module:attr`), and a Ray worker, a resumed
-checkpoint or a retried trial loads them again before it builds anything: the package must be
-importable there, but need not be installed as a distribution. The reliability tests use exactly this
+absolute path, a module by name, an entry point as `module:attr`), and a Ray worker or a retried
+trial loads them again before it builds anything: the package must be importable there, but need not
+be installed as a distribution. A resumed checkpoint is different: it is a file that travels, so the
+plugins it names load only when given again (`--plugin`, or installed as entry points); otherwise
+`harness train --resume` refuses, naming them (`not_given`). Nothing a file names is run. The reliability tests use exactly this
 to plant faults (tests/plugins/faults.py: a model that raises, returns NaN or sleeps on cue), so
 the training loop carries no test branches.
 """
@@ -116,6 +118,18 @@ def load_entry_points() -> None:
     _entry_points_loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         load([f"{ep.module}:{ep.attr}" if ep.attr else ep.module], field=f"entry point {ep.name} ({ep.value})")
+
+
+def not_given(refs: Iterable[str]) -> list[str]:
+    """Of the plugins a stored spec names (a checkpoint's, a stored experiment's), those this process
+    has not loaded from its own command line (`--plugin`) or its installed entry points. A stored spec
+    is data that travels (checkpoints are shared between colleagues and clusters): loading what it
+    names would run code the user never asked for, which `torch.load(weights_only=True)` exists to
+    prevent. A file plugin counts as given when a loaded file has its file name (the same plugin
+    checked out at another path)."""
+    loaded = set(_LOADED)
+    names = {Path(k).name for k in loaded if _is_file(k)}
+    return [r for r in refs if r not in loaded and not (_is_file(r) and Path(r).name in names)]
 
 
 def active() -> tuple[str, ...]:

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from harness import plugins
+from harness.errors import UserError
 from harness.models import check_pretrained_file, get_model_entry
 from harness.process import resolve_device
 from harness.progress import LiveView
@@ -55,7 +56,11 @@ def where_it_runs(device: str = "cpu", *, gpu_ids: list | None = None, node_id: 
 def resumed_spec(checkpoint: Path, epochs: int | None = None) -> RunSpec:
     """The spec a `harness train --resume CHECKPOINT` continues: the checkpoint holds the resolved spec, so
     resuming needs no other flag. `epochs` other than its own stretches the lr schedule to that many
-    (train.restore); fewer than the epochs done is refused."""
+    (train.restore); fewer than the epochs done is refused.
+
+    The plugins the checkpoint names are not loaded from it (a checkpoint travels; what it names would
+    run as code): each must have been given again (`--plugin`, or an installed entry point), or the
+    resume is refused naming them (`plugins.not_given`). The spec then carries the plugins loaded here."""
     from harness.specs import parse_spec
     from harness.train import check_resume_epochs, load_checkpoint
 
@@ -64,7 +69,81 @@ def resumed_spec(checkpoint: Path, epochs: int | None = None) -> RunSpec:
         check_resume_epochs(ckpt, epochs, checkpoint)
     config = ckpt["config"]
     config.pop("fault", None)  # checkpoints before plugins carried a test-only field (always null)
+    missing = plugins.not_given(config.get("plugins") or ())
+    if missing:
+        given = " ".join(f"--plugin {m}" for m in missing)
+        raise UserError("--resume", str(checkpoint), f"It was trained with plugin code harness does not load from a "
+                        f"checkpoint: {', '.join(missing)}. If you trust that code, give it again: "
+                        f"`harness {given} train --resume {checkpoint}` (or install it as a harness.plugins entry point).")
+    config["plugins"] = list(plugins.active())
     return parse_spec(RunSpec, {**config, "epochs": config["epochs"] if epochs is None else epochs}, "--resume")
+
+
+def _state_misfit(state: dict[str, Any], spec: RunSpec) -> str | None:
+    """How the state dict `state` does not fit `spec.model` as this process builds it (None: it fits), checked
+    on the meta device (no memory, no weights). The class count is read from the state itself: the tensors
+    whose shape changes with it are found by building the model for 2 and for 3 classes."""
+    import torch
+
+    from harness.models import build_model
+
+    def shapes(n: int) -> dict[str, tuple[int, ...]]:
+        with torch.device("meta"):
+            model = build_model(spec.model, num_classes=n, image_size=spec.data.image_size)
+        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+    two, three = shapes(2), shapes(3)
+    classes = 2
+    for k, shape in two.items():
+        if shape != three[k] and k in state and len(state[k].shape) == len(shape):
+            dim = next(i for i, (a, b) in enumerate(zip(shape, three[k])) if a != b)
+            classes = int(state[k].shape[dim])
+            break
+    want = shapes(classes) if classes not in (2, 3) else (two if classes == 2 else three)
+    missing = [k for k in want if k not in state]
+    extra = [k for k in state if k not in want]
+    wrong = [f"{k} {tuple(state[k].shape)} (the model's {want[k]})" for k in want
+             if k in state and tuple(state[k].shape) != want[k]]
+    if not (missing or extra or wrong):
+        return None
+    parts = [f"{len(v)} {what}: {', '.join(v[:3])}{', ...' if len(v) > 3 else ''}"
+             for v, what in ((missing, "missing"), (extra, "unexpected"), (wrong, "of another shape")) if v]
+    return "; ".join(parts)
+
+
+def check_resumable(checkpoint: Path, spec: RunSpec) -> None:
+    """Everything `fit(resume=...)` will read from `checkpoint` and its best.pt, checked before a row or file
+    is written: an optimizer and scheduler state (a finished trial's slimmed last.pt has none), weights that
+    fit the model (and its EMA's), an optimizer over as many parameters, and a whole best.pt that fits too."""
+    import torch
+
+    from harness.models import build_model
+    from harness.train import load_checkpoint
+
+    checkpoint = Path(checkpoint)
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt.get("optimizer") is None or ckpt.get("scheduler") is None:
+        raise UserError("--resume", str(checkpoint), "this checkpoint holds a finished trial's weights only (no "
+                        "optimizer state); start a new run from them with --pretrained-file instead.")
+    fix = (f"resume needs {spec.model} as it was when the checkpoint was written (the same timm or plugin version), "
+           "or start a new run from its weights with --pretrained-file.")
+    states = [("its weights", checkpoint, ckpt["model"])]
+    if ckpt.get("ema") is not None:
+        states.append(("its EMA weights", checkpoint, {k.removeprefix("module."): v for k, v in ckpt["ema"].items()}))
+    best = checkpoint.with_name("best.pt")
+    if best.is_file():  # restore() reads it as the best epoch so far; the run ends by evaluating it
+        states.append(("its weights", best, load_checkpoint(best, "--resume")["model"]))
+    for what, path, state in states:
+        misfit = _state_misfit(state, spec)
+        if misfit is not None:
+            raise UserError("--resume", str(path), f"{what} do not fit {spec.model} as built here ({misfit}); {fix}")
+    with torch.device("meta"):
+        n_params = sum(p.requires_grad for p in build_model(spec.model, num_classes=2, image_size=spec.data.image_size).parameters())
+    saved = ckpt["optimizer"]
+    n_saved = sum(len(g.get("params", ())) for g in saved.get("param_groups", ())) if isinstance(saved, dict) else -1
+    if n_saved != n_params:
+        raise UserError("--resume", str(checkpoint), f"its optimizer state covers {n_saved} parameter tensors, the "
+                        f"model has {n_params}; {fix}")
 
 
 def format_epoch(r: EpochReport, epochs: int) -> str:
@@ -79,10 +158,12 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
     """`spec` trained in this process, every epoch recorded in `db` as it ends (a `train` experiment of
     one run). Ctrl-C leaves the run `interrupted`, with what it recorded, and re-raises."""
     kind = "train"
-    plugins.load(spec.plugins)  # a resumed checkpoint names the plugins its model or data came from
+    plugins.load(spec.plugins)  # those loaded here when the spec was made (a resumed one: given again, resumed_spec)
     entry = get_model_entry(spec.model)
     if spec.pretrained_file is not None and resume is None:  # a bad weights file is refused before a row exists
         check_pretrained_file(spec.model, spec.pretrained_file, image_size=spec.data.image_size)
+    if resume is not None:  # as is a checkpoint the run could not continue from
+        check_resumable(resume, spec)
     device = describe_device(spec)
     where = where_it_runs(spec.device)
     store = Store(db)
