@@ -1,12 +1,13 @@
 """What CPU tests cannot check, checked on a GPU machine in minutes: the steps of benchmarks/gpu_check.sh.
 
-    bash benchmarks/gpu_check.sh              # on the GPU machine: every step, each under its own timeout
+    bash benchmarks/gpu_check.sh              # on the GPU machine: every step inside one 420 s deadline
     bash benchmarks/gpu_check.sh --dry-run    # the rehearsal on a CPU machine: every step that can run there
-    python benchmarks/gpu_check.py --only sweep --out OUT [--dry-run]   # one step (what the script calls)
-    python benchmarks/gpu_check.py --report --out OUT                    # the table of every step recorded
+    python benchmarks/gpu_check.py --only sweep --out WORK [--dry-run]   # one step (what the script calls)
+    python benchmarks/gpu_check.py --report --out WORK                    # the table of every step recorded
 
-Steps (each appends "name, PASS/FAIL/SKIP, seconds, reason" to OUT/steps.tsv; the script adds its own
-setup, imports and gpu_tests steps to the same file):
+Steps (each appends "name, PASS/FAIL/SKIP, seconds, reason" to WORK/steps.tsv, WORK being the script's
+work folder; the script adds its own setup, imports and gpu_tests steps to the same file). The time a
+step has is GPU_CHECK_SECONDS (the script sets it to what is left of the step's slot):
 
 - zero_gpu: a trial asking for `gpu: 0` (through harness.engine.run_trials) records no card and no Ray
   trial process appears on a GPU while it runs.
@@ -15,14 +16,19 @@ setup, imports and gpu_tests steps to the same file):
   the sweep, every trial ran on a card it was granted, shares spread over the cards.
 - bf16: a few bf16 training steps of each full model (resnet50, efficientnet_b3, vit_base, swin_tiny)
   at 224 px through harness.train: finite loss, autocast on.
-- peak: this card's bf16 matmul rate, measured (8192^3 GEMMs), beside its datasheet figure: the MFU
-  of the throughput table is taken against the measured peak.
+- peak: this card's bf16 matmul rate, measured (8192^3 GEMMs), beside its datasheet figure.
 - throughput: benchmarks/throughput.py at 224 px: harness against timm's loop with the same fused
-  AdamW, with and without the loader (timm's workers sized like a trial's: `data.gpu_trial_workers`).
+  AdamW, with and without the loader (timm's workers sized like a trial's: `data.gpu_trial_workers`);
+  MFU against the datasheet peak, the measured peak's beside it; rows written as each model finishes,
+  and no model started that would not finish in the step's time.
 - randaugment: img/s of RandAugment on the device (harness.augment) against timm's PIL ops, 32 and 224 px.
+- imagefolder: the user's path: `harness benchmark` (Ray, 2 trials of resnet50) on a folder of JPEGs made
+  on the spot, decoded by DataLoader workers (pinned memory, non_blocking copies), against the same
+  training on a device-resident set: decoding-bound shows as a ratio well under 1.
+- compile: vit_base through harness.train eager and with `--compile`: compile time, steady img/s of each.
 
 With --dry-run each step runs its CPU form: the sweep on the CPU (placement not checked), the stand-ins
-instead of the full models at 32 px, a small matmul; what only a GPU has is reported as SKIP.
+instead of the full models at 32 px, a small matmul, a few dozen small JPEGs; each says so in its reason.
 This module's check functions are pure (a runs table in, a Check out) and tested on CPU with a fake
 database (tests/test_gpu_check.py); what they read is measured only on a GPU.
 """
@@ -52,7 +58,16 @@ common.importable_harness()
 
 FULL_MODELS = ("resnet50", "efficientnet_b3", "vit_base", "swin_tiny")  # harness.models.ALL
 # In the order gpu_check.sh runs them: the Ray steps before this process makes a CUDA context of its own.
-CHECKS = ("zero_gpu", "sweep", "bf16", "peak", "throughput", "randaugment")
+CHECKS = ("zero_gpu", "sweep", "bf16", "peak", "throughput", "randaugment", "imagefolder", "compile")
+# The throughput step's models, vit_base first (the MFU target) and efficientnet_b3 last (the slowest per
+# image at 224 px): a step that runs out of time loses the least informative row.
+THROUGHPUT_MODELS = ("vit_base", "resnet50", "swin_tiny", "efficientnet_b3")
+# 10 updates of 128 images per timed repeat, 3 repeats after 1 warm-up. On an H100 one repeat is 1,280
+# images, 0.4-1 s of GPU work: the CUDA events' resolution (~1 us) and launch jitter are 1e-5 of it, and the
+# device-resident paths run the same kernels every step, so their repeats differ by well under 1%; the
+# loader-fed path varies more (worker scheduling), hence the median of 3. The table's spread_pct column says
+# whether it held; the default 20 x 5 spent 3.3x the time for no digit the 5% bounds read.
+THROUGHPUT_STEPS, THROUGHPUT_REPEATS = 10, 3
 # The sweep step's study asks for gpu: auto, as the shipped studies do: on a GPU machine harness then
 # shares the cards (specs.share_cards): 2 trials at a time get half a card each on one card, a card each
 # on two or more, so "both on one card while another idles" is a failure on a multi-GPU node. A study that
@@ -188,8 +203,10 @@ def check_throughput(rows: list[dict[str, str]], *, peak_known: bool) -> Check:
     """`rows`: benchmarks/throughput.py's CSV. Every model measured on all four paths (RandAugment on in
     reference_full and harness_full), MFU filled in when the device's peak is known."""
     name = "throughput"
+    unmeasured = [r["runs_as"] for r in rows if r.get("error", "").startswith("no time left")]
+    rows = [r for r in rows if r["runs_as"] not in unmeasured]
     if not rows:
-        return failed(name, "no rows")
+        return failed(name, "no rows" + (f" (no time left for {', '.join(unmeasured)})" if unmeasured else ""))
     bad = []
     for r in rows:
         what = f"{r['runs_as']} {r['image_size']}px"
@@ -206,7 +223,10 @@ def check_throughput(rows: list[dict[str, str]], *, peak_known: bool) -> Check:
             bad.append(f"{what}: no MFU")
     if bad:
         return failed(name, "; ".join(bad))
-    return passed(name, ", ".join(f"{r['runs_as']} ratio {r['ratio']} / full {r['ratio_full']}" for r in rows))
+    mfu = {r["runs_as"]: r.get("harness_mfu_pct") for r in rows if r.get("harness_mfu_pct")}
+    return passed(name, ", ".join(f"{r['runs_as']} ratio {r['ratio']} / full {r['ratio_full']}"
+                                  + (f", MFU {mfu[r['runs_as']]}%" if r["runs_as"] in mfu else "") for r in rows)
+                  + (f"; not measured, no time left: {', '.join(unmeasured)}" if unmeasured else ""))
 
 
 # --- measuring -------------------------------------------------------------------------------------------
@@ -405,20 +425,27 @@ def run_throughput(tmp: Path, out: Path, log: Callable[[str], None], *, dry_run:
 
     from harness.data import gpu_trial_workers
 
+    # The MFU is against the datasheet (throughput.py looks it up by the card's name); the peak step's
+    # measured rate goes beside it.
     peak_file = out / "peak_tflops.txt"
-    peak = ["--peak-tflops", peak_file.read_text().strip()] if peak_file.is_file() and not dry_run else []
+    measured = ["--measured-peak-tflops", peak_file.read_text().strip()] if peak_file.is_file() and not dry_run else []
     # timm's loader gets the workers a trial with the whole card would get (harness.data.gpu_trial_workers).
     workers = gpu_trial_workers(os.cpu_count() or 1, node_gpus=1, granted_gpus=1)
-    argv = (["--tiny", "--steps", "2", "--repeats", "2", "--warmup", "1"] if dry_run else
-            ["--models", ",".join(FULL_MODELS), "--image-sizes", "224", "--steps", "20", "--repeats", "3",
-             "--workers", str(workers), *peak])
-    throughput.main([*argv, "--out", str(tmp / "throughput")], log=log)
-    (csv_path,) = (tmp / "throughput").glob("throughput-*.csv")
+    seconds = ["--seconds", f"{max(1.0, step_seconds() - 15):.0f}"] if step_seconds() else []  # 15 s: start-up, verdict
+    argv = (["--tiny", "--models", ",".join(THROUGHPUT_MODELS), "--steps", "2", "--repeats", "2", "--warmup", "1"]
+            if dry_run else
+            ["--models", ",".join(THROUGHPUT_MODELS), "--image-sizes", "224", "--steps", str(THROUGHPUT_STEPS),
+             "--repeats", str(THROUGHPUT_REPEATS), "--workers", str(workers), *measured])
+    # Into the work folder itself: the table is rewritten after each model, so a timeout keeps what finished.
+    throughput.main([*argv, *seconds, "--out", str(out / "throughput")], log=log)
+    (csv_path,) = (out / "throughput").glob("throughput-*.csv")
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
-    md = next((tmp / "throughput").glob("throughput-*.md")).read_text()
-    (out / "throughput.md").write_text(md)
-    return check_throughput(rows, peak_known=bool(peak)), md
+    md = next((out / "throughput").glob("throughput-*.md")).read_text()
+    import torch
+
+    peak_known = not dry_run and common.peak_tflops(common.device_name(torch.device("cuda"))) is not None
+    return check_throughput(rows, peak_known=peak_known), md
 
 
 RA_POLICY = "rand-m9-mstd0.5-inc1"  # the published DeiT/ViT recipe's RandAugment
@@ -467,6 +494,172 @@ def run_randaugment(out: Path, log: Callable[[str], None], *, dry_run: bool) -> 
                                            f"(x{r['ratio']})" for r in rows) + f" ({RA_POLICY}, {device.type} vs PIL)")
 
 
+def step_seconds() -> float | None:
+    """The seconds this step has (GPU_CHECK_SECONDS, set by gpu_check.sh to what is left of its slot), or None."""
+    value = os.environ.get("GPU_CHECK_SECONDS", "")
+    return float(value) if value.replace(".", "", 1).isdigit() else None
+
+
+# --- the user's paths: image-folder data through loader workers, and --compile -------------------------
+
+# A full model on a few hundred 224 px JPEGs, 2 trials one at a time (each gets the whole card and the
+# workers a whole-card trial gets), 3 epochs: epoch 1 starts the workers, epochs 2-3 are the steady rate.
+FOLDER = {"model": "resnet50", "images": 384, "jpeg_px": 224, "image_size": 224, "batch": 64, "epochs": 3}
+FOLDER_DRY = {"model": "resnet50", "images": 48, "jpeg_px": 48, "image_size": 32, "batch": 8, "epochs": 2}
+DECODING_BOUND = 0.8  # folder img/s under this share of the device-resident rate: the workers starve the card
+
+
+def folder_grid(root: Path, cfg: dict[str, Any], *, dry_run: bool) -> dict[str, Any]:
+    """The benchmark grid of the imagefolder step: 2 trials (seeds 0 and 1) of cfg's model, its fitted recipe."""
+    return {"name": "gpu_check_imagefolder", "models": [cfg["model"]], "recipes": ["fitted"], "epochs": cfg["epochs"],
+            "seeds": 2, "batch_size": cfg["batch"], "scale": "tiny" if dry_run else "full", "concurrency": 1,
+            "data": {"name": "imagefolder", "root": str(root), "image_size": cfg["image_size"]},
+            "resources": {"cpu": 1, "gpu": "auto"}}
+
+
+def steady_rate(epochs: Any, run_id: int) -> float:
+    """The median images/s of a run's epochs after its first (which starts the loader workers)."""
+    import statistics
+
+    rates = [float(r.images_per_s) for r in epochs.itertuples() if int(r.run_id) == run_id and r.epoch > 1]
+    return statistics.median(rates) if rates else float("nan")
+
+
+def on_device_rate(model: str, *, image_size: int, batch: int, n_train: int, epochs: int, device: Any) -> float:
+    """The same training as a folder trial (model, fitted recipe fitted to the same images, batch, epochs)
+    over a device-resident synthetic set of the same size: median images/s of the epochs after the first."""
+    import statistics
+
+    import torch
+
+    from harness import data as data_mod
+    from harness.specs import resolve_run
+    from harness.train import build_training, train_epoch
+
+    data = data_mod.DataSpec(name="synthetic", image_size=image_size, train_size=n_train, val_fraction=0.02,
+                             test_fraction=0.02)
+    spec = resolve_run(model=model, recipe="fitted", data=data, batch_size=batch, n_train=n_train, epochs=epochs,
+                       device=str(device))
+    ds = data_mod.load(spec.data, device)
+    t = build_training(spec, ds, device)
+    g, step, rates = torch.Generator(device=device).manual_seed(0), 0, []
+    for _ in range(epochs):
+        common.sync(device)  # the timer starts on an idle device
+        t0 = time.perf_counter()
+        sums, step = train_epoch(t, ds.train, g, step)
+        common.sync(device)
+        seconds = time.perf_counter() - t0
+        rates.append(sums.seen / seconds)
+    return statistics.median(rates[1:])
+
+
+def run_imagefolder(tmp: Path, out: Path, log: Callable[[str], None], *, dry_run: bool) -> Check:
+    """`harness benchmark` over JPEGs made here, as a user's run reads them, against the on-device path."""
+    import loader
+    import torch
+    import yaml
+
+    from harness import tables
+    from harness.data import DataSpec, gpu_trial_workers
+    from harness.datasets import list_folder
+    from harness.models import CPU_VARIANT
+
+    name, cfg = "imagefolder", FOLDER_DRY if dry_run else FOLDER
+    device = torch.device("cpu" if dry_run else "cuda")
+    root = tmp / "jpegs"
+    t0 = time.perf_counter()
+    loader.make_jpeg_folder(root, cfg["images"], size=(cfg["jpeg_px"], cfg["jpeg_px"]))
+    log(f"  {cfg['images']} JPEGs of {cfg['jpeg_px']} px written in {time.perf_counter() - t0:.1f} s")
+    grid = tmp / "folder.yaml"
+    grid.write_text(yaml.safe_dump(folder_grid(root, cfg, dry_run=dry_run), sort_keys=False))
+    db = f"sqlite:///{tmp / 'folder.db'}"
+    cmd = [*harness_command(), "benchmark", str(grid), "--db", db, "--out", str(tmp / "folder_pages"),
+           "--storage-path", str(tmp / "ray_folder")]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    log(done.stdout[-2000:])
+    if done.returncode != 0:
+        return failed(name, f"harness benchmark exited {done.returncode}: {done.stderr.strip()[-300:]}")
+    store = tables.open_reader(db)
+    try:
+        runs, epochs = tables.read_runs(store), tables.read_epochs(store)
+    finally:
+        store.close()
+    bad = [f"run {r.id} {r.status}: {r.error or ''}" for r in runs.itertuples() if r.status != "completed"]
+    if len(runs) != 2 or bad:
+        return failed(name, f"{len(runs)} runs of 2; {'; '.join(bad)}")
+    if not dry_run and any(not granted_ids(r.gpus) for r in runs.itertuples()):
+        return failed(name, f"a trial trained on no card: runs.gpus {[r.gpus for r in runs.itertuples()]}")
+    model = CPU_VARIANT[cfg["model"]] if dry_run else cfg["model"]
+    n_train = len(list_folder(DataSpec(name="imagefolder", root=root, image_size=cfg["image_size"])).train)
+    folder_rates = [steady_rate(epochs, int(r.id)) for r in runs.itertuples()]
+    device_rate = on_device_rate(model, image_size=cfg["image_size"], batch=cfg["batch"], n_train=n_train,
+                                 epochs=cfg["epochs"], device=device)
+    ratio = min(folder_rates) / device_rate
+    workers = gpu_trial_workers(os.cpu_count() or 1, node_gpus=1, granted_gpus=1)
+    rows = [{"path": f"imagefolder, run {r.id} (seed {i})", "model": model, "train_images": n_train,
+             "epochs": cfg["epochs"], "batch": cfg["batch"], "img_s_after_epoch_1": f"{rate:.0f}",
+             "vs_on_device": f"{rate / device_rate:.2f}"} for i, (r, rate) in enumerate(zip(runs.itertuples(), folder_rates))]
+    rows.append({"path": "on-device synthetic set (the same training)", "model": model, "train_images": n_train,
+                 "epochs": cfg["epochs"], "batch": cfg["batch"], "img_s_after_epoch_1": f"{device_rate:.0f}",
+                 "vs_on_device": "1.00"})
+    verdict = ("decoding-bound: the loader workers starve the card" if ratio < DECODING_BOUND
+               else "the loader workers keep up")
+    what = (f"TINY (dry run, CPU): {model} at {cfg['image_size']} px from {cfg['jpeg_px']} px JPEGs" if dry_run else
+            f"{model} at {cfg['image_size']} px from {cfg['jpeg_px']} px JPEGs, {workers} loader workers, pinned, non_blocking")
+    (out / "imagefolder.md").write_text(f"{what}; `harness benchmark`, 2 trials one at a time, fitted recipe\n\n"
+                                        + common.md_table(rows, list(rows[0])) + f"\n\n{verdict} (ratio {ratio:.2f})\n")
+    return passed(name, f"{what}: {', '.join(f'{r:.0f}' for r in folder_rates)} img/s through the loader vs "
+                        f"{device_rate:.0f} on the device (x{ratio:.2f}): {verdict}")
+
+
+COMPILE = {"model": "vit_base", "image_size": 224, "batch": 128, "steps": 10, "repeats": 3}
+COMPILE_DRY = {"model": "vit_tiny", "image_size": 32, "batch": 8, "steps": 2, "repeats": 2}
+
+
+def run_compile(out: Path, log: Callable[[str], None], *, dry_run: bool) -> Check:
+    """harness.train's epoch for ViT-B eager, then torch.compile'd (`--compile`): the first call's extra
+    time is the compile time; steady img/s is the median of the repeats after it."""
+    import statistics
+
+    import throughput
+    import torch
+
+    name, cfg = "compile", COMPILE_DRY if dry_run else COMPILE
+    device = torch.device("cpu" if dry_run else "cuda")
+    if dry_run:
+        # Inductor's C++ code generation for a ViT's forward and backward takes minutes on a loaded 2-core CPU:
+        # the rehearsal traces the same graph through dynamo and AOTAutograd (backend aot_eager) and says so.
+        import harness.train
+
+        def aot_eager(model: Any) -> Any:
+            torch._dynamo.reset()
+            return torch.compile(model, dynamic=False, backend="aot_eager")
+
+        harness.train.compile_model = aot_eager
+    recipe = throughput.like_for_like(cfg["model"], cfg["batch"]).harness
+    rows, rates = [], {}
+    for compiled in (False, True):
+        run, _ = throughput.harness_loop(cfg["model"], recipe, image_size=cfg["image_size"], batch_size=cfg["batch"],
+                                         num_classes=10 if dry_run else 1000, device=device, steps=cfg["steps"],
+                                         epochs=cfg["repeats"] + 2, compile=compiled)
+        first = common.time_s(run, device)
+        steady = statistics.median(common.time_s(run, device) for _ in range(cfg["repeats"]))
+        rates[compiled] = cfg["batch"] * cfg["steps"] / steady
+        rows.append({"path": "--compile" if compiled else "eager", "model": cfg["model"], "image_size": cfg["image_size"],
+                     "batch": cfg["batch"], "first_epoch_s": f"{first:.1f}", "steady_epoch_s": f"{steady:.2f}",
+                     "compile_s": f"{first - steady:.1f}" if compiled else "", "img_s": f"{rates[compiled]:.0f}"})
+        log(f"  {rows[-1]}")
+        del run
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    speedup = rates[True] / rates[False]
+    label = "TINY (dry run, CPU, backend aot_eager): " if dry_run else ""
+    (out / "compile.md").write_text(f"{label}harness.train's epoch, {cfg['steps']} updates, median of {cfg['repeats']} "
+                                    f"after the first\n\n" + common.md_table(rows, list(rows[0])) + "\n")
+    return passed(name, f"{label}{cfg['model']} {cfg['image_size']} px: compiled in {rows[1]['compile_s']} s, "
+                        f"{rows[1]['img_s']} img/s vs {rows[0]['img_s']} eager (x{speedup:.2f})")
+
+
 # --- the record: OUT/steps.tsv, one line a step (the script's own steps too), and the table ---------------
 
 STEPS_FILE = "steps.tsv"
@@ -487,18 +680,46 @@ def read_steps(out: Path) -> list[dict[str, str]]:
     return [dict(zip(keys, line.split("\t", 3))) for line in path.read_text().splitlines() if line.strip()]
 
 
-def write_report(steps: list[dict[str, str]], dev_name: str, out: Path, *, dry_run: bool = False) -> Path:
+VERSIONS_FILE = "versions.tsv"  # written by gpu_check.sh's imports step: name, version
+
+
+def read_versions(out: Path) -> dict[str, str]:
+    path = out / VERSIONS_FILE
+    if not path.is_file():
+        return {}
+    return dict(line.split("\t", 1) for line in path.read_text().splitlines() if "\t" in line)
+
+
+def versions_line(versions: dict[str, str]) -> str:
+    """'Python 3.12.3, torch 2.11.0+cu130 (CUDA 13.0, cuDNN 91900), torchvision ..., timm ..., Ray ..., Optuna ...'."""
+    if not versions:
+        return "versions: not recorded (the imports step did not finish)"
+    v = versions.get
+    return (f"Python {v('python', '?')}, torch {v('torch', '?')} (CUDA {v('cuda', '?')}, cuDNN {v('cudnn', '?')}), "
+            f"torchvision {v('torchvision', '?')}, timm {v('timm', '?')}, Ray {v('ray', '?')}, Optuna {v('optuna', '?')}")
+
+
+def write_report(steps: list[dict[str, str]], dev_name: str, out: Path, *, dry_run: bool = False,
+                 wall: float | None = None, budget: float | None = None) -> Path:
     path = out / f"gpu_check-{common.slug(dev_name)}{'-dry-run' if dry_run else ''}.md"
     out.mkdir(parents=True, exist_ok=True)
     extra = []
-    for name, title in (("throughput.md", "Throughput (benchmarks/throughput.py)"),
-                        ("randaugment.md", f"RandAugment {RA_POLICY}: on the device vs timm's PIL ops")):
+    tables = [(p.relative_to(out).as_posix(), "Throughput (benchmarks/throughput.py)")
+              for p in sorted((out / "throughput").glob("throughput-*.md"))]
+    tables += [("randaugment.md", f"RandAugment {RA_POLICY}: on the device vs timm's PIL ops"),
+               ("imagefolder.md", "The user's path: image-folder data through loader workers vs on the device"),
+               ("compile.md", "--compile: ViT-B compile time and steady img/s vs eager")]
+    for name, title in tables:
         if (out / name).is_file():
             body = (out / name).read_text()
             extra += [f"## {title}", "", body.split("\n", 1)[1] if body.startswith("#") else body, ""]
+    smi = (out / "nvidia-smi.txt").read_text().strip() if (out / "nvidia-smi.txt").is_file() else ""
+    timing = f"; {wall:.0f} s wall of a {budget:.0f} s budget (the report's own seconds not counted)" if wall is not None else ""
     text = "\n".join([
         f"# GPU check on {dev_name}{' (dry run: the CPU rehearsal)' if dry_run else ''}", "",
-        f"- command: `bash benchmarks/gpu_check.sh{' --dry-run' if dry_run else ''}`; {common.stamp()}", "",
+        f"- command: `bash benchmarks/gpu_check.sh{' --dry-run' if dry_run else ''}`; {common.stamp()}{timing}",
+        f"- versions that ran: {versions_line(read_versions(out))}",
+        *([f"- nvidia-smi: {smi}"] if smi else []), "",
         common.md_table(steps, ["step", "result", "seconds", "reason"]), "", *extra])
     path.write_text(text)
     return path
@@ -518,6 +739,8 @@ def main(argv: Iterable[str] | None = None, log: Callable[[str], None] = print) 
     p.add_argument("--out", type=Path, required=True, help="folder for steps.tsv, the tables and the report")
     p.add_argument("--dry-run", action="store_true", help="the CPU rehearsal of every step")
     p.add_argument("--report", action="store_true", help="write the table of the recorded steps and print the summary")
+    p.add_argument("--wall", type=float, default=None, help="--report: seconds the script has run so far")
+    p.add_argument("--budget", type=float, default=None, help="--report: the script's budget in seconds")
     args = p.parse_args(list(argv) if argv is not None else None)
     import torch
 
@@ -525,8 +748,10 @@ def main(argv: Iterable[str] | None = None, log: Callable[[str], None] = print) 
     if args.report:
         steps = read_steps(args.out)
         dev_name = common.device_name(device) if args.dry_run or torch.cuda.is_available() else "no GPU"
-        path = write_report(steps, dev_name, args.out, dry_run=args.dry_run)
-        log(f"gpu_check{' --dry-run' if args.dry_run else ''} on {dev_name}: {summary(steps)}; table: {path}")
+        path = write_report(steps, dev_name, args.out, dry_run=args.dry_run, wall=args.wall, budget=args.budget)
+        versions = read_versions(args.out)
+        ran = f"; torch {versions['torch']}" if "torch" in versions else ""
+        log(f"gpu_check{' --dry-run' if args.dry_run else ''} on {dev_name}: {summary(steps)}{ran}; table: {path.name}")
         return 1 if any(s["result"] == "FAIL" for s in steps) else 0
     only = [c.strip() for c in args.only.split(",") if c.strip()]
     unknown = [c for c in only if c not in CHECKS]
@@ -547,7 +772,9 @@ def main(argv: Iterable[str] | None = None, log: Callable[[str], None] = print) 
             "bf16": lambda: run_bf16(log, dry_run=args.dry_run),
             "peak": lambda: run_peak(args.out, log, dry_run=args.dry_run),
             "throughput": lambda: run_throughput(tmp, args.out, log, dry_run=args.dry_run)[0],
-            "randaugment": lambda: run_randaugment(args.out, log, dry_run=args.dry_run)}
+            "randaugment": lambda: run_randaugment(args.out, log, dry_run=args.dry_run),
+            "imagefolder": lambda: run_imagefolder(tmp, args.out, log, dry_run=args.dry_run),
+            "compile": lambda: run_compile(args.out, log, dry_run=args.dry_run)}
         for name in only:
             t0 = time.perf_counter()
             try:

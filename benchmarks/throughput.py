@@ -25,8 +25,13 @@ doing the work after a warm-up, median reported:
   crop, flip, RandAugment and random erasing.
 
 MFU = training FLOPs / peak, training FLOPs = 3 x forward FLOPs (forward counted by torch's
-FlopCounterMode at 2 FLOPs per multiply-accumulate; "6 x forward MACs" is the same number).
-Results go to benchmarks/results/throughput-<device>[-compile][-tiny].{md,csv}.
+FlopCounterMode at 2 FLOPs per multiply-accumulate; "6 x forward MACs" is the same number). The
+peak is the GPU's datasheet figure (dense bf16, `_common.PEAK_TFLOPS`); a measured matmul peak
+(`--measured-peak-tflops`) adds an MFU column against it, beside, never instead.
+Results go to benchmarks/results/throughput-<device>[-compile][-tiny].{md,csv}, rewritten after each
+model (a run stopped part-way keeps the rows it finished). The synthetic sets are made once per
+image size and shared by every model and path. `--seconds S` stops starting models once the next
+would not finish in S seconds (its row then says "no time left").
 The packing and loader benchmarks are benchmarks/packing.py and benchmarks/loader.py.
 """
 
@@ -68,10 +73,10 @@ TIMM_TRAIN_WORKERS = 4
 COLUMNS = ["device", "model", "runs_as", "image_size", "batch_size", "steps", "repeats", "compile", "amp",
            "recipe", "augment", "ema", "workers", "fwd_gflops", "reference_img_s", "harness_img_s",
            "reference_full_img_s", "harness_full_img_s", "ratio", "ratio_full", "augment_cost_pct",
-           "reference_mfu_pct", "harness_mfu_pct", "error"]
+           "reference_mfu_pct", "harness_mfu_pct", "harness_mfu_of_measured_pct", "spread_pct", "model_s", "error"]
 SHOWN = ["model", "runs_as", "image_size", "recipe", "augment", "ema", "fwd_gflops", "reference_img_s", "harness_img_s",
          "reference_full_img_s", "harness_full_img_s", "ratio", "ratio_full", "augment_cost_pct",
-         "reference_mfu_pct", "harness_mfu_pct", "error"]
+         "reference_mfu_pct", "harness_mfu_pct", "harness_mfu_of_measured_pct", "spread_pct", "error"]
 LEGEND = [
     "- every path runs the model family's recipe in its **published** form at this batch (`NAME@published`: "
     "lr by the source's batch rule, the source's mixup/cutmix, loss, clipping, drop path, EMA); EMA is on both "
@@ -83,7 +88,10 @@ LEGEND = [
     "`harness train` runs it (crop, flip, RandAugment, erasing); `ratio_full` = harness_full / reference_full",
     "- `augment_cost_pct` = how much slower harness trains with the recipe's per-image augmentation "
     "(1 - harness_full / harness)",
+    "- `spread_pct` = the widest (max - min) / median of any path's timed repeats: how far the median can be "
+    "trusted; a ratio's 5% bound needs it well under 5",
 ]
+NO_TIME = "no time left"
 
 # Benchmarks that were modes of this script: flag -> the script that measures it now.
 MOVED = {"--packing": "packing.py", "--loader": "loader.py"}
@@ -264,14 +272,10 @@ def timm_train_loader(recipe: Recipe, *, image_size: int, batch_size: int, steps
     """timm train.py's input pipeline for `recipe` over batch_size x steps in-memory images: timm's train
     transform (random resized crop, flip, RandAugment) in `workers` DataLoader workers, fast_collate to
     uint8, then PrefetchLoader (copy on a side stream, normalise, random erasing on the device)."""
-    import numpy as np
     from timm.data import create_loader
     from timm.data.auto_augment import RandAugment
 
-    rng = np.random.default_rng(0)
-    n = batch_size * steps
-    ds = HostImages(rng.integers(0, 256, (n, image_size, image_size, 3), dtype=np.uint8),
-                    rng.integers(0, num_classes, n))
+    ds = HostImages(*host_images(batch_size * steps, image_size, num_classes))
     # A recipe without a random resized crop: a full-image "crop" at the same size (no resampling).
     scale = (recipe.crop_scale, 1.0) if recipe.crop == "rrc" else (1.0, 1.0)
     ratio = None if recipe.crop == "rrc" else (1.0, 1.0)
@@ -306,6 +310,34 @@ def reference_full_loop(model_name: str, recipe: Recipe, *, image_size: int, bat
     return run
 
 
+_DATASETS: dict[str, Any] = {}  # DataSpec + device -> the loaded set: made once per image size, not per path
+
+
+def shared_dataset(spec: data_mod.DataSpec, device: torch.device) -> Any:
+    """harness.data's set for `spec` on `device`, generated on the first call only: every model and both
+    harness paths at one image size train on the same images (training reads the set, never writes it),
+    and generating a 224 px synthetic set costs tens of CPU-seconds."""
+    key = f"{spec.model_dump_json()}@{device}"
+    if key not in _DATASETS:
+        _DATASETS[key] = data_mod.load(spec, device)
+    return _DATASETS[key]
+
+
+_HOST_IMAGES: dict[tuple[int, int, int], tuple[Any, Any]] = {}  # (n, size, classes) -> timm's in-memory images
+
+
+def host_images(n: int, image_size: int, num_classes: int) -> tuple[Any, Any]:
+    """The uint8 HWC images and labels timm's loader reads, made once per (n, size, classes)."""
+    import numpy as np
+
+    key = (n, image_size, num_classes)
+    if key not in _HOST_IMAGES:
+        rng = np.random.default_rng(0)
+        _HOST_IMAGES[key] = (rng.integers(0, 256, (n, image_size, image_size, 3), dtype=np.uint8),
+                             rng.integers(0, num_classes, n))
+    return _HOST_IMAGES[key]
+
+
 def harness_loop(model_name: str, recipe: Recipe, *, image_size: int, batch_size: int, num_classes: int,
                  device: torch.device, steps: int, epochs: int, compile: bool) -> tuple[Callable[[], None], Any]:
     """harness.train's epoch over harness.data's device-resident set of batch_size x steps images, with
@@ -317,7 +349,7 @@ def harness_loop(model_name: str, recipe: Recipe, *, image_size: int, batch_size
     spec = resolve_run(model=model_name, recipe=f"{recipe.name}@published", data=data,
                        overrides={"batch_size": batch_size}, epochs=epochs, device=str(device), compile=compile)
     spec = spec.model_copy(update={"recipe": recipe})
-    ds = data_mod.load(spec.data, device)
+    ds = shared_dataset(spec.data, device)
     t = build_training(spec, ds, device)
     state = {"epoch": 0, "global_step": 0}
 
@@ -331,6 +363,9 @@ def harness_loop(model_name: str, recipe: Recipe, *, image_size: int, batch_size
 
 def bench_one(model_name: str, image_size: int, args: argparse.Namespace, device: torch.device,
               dev_name: str, peak: float | None, log: Callable[[str], None]) -> dict[str, Any]:
+    import time
+
+    t_start = time.perf_counter()
     entry = get_model_entry(model_name)
     paths_recipe = like_for_like(model_name, args.batch_size)
     full = None if args.no_full else paths_recipe.harness_full
@@ -363,6 +398,7 @@ def bench_one(model_name: str, image_size: int, args: argparse.Namespace, device
         images = args.batch_size * args.steps
         for k, ts in times.items():
             row[f"{k}_img_s"] = round(images / statistics.median(ts), 2)
+        row["spread_pct"] = round(max(100 * (max(ts) - min(ts)) / statistics.median(ts) for ts in times.values()), 1)
         row["ratio"] = round(row["harness_img_s"] / row["reference_img_s"], 3)
         if full is not None:
             row["ratio_full"] = round(row["harness_full_img_s"] / row["reference_full_img_s"], 3)
@@ -370,6 +406,9 @@ def bench_one(model_name: str, image_size: int, args: argparse.Namespace, device
         if peak:
             for k in ("reference", "harness"):
                 row[f"{k}_mfu_pct"] = round(common.mfu_pct(row["fwd_gflops"], row[f"{k}_img_s"], peak), 2)
+        if args.measured_peak_tflops:
+            row["harness_mfu_of_measured_pct"] = round(
+                common.mfu_pct(row["fwd_gflops"], row["harness_img_s"], args.measured_peak_tflops), 2)
     except torch.cuda.OutOfMemoryError as e:  # failures become rows (timm benchmark.py style)
         row["error"] = f"OOM: {str(e).splitlines()[0][:120]}"
     except Exception as e:  # noqa: BLE001 - one model failing must not lose the others' numbers
@@ -377,6 +416,7 @@ def bench_one(model_name: str, image_size: int, args: argparse.Namespace, device
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    row["model_s"] = round(time.perf_counter() - t_start, 1)
     log(f"  {row['runs_as']:>16} {image_size:>4}px  ref {row.get('reference_img_s', '-')}  harness {row.get('harness_img_s', '-')}"
         f"  ref_full {row.get('reference_full_img_s', '-')}  full {row.get('harness_full_img_s', '-')}"
         f"  ratio {row.get('ratio', '-')}  {row['error']}")
@@ -392,7 +432,8 @@ def targets(rows: list[dict[str, Any]], compile: bool) -> list[tuple[str, str, s
         runs = r["runs_as"] if r["runs_as"] == r["model"] else f"{r['runs_as']} (stand-in for {r['model']})"
         name = f"{runs} {r['image_size']}px"
         if r.get("error"):
-            out.append((name, "error", "missed"))
+            out.append((name, NO_TIME if r["error"].startswith(NO_TIME) else "error",
+                        "not measured" if r["error"].startswith(NO_TIME) else "missed"))
             continue
         out.append((f"{name}: harness/reference >= {TARGET_RATIO}", f"{r['ratio']:.3f}",
                     "met" if r["ratio"] >= TARGET_RATIO else "missed"))
@@ -413,6 +454,7 @@ def targets(rows: list[dict[str, Any]], compile: bool) -> list[tuple[str, str, s
 def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, dev_name: str, peak: float | None,
                   out_dir: Path, stem: str, on_cpu: bool) -> tuple[Path, Path, str]:
     csv_path, md_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.md"
+    peak_source = ", the datasheet's" if peak and not args.peak_tflops else ", given"
     common.write_csv(csv_path, rows, COLUMNS)
     tgt = targets(rows, args.compile)
     text = "\n".join([
@@ -426,7 +468,9 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, dev_name
         f"- batch {args.batch_size}, {args.steps} steps per repeat, median of {args.repeats} repeats after "
         f"{args.warmup} warm-up, paths interleaved; AMP {'bf16' if not on_cpu else 'off (CPU)'}; "
         f"harness {'torch.compile' if args.compile else 'eager'}, reference eager; timing on {dev_name}",
-        f"- MFU = 3 x forward FLOPs x img/s / peak ({peak} TFLOPS bf16 dense)" if peak else
+        f"- MFU = 3 x forward FLOPs x img/s / peak ({peak:g} TFLOP/s bf16 dense{peak_source}"
+        + (f"; measured matmul peak {args.measured_peak_tflops:g} TFLOP/s ({100 * args.measured_peak_tflops / peak:.0f}% "
+           "of it): `harness_mfu_of_measured_pct`" if args.measured_peak_tflops else "") + ")" if peak else
         "- MFU: no peak known for this device (pass --peak-tflops)",
         *LEGEND,
         "",
@@ -457,7 +501,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--num-classes", type=int, default=None, help="classifier width [default: 1000; --tiny: 10]")
     p.add_argument("--compile", action="store_true", help="torch.compile harness's path (reference stays eager)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: looked up by GPU name)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="device peak for MFU [default: the datasheet's dense bf16 figure, looked up by GPU name]")
+    p.add_argument("--measured-peak-tflops", type=float, default=None,
+                   help="a measured matmul peak: adds harness_mfu_of_measured_pct beside the datasheet MFU")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="time for the whole run: a model is not started when the slowest so far would not fit")
     p.add_argument("--tiny", action="store_true",
                    help="CPU smoke run: the CPU stand-ins (resnet18, efficientnet_b0, vit_tiny, swin_nano) at 32 px")
     p.add_argument("--no-full", action="store_true",
@@ -502,10 +551,23 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> i
     peak = args.peak_tflops or (common.peak_tflops(dev_name) if device.type == "cuda" else None)
     log(f"throughput on {dev_name}: {', '.join(names)} at {sizes} px, batch {args.batch_size}, "
         f"{args.steps} steps x {args.repeats} repeats, published recipes{', harness compiled' if args.compile else ''}")
-    rows = [bench_one(m, s, args, device, dev_name, peak, log) for s in sizes for m in names]
     stem = (f"throughput-{common.device_slug(device, dev_name)}" + ("-compile" if args.compile else "")
             + ("-tiny" if args.tiny else ""))
-    md_path, csv_path, text = write_results(rows, args, dev_name, peak, args.out, stem, on_cpu=device.type != "cuda")
+    import time
+
+    t0 = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    for s in sizes:
+        for m in names:
+            longest = max((r["model_s"] for r in rows if r.get("model_s")), default=0.0)
+            if args.seconds is not None and time.perf_counter() - t0 + longest > args.seconds:
+                rows.append({"device": dev_name, "model": models.stands_for(m) or m, "runs_as": m, "image_size": s,
+                             "error": f"{NO_TIME} ({args.seconds:.0f} s given, the slowest model so far took {longest:.0f} s)"})
+                log(f"  {m:>16} {s:>4}px  {rows[-1]['error']}")
+            else:
+                rows.append(bench_one(m, s, args, device, dev_name, peak, log))
+            # After each model: a run stopped part-way (a timeout) keeps every row it finished.
+            md_path, csv_path, text = write_results(rows, args, dev_name, peak, args.out, stem, on_cpu=device.type != "cuda")
     log("")
     log(text)
     log(f"results: {md_path}, {csv_path}")

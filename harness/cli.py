@@ -34,6 +34,7 @@ from harness.options import (
     parse_pretrained,
     parse_sets,
     pretrained_options,
+    tracker_options,
     where_options,
 )
 from harness.terminal import MESSAGE_COLUMNS as TERMINAL_WIDTH  # what the listings are laid out for
@@ -97,11 +98,12 @@ def main(plugin_refs: tuple[str, ...]) -> None:
 @click.option("--max-hours", type=float, default=None, help="stop with a checkpoint after this much wall time")
 @click.option("--resume", type=click.Path(path_type=Path), default=None, help="continue from a checkpoint (its config is used)")
 @click.option("--threads", type=THREADS, default=None, help="torch CPU threads")
+@tracker_options("dashboards/tensorboard")
 def train(model: str, recipe: str, data_opts: dict,
           epochs: int | None, batch_size: int | None, seed: int, sets: tuple[str, ...], db: str, device: str, compile_: bool,
           pretrained: bool,
           pretrained_file: Path | None, checkpoint_dir: Path | None, checkpoint_every: int, max_hours: float | None,
-          resume: Path | None, threads: int | None) -> None:
+          resume: Path | None, threads: int | None, tensorboard: bool, mlflow: str | None) -> None:
     """Train one model with one recipe; every epoch goes to the results database."""
     from harness.process import resolve_device
     from harness.runner import resumed_spec, run_and_record
@@ -121,7 +123,8 @@ def train(model: str, recipe: str, data_opts: dict,
                            checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, max_hours=max_hours,
                            threads=threads)
     resolve_device(spec.device)
-    run_and_record(spec, db=db, resume=resume, echo=echo)
+    run_and_record(spec, db=db, resume=resume, echo=echo, mlflow=mlflow,
+                   tensorboard=Path("dashboards") / "tensorboard" if tensorboard else None)
 
 
 @main.command()

@@ -41,6 +41,8 @@ class Where:
     address: str | None = None
     storage_path: Path = DEFAULT_STORAGE
     pages_every_s: float = PAGES_EVERY_S
+    tensorboard: bool = True  # every run's scalars under <out>/tensorboard/ (harness/trackers.py)
+    mlflow: str | None = None  # an MLflow tracking URI every run is also logged to (harness/trackers.py)
 
     def check(self) -> Where:
         """Refuse a bad database URL or an output path that is a file, before anything runs or is written."""
@@ -50,6 +52,10 @@ class Where:
         check_url(self.db)
         if self.out is not None:
             check_out_dir(Path(self.out))
+        if self.mlflow is not None:  # MLflow installed, its server answering: refused before any row
+            from harness.trackers import check_mlflow
+
+            check_mlflow(self.mlflow)
         return self
 
     @property

@@ -98,8 +98,9 @@ def where_options(*, out_what: str, storage_layout: str):
     before anything runs: `sweep --validate` checks the study file alone, without SQLAlchemy."""
     def decorate(f):
         @functools.wraps(f)
-        def command(*args, db, out, address, storage_path, pages_every, **kwargs):
-            where = Where(db=db, out=out, address=address, storage_path=storage_path, pages_every_s=pages_every)
+        def command(*args, db, out, address, storage_path, pages_every, tensorboard, mlflow, **kwargs):
+            where = Where(db=db, out=out, address=address, storage_path=storage_path, pages_every_s=pages_every,
+                          tensorboard=tensorboard, mlflow=mlflow)
             return f(*args, where=where, **kwargs)
         for option in reversed((
             db_option,
@@ -110,9 +111,21 @@ def where_options(*, out_what: str, storage_layout: str):
                          help=f"where Ray keeps trial checkpoints and its state ({storage_layout}); shared storage on a cluster"),
             click.option("--pages-every", type=click.FloatRange(min=1), default=PAGES_EVERY_S, show_default=True,
                          help="seconds between rewrites of the live pages while it runs"),
+            tracker_options("<--out>/tensorboard"),
         )):
             command = option(command)
         return command
+    return decorate
+
+
+def tracker_options(folder: str):
+    """--tensorboard/--no-tensorboard and --mlflow URI (harness/trackers.py), for `train` and the grid commands."""
+    def decorate(f):
+        f = click.option("--mlflow", default=None, metavar="URI",
+                         help="also log every run to this MLflow tracking URI (sqlite:///mlflow.db, http://HOST:5000), "
+                              "nested under one parent run per experiment; needs `uv sync --extra mlflow`")(f)
+        return click.option("--tensorboard/--no-tensorboard", default=True, show_default=True,
+                            help=f"every run's epochs as TensorBoard scalars under {folder}/<experiment>/<run>")(f)
     return decorate
 
 

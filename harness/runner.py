@@ -20,6 +20,7 @@ from harness.process import resolve_device
 from harness.progress import LiveView
 from harness.specs import RunSpec
 from harness.store import Store, json_safe, shown_url
+from harness.trackers import check_mlflow, open_trackers
 from harness.train import EpochReport, RunResult, fit
 
 
@@ -154,9 +155,12 @@ def format_epoch(r: EpochReport, epochs: int) -> str:
 
 
 def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
-                   echo: Callable[[str], None] = print) -> RunResult:
+                   echo: Callable[[str], None] = print, tensorboard: Path | None = None,
+                   mlflow: str | None = None) -> RunResult:
     """`spec` trained in this process, every epoch recorded in `db` as it ends (a `train` experiment of
-    one run). Ctrl-C leaves the run `interrupted`, with what it recorded, and re-raises."""
+    one run). Ctrl-C leaves the run `interrupted`, with what it recorded, and re-raises. Every epoch also
+    goes to the trackers (harness/trackers.py): TensorBoard scalars under `tensorboard` (the tensorboard/
+    folder; None: none) and an MLflow run at the tracking URI `mlflow` (None: none)."""
     kind = "train"
     plugins.load(spec.plugins)  # those loaded here when the spec was made (a resumed one: given again, resumed_spec)
     entry = get_model_entry(spec.model)
@@ -166,6 +170,8 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
         check_resumable(resume, spec)
     device = describe_device(spec)
     where = where_it_runs(spec.device)
+    if mlflow is not None:  # MLflow installed, its server answering: refused before a row exists
+        check_mlflow(mlflow)
     store = Store(db)
     exp = store.create_experiment(kind=kind, name=f"{spec.model}/{spec.recipe.name}", device=device,
                                   spec=yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
@@ -182,6 +188,10 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
     if warning:
         echo(f"warning: {warning}")
 
+    trackers = open_trackers(tensorboard=tensorboard, mlflow=mlflow, db=db, experiment_id=exp, kind=kind,
+                             name=f"{spec.model}/{spec.recipe.name}")
+    for line in trackers.lines():
+        echo(line)
     view = LiveView(title=f"{kind} {spec.label()}", total_runs=1, slots=1, echo=echo)
 
     def on_epoch(r: EpochReport) -> None:
@@ -190,6 +200,7 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
             store.save_evaluation(run, r.evaluation)
         if r.test is not None:
             store.save_test(run, r.test)
+        trackers.epoch(run, spec, r.epoch, r.metrics, r.test)
         view.echo(format_epoch(r, spec.epochs))
         view.epoch("run", r.epoch, r.metrics, plain=False)  # the line above is the plain form
 
@@ -200,6 +211,7 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
             # Epochs before the checkpoint: where they ran is not in it, so not claimed for this machine.
             for i, m in enumerate(load_checkpoint(resume)["history"], start=1):
                 store.log_epoch(run, i, m)
+                trackers.epoch(run, spec, i, m)
         with view:
             view.run_started("run", spec.label(), spec.epochs)
             result = fit(spec, on_epoch, resume=resume, log=view.echo)
@@ -207,15 +219,20 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
     except KeyboardInterrupt:
         store.finish_run(run, status="interrupted", error="interrupted by the user")
         store.finish_experiment(exp, "interrupted")
+        trackers.close()  # the run left open ends as interrupted there too
         echo(f"interrupted; epochs so far are in {shown_url(db)} (run {run}); resume with "
              f"`harness train --resume {spec.checkpoint_dir}/last.pt`")
         raise
     except Exception as e:
         store.finish_run(run, status="failed", error=f"{type(e).__name__}: {e}")
         store.finish_experiment(exp, "failed")
+        trackers.finish(run, "failed")
+        trackers.close()
         raise
     store.finish_run(run, status=result.status, wall_s=result.wall_s)
     store.finish_experiment(exp, "completed")
+    trackers.finish(run, result.status)
+    trackers.close()
     best = f"{result.best_val_acc:.3f} at epoch {result.best_epoch}" if result.best_val_acc is not None else "none"
     t = result.test
     test = f"; test acc {t['test_acc']:.3f} on {t['n_test']} held-out images (final weights)" if t else "; no test split"

@@ -6,8 +6,11 @@ benchmarks/gpu_check.sh runs it there."""
 from __future__ import annotations
 
 import importlib.util
+import re
+import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -121,14 +124,103 @@ def test_report_names_the_device_and_summarises(gc, tmp_path):
 
 def test_script_is_valid_bash_and_refuses_a_machine_without_a_gpu(tmp_path):
     """`bash -n` passes; on a machine without nvidia-smi (and without --dry-run) it stops with status 2,
-    says why, and writes only under $OUT."""
+    says why, and $OUT holds only what comes back (steps.tsv, the log, the archive)."""
     script = REPO / "benchmarks" / "gpu_check.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     done = subprocess.run(["bash", str(script)], capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out")})
     assert done.returncode == 2 and "FAIL setup: no nvidia-smi" in done.stdout, done
     assert "machine\tFAIL\t0\tnvidia-smi not found" in (tmp_path / "out" / "steps.tsv").read_text()
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"steps.tsv", "gpu_check.log", "gpu_check.tar.gz"}
     assert not (REPO / "gpu_check_out").exists()
+
+
+def script_shares() -> tuple[dict[str, int], int]:
+    """gpu_check.sh's SHARES (step -> seconds, in order) and DEFAULT_BUDGET, as bash reads them."""
+    text = (REPO / "benchmarks" / "gpu_check.sh").read_text()
+    (shares,) = re.findall(r'^SHARES="([^"]+)"$', text, flags=re.M)
+    (budget,) = re.findall(r"^DEFAULT_BUDGET=(\d+)$", text, flags=re.M)
+    return {k: int(v) for k, v in (s.split(":") for s in shares.split())}, int(budget)
+
+
+def test_the_step_budgets_setup_and_report_add_up_to_the_deadline(gc):
+    """One command on the lent machine: setup, every step and the report share one 420 s deadline (a call
+    may run 10 minutes; the rest of the 15 is the machine's start and a rerun). Every step has a share, the
+    Python steps run in gpu_check.py's order, and the report comes last."""
+    shares, budget = script_shares()
+    assert budget <= 420 and sum(shares.values()) == budget
+    assert list(shares) == ["setup", "imports", "gpu_tests", *gc.CHECKS, "report"]
+    assert all(v > 0 for v in shares.values())
+    loop = re.search(r"for name in ([a-z0-9_ ]+); do", (REPO / "benchmarks" / "gpu_check.sh").read_text()).group(1)
+    assert tuple(loop.split()) == gc.CHECKS
+
+
+STUB = """#!/usr/bin/env bash
+# A stand-in Python for gpu_check.sh: each step passes at once, except throughput, which outlasts its slot.
+case "$1" in
+  -V) echo "Python 3.12.0" ;;
+  -) cat > /dev/null; printf 'python\\t3.12.0\\ntorch\\t2.11.0\\n' > "$2"; echo "imported"; echo "versions: stub" ;;
+  -m) echo "1 skipped" ;;
+  *) work=$(echo "$@" | sed 's/.*--out \\([^ ]*\\).*/\\1/')
+     if [ "$2" = --report ]; then echo "# stub" > "$work/gpu_check-stub.md"
+       echo "stub summary $(wc -l < "$work/steps.tsv") lines"; ! grep -q FAIL "$work/steps.tsv"
+     elif [ "$3" = throughput ]; then echo "row 1" > "$work/throughput.md"; sleep 30
+     else printf '%s\\tPASS\\t0\\tstub\\n' "$3" >> "$work/steps.tsv"; fi ;;
+esac
+"""
+
+
+def test_a_step_that_outlasts_its_slot_is_stopped_and_the_next_skipped_for_time(tmp_path):
+    """With a 12 s budget: the stub's throughput step is stopped at its slot's end (FAIL, timed out), the
+    step whose slot is then all but gone is skipped ("no time left"), the later ones run in theirs; $OUT gets
+    the report, steps.tsv, the log and one archive holding the rest (the partial table too), and the last
+    line printed is the summary."""
+    (tmp_path / "repo" / "benchmarks").mkdir(parents=True)
+    shutil.copy(REPO / "benchmarks" / "gpu_check.sh", tmp_path / "repo" / "benchmarks")
+    stub = tmp_path / "python"
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    out = tmp_path / "out"
+    done = subprocess.run(["bash", str(tmp_path / "repo" / "benchmarks" / "gpu_check.sh"), "--dry-run", "--budget", "12",
+                           "--python", str(stub)], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "OUT": str(out)})
+    assert done.returncode == 1, done  # the timed-out step is a failure
+    steps = {line.split("\t")[0]: line.split("\t") for line in (out / "steps.tsv").read_text().splitlines()}
+    assert steps["throughput"][1] == "FAIL" and "timed out at the end of its slot" in steps["throughput"][3]
+    assert steps["randaugment"][1] == "SKIP" and steps["randaugment"][3].startswith("no time left")
+    assert steps["imagefolder"][1] == "PASS" and steps["compile"][1] == "PASS"
+    assert {p.name for p in out.iterdir()} == {"gpu_check-stub.md", "steps.tsv", "gpu_check.log", "gpu_check.tar.gz"}
+    with tarfile.open(out / "gpu_check.tar.gz") as tar:
+        names = {Path(n).name for n in tar.getnames()}
+    assert {"throughput.md", "throughput.log", "versions.tsv"} <= names and "steps.tsv" not in names
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("stub summary") and "s wall of a 12 s budget" in last
+
+
+def test_budget_must_be_whole_seconds(tmp_path):
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--budget", "7m"], capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out")})
+    assert done.returncode == 2 and "--budget '7m' is not a whole number of seconds" in done.stderr
+
+
+def test_report_carries_the_versions_that_ran(gc, tmp_path):
+    (tmp_path / "versions.tsv").write_text("python\t3.12.3\ntorch\t2.11.0+cu130\ncuda\t13.0\ncudnn\t91900\n"
+                                           "torchvision\t0.26.0\ntimm\t1.0.31\nray\t2.60.0\noptuna\t5.0.0\n")
+    gc.record(tmp_path, gc.passed("peak", "fine"), 1)
+    text = gc.write_report(gc.read_steps(tmp_path), "NVIDIA H100 80GB HBM3", tmp_path, wall=300, budget=420).read_text()
+    assert ("versions that ran: Python 3.12.3, torch 2.11.0+cu130 (CUDA 13.0, cuDNN 91900), torchvision 0.26.0, "
+            "timm 1.0.31, Ray 2.60.0, Optuna 5.0.0") in text
+    assert "300 s wall of a 420 s budget" in text
+
+
+def test_throughput_rows_without_time_are_named_not_failed(gc):
+    row = {"runs_as": "vit_base", "image_size": "224", "error": "", "reference_img_s": "900", "harness_img_s": "950",
+           "reference_full_img_s": "800", "harness_full_img_s": "850", "augment": "rrc + flip + rand-m9-mstd0.5-inc1",
+           "harness_mfu_pct": "20.1", "ratio": "1.05", "ratio_full": "1.06"}
+    late = {"runs_as": "efficientnet_b3", "image_size": "224", "error": "no time left (70 s given, ...)"}
+    check = gc.check_throughput([row, late], peak_known=True)
+    assert check.status == "PASS" and "not measured, no time left: efficientnet_b3" in check.reason
+    assert gc.check_throughput([late], peak_known=True).status == "FAIL"
 
 
 def test_the_sweep_step_runs_a_shipped_study_at_gpu_auto(gc):

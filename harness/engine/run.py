@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import ray
 from ray import tune
 
+from harness import trackers
 from harness.engine.cluster import (
     check_ray_sees_the_gpus,
     check_resources,
@@ -153,7 +154,8 @@ def run_trials(trials: Trials, *, where: Where, experiment: Experiment, echo: Ca
         recorder = Recorder(key=recorder_key(db, exp), store=store, experiment_id=exp, make_spec=trials.make_spec,
                             metric=search.study.metric if search else "val_acc", mode=search.study.mode if search else "max",
                             total=total, view=view,
-                            stopper="ASHA" if search is not None and search.study.scheduler.type == "asha" else "none")
+                            stopper="ASHA" if search is not None and search.study.scheduler.type == "asha" else "none",
+                            trackers=trackers.for_where(where, experiment_id=exp, kind=experiment.kind, name=experiment.name))
         trainable = tune.with_resources(tune.with_parameters(_trainable, make_spec=trials.make_spec),
                                         {"cpu": resources.cpu, "gpu": resources.gpu})
         try:
@@ -186,6 +188,7 @@ def run_trials(trials: Trials, *, where: Where, experiment: Experiment, echo: Ca
                     pages.stop()
             return Outcome(exp, status, exp_dir, set(recorder.known))
         finally:
+            recorder.close_trackers()
             store.close()
             _LIVE.pop(recorder.key, None)
             forget_state_dir(exp_dir)
