@@ -4,7 +4,8 @@ grids, and only through `store.py`.
 `Recorder` is a `ray.tune.Callback` in the driver: one `runs` row per trial, every epoch as it is
 reported, the final status told apart (completed / stopped early / diverged / failed / interrupted),
 the evaluation of the last report, and a whole copy of Tune's state files at most every second. Its
-one listener is the terminal's `LiveView` (a line or a bar per trial). The live pages are not its
+one listener is the terminal's `LiveView` (a line or a bar per trial); its `Trackers` (TensorBoard, MLflow:
+`harness/trackers.py`) get every epoch after the database has it. The live pages are not its
 business: they read the database on their own thread (`dashboards.LivePages`, started by `run.py`), so
 a slow page never delays a result being recorded.
 """
@@ -25,6 +26,7 @@ from harness.engine.trial import OPTUNA_KEY, WHERE, SpecMaker, trial_name
 from harness.errors import UserError
 from harness.progress import LiveView
 from harness.store import Store, sqlite_path
+from harness.trackers import Trackers
 
 FINAL = ("completed", "stopped", "diverged", "failed", "time_limit")
 BACKUP_EVERY_S = 1.0  # Tune saves its state at most every second (cluster.EXPERIMENT_STATE_PERIOD_S)
@@ -68,10 +70,13 @@ class Recorder(tune.Callback):
     by `run_trials` once known; with it, Tune's state is backed up as results come in."""
 
     def __init__(self, *, key: str, store: Store, experiment_id: int, make_spec: SpecMaker, metric: str, mode: str,
-                 total: int, view: LiveView, stopper: str) -> None:
+                 total: int, view: LiveView, stopper: str, trackers: Trackers | None = None) -> None:
         self.key, self.store, self.experiment_id, self.make_spec = key, store, experiment_id, make_spec
         self.metric, self.mode, self.total, self.view, self.stopper = metric, mode, total, view, stopper
         self.echo = view.echo
+        self.trackers = trackers if trackers is not None else Trackers([])
+        for line in self.trackers.lines():
+            self.echo(line)
         self.exp_dir: Path | None = None
         self.backup_at = 0.0
         self.run_ids: dict[str, int] = {}
@@ -129,6 +134,7 @@ class Recorder(tune.Callback):
             self.store.save_evaluation(rid, evaluation)
         if test is not None:
             self.store.save_test(rid, test)
+        self.trackers.epoch(rid, lambda: self.make_spec(trial.config), int(result["epoch"]), result, test)
         self.last[trial.trial_id] = {k: result.get(k) for k in (self.metric, "epoch", "status", "time_total_s")}
         self.view.epoch(trial.trial_id, int(result["epoch"]), result)
         self._backup_state()
@@ -153,6 +159,7 @@ class Recorder(tune.Callback):
             status = final_status(last.get("status"))
         self.store.finish_run(rid, status=status, wall_s=last.get("time_total_s"))
         self.finished[trial.trial_id] = status
+        self.trackers.finish(rid, status)
         if status in ("stopped", "diverged"):  # never resumed (a completed trial dropped it itself)
             self._drop_optimizer(trial)
         self.view.run_finished(trial.trial_id)
@@ -190,6 +197,10 @@ class Recorder(tune.Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.known.update(t.trial_id for t in trials)
 
+    def close_trackers(self) -> None:
+        """When the session's trials end (run.py): the trackers' files closed, MLflow's runs ended."""
+        self.trackers.close()
+
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         err = error_text(trial).splitlines()[0]
         epoch = (self.last.get(trial.trial_id) or {}).get("epoch") or 0
@@ -202,6 +213,7 @@ class Recorder(tune.Callback):
         self.store.finish_run(rid, status="failed", error=text,
                               wall_s=(self.last.get(trial.trial_id) or {}).get("time_total_s"))
         self.finished[trial.trial_id] = "failed"
+        self.trackers.finish(rid, "failed")
         self.view.run_finished(trial.trial_id)
         self.echo(f"{self._name(trial)} failed: {text.splitlines()[0]}  {self._counts()}")
 
