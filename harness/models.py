@@ -3,6 +3,10 @@
 Every entry is a real timm architecture. The full models (resnet50, efficientnet_b3, vit_base,
 swin_tiny) have a same-family CPU stand-in registered under its own name (`CPU_VARIANT`); the
 harness never runs a stand-in under the full model's name.
+
+Any other name in `timm.list_models()` runs as named (no stand-in): `get_model_entry` makes its entry,
+its family and size rule told from its timm module (`families.py`), or from the user (`ModelName`,
+`--family`) where the module cannot tell.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import UserError, unknown
+from harness.errors import UserError, close_matches
+from harness.families import FAMILIES, REGISTRY_WHY, is_timm_name, kind_of, module_of, patch_of
 
 if TYPE_CHECKING:  # torch is imported where a model is built: the registry and labels do not need it
     import torch
@@ -23,7 +28,7 @@ if TYPE_CHECKING:  # torch is imported where a model is built: the registry and 
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    family: str  # resnet | efficientnet | vit | swin: picks its own recipe and the doctor's rules
+    family: str  # resnet | efficientnet | vit | swin: picks its own recipe and the doctor's rules ("" = not told)
     timm_name: str
     description: str
     fixed: dict = field(default_factory=dict)  # timm kwargs that define the variant (widths, depths)
@@ -31,10 +36,18 @@ class ModelEntry:
     # A plugin's own model (harness/plugins.py): called with num_classes, image_size, in_chans,
     # drop_rate and drop_path_rate instead of timm.create_model(timm_name, ...).
     factory: Callable[..., torch.nn.Module] | None = field(default=None, compare=False)
+    shape: str = ""  # the size rule (families.SHAPES) when it is not the family's own: ConvNeXt is sized as a CNN
+    why: str = ""  # why this family: a by-name timm model's module, or the user's --family
+    by_name: bool = False  # a timm name outside the registry: run as named, native size above 224 px
+
+    @property
+    def shape_rule(self) -> str:
+        """vit (patch grid) | swin (patch and window) | cnn (stride-32 floor) | native (its own input size)."""
+        return self.shape or {"vit": "vit", "swin": "swin", "resnet": "cnn", "efficientnet": "cnn"}.get(self.family, "cnn")
 
     def size_warning(self, image_size: int) -> str | None:
         """Below its family's floor a model still builds but is not the architecture it is named for."""
-        floor = None if self.factory is not None else MIN_IMAGE_SIZE.get(self.family)
+        floor = None if self.factory is not None or self.shape_rule != "cnn" else MIN_IMAGE_SIZE
         if floor is None or image_size >= floor:
             return None
         return (f"{self.name} at {image_size} px is below its family's floor of {floor} px: CNNs downsample 32x, so its "
@@ -45,13 +58,26 @@ class ModelEntry:
         """timm kwargs that make the architecture fit `image_size` (UserError if it cannot)."""
         if self.factory is not None:  # a plugin's model sizes itself
             return {}
-        if self.family == "vit":
-            patch = 16 if image_size >= 224 else max(1, image_size // self.grid)
+        rule = self.shape_rule
+        if self.by_name and rule in ("swin", "native"):
+            from harness.families import input_side
+
+            native = input_side(self.timm_name)
+            if image_size == native:
+                return {}
+            if rule == "native" or image_size >= 224:
+                # No size rule for this architecture (native), or a Swin above the small-image rule, whose own
+                # window may not tile another size: it runs at the size timm defines it for.
+                small = "" if rule == "native" else " or a small size (16, 32, 64, 128)"
+                raise UserError("data.image_size", image_size, f"{self.name} runs at its own input size, {native} px"
+                                f"{small}; use --image-size {native} (grids and studies: data.image_size: {native}).")
+        if rule == "vit":
+            patch = patch_of(self.timm_name) if image_size >= 224 else max(1, image_size // self.grid)
             if image_size % patch:
                 raise UserError("data.image_size", image_size,
                                 f"{self.name} needs an image size divisible by its patch size {patch}; try {image_size // patch * patch}.")
             return {"img_size": image_size, "patch_size": patch}
-        if self.family == "swin":
+        if rule == "swin":
             # Swin: 4 stages, each halving the token grid, so the grid must divide by 8; the
             # attention window must divide each stage's grid (timm shrinks it on the last stages).
             patch, window = (4, 7) if image_size >= 224 else (2 if image_size <= 64 else 4, 4)
@@ -62,8 +88,9 @@ class ModelEntry:
                                 f"{self.name} needs (image size / patch {patch}) divisible by 8 (4 stages of patch merging); "
                                 f"use one of {ok}.")
             return {"img_size": image_size, "patch_size": patch, "window_size": window}
-        if image_size < 16:
-            raise UserError("data.image_size", image_size, f"{self.name} downsamples 32x; use an image size of 16 or more.")
+        least = CNN_LEAST.get(module_of(self.timm_name), 16) if self.by_name else 16
+        if image_size < least:
+            raise UserError("data.image_size", image_size, f"{self.name} downsamples 32x; use an image size of {least} or more.")
         return {}
 
     def describe(self, image_size: int) -> str:
@@ -72,9 +99,15 @@ class ModelEntry:
         return f"{self.name} (timm {self.timm_name}{', ' + shape if shape else ''})"
 
 
-# Smallest image where every stage of the family sees a real spatial map (stride 32 -> 1x1 at 32 px).
+# Smallest image where every stage of a CNN sees a real spatial map (stride 32 -> 1x1 at 32 px).
 # Transformers have no floor here: their patch grid is fixed per image size (ModelEntry.grid).
-MIN_IMAGE_SIZE = {"resnet": 32, "efficientnet": 32}
+MIN_IMAGE_SIZE = 32
+# Below this a CNN does not build: ConvNeXt's downsampling convolutions are unpadded 2x2 (stem 4x4), so
+# a 16 px image reaches its last stage at 0 px; padded CNNs (ResNet, EfficientNet) build from 16 px.
+CNN_LEAST = {"convnext": 32}
+# A by-name timm ViT's patch grid below 224 px: 4x4 patches, the registry's CPU-size ViTs' (vit_tiny,
+# vit_test): 16 tokens keep a CPU epoch on digits in seconds (at 8x8, deit_tiny's is a minute here).
+BY_NAME_VIT_GRID = 4
 # timm initialises EfficientNet's classifier TF-style, uniform(+-1/sqrt(num_classes)): at 1000
 # classes that is +-0.03; at 10 classes +-0.32, initial logits 10x larger (on digits: initial loss
 # 5.4 instead of ln 10 = 2.3, first grad norm ~400 instead of ~33). The head is initialised as at
@@ -138,10 +171,87 @@ def stand_in_label(model: str, stands_for: str | None, *, short: bool = False) -
     return f"{model} ({'for' if short else 'CPU stand-in for'} {stands_for})"
 
 
-def get_model_entry(name: str, field: str = "model") -> ModelEntry:
-    if name not in MODELS:
-        raise unknown(field, name, MODELS)
-    return MODELS[name]
+class ModelName(str):
+    """A model's name with the family its user gave (`--family`, `model: {name: ..., family: ...}`): a str
+    everywhere a name goes, so the family travels with the name to every lookup in this process."""
+
+    family: str | None
+
+    def __new__(cls, name: str, family: str | None = None) -> ModelName:
+        self = super().__new__(cls, name)
+        self.family = family
+        return self
+
+    def __reduce__(self):  # pickled (Ray, a spec) with its family
+        return (ModelName, (str(self), self.family))
+
+
+def family_fix(name: str, field: str) -> str:
+    """How to say a model's family, in the words of the place it was named."""
+    return (f"say it: --family {name}=FAMILY on the command line, or model: {{name: {name}, family: FAMILY}} in a grid "
+            f"or study (FAMILY one of {', '.join(FAMILIES)}; docs/models.md says which fits what)")
+
+
+def get_model_entry(name: str, field: str | None = None) -> ModelEntry:
+    """The registry's entry, or a by-name timm model's (`families.py`). With a `field` (where the name was
+    given: validation), a model whose family cannot be told and was not given is refused, naming the fix;
+    without one (building a model whose recipe was resolved already), its family is "" and it still builds."""
+    declared = getattr(name, "family", None)
+    if declared is not None and declared not in FAMILIES:
+        raise UserError("--family" if field is None or field.startswith("--") else f"{field}.family", declared,
+                        f"Unknown family. {close_matches(declared, FAMILIES)}")
+    if name in MODELS:
+        entry = MODELS[name]
+        if declared is None or declared == entry.family:
+            return entry
+        raise UserError("--family" if field is None or field.startswith("--") else f"{field}.family", declared,
+                        f"{name} is harness's registry model of family {entry.family}; its family is not changed. To "
+                        f"train it with another family's recipe, name the recipe (--recipe {family_recipe(declared)}).")
+    if not is_timm_name(name):
+        raise UserError(field or "model", str(name), f"Unknown name. {near_names(str(name))}Not in harness's registry "
+                        "(`harness models`) nor in timm.list_models(); list timm's with timm.list_models('*pattern*').")
+    return _by_name(str(name), declared, field)
+
+
+def near_names(name: str) -> str:
+    """'Did you mean ...? ' from the registry first, then timm's names ('' when nothing is close)."""
+    import difflib
+
+    from harness.families import timm_names
+
+    near = difflib.get_close_matches(name, list(MODELS), n=3, cutoff=0.5)
+    near += [n for n in difflib.get_close_matches(name, list(timm_names()), n=3, cutoff=0.6) if n not in near]
+    return f"Did you mean {' or '.join(repr(n) for n in near[:4])}? " if near else ""
+
+
+def family_recipe(family: str) -> str:
+    from harness.recipes import FAMILY_RECIPES
+
+    return FAMILY_RECIPES[family]
+
+
+@functools.lru_cache(maxsize=256)
+def _by_name(name: str, declared: str | None, field: str | None) -> ModelEntry:
+    kind = kind_of(name)
+    if declared is not None:
+        shape = kind.shape if kind is not None else "native"
+        why = f"given (--family / model.family){'' if kind is None else f'; timm module {module_of(name)} says {kind.family}'}"
+        family = declared
+    elif kind is not None:
+        family, shape, why = kind.family, kind.shape, kind.why
+    elif field is not None:
+        raise UserError(field, name, f"harness cannot tell which recipe family {name} belongs to (timm module "
+                        f"{module_of(name)} is none it knows); {family_fix(name, field)}.")
+    else:
+        family, shape, why = "", "native", f"timm module {module_of(name)}: family not told"
+    return ModelEntry(name, family, name, f"timm {name} (module {module_of(name)}), run as named", shape=shape, why=why,
+                      by_name=True, grid=BY_NAME_VIT_GRID)
+
+
+def family_why(name: str) -> str:
+    """Why `name` gets its family: the registry's, its timm module's, or the user's."""
+    entry = get_model_entry(name)
+    return entry.why or REGISTRY_WHY
 
 
 def build_model(name: str, *, num_classes: int, image_size: int, drop_path_rate: float = 0.0,
@@ -182,7 +292,7 @@ def build_model(name: str, *, num_classes: int, image_size: int, drop_path_rate:
     new_head = True  # from scratch, or timm's hub weights (1000 classes) under a smaller head
     if state is not None:
         new_head = load_file_weights(model, entry, state, source=str(pretrained_file), log=log)
-    if entry.family == "efficientnet" and num_classes < TF_HEAD_INIT_CLASSES and new_head:
+    if _timm_module(entry) == "efficientnet" and num_classes < TF_HEAD_INIT_CLASSES and new_head:
         bound = 1.0 / TF_HEAD_INIT_CLASSES ** 0.5
         with torch.no_grad():
             model.get_classifier().weight.uniform_(-bound, bound)
@@ -292,6 +402,19 @@ def read_state_dict(path: Path, field: str = "--pretrained-file") -> dict[str, t
 # CNN weights fit any image size as they are.
 FILE_FILTERS = {"vit": "timm.models.vision_transformer:checkpoint_filter_fn",
                 "swin": "timm.models.swin_transformer:checkpoint_filter_fn"}
+
+
+def _timm_module(entry: ModelEntry) -> str | None:
+    """The timm module that defines `entry`'s architecture (None for a plugin's model)."""
+    return module_of(entry.timm_name) if entry.factory is None and is_timm_name(entry.timm_name) else None
+
+
+def file_filter(entry: ModelEntry) -> str | None:
+    """timm's adapter for weights made at another image size: the registry's per family; a by-name ViT's or
+    Swin's from its own module (deit, eva, beit, swin_transformer_v2 each define one)."""
+    if entry.by_name:
+        return f"timm.models.{module_of(entry.timm_name)}:checkpoint_filter_fn" if entry.shape_rule in ("vit", "swin") else None
+    return FILE_FILTERS.get(entry.family)
 RESAMPLED_NAMES = {"pos_embed": "position embeddings", "patch_embed.proj.weight": "patch embedding"}
 
 
@@ -307,10 +430,10 @@ def load_file_weights(model: torch.nn.Module, entry: ModelEntry, state: dict[str
     field = "--pretrained-file"
     what = f"{entry.name} (timm {entry.timm_name}{', ' + str(entry.fixed) if entry.fixed else ''})"
     fix = (f"give a state dict of timm.create_model({entry.timm_name!r}{''.join(f', {k}={v!r}' for k, v in entry.fixed.items())}) "
-           f"(any number of classes{'; any image size' if entry.family in FILE_FILTERS else ''}).")
+           f"(any number of classes{'; any image size' if file_filter(entry) else ''}).")
     shapes = {k: tuple(v.shape) for k, v in state.items()}
-    if entry.family in FILE_FILTERS:
-        module, _, fn = FILE_FILTERS[entry.family].partition(":")
+    if file_filter(entry):
+        module, _, fn = file_filter(entry).partition(":")
         try:
             state = getattr(importlib.import_module(module), fn)(state, model)
         except Exception as e:  # timm's adapter met tensors it cannot resample: not this family's weights
@@ -367,22 +490,31 @@ def forward_gflops(model: torch.nn.Module, image_size: int, in_chans: int = 3) -
 
 def describe_registry(image_size: int, *, width: int) -> list[str]:
     """`harness models`: one row per model (name, family, parameters, forward GFLOPs at `image_size`),
-    then what each is built as and what it is for, wrapped at `width` columns."""
+    then what each is built as and what it is for, wrapped at `width` columns. The counts at the default
+    size are the shipped table's (`families.py`: no torch, no timm, no build); at another size they are
+    counted on torch's meta device (no weights made; the import of torch and timm is most of the time)."""
     import textwrap
 
-    import pandas as pd
-
-    from harness.errors import UserError
+    from harness.families import FACTS_IMAGE_SIZE, count_on_meta, registry_counts
 
     rows, notes = [], []
     for name, entry in MODELS.items():
         try:
-            m = build_model(name, num_classes=10, image_size=image_size)
-            params, gflops = f"{count_params(m) / 1e6:.1f}M", f"{forward_gflops(m, image_size):.3f}"
             shape = entry.describe(image_size)
+            counts = registry_counts(name) if image_size == FACTS_IMAGE_SIZE and entry.factory is None else None
+            if counts is not None:
+                params, gflops = counts["params"], counts["gflops"]
+            else:
+                params, gflops = count_on_meta(name, image_size)
+            params, gflops = f"{params / 1e6:.1f}M", f"{gflops:.3f}"
         except UserError as e:
             params, gflops, shape = "-", "-", f"not at {image_size} px: {e.fix}"
-        rows.append({"name": name, "family": entry.family, "params": params, f"GFLOPs@{image_size}": gflops})
+        rows.append((name, entry.family, params, gflops))
         note = f"CPU stand-in for {full}" if (full := stands_for(name)) else entry.description
         notes.append(textwrap.fill(f"{name}: {shape}; {note}", width=width, subsequent_indent="    "))
-    return [pd.DataFrame(rows).to_string(index=False), "", *notes]
+    header = ("name", "family", "params", f"GFLOPs@{image_size}")
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
+    table = [" ".join(str(v).rjust(w) for v, w in zip(r, widths)) for r in (header, *rows)]
+    return [*table, "", *notes, "",
+            textwrap.fill("Any other name in timm.list_models() also runs as named (e.g. --models convnext_tiny); its "
+                          "recipe family is told from its timm module (docs/models.md), or given with --family.", width=width)]

@@ -147,8 +147,22 @@ def get_recipe(name: str, field: str = "recipe") -> Recipe:
 # --- what `harness recipes` prints --------------------------------------------------------------
 
 def published_table(*, width: int) -> str:
-    """Every recipe's published values side by side (fields as rows), wrapped at `width` columns."""
-    import pandas as pd
-
-    table = pd.DataFrame({n: r.model_dump(exclude={"name", "source", "fit_notes", "form"}) for n, r in RECIPES.items()})
-    return table.to_string(line_width=width)
+    """Every recipe's published values side by side (fields as rows), the recipes in blocks of columns
+    that fit `width`. Laid out by hand, not by pandas: importing pandas alone took most of the 2 s a
+    listing may take on a busy machine."""
+    values = {n: r.model_dump(exclude={"name", "source", "fit_notes", "form"}) for n, r in RECIPES.items()}
+    fields = list(next(iter(values.values())))
+    cells = {n: [f"{v[f]:g}" if isinstance(v[f], float) else str(v[f]) for f in fields] for n, v in values.items()}
+    label = max(map(len, fields))
+    cols = {n: max(len(n), *map(len, c)) for n, c in cells.items()}
+    blocks: list[list[str]] = [[]]
+    for n in cells:  # as many recipes per block as fit beside the field names
+        if blocks[-1] and label + sum(cols[m] + 2 for m in [*blocks[-1], n]) > width:
+            blocks.append([])
+        blocks[-1].append(n)
+    out = []
+    for block in blocks:
+        out.append(" " * label + "".join(f"  {n:>{cols[n]}}" for n in block))
+        out += [f"{f:<{label}}" + "".join(f"  {cells[n][i]:>{cols[n]}}" for n in block) for i, f in enumerate(fields)]
+        out.append("")
+    return "\n".join(out).rstrip()
