@@ -12,12 +12,22 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from harness import plugins
 from harness.datasets import DataSpec, check_spec, train_images
 from harness.errors import UserError, close_matches, unknown
-from harness.models import get_model_entry, weights_tag
+from harness.models import ModelName, get_model_entry, weights_tag
 from harness.recipe_file import (  # noqa: F401 (MAX_YAML_BYTES re-exported)
     MAX_YAML_BYTES,
     NAME_RULE,
@@ -31,6 +41,31 @@ from harness.recipes import TUNABLE, Budget, Recipe, get_recipe, named_recipe, p
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _model_ref(v: Any) -> ModelName:
+    """A model as a grid or study names it: a name, or {name: NAME, family: FAMILY} for a timm model whose
+    recipe family harness cannot tell from its module (docs/models.md). The family travels with the name."""
+    if isinstance(v, ModelName):
+        return v
+    if isinstance(v, str) and v.strip():
+        return ModelName(v.strip())
+    if isinstance(v, dict) and set(v) <= {"name", "family"} and isinstance(v.get("name"), str) and v["name"].strip():
+        family = v.get("family")
+        if family is not None and not isinstance(family, str):
+            raise ValueError(f"family must be a name (vit, swin, resnet, efficientnet), got {family!r}")
+        return ModelName(v["name"].strip(), family)
+    raise ValueError("a model is a name (convnext_tiny) or {name: NAME, family: FAMILY} (family one of "
+                     "resnet, efficientnet, vit, swin)")
+
+
+def _model_dump(v: Any) -> Any:
+    family = getattr(v, "family", None)
+    return {"name": str(v), "family": family} if family else str(v)
+
+
+# A model field of a grid or study: a name or {name, family}, kept as a `ModelName` (a str with its family).
+ModelRef = Annotated[str, PlainValidator(_model_ref), PlainSerializer(_model_dump)]
 
 
 class RunSpec(Strict):
@@ -109,6 +144,8 @@ def resolve_run(*, model: str, recipe: str, data: DataSpec, overrides: dict[str,
     weights = weights_tag(model, pretrained=bool(fields.get("pretrained")), pretrained_file=fields.get("pretrained_file"))
     if weights is not None:  # which weights the run started from, in its row (params.tags)
         fields["tags"] = {**fields.get("tags", {}), "weights": weights}
+    if entry.by_name:  # a timm model by name: which recipe family it got and why, in its row (params.tags)
+        fields["tags"] = {**fields.get("tags", {}), "family": entry.family, "family_why": entry.why}
     try:
         return RunSpec(model=model, recipe=resolved, data=data, train_images=n, **fields)
     except ValidationError as e:
@@ -246,7 +283,7 @@ def _check_resources(resources: ResourcesSpec, cpus: float, gpus: float, where: 
 class StudySpec(Strict):
     name: str = Field(min_length=1)  # see _name
     description: str = Field("", max_length=20000)
-    model: str
+    model: ModelRef = Field(description="a registry or timm name, or {name: NAME, family: FAMILY} (docs/models.md)")
     recipe: str = Field(description="a recipe name (fitted to a trial's budget), or a recipe FILE.yaml (used as written)")
     data: DataSpec = DataSpec()
     metric: Literal["val_acc", "val_loss", "train_loss", "train_acc"] = "val_acc"
@@ -274,7 +311,7 @@ class StudySpec(Strict):
         file is used as written (already fitted; a relative path is from the current folder)."""
         if is_recipe_file(self.recipe):
             return with_overrides(load_recipe_file(Path(self.recipe), "recipe"), self.fixed, "fixed")
-        family = get_model_entry(self.model).family
+        family = get_model_entry(self.model, "model").family
         pretrained = self.pretrained is not None
         base = named_recipe(self.recipe, family=family, pretrained=pretrained)
         batch = self.fixed.get("batch_size", base.batch_size)
@@ -339,7 +376,8 @@ def parse_lrs(value: Any, field: str) -> tuple[LrPoint, ...]:
 class BenchmarkSpec(Strict):
     name: str = Field("naive_vs_recipe", min_length=1, max_length=20000)
     description: str = Field("", max_length=20000)
-    models: list[str] = Field(min_length=1)
+    models: list[ModelRef] = Field(min_length=1, description=(
+        "registry or timm names (all = the registry's four), or {name: NAME, family: FAMILY} (docs/models.md)"))
     recipes: list[str] = Field(["naive", "fitted"], min_length=1, description=(
         "recipe names (fitted to the run; NAME@published for the source's values); 'fitted' (or 'tuned') = each "
         "model's own recipe fitted, 'published' = it as published"))
