@@ -333,9 +333,11 @@ def test_out_must_be_a_folder(bench_db, tmp_path):
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
 
-def dump_dom(path: Path, profile: Path) -> str:
+def dump_dom(path: Path, profile: Path, *, width: int | None = None) -> str:
+    """The page's DOM after its scripts ran, in headless Chromium (a window `width` px wide when given)."""
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+           *([f"--window-size={width},900"] if width else []), "--hide-scrollbars",
            "--virtual-time-budget=5000", "--dump-dom", path.resolve().as_uri()]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
 

@@ -198,24 +198,35 @@ def _error_bars(table: pd.DataFrame, side: str, metric: str) -> dict:
     return dict(type="data", array=std, visible=True)
 
 
+def _bar_label(model: str, before: str | None, after: str | None, at: str) -> str:
+    """A pair's axis label on short lines (plotly breaks at <br>): "resnet18", "(for resnet50)", "naive → cnn",
+    and with an lr axis which lrs. It needs no slant, and neighbours do not run into each other."""
+    name, _, stands = str(model).partition(" (")
+    lines = (name, f"({stands}" if stands else "", f"{before or '-'} → {after or '-'}", at)
+    return "<br>".join(esc(line) for line in lines if line)
+
+
 def before_after_figure(table: pd.DataFrame, title: str) -> go.Figure:
     """Grouped bars per model: before (naive) vs after (its recipe), test acc and best val acc. Error bars:
-    one seed = the 95% binomial interval of the test accuracy, several = std over seeds."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("test accuracy % (one seed: 95% interval over the images; "
-                                                        "several: ± std)", "best val accuracy % (optimistic)"),
-                        horizontal_spacing=0.08)
+    one seed = the 95% binomial interval of the test accuracy, several = std over seeds (the page says so
+    under the figure). The recipes are named on the axis, in the legend and in the hover, never inside
+    the bars, where the error bars cross them."""
+    # One panel over the other, sharing the pairs' axis: each gets the page's width, so a pair's label has
+    # room at 900 px with an lr axis (two pairs per model).
+    fig = make_subplots(rows=2, cols=1, subplot_titles=("test accuracy %", "best val accuracy % (optimistic)"),
+                        shared_xaxes=True, vertical_spacing=0.1)
     # With an lr axis a pair has two rows: each recipe at its own lr, and each at its best lr in the grid.
-    at = table["lrs"].map({"best": " (each at its best lr)"}).fillna("") if "lrs" in table else [""] * len(table)
-    x = [esc(f"{m} · {a or '-'}{w}") for m, a, w in zip(table["model"], table["after_recipe"], at)]
-    for col, metric in ((1, "acc"), (2, "best")):
+    at = table["lrs"].map({"best": "each at its best lr"}).fillna("") if "lrs" in table else [""] * len(table)
+    x = [_bar_label(*cells) for cells in zip(table["model"], table["before_recipe"], table["after_recipe"], at)]
+    for row, metric in ((1, "acc"), (2, "best")):
         for side, color, label in (("before", "#9e9e9e", "before"), ("after", "#1f77b4", "after")):
             recipes = table[f"{side}_recipe"].fillna("-").astype(str)
             fig.add_bar(x=x, y=table[f"{side}_{metric}_mean"], name=f"{label}: " + ", ".join(esc(r) for r in dict.fromkeys(recipes)),
-                        error_y=_error_bars(table, side, metric),
-                        marker_color=color, text=[esc(r) for r in recipes], textposition="inside",
-                        hovertemplate="%{x}<br>%{text}: %{y:.1f}%<extra></extra>", legendgroup=side, showlegend=col == 1,
-                        row=1, col=col)
-    fig.update_layout(barmode="group", title=esc(title, 200), height=480, yaxis=dict(range=[0, 100]), yaxis2=dict(range=[0, 100]))
+                        error_y=_error_bars(table, side, metric), marker_color=color, customdata=[esc(r) for r in recipes],
+                        hovertemplate="%{x}<br>%{customdata}: %{y:.1f}%<extra></extra>", legendgroup=side,
+                        showlegend=row == 1, row=row, col=1)
+    fig.update_layout(barmode="group", title=esc(title, 200), height=640, yaxis=dict(range=[0, 100]), yaxis2=dict(range=[0, 100]))
+    fig.update_xaxes(tickangle=0)
     return fig
 
 
@@ -315,16 +326,23 @@ def waterfall_figure(table: pd.DataFrame, title: str) -> go.Figure:
 
 
 def overview_figure(exps: pd.DataFrame, runs: pd.DataFrame) -> go.Figure:
-    """One point per run (best val acc), one row per experiment: where every result stands at a glance."""
+    """One point per run, one row per experiment: where every result stands at a glance, in what the
+    tables report (test accuracy of the final weights); a run without a test score (running, or data
+    without a test split) at its latest val accuracy, hollow."""
     names = {int(e["id"]): esc(f"#{int(e['id'])} {e['kind']}: {e['name']}", 60) for _, e in exps.iterrows()}
     fig = go.Figure()
     for status_, group in runs.groupby("status", sort=True):
-        fig.add_scatter(x=100 * group["best_val_acc"].astype(float), y=[names.get(int(i), str(i)) for i in group["experiment_id"]],
-                        mode="markers", name=esc(status_), marker=dict(size=10, opacity=0.8),
+        test = pd.to_numeric(group["test_acc"], errors="coerce")
+        on_test = test.notna()
+        acc = test.where(on_test, pd.to_numeric(group["final_val_acc"], errors="coerce"))
+        split = on_test.map({True: "test", False: "latest val"})
+        fig.add_scatter(x=100 * acc, y=[names.get(int(i), str(i)) for i in group["experiment_id"]],
+                        mode="markers", name=esc(status_),
+                        marker=dict(size=10, opacity=0.8, symbol=["circle" if t else "circle-open" for t in on_test]),
                         text=[esc(f"run #{int(r['id'])}: {r['label']} / {r['recipe']} / seed {r['seed']}") for _, r in group.iterrows()],
-                        hovertemplate="%{text}<br>best val %{x:.1f}%<extra></extra>")
-    fig.update_layout(xaxis=dict(title="best val accuracy %", range=[0, 100]), yaxis=dict(type="category"),
-                      height=max(260, 60 + 40 * len(exps)), margin=dict(l=20, t=30))
+                        customdata=split, hovertemplate="%{text}<br>%{customdata} %{x:.1f}%<extra></extra>")
+    fig.update_layout(xaxis=dict(title="test accuracy % (hollow: latest val, no test score yet)", range=[0, 100]),
+                      yaxis=dict(type="category"), height=max(260, 60 + 40 * len(exps)), margin=dict(l=20, t=30))
     return fig
 
 

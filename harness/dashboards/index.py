@@ -43,7 +43,8 @@ def index_page(db: str, exps: pd.DataFrame, counts: pd.DataFrame, runs: pd.DataF
                totals: tuple[int, int] = (0, 0)) -> str:
     """One index page: `exps` (this page's experiments, newest first), `counts` (experiment_id, status,
     n, best: their runs per status), `runs` (their runs, for the overview figure), `links` (each
-    experiment's pages), page `number` of the `matching` experiments (of `kind`, or all)."""
+    experiment's pages), page `number` of the `matching` experiments (of `kind`, or all). Like the tables, it
+    reports test accuracy: the best run's final weights on the test split (validation only chooses)."""
     n_exps, n_runs = totals
     body = f"<h1>harness results</h1><p class='muted'>database {esc(shown_url(db))}</p>"
     if n_exps == 0:
@@ -74,10 +75,12 @@ def index_page(db: str, exps: pd.DataFrame, counts: pd.DataFrame, runs: pd.DataF
         rows.append([eid, e["kind"], link(f"experiment-{eid}.html", e["name"]) if made else e["name"], e["description"],
                      status(e["status"]), text, pct(best), str(e["created_at"])[:19],
                      Raw(" · ".join(link(h, t) for h, t in made)) if made else "not written yet: harness report writes them"])
-    body += pager + FILTER + table(["id", "kind", "name", "description", "status", "runs", "best val %", "started", "pages"],
+    body += pager + FILTER + table(["id", "kind", "name", "description", "status", "runs", "best test acc %", "started", "pages"],
                                    rows, cls="experiments") + pager
     if not runs.empty:
-        body += "<h2>Best validation accuracy of every run on this page</h2>" + fig_html(overview_figure(exps, runs), "overview")
+        body += ("<h2>Test accuracy of every run on this page</h2><p class='muted'>The final weights on the held-out test "
+                 "split, as the tables report; hollow: no test score (yet), its latest validation accuracy instead.</p>"
+                 + fig_html(overview_figure(exps, runs), "overview"))
     title = "harness results" + (f": {kind}" if kind else "") + (f", page {number}" if number > 1 else "")
     return page(title, body, nav=False)
 

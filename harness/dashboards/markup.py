@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,16 @@ def esc(value: Any, limit: int | None = None) -> str:
     return html.escape(text, quote=True)
 
 
+# A dash inside a header word ("train–val") is a line-break opportunity for the browser; word joiners
+# (U+2060) around it keep the word whole, as `th`'s CSS keeps every other word whole.
+_INNER_DASH = re.compile(r"(?<=\S)([-–])(?=\S)")
+
+
+def header(text: Any) -> str:
+    """A column header as a table shows it: its dashes joined to their word (not escaped here)."""
+    return _INNER_DASH.sub("\u2060\\1\u2060", str(text))
+
+
 def _cell(v: Any) -> str:
     if isinstance(v, Raw):
         return v
@@ -42,20 +53,24 @@ def _cell(v: Any) -> str:
 
 
 def table(headers: Iterable[str], rows: Iterable[Iterable[Any]], cls: str = "") -> str:
-    """A table whose rows mix text with HTML we built (`Raw`: links, status badges). Written by hand
+    """A table (in a box that scrolls sideways when it is wider than the page: its headers never break
+    inside a word) whose rows mix text with HTML we built (`Raw`: links, status badges). Written by hand
     because pandas' to_html escapes every cell or none, and the text cells must be escaped; a table
     of plain text goes through `frame_table`."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    head = "".join(f"<th>{esc(header(h))}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<div class="scroll"><table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def frame_table(df: pd.DataFrame, cls: str = "") -> str:
     """A table of plain-text cells, written and escaped by pandas (long strings cut as in `table`)."""
     cells = df.map(lambda v: v[:MAX_SHOWN] + "…" if isinstance(v, str) and len(v) > MAX_SHOWN else v)
+    cells.columns = [header(c) for c in cells.columns]
     with pd.option_context("display.max_colwidth", None):
-        return cells.to_html(index=False, escape=True, border=0, classes=cls or None, na_rep="",
-                             float_format="{:.4g}".format)
+        html_table = cells.to_html(index=False, escape=True, border=0, classes=cls or None, na_rep="",
+                                   float_format="{:.4g}".format)
+    return f'<div class="scroll">{html_table}</div>'
+
 
 
 def link(href: str, text: Any) -> Raw:
@@ -76,9 +91,12 @@ STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5rem auto;max-width:1400px;padding:0 1rem;color:#222}
 nav{margin-bottom:1rem;font-size:.9rem} nav a{margin-right:1rem}
 h1{font-size:1.5rem;word-break:break-word} h2{font-size:1.2rem;margin-top:2rem}
+.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}
-th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top;max-width:40rem;word-break:break-word}
-th{background:#f4f4f4} .muted{color:#777} .note{background:#fff8e1;border-left:4px solid #ffb300;padding:.5rem 1rem}
+th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top;max-width:40rem;overflow-wrap:break-word}
+th{background:#f4f4f4;word-break:keep-all;overflow-wrap:normal;hyphens:none}
+.legend{font-size:.85rem;margin:.25rem 0 1rem} .legend ul{margin:.25rem 0;padding-left:1.25rem} .legend details p{max-width:60rem}
+.muted{color:#777} .note{background:#fff8e1;border-left:4px solid #ffb300;padding:.5rem 1rem}
 .empty{font-size:1.2rem;padding:2rem;background:#f4f4f4;border-radius:6px}
 .grid{display:flex;flex-wrap:wrap;gap:.5rem} .grid figure{margin:0;text-align:center;font-size:.75rem;border:3px solid #2ca02c;padding:2px}
 .grid figure.wrong{border-color:#d62728} .grid img{width:64px;height:64px;image-rendering:pixelated;display:block}

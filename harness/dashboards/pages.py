@@ -30,6 +30,7 @@ from harness.dashboards.figures import (
     sensitivity_figure,
     waterfall_figure,
 )
+from harness.dashboards.legend import ABLATION, BEFORE_AFTER, SENSITIVITY, legend_html
 from harness.dashboards.markup import Raw, esc, fig_html, frame_table, link, page, pct, status, table
 from harness.models import stand_in_label
 from harness.store import Store
@@ -175,10 +176,12 @@ def experiment_page(exp: pd.Series, runs: pd.DataFrame, epochs: pd.DataFrame, li
     return page(f"{exp['kind']} #{exp['id']}: {exp['name']}", body)
 
 
-def table_section(title: str, legend: str, shown: pd.DataFrame, *, cls: str, stem: str, eid: int, curves: str) -> str:
-    """A results table under its legend, then links to its Markdown and CSV copies (`stem`.md, .csv)
-    and to the experiment page with the curves."""
-    return (f"<h2>{esc(title)}</h2><p class='muted'>{esc(legend)}</p>" + frame_table(shown, cls)
+def table_section(title: str, legend: str, notes: dict[str, str], shown: pd.DataFrame, *, cls: str, stem: str, eid: int,
+                  curves: str) -> str:
+    """A results table, its legend under it (a line per column from `notes`, the full `legend` behind a
+    toggle: `legend.legend_html`), then links to its Markdown and CSV copies (`stem`.md, .csv) and to the
+    experiment page with the curves."""
+    return (f"<h2>{esc(title)}</h2>" + frame_table(shown, cls) + legend_html(notes, shown.columns, legend)
             + f"<p>Also as {link(f'{stem}.md', 'Markdown')} and {link(f'{stem}.csv', 'CSV')}; "
             f"{esc(curves)}: {link(f'experiment-{eid}.html', 'experiment page')}.</p>")
 
@@ -192,8 +195,10 @@ def before_after_page(exp: pd.Series, runs: pd.DataFrame, table_df: pd.DataFrame
         body += "<p class='empty'>No runs recorded yet.</p>"
     else:
         body += fig_html(before_after_figure(table_df, f"{exp['name']}: before → after"), f"before-after-{eid}")
-        body += table_section("Before/after table", rep.TABLE_LEGEND, rep.format_before_after(table_df), cls="before-after",
-                              stem=f"before_after-{eid}", eid=eid, curves="curves of every run")
+        body += ("<p class='muted'>Error bars: one seed, the 95% interval over the images; several, ± std over the seeds. "
+                 "Hover a bar for its recipe and value.</p>")
+        body += table_section("Before/after table", rep.TABLE_LEGEND, BEFORE_AFTER, rep.format_before_after(table_df),
+                              cls="before-after", stem=f"before_after-{eid}", eid=eid, curves="curves of every run")
     return page(f"before/after: {exp['name']}", body)
 
 
@@ -203,8 +208,8 @@ def sensitivity_page(exp: pd.Series, runs: pd.DataFrame, sens: tuple[pd.DataFram
     body = experiment_header(exp, runs) + f"<p>{link(f'before_after-{eid}.html', 'before/after table and bars')}</p>"
     body += fig_html(sensitivity_figure(lr_runs, points, summary, f"{exp['name']}: final accuracy against learning rate"),
                      f"sensitivity-{eid}")
-    body += table_section("LR sensitivity per recipe", sensitivity.LEGEND, sensitivity.format_summary(summary), cls="sensitivity",
-                          stem=f"sensitivity-{eid}", eid=eid, curves="curves of every run")
+    body += table_section("LR sensitivity per recipe", sensitivity.LEGEND, SENSITIVITY, sensitivity.format_summary(summary),
+                          cls="sensitivity", stem=f"sensitivity-{eid}", eid=eid, curves="curves of every run")
     body += "<h2>Per learning rate</h2>" + frame_table(sensitivity.format_curve(points), "sensitivity-lr")
     return page(f"lr sensitivity: {exp['name']}", body)
 
@@ -218,8 +223,8 @@ def ablate_page(exp: pd.Series, runs: pd.DataFrame, table_df: pd.DataFrame) -> s
     body += ("<p class='note'>In <b>add</b> mode the order matters: an ingredient's Δ is measured on top of the ones "
              "before it, and ingredients interact (a warmup matters more at a high lr). <b>drop</b> mode — the full "
              "recipe minus one ingredient — is the check.</p>")
-    body += table_section("Ladder", rep.ABLATION_LEGEND, rep.format_ablation(table_df), cls="ablate", stem=f"ablate-{eid}",
-                          eid=eid, curves="every rung's curves overlaid")
+    body += table_section("Ladder", rep.ABLATION_LEGEND, ABLATION, rep.format_ablation(table_df), cls="ablate",
+                          stem=f"ablate-{eid}", eid=eid, curves="every rung's curves overlaid")
     return page(f"ablation: {exp['name']}", body)
 
 

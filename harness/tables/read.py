@@ -150,15 +150,17 @@ def read_run_stamps(store: Store, experiment_ids: list[int] | None = None) -> pd
 
 
 def read_run_counts(store: Store) -> pd.DataFrame:
-    """Per experiment and run status: how many runs (n), their best and summed best val acc (the index's
-    columns and overview points). One grouped query over the runs' (experiment_id, status) index."""
-    return store.read_sql("SELECT experiment_id, status, count(*) AS n, max(best_val_acc) AS best, "
-                          "sum(best_val_acc) AS total FROM runs GROUP BY experiment_id, status")
+    """Per experiment and run status: how many runs (n), their best and summed test acc (what the tables
+    report: the index ranks by it) and summed best val acc (changes every epoch: the index's stamp). One
+    grouped query over the runs' (experiment_id, status) index."""
+    return store.read_sql("SELECT experiment_id, status, count(*) AS n, max(test_acc) AS best, "
+                          "sum(test_acc) AS total, sum(best_val_acc) AS total_val FROM runs GROUP BY experiment_id, status")
 
 
 def read_run_points(store: Store, experiment_ids: list[int]) -> pd.DataFrame:
     """The runs of `experiment_ids` as the index's overview figure draws them (no params, no epochs)."""
-    df = store.read_sql("SELECT id, experiment_id, status, best_val_acc, model, stands_for, recipe, seed FROM runs "
+    df = store.read_sql("SELECT id, experiment_id, status, test_acc, final_val_acc, best_val_acc, model, stands_for, recipe, seed "
+                        "FROM runs "
                         f"{_runs_scope('experiment_id', experiment_ids)} ORDER BY id")
     df["label"] = [stand_in_label(m, s, short=True) for m, s in zip(df["model"], df["stands_for"])]
     return df
