@@ -186,6 +186,163 @@ def table_c(draws: int) -> list[dict]:
     return rows
 
 
+# --- (d) the case that happens: several seeds scored on one shared test split ---------------------------
+#
+# A probit model of a classifier on a population of images: image i has a difficulty u_i ~ N(0, TAU^2) shared by
+# both recipes (what makes them agree image by image) and a recipe-specific part w_ri ~ N(0, OMEGA^2); seed s of
+# recipe r shifts it by v_rs ~ N(0, sigma_v^2). P(right) = Phi(mu_r + v_rs - u_i + w_ri). The n test images are
+# drawn once per experiment and every seed of both recipes is scored on them, as in a benchmark. The truth is the
+# difference of the expected accuracies over seeds and images: Phi(mu_r / sqrt(1 + TAU^2 + OMEGA^2 + sigma_v^2)).
+# sigma_v is set so that a seed moves a recipe's accuracy by SEED_SDS points (standard deviation over seeds).
+
+TAU, OMEGA = 1.5, 0.7
+SEED_SDS = [0.5, 1.0, 3.0, 7.0, 10.0]
+SHARED_PAIRS = [(0.90, 0.92), (0.60, 0.70), (0.95, 0.95)]
+SHARED_SEEDS = [1, 2, 3, 5]
+SELECTION_LRS = 3  # lrs per recipe whose true accuracies are equal: validation's choice among them is pure luck
+_GH_X, _GH_W = np.polynomial.hermite_e.hermegauss(60)  # E over a standard normal, by Gauss-Hermite quadrature
+
+
+def _phi(x: np.ndarray | float) -> np.ndarray:
+    from scipy.special import ndtr
+
+    return ndtr(x)
+
+
+def seed_sd_points(mu: float, sigma_v: float) -> float:
+    """The SD over seeds of a recipe's expected accuracy (over images), in points."""
+    acc = _phi((mu + sigma_v * _GH_X) / math.sqrt(1 + TAU ** 2 + OMEGA ** 2))
+    w = _GH_W / _GH_W.sum()
+    mean = (w * acc).sum()
+    return 100 * math.sqrt(max((w * (acc - mean) ** 2).sum(), 0.0))
+
+
+def calibrate(p: float, sd_points: float) -> tuple[float, float]:
+    """(mu, sigma_v) with expected accuracy p and seed SD `sd_points`, by bisection on sigma_v."""
+    def mu_of(sv: float) -> float:
+        from scipy.special import ndtri
+
+        return float(ndtri(p)) * math.sqrt(1 + TAU ** 2 + OMEGA ** 2 + sv ** 2)
+
+    lo, hi = 0.0, 10.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if seed_sd_points(mu_of(mid), mid) < sd_points else (lo, mid)
+    sv = (lo + hi) / 2
+    return mu_of(sv), sv
+
+
+def shared_split(rng: np.random.Generator, draws: int, seeds: int, recipes: list[tuple[float, float]], *,
+                 lrs: int = 1, splits: int = 1) -> np.ndarray:
+    """Per-image correctness, shape (splits, recipes, lrs, draws, seeds, n): each split its own n images (shared
+    by every recipe, lr and seed in it), each (recipe, lr, seed) its own seed effect, the same in every split."""
+    v = rng.standard_normal((len(recipes), lrs, draws, seeds, 1))
+    out = np.empty((splits, len(recipes), lrs, draws, seeds, N_IMAGES), dtype=bool)
+    for sp in range(splits):
+        u = TAU * rng.standard_normal((draws, 1, N_IMAGES))
+        for r, (mu, sv) in enumerate(recipes):
+            w = OMEGA * rng.standard_normal((draws, 1, N_IMAGES))
+            for j in range(lrs):
+                p = _phi(mu + sv * v[r, j] - u + w)
+                out[sp, r, j] = rng.random(p.shape) < p
+    return out
+
+
+def _covers(lo: np.ndarray, hi: np.ndarray, truth: float) -> np.ndarray:
+    return (lo <= truth) & (truth <= hi)
+
+
+def sequential(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The `--seeds auto` rule on (draws, MAX_SEEDS, n) arrays: (lo, hi, seeds used) at the look that stopped."""
+    draws = before.shape[0]
+    level = stats.sequential_confidence()
+    lo, hi = np.full(draws, np.nan), np.full(draws, np.nan)
+    used = np.zeros(draws, dtype=int)
+    for k in range(stats.FIRST_LOOK, stats.MAX_SEEDS + 1):
+        l_k, h_k, _ = stats._seeds_and_images_rows(before[:, :k], after[:, :k], level)
+        open_ = used == 0
+        stop = open_ & ((l_k > 0) | (h_k < 0) | (k == stats.MAX_SEEDS))
+        lo[stop], hi[stop], used[stop] = l_k[stop], h_k[stop], k
+    return lo, hi, used
+
+
+def table_d(draws: int, chunk: int = 500) -> tuple[list[dict], list[dict], int]:
+    """(fixed seed counts and the sequential rule, selection on validation, spot checks)."""
+    rng = np.random.default_rng(20261207)
+    rows, sel_rows, checked = [], [], 0
+    for p_b, p_a in SHARED_PAIRS:
+        for sd in SEED_SDS:
+            recipes = [calibrate(p_b, sd), calibrate(p_a, sd)]
+            truth = p_a - p_b
+            acc: dict[str, list] = {}
+            for start in range(0, draws, chunk):
+                x = shared_split(rng, min(chunk, draws - start), stats.MAX_SEEDS, recipes)[0, :, 0]
+                b, a = x[0], x[1]
+                if start == 0:  # the vectorised form is the shipped function's
+                    for i in range(2):
+                        one = stats.seeds_and_images_interval(b[i, :3], a[i, :3])
+                        rows_ = stats._seeds_and_images_rows(b[i:i + 1, :3].astype(float), a[i:i + 1, :3].astype(float))
+                        assert np.allclose(one[:2], [rows_[0][0], rows_[1][0]], atol=1e-12)
+                        checked += 1
+                for k in SHARED_SEEDS:
+                    bk, ak = b[:, :k].astype(float), a[:, :k].astype(float)
+                    if k == 1:
+                        n11 = (bk[:, 0] * ak[:, 0]).sum(-1)
+                        n10 = (bk[:, 0] * (1 - ak[:, 0])).sum(-1)
+                        n01 = ((1 - bk[:, 0]) * ak[:, 0]).sum(-1)
+                        lo, hi = stats.newcombe_paired_counts(n11, n10, n01, N_IMAGES - n11 - n10 - n01)
+                        acc.setdefault((k, "new"), []).append(_covers(lo, hi, truth))
+                        continue
+                    lo, hi, _ = stats._seeds_and_images_rows(bk, ak)
+                    acc.setdefault((k, "new"), []).append(_covers(lo, hi, truth))
+                    acc.setdefault((k, "width"), []).append(hi - lo)
+                    tlo, thi = stats._t_rows(ak.mean(-1) - bk.mean(-1))
+                    acc.setdefault((k, "t"), []).append(_covers(tlo, thi, truth))
+                lo, hi, used = sequential(b.astype(float), a.astype(float))
+                acc.setdefault(("seq", "cover"), []).append(_covers(lo, hi, truth))
+                acc.setdefault(("seq", "used"), []).append(used)
+                wrong = ((lo > 0) & (truth <= 0)) | ((hi < 0) & (truth >= 0))
+                acc.setdefault(("seq", "wrong"), []).append(wrong)
+                acc.setdefault(("seq", "decided"), []).append((lo > 0) | (hi < 0))
+            cat = {key: np.concatenate(v) for key, v in acc.items()}
+            row = {"before → after": f"{100 * p_b:g}% → {100 * p_a:g}%", "seed SD (pts)": f"{sd:g}"}
+            for k in SHARED_SEEDS:
+                row[f"{k} seed{'s' if k > 1 else ''}: new %"] = mc(cat[(k, "new")].mean(), draws)
+                if k > 1:
+                    row[f"{k} seeds: t over seeds %"] = mc(cat[(k, "t")].mean(), draws)
+            row["auto: coverage %"] = mc(cat[("seq", "cover")].mean(), draws)
+            row["auto: decided % (wrong sign %)"] = (f"{100 * cat[('seq', 'decided')].mean():.0f} "
+                                                     f"({100 * cat[('seq', 'wrong')].mean():.2f})")
+            row["auto: mean seeds"] = f"{cat[('seq', 'used')].mean():.2f}"
+            rows.append(row)
+
+    # Selection on validation: SELECTION_LRS lrs a recipe, all with the same true accuracy; each recipe's lr is the
+    # one with the highest median validation accuracy over its seeds, and the interval is the test split's at the two
+    # chosen lrs. The seed effect is shared by a run's validation and test scores, so choosing the luckiest lr on
+    # validation carries its luck to test: the winner's curse that fresh seeds (Schmidt et al. 2021) remove.
+    for sd in (1.0, 3.0, 7.0):
+        recipes = [calibrate(0.60, sd), calibrate(0.70, sd)]
+        truth = 0.10
+        for k in (2, 3, 5):
+            covers, fresh = [], []
+            for start in range(0, draws // 2, chunk):
+                n = min(chunk, draws // 2 - start)
+                x = shared_split(rng, n, k, recipes, lrs=SELECTION_LRS, splits=2)
+                val, test = x[0].mean(-1), x[1]  # val: (recipes, lrs, draws, seeds) accuracies
+                pick = np.median(val, axis=-1).argmax(axis=1)  # (recipes, draws)
+                chosen = [test[r, pick[r], np.arange(n)] for r in range(2)]  # (draws, seeds, n) each
+                lo, hi, _ = stats._seeds_and_images_rows(chosen[0].astype(float), chosen[1].astype(float))
+                covers.append(_covers(lo, hi, truth))
+                # The same lrs re-run with fresh seeds on the same test images: no luck carried over.
+                redo = shared_split(rng, n, k, recipes, splits=1)[0, :, 0]
+                flo, fhi, _ = stats._seeds_and_images_rows(redo[0].astype(float), redo[1].astype(float))
+                fresh.append(_covers(flo, fhi, truth))
+            sel_rows.append({"seed SD (pts)": f"{sd:g}", "seeds": k,
+                             "chosen on validation: coverage %": mc(np.concatenate(covers).mean(), draws // 2),
+                             "fresh seeds at the chosen lrs: coverage %": mc(np.concatenate(fresh).mean(), draws // 2)})
+    return rows, sel_rows, checked
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="few draws, a few seconds; prints and writes nothing")

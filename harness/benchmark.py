@@ -44,7 +44,7 @@ def split_names(value: str | list[Any] | None) -> list[str] | None:
 
 
 def load_grid(path: Path | None, *, models: str | None = None, recipes: str | None = None, epochs: int | None = None,
-              seeds: int | None = None, data: str | None = None, image_size: int | None = None, scale: str | None = None,
+              seeds: int | str | None = None, data: str | None = None, image_size: int | None = None, scale: str | None = None,
               concurrency: int | None = None, batch_size: int | None = None,
               sets: dict[str, Any] | None = None, lrs: str | None = None,
               pretrained: str | dict[str, str] | None = None) -> BenchmarkSpec:
@@ -115,6 +115,9 @@ class Grid:
     runs: list[RunSpec]
     scale: str  # tiny | full (auto resolved)
     note: str | None  # the one line saying which stand-ins run, or None
+    # --seeds auto: groups[g][s] = the indices in `runs` of model g's recipes at seed s (every seed up to the cap);
+    # None for a fixed seed count
+    seed_groups: tuple[tuple[tuple[int, ...], ...], ...] | None = None
 
 
 def expand_models(names: list[str]) -> list[str]:
@@ -127,6 +130,7 @@ def expand_models(names: list[str]) -> list[str]:
 def resolve_grid(spec: BenchmarkSpec, *, cuda: bool) -> Grid:
     """Every RunSpec of the grid, model-major (model, then recipe, then seed)."""
     from harness.datasets import check_spec, train_images
+    from harness.tables.stats import FIRST_LOOK, MAX_SEEDS
 
     check_spec(spec.data, "data")
     n_train = train_images(spec.data)  # once for the grid: an image folder is listed once, not once per run
@@ -135,17 +139,23 @@ def resolve_grid(spec: BenchmarkSpec, *, cuda: bool) -> Grid:
     seen: set[str] = set()
     pairs = [p for p in pairs if not (p[0] in seen or seen.add(p[0]))]  # one per model that runs, first wins
     points = spec.lrs or (None,)
+    # --seeds auto: every seed up to the cap is a run of the grid; the looks decide which of them run. With an lr
+    # axis the comparisons are many per model (each lr, each best): the rule's first look, fixed.
+    sequential = spec.seeds == "auto" and not spec.lrs
+    n_seeds = MAX_SEEDS if sequential else FIRST_LOOK if spec.seeds == "auto" else spec.seeds
+    tags = {"seed_rule": "auto"} if sequential else {}
     runs: list[RunSpec] = []
     for ran, stands_for in pairs:
         for recipe in spec.recipes:
             for point in points:
-                for seed in range(spec.seeds):
+                for seed in range(n_seeds):
                     run = resolve_run(model=ran, recipe=recipe, data=spec.data, overrides=spec.set, epochs=spec.epochs,
                                       batch_size=spec.batch_size, recipe_field="recipes", n_train=n_train, seed=seed,
                                       stands_for=stands_for,
                                       **pretrained_fields(spec.pretrained, ran, stands_for, "pretrained"),
                                       # one torch thread per CPU a trial holds: concurrent trials do not oversubscribe
                                       threads=max(1, int(spec.resources.cpu)) if not cuda else None)
+                    run = run.model_copy(update={"tags": {**run.tags, **tags}}) if tags else run
                     runs.append(at_lr(run, point) if point is not None else run)
     swapped = [f"{ran} for {sf}" for ran, sf in pairs if sf]
     note = None
@@ -153,7 +163,12 @@ def resolve_grid(spec: BenchmarkSpec, *, cuda: bool) -> Grid:
         where = "CPU" if not cuda else "--scale tiny"
         note = f"{where}: running {', '.join(swapped)}; use --scale full to run the full models" + (
             " (slow on CPU)" if not cuda else "")
-    return Grid(runs, spec.scale if spec.scale != "auto" else ("full" if cuda else "tiny"), note)
+    groups = None
+    if sequential:
+        by_model = [ran for ran, _ in pairs]
+        groups = tuple(tuple(tuple(i for i, r in enumerate(runs) if r.model == ran and r.seed == seed)
+                             for seed in range(n_seeds)) for ran in by_model)
+    return Grid(runs, spec.scale if spec.scale != "auto" else ("full" if cuda else "tiny"), note, groups)
 
 
 def at_lr(run: RunSpec, point: LrPoint) -> RunSpec:
@@ -170,9 +185,14 @@ def at_lr(run: RunSpec, point: LrPoint) -> RunSpec:
 
 def budget_lines(grid: Grid) -> list[str]:
     """What each recipe of the grid gets, resolved once: batch, updates, lr, warmup (the fitted values)."""
+    from harness.tables.stats import FIRST_LOOK, MAX_SEEDS
+
     first = grid.runs[0]
+    seeds = (f"seeds auto: {FIRST_LOOK} per model x recipe, then one more at a time for a model whose verdict is "
+             f"undecided, up to {MAX_SEEDS} ({len(grid.runs)} runs at most)" if grid.seed_groups else
+             f"{len({r.seed for r in grid.runs})} seed(s)")
     out = [f"budget: {first.epochs} epochs x {first.train_images} images on {first.data.name} at {first.data.image_size} px, "
-           f"{len({r.seed for r in grid.runs})} seed(s)"]
+           f"{seeds}"]
     by_recipe: dict[tuple[str, str], list[RunSpec]] = {}
     for r in grid.runs:
         by_recipe.setdefault((r.model, r.recipe.label()), []).append(r)
@@ -263,7 +283,14 @@ class Benchmark:
     def trials(self, where: Where) -> Trials:
         from harness.engine import Trials
 
-        return Trials.grid(self.grid.runs, concurrency=self.spec.concurrency, resources=self.spec.resources)
+        looks = None
+        if self.grid.seed_groups:
+            from harness.engine import SeedLooks
+            from harness.tables.before_after import group_decided
+            from harness.tables.stats import FIRST_LOOK
+
+            looks = SeedLooks(self.grid.seed_groups, first=FIRST_LOOK, judge=group_decided)
+        return Trials.grid(self.grid.runs, concurrency=self.spec.concurrency, resources=self.spec.resources, looks=looks)
 
     def report(self, where: Where, outcome: Any, echo: Callable[[str], None]) -> list[str]:
         return finish(where, outcome.experiment_id, echo=echo)
@@ -288,7 +315,8 @@ def finish(where: Where, experiment_id: int, *, echo: Callable[[str], None] = pr
     split = rep.splits_of(table["split"]) or "test"
     echo("")
     echo(f"before/after ({split} acc %, the final weights on the held-out {split} split; one seed: [95% interval over "
-         "its images], several: mean ± std; Δ in points with a paired 95% interval; the legend is in the .md):")
+         "its images], several: mean ± std; Δ in points with a paired interval that carries the seeds and the test "
+         "images; the legend is in the .md):")
     echo(rep.to_text(rep.format_before_after(table), columns=rep.TERMINAL_COLUMNS))
     if not points.empty:
         echo("")

@@ -271,8 +271,11 @@ def report(db: str, out: Path, compare: tuple[int, ...], watch: bool, every: int
     try:
         latest = rep.latest_benchmark(store)
         if latest is not None:
-            echo(f"latest benchmark (experiment {latest}), val acc %:")
-            echo(rep.to_text(rep.format_before_after(rep.before_after(store, latest))))
+            table = rep.before_after(store, latest)
+            # The title names the table's accuracy column: test, or val where the data has no test split.
+            flagged = (rep.splits_of(table["split"]) or "test") != "test"
+            echo(f"latest benchmark (experiment {latest}), test acc %{' (val where flagged)' if flagged else ''}:")
+            echo(rep.to_text(rep.format_before_after(table)))
             echo(f"before/after: {out / f'before_after-{latest}.html'} (+ .md, .csv)")
     finally:
         store.close()

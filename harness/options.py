@@ -39,7 +39,19 @@ class AtLeast(click.ParamType):
         return number
 
 
+class SeedsOrAuto(AtLeast):
+    """--seeds of a benchmark: a whole number of seeds, or `auto` (the sequential rule)."""
+
+    name = "integer|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return super().convert(value, param, ctx)
+
+
 EPOCHS, SEEDS, BATCH = AtLeast(1, "epoch", 10), AtLeast(1, "seed", 3), AtLeast(1, "image per step", 64)
+SEEDS_OR_AUTO = SeedsOrAuto(1, "seed (or auto)", 3)
 AT_ONCE, THREADS, SECONDS = AtLeast(1, "trial at a time", 2), AtLeast(1, "thread", 1), AtLeast(1, "second", 30)
 RETRIES, EVERY_N, ROWS = AtLeast(0, "retries", 1), AtLeast(0, "epochs (0 = never)", 5), AtLeast(1, "row", 10)
 

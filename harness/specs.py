@@ -27,7 +27,7 @@ from pydantic import (
 from harness import plugins
 from harness.datasets import DataSpec, check_spec, train_images
 from harness.errors import UserError, close_matches, unknown
-from harness.models import ModelName, get_model_entry, weights_tag
+from harness.models import ModelName, declared_family, get_model_entry, weights_tag
 from harness.recipe_file import (  # noqa: F401 (MAX_YAML_BYTES re-exported)
     MAX_YAML_BYTES,
     NAME_RULE,
@@ -49,7 +49,7 @@ def _model_ref(v: Any) -> ModelName:
     if isinstance(v, ModelName):
         return v
     if isinstance(v, str) and v.strip():
-        return ModelName(v.strip())
+        return ModelName(v.strip(), declared_family(v.strip()))  # --family given for it, if any
     if isinstance(v, dict) and set(v) <= {"name", "family"} and isinstance(v.get("name"), str) and v["name"].strip():
         family = v.get("family")
         if family is not None and not isinstance(family, str):
@@ -384,7 +384,9 @@ class BenchmarkSpec(Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int | None = Field(64, ge=1, description="one batch size for every recipe, so every run gets the same "
                                    "updates; null = each recipe's own")
-    seeds: int = Field(1, ge=1)
+    seeds: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", description=(
+        "seeds per model x recipe: N = seeds 0..N-1; auto = 2, then more while a model's verdict is undecided "
+        "(up to 5; with an lr axis, 2)"))
     data: DataSpec = DataSpec()
     scale: Literal["auto", "tiny", "full"] = "auto"
     concurrency: int = Field(2, ge=1)

@@ -38,12 +38,13 @@ from harness.engine.cluster import (  # noqa: E402
 )
 from harness.engine.recorder import FINAL, Recorder, _live_recorder  # noqa: E402
 from harness.engine.run import Experiment, Outcome, PageListener, Trials, run_trials  # noqa: E402
-from harness.engine.search import ASHA_STATE, ResumableASHA, Search, _HarnessOptunaSearch  # noqa: E402
+from harness.engine.search import ASHA_STATE, ResumableASHA, Search, SeedLooks, SequentialSeeds, _HarnessOptunaSearch  # noqa: E402
 from harness.engine.state import STATE_BACKUP, backup_state, can_restore, repair_state, resumable  # noqa: E402
 from harness.engine.trial import OPTUNA_KEY, GridSpecs, SpecMaker, _trainable, device_for_grant, trial_name, where_am_i  # noqa: E402
 
 __all__ = ["ASHA_STATE", "CONNECT_TIMEOUT_S", "FINAL", "OPTUNA_KEY", "STATE_BACKUP", "Experiment",
-           "GridSpecs", "Outcome", "PageListener", "Recorder", "ResumableASHA", "Search", "SpecMaker", "Trials", "_HarnessOptunaSearch",
+           "GridSpecs", "Outcome", "PageListener", "Recorder", "ResumableASHA", "Search",
+           "SeedLooks", "SequentialSeeds", "SpecMaker", "Trials", "_HarnessOptunaSearch",
            "_live_recorder", "_trainable", "backup_state", "can_restore", "check_resources", "check_shared_storage",
            "describe_cluster", "device_for_grant", "gpu_idle_warning", "repair_state", "resumable",
            "run_trials", "trial_name", "where_am_i"]

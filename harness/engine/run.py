@@ -37,7 +37,7 @@ from harness.engine.cluster import (
     ray_session,
 )
 from harness.engine.recorder import _LIVE, FINAL, Recorder, final_status, recorder_key
-from harness.engine.search import Search, tune_config
+from harness.engine.search import Search, SeedLooks, seeds_finished, tune_config
 from harness.engine.state import check_claim, claim, forget_state_dir, new_ray_folder, ray_folder, remember_state_dir, repair_state
 from harness.engine.trial import GridSpecs, SpecMaker, _trainable
 from harness.errors import UserError
@@ -89,17 +89,19 @@ class Trials:
     resources: ResourcesSpec
     search: Search | None = None
     max_failures: int = 1  # Ray's retries of a crashing trial, from its last checkpoint
+    looks: SeedLooks | None = None  # --seeds auto: `total` is the cap, the looks decide how many run
     resources_field: str = "resources"  # where the resources came from, for the refusals
     headline: Callable[[str, ResourcesSpec], str] | None = None  # (cluster, resolved resources) -> first line
 
     @classmethod
     def grid(cls, runs: list[RunSpec] | tuple[RunSpec, ...], *, concurrency: int, resources: ResourcesSpec,
-             max_failures: int = 1) -> Trials:
-        """Every RunSpec once (no early stopping, no Optuna): benchmark and ablate grids."""
+             max_failures: int = 1, looks: SeedLooks | None = None) -> Trials:
+        """Every RunSpec once (no early stopping, no Optuna): benchmark and ablate grids; with `looks`, the
+        runs the sequential seed rule asks for, from the first seeds up to every run."""
         if not runs:
             raise UserError("runs", [], "Nothing to run; list at least one model and recipe.")
         return cls(GridSpecs(tuple(runs)), total=len(runs), concurrency=concurrency, resources=resources,
-                   max_failures=max_failures)
+                   max_failures=max_failures, looks=looks)
 
 
 def run_trials(trials: Trials, *, where: Where, experiment: Experiment, echo: Callable[[str], None] = print) -> Outcome:
@@ -167,7 +169,8 @@ def run_trials(trials: Trials, *, where: Where, experiment: Experiment, echo: Ca
                 echo(f"harness {experiment.kind} {experiment.name}: resuming ({done} of {total} trials finished)")
                 view.finished = done
             else:
-                config, param_space = tune_config(search, concurrency=concurrency, total=total, db=db, exp_dir=exp_dir)
+                config, param_space = tune_config(search, concurrency=concurrency, total=total, db=db, exp_dir=exp_dir,
+                                                  looks=trials.looks, experiment_id=exp)
                 tuner = tune.Tuner(trainable, param_space=param_space, tune_config=config,
                                    run_config=tune.RunConfig(
                                        name=exp_dir.name, storage_path=str(storage), callbacks=[recorder], verbose=0,
@@ -227,7 +230,9 @@ def _reconcile(store: Store, exp: int, recorder: Recorder, exp_dir: Path, echo: 
         store.settle_trial(exp, t.trial_id, status, unless=FINAL)
     unfinished = store.mark_unfinished(exp, "interrupted")
     n_rows = sum(store.status_counts(exp).values())
-    interrupted = interrupted or bool(unfinished_ids) or unfinished > 0 or len(saved) < recorder.total
+    looks = seeds_finished(exp_dir)  # --seeds auto: done when its looks are over, not when the cap ran
+    missing = (not looks[0]) if looks is not None else len(saved) < recorder.total
+    interrupted = interrupted or bool(unfinished_ids) or unfinished > 0 or missing
     status = "interrupted" if interrupted else "completed"
     store.finish_experiment(exp, status)
     if interrupted:

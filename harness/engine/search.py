@@ -10,13 +10,14 @@ tells Optuna the outcome itself).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
-from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from harness.engine.state import state_dir
@@ -25,6 +26,7 @@ from harness.files import atomic_path
 from harness.specs import StudySpec
 
 ASHA_STATE = "asha-state.pkl"  # beside Tune's own files in the experiment folder
+SEEDS_STATE = "seeds-state.json"  # --seeds auto: whether the looks are over (read by run._reconcile)
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +135,118 @@ class ResumableASHA(ASHAScheduler):
             self._save()
 
 
+@dataclass(frozen=True)
+class SeedLooks:
+    """`--seeds auto`: a grid whose seeds are added while a comparison is undecided. `groups[g][s]`: the
+    grid's run indices of comparison group g (one model's recipes) at seed s, every seed up to the cap.
+    `judge(db, experiment_id, trial_ids)` says whether a group's finished runs decide it (harness's
+    statistics, `tables.before_after.group_decided`: no Ray there)."""
+
+    groups: tuple[tuple[tuple[int, ...], ...], ...]
+    first: int
+    judge: Callable[[str, int, list[str]], bool]
+
+
+class SequentialSeeds(Searcher):
+    """Ray Tune's searcher interface driving `SeedLooks`: the first `first` seeds of every group, then, as
+    each group's launched runs all finish, one look (`judge`): decided, or at the cap -> the group closes;
+    else its next seed's runs are queued. FINISHED once every group is closed. Its state travels with
+    Tune's experiment state (save/restore: a resumed benchmark keeps its looks); whether it has finished is
+    also written to SEEDS_STATE for `run._reconcile` (a stop between two looks is an interrupted
+    experiment, not a completed one)."""
+
+    def __init__(self, looks: SeedLooks, *, db: str, experiment_id: int, state_path: Path) -> None:
+        super().__init__()
+        self.looks, self.db, self.experiment_id = looks, db, experiment_id
+        self.state_name, self.state_path = state_path.parent.name, str(state_path)
+        self.group_of = {i: g for g, seeds in enumerate(looks.groups) for runs in seeds for i in runs}
+        self.seeds = [min(looks.first, len(seeds)) for seeds in looks.groups]  # seeds launched per group
+        self.queue = [i for g, seeds in enumerate(looks.groups) for runs in seeds[:self.seeds[g]] for i in runs]
+        self.trial_run: dict[str, int] = {}  # Ray trial id -> grid run index
+        self.done: set[int] = set()
+        self.closed: set[int] = set()
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True  # the grid needs no metric: the looks read the database
+
+    @property
+    def finished(self) -> bool:
+        return len(self.closed) == len(self.looks.groups) and not self.queue
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if self.queue:
+            i = self.queue.pop(0)
+            self.trial_run[trial_id] = i
+            self._save()
+            return {"run": i}
+        return Searcher.FINISHED if self.finished else None  # None: wait for a look
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        i = self.trial_run.get(trial_id)
+        if i is None or i in self.done:
+            return
+        self.done.add(i)
+        g = self.group_of[i]
+        seeds = self.looks.groups[g]
+        launched = [j for runs in seeds[:self.seeds[g]] for j in runs]
+        if g in self.closed or not all(j in self.done for j in launched):
+            return
+        ids = [t for t, j in self.trial_run.items() if j in set(launched)]
+        if self.seeds[g] >= len(seeds) or self.looks.judge(self.db, self.experiment_id, ids):
+            self.closed.add(g)
+        else:
+            self.queue += list(seeds[self.seeds[g]])
+            self.seeds[g] += 1
+        self._save()
+
+    def _save(self) -> None:
+        import json
+
+        folder = state_dir(self.state_name)
+        path = folder / SEEDS_STATE if folder is not None else Path(self.state_path)
+        try:
+            with atomic_path(path) as tmp:
+                Path(tmp).write_text(json.dumps({"finished": self.finished, "launched": len(self.trial_run),
+                                                 "seeds": self.seeds}))
+        except OSError as e:
+            log.warning("seed looks' state not saved to %s: %s", path, e)
+
+    def save(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with atomic_path(Path(checkpoint_path)) as tmp, open(tmp, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+def seeds_finished(exp_dir: Path) -> tuple[bool, int] | None:
+    """(finished, runs launched) of a `--seeds auto` grid from its state file; None for any other experiment."""
+    import json
+
+    path = Path(exp_dir) / SEEDS_STATE
+    if not path.is_file():
+        return None
+    state = json.loads(path.read_text())
+    return bool(state["finished"]), int(state["launched"])
+
+
 def tune_config(search: Search | None, *, concurrency: int, total: int, db: str,
-                 exp_dir: Path) -> tuple[tune.TuneConfig, dict | None]:
-    """(TuneConfig, param_space): an Optuna searcher + ASHA for a sweep, a grid over run indices otherwise."""
+                 exp_dir: Path, looks: SeedLooks | None = None, experiment_id: int | None = None,
+                 ) -> tuple[tune.TuneConfig, dict | None]:
+    """(TuneConfig, param_space): an Optuna searcher + ASHA for a sweep, the sequential seeds' searcher for a
+    `--seeds auto` grid, a grid over run indices otherwise."""
     common = dict(reuse_actors=True,  # a finished trial's worker takes the next: torch/timm imported once per slot
                   trial_name_creator=trial_name, trial_dirname_creator=trial_name)
+    if looks is not None:
+        searcher = SequentialSeeds(looks, db=db, experiment_id=int(experiment_id), state_path=exp_dir / SEEDS_STATE)
+        searcher._save()
+        return (tune.TuneConfig(search_alg=searcher, num_samples=total, max_concurrent_trials=concurrency,
+                                scheduler=FIFOScheduler(), **common), None)
     if search is None:
         return (tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrency, scheduler=FIFOScheduler(), **common),
                 {"run": tune.grid_search(list(range(total)))})

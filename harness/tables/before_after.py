@@ -22,14 +22,20 @@ from harness.models import stand_in_label
 from harness.store import Store
 from harness.tables.read import read_epochs, read_evaluation_sizes, read_runs, read_test_correct
 from harness.tables.stats import (
+    CONFIDENCE,
     DATASET_CLASSES,
+    FIRST_LOOK,
+    MAX_SEEDS,
     NEAR_BEST,
     PAIRED_IMAGES_METHOD,
     SEED_T_METHOD,
+    SEEDS_AND_IMAGES_METHOD,
     beats_chance,
     newcombe,
     paired_image_interval,
     seed_t_interval,
+    seeds_and_images_interval,
+    sequential_confidence,
     verdict,
     wilson,
 )
@@ -52,7 +58,7 @@ def _from_spec(params: object) -> tuple[int | None, object, object]:
 
 RUN_SUMMARY_COLUMNS = ["run_id", "label", "model", "stands_for", "recipe", "seed", "status", "best", "final", "n_val",
                        "test", "test_loss", "n_test", "acc", "acc_lo", "acc_hi", "n_acc", "acc_split", "batch", "updates",
-                       "epochs_to_90", "gap", "chance", "at_chance", "ends_at_chance", "lr", "lr_mult"]
+                       "epochs_to_90", "gap", "chance", "at_chance", "ends_at_chance", "lr", "lr_mult", "seed_rule"]
 
 
 def run_summary(store: Store, runs: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
@@ -95,6 +101,8 @@ def run_summary(store: Store, runs: pd.DataFrame, epochs: pd.DataFrame) -> pd.Da
     tags = s["params"].map(lambda p: (p.get("tags") or {}) if isinstance(p, dict) else {})
     s["lr"] = tags.map(lambda t: t.get("lr", math.nan)).astype(float)
     s["lr_mult"] = tags.map(lambda t: t.get("lr_mult", math.nan)).astype(float)
+    # "auto": the run belongs to a `--seeds auto` grid, whose looks are judged at the sequential level.
+    s["seed_rule"] = tags.map(lambda t: t.get("seed_rule", "fixed"))
     return s[RUN_SUMMARY_COLUMNS]
 
 
@@ -115,7 +123,7 @@ TABLE_COLUMNS = [
     "before_acc_hi", "before_acc_median", "before_acc_min", "before_acc_max", "before_collapsed",
     "after_acc_mean", "after_acc_std", "after_acc_lo", "after_acc_hi",
     "after_acc_median", "after_acc_min", "after_acc_max", "after_collapsed", "delta",
-    "delta_lo", "delta_hi", "interval", "verdict",
+    "delta_lo", "delta_hi", "interval", "verdict", "seeds_paired", "seed_rule", "seeds_why",
     "before_epochs_to_90", "after_epochs_to_90", "before_gap", "after_gap", "flags",
 ]
 
@@ -145,39 +153,43 @@ def _one(values: pd.Series) -> float:
     return float(v[0]) if len(v) == 1 else math.nan
 
 
-def compare(before: pd.DataFrame, after: pd.DataFrame, correct: dict[int, np.ndarray] | None = None) -> dict[str, object]:
+def compare(before: pd.DataFrame, after: pd.DataFrame, correct: dict[int, np.ndarray] | None = None, *,
+            confidence: float = CONFIDENCE) -> dict[str, object]:
     """The interval of after - before (the reported accuracy, points) and its verdict, from two sets of
-    `run_summary` rows (the before/after table and the ablation ladder both judge with it). Both sides
-    were scored on the same images, so the interval is paired:
+    `run_summary` rows (the before/after table, the ablation ladder and `--seeds auto`'s looks all judge with
+    it). Both sides were scored on the same images, so the interval is paired:
 
-    - the same seeds on both sides, two or more: Student's t on the per-seed differences (`seed_t_interval`);
-      it holds the seeds' spread, on these test images;
-    - one run a side: Newcombe's paired interval over the test images, from which images each got right
-      (`correct`: run id -> bools, `read_test_correct`); it leaves the seed's variance out, and the verdict
-      says "one seed";
-    - one run a side without per-image results (validation reports: no test split): Newcombe's unpaired
-      interval of two binomial proportions, labelled so.
-    Coverage of each is checked by simulation (tests/test_stats.py, benchmarks/coverage.py)."""
-    out: dict[str, object] = {"delta_lo": math.nan, "delta_hi": math.nan, "interval": "", "verdict": "", "one_seed": False}
+    - the same seeds on both sides, two or more, with each run's per-image results (`correct`: run id -> bools,
+      `read_test_correct`): `seeds_and_images_interval`, which carries the seeds' spread and the test sample's
+      error together (every seed is scored on the same images, so t over seeds alone misses the second);
+    - the same, without per-image results (a plugin's data with no test split): t over seeds, labelled as
+      leaving the images out; seeds that all moved by exactly the same amount give no interval;
+    - one run a side: Newcombe's paired interval over the test images; it leaves the seed's variance out, and
+      the verdict says "one seed";
+    - one run a side without per-image results: Newcombe's unpaired interval of two proportions, labelled so.
+    `confidence`: the level (`--seeds auto` looks at a higher one, `stats.sequential_confidence`). Coverage of
+    each is checked by simulation (tests/test_stats.py, benchmarks/coverage.py)."""
+    out: dict[str, object] = {"delta_lo": math.nan, "delta_hi": math.nan, "interval": "", "verdict": "", "one_seed": False,
+                              "paired_seeds": 0}
     b, a = before.dropna(subset=["acc"]), after.dropna(subset=["acc"])
     if b.empty or a.empty:
         return out
-    paired = b.set_index("seed")["acc"].to_frame("b").join(a.set_index("seed")["acc"].to_frame("a"), how="inner")
+    b1, a1 = b.drop_duplicates("seed").set_index("seed"), a.drop_duplicates("seed").set_index("seed")
+    seeds = [s for s in b1.index if s in a1.index]
     correct = correct or {}
-    if len(paired) >= 2 and (paired["a"] - paired["b"]).round(12).nunique() == 1:
-        # Every seed moved by the same amount (on a few hundred images, whole images: it happens): t's zero-width
-        # interval would claim certainty it has no spread to show. Pool the seeds' image pairs instead, labelled.
-        ids = [(int(x), int(y)) for x, y in zip(b.set_index("seed").loc[paired.index, "run_id"],
-                                                a.set_index("seed").loc[paired.index, "run_id"])]
-        if not all(x in correct and y in correct for x, y in ids):
-            return out
-        lo, hi = paired_image_interval(np.concatenate([correct[x] for x, _ in ids]),
-                                       np.concatenate([correct[y] for _, y in ids]))
-        out["interval"] = (f"{PAIRED_IMAGES_METHOD}: {len(paired)} seeds x {len(correct[ids[0][1]])} test images pooled "
-                           "(the seeds' differences are identical: no spread to estimate)")
-    elif len(paired) >= 2:
-        lo, hi = seed_t_interval(paired["b"].tolist(), paired["a"].tolist())
-        out["interval"] = f"{SEED_T_METHOD}: {len(paired)} seeds, on {_images(a)}"
+    level = f"{100 * confidence:.4g}%"
+    if len(seeds) >= 2:
+        ids = [(int(b1.loc[s, "run_id"]), int(a1.loc[s, "run_id"])) for s in seeds]
+        whole = all(x in correct and y in correct for x, y in ids) and len({len(correct[i]) for p in ids for i in p}) == 1
+        if whole:
+            lo, hi, _ = seeds_and_images_interval(np.stack([correct[x] for x, _ in ids]),
+                                                  np.stack([correct[y] for _, y in ids]), confidence=confidence)
+            out["interval"] = f"{SEEDS_AND_IMAGES_METHOD}, {level}: {len(seeds)} seeds x {len(correct[ids[0][1]])} test images"
+        else:
+            lo, hi = seed_t_interval(b1.loc[seeds, "acc"].tolist(), a1.loc[seeds, "acc"].tolist(), confidence=confidence)
+            out["interval"] = (f"{SEED_T_METHOD}, {level}: {len(seeds)} seeds on {_images(a)} "
+                               "(no per-image results: the test sample's own error is not in it)")
+        out["paired_seeds"] = len(seeds)
     elif len(b) == 1 and len(a) == 1:
         rb, ra = int(b["run_id"].iloc[0]), int(a["run_id"].iloc[0])
         if rb in correct and ra in correct and len(correct[rb]) == len(correct[ra]):
@@ -189,12 +201,37 @@ def compare(before: pd.DataFrame, after: pd.DataFrame, correct: dict[int, np.nda
                                "one seed (seed variance not in it)")
         else:
             return out
-        out["one_seed"] = True
+        out["one_seed"], out["paired_seeds"] = True, 1
     else:
         return out
-    lo, hi = max(lo, -1.0), min(hi, 1.0)  # a difference of two accuracies lies in [-1, 1]: t over 2 seeds can pass it
+    lo, hi = max(lo, -1.0), min(hi, 1.0)  # a difference of two accuracies lies in [-1, 1]
     out.update(delta_lo=100 * lo, delta_hi=100 * hi, verdict=verdict(lo, hi))
     return out
+
+
+def group_decided(db: str, experiment_id: int, trial_ids: list[str]) -> bool:
+    """One look of `--seeds auto` (the engine's `SequentialSeeds` asks it when a model's launched runs have all
+    finished): whether every comparison of the model's recipes against its baseline has an interval, at the
+    sequential level, that excludes 0. Reads the finished runs by their Ray trial ids; nothing to compare
+    (one recipe) is decided."""
+    from harness.tables.read import open_reader
+
+    store = open_reader(db)
+    try:
+        runs = read_runs(store, experiment_id)
+        runs = runs[runs["trial_id"].isin(trial_ids)]
+        if runs.empty:
+            return True
+        summary = run_summary(store, runs, read_epochs(store, runs["id"].tolist()))
+        correct = read_test_correct(store, runs["id"].tolist())
+    finally:
+        store.close()
+    recipes = list(dict.fromkeys(summary["recipe"]))
+    baseline = "naive" if "naive" in recipes else recipes[0]
+    base = summary[summary["recipe"] == baseline]
+    return all(compare(base, summary[summary["recipe"] == other], correct,
+                       confidence=sequential_confidence())["verdict"] in ("better", "worse")
+               for other in recipes if other != baseline)
 
 
 def splits_of(labels: pd.Series) -> str:
@@ -241,8 +278,14 @@ def _comparison(label: dict, baseline: str, other: str | None, before: pd.DataFr
         row[f"{side}_gap"] = df["gap"].astype(float).mean() if len(df) else math.nan
     row["delta_best"] = row["after_best_mean"] - row["before_best_mean"]
     row["delta"] = row["after_acc_mean"] - row["before_acc_mean"]
-    cmp = compare(before, after, correct)
-    row.update({k: v for k, v in cmp.items() if k != "one_seed"})
+    auto = bool((both["seed_rule"] == "auto").any())
+    cmp = compare(before, after, correct, confidence=sequential_confidence() if auto else CONFIDENCE)
+    row.update({k: v for k, v in cmp.items() if k not in ("one_seed", "paired_seeds")})
+    k = int(cmp["paired_seeds"])
+    row["seeds_paired"], row["seed_rule"] = k, "auto" if auto else "fixed"
+    decided = row["verdict"] in ("better", "worse")
+    row["seeds_why"] = ("" if not k else
+                        ("decided" if decided else "cap" if k >= MAX_SEEDS else "unfinished") if auto else "fixed")
     if cmp["one_seed"] and row["verdict"]:
         row["verdict"] += " (one seed)"
     for side, recipe, df in (("before", baseline, before), ("after", other, after)):
@@ -345,7 +388,9 @@ def format_before_after(table: pd.DataFrame) -> pd.DataFrame:
             row["lr"] = ("each at its own (x1)" if r["lrs"] == "own" else
                          "each at its best on val: " + arrow(_num(r["before_lr"], "{:.3g}"), _num(r["after_lr"], "{:.3g}")))
         row |= {
-            "seeds": arrow(r["before_runs"], r["after_runs"]),
+            "seeds": (f"{r['seeds_paired']} ({r['seeds_why']})"
+                      if r.get("seeds_why") and r["before_runs"] == r["after_runs"] == r["seeds_paired"]
+                      else arrow(r["before_runs"], r["after_runs"])),
             "batch, updates": f"{_num(r['batch'], '{:.0f}')}, {_num(r['updates'], '{:.0f}')}",
             "test acc %" if split in ("test", "") else "test acc % (val where flagged)": arrow(_acc(r, "before"),
                                                                                              _acc(r, "after")),
@@ -353,7 +398,7 @@ def format_before_after(table: pd.DataFrame) -> pd.DataFrame:
         if seeds:
             row["collapsed"] = arrow(f"{r['before_collapsed']}/{r['before_runs']}", f"{r['after_collapsed']}/{r['after_runs']}")
         row |= {
-            "Δ [95% CI]": (_num(r["delta"], "{:+.1f}") + (f" [{r['delta_lo']:+.1f}, {r['delta_hi']:+.1f}]"
+            "Δ [CI]": (_num(r["delta"], "{:+.1f}") + (f" [{r['delta_lo']:+.1f}, {r['delta_hi']:+.1f}]"
                                                           if pd.notna(r["delta_lo"]) else "")),
             "interval": r["interval"] or "",
             "verdict": r["verdict"] or "",
@@ -372,15 +417,20 @@ TABLE_LEGEND = (
     "[95% Wilson interval over the test images]; several: mean ± sample std, the median [min–max] (the mean of seeds "
     "that split between collapsing and training is no run's result) and the runs that collapsed (test accuracy not "
     "above chance by a one-sided exact binomial test at 1%, diverged or failed) as k/n. Δ = after − before in points "
-    "with a paired 95% interval (both recipes see the same test images): with the same two or more seeds on both sides, "
-    "Student's t on the per-seed differences (it holds the seeds' spread, on these images); with one seed, Newcombe's "
-    "(1998) paired interval over the test images (image noise only: the seed's variance is not in it, and the verdict "
-    "says one seed). Coverage of both was checked by simulation (benchmarks/results/coverage.md). Verdict: better / "
-    "worse when the interval excludes 0, else no detectable difference. With an lr axis, each pair is compared at each "
-    "recipe's own lr and at each one's best lr in the grid, chosen on the validation median and reported on test "
-    "(the test images are untouched by the choice; the seeds are the same runs'). Batch and updates are per run. "
-    "Gap = train − val accuracy at the last epoch, both in eval mode without augmentation. Recipes say their form: "
-    "published (the source's values) or fitted (derived for this run's budget).")
+    "with a paired interval (both recipes see the same test images). Two or more seeds, paired by seed: the seeds' "
+    "spread (t over k − 1 degrees of freedom) and the test sample's error, which every seed shares, added in "
+    "quadrature (square-and-add, Zou & Donner 2008; the images' term with Agresti & Min's 2005 adjustment); one seed: "
+    "Newcombe's (1998) paired interval over the test images (image noise only: the seed's variance is not in it, and "
+    "the verdict says one seed). Seeds: how many each comparison took and why. 'fixed': --seeds N. 'decided', 'cap': "
+    f"--seeds auto, the default: {FIRST_LOOK} seeds, then one more at a time while the interval holds 0, up to "
+    f"{MAX_SEEDS}; each look's interval is at {100 * sequential_confidence():.4g}% so that over its "
+    f"{MAX_SEEDS - FIRST_LOOK + 1} looks the verdict errs at most 5% of the time (Bonferroni), and the interval shown "
+    "is the last look's. Coverage of each interval was checked by simulation of a shared test split "
+    "(benchmarks/results/coverage.md). Verdict: better / worse when the interval excludes 0, else no detectable "
+    "difference. With an lr axis, each pair is compared at each recipe's own lr and at each one's best lr in the grid, "
+    "chosen on the validation median and reported on test. Batch and updates are per run. Gap = train − val accuracy "
+    "at the last epoch, both in eval mode without augmentation. Recipes say their form: published (the source's "
+    "values) or fitted (derived for this run's budget).")
 
 
 def to_markdown(df: pd.DataFrame) -> str:
@@ -395,7 +445,7 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 # The columns a terminal shows of the before/after table (the .md/.csv beside it hold every column).
 TERMINAL_COLUMNS = ("model", "recipes", "lr", "seeds", "test acc %", "test acc % (val where flagged)", "collapsed",
-                    "Δ [95% CI]", "verdict")
+                    "Δ [CI]", "verdict")
 
 
 def save_before_after(store: Store, experiment_id: int, out: Path) -> tuple[Path, Path, pd.DataFrame]:

@@ -42,6 +42,25 @@ NEAR_BEST = 0.9
 # The methods' names, for the tables' interval column and legends.
 PAIRED_IMAGES_METHOD = "Newcombe (1998) paired, over test images"
 SEED_T_METHOD = "paired t over seeds"
+SEEDS_AND_IMAGES_METHOD = "paired over seeds and test images (square-and-add)"
+
+# The sequential seed rule (`--seeds auto`): FIRST_LOOK seeds per cell, then one more seed at a time for the
+# comparisons still undecided, up to MAX_SEEDS; a comparison is looked at once per seed count, so at most
+# MAX_SEEDS - FIRST_LOOK + 1 looks. Each look's interval is at level 1 - alpha / looks (Bonferroni: the chance
+# that any look's interval misses is at most alpha, so the verdict's error rate holds whatever look stops it;
+# e.g. Jennison & Turnbull 2000, Group Sequential Methods, sec. 2.4 on repeated significance tests). Harness
+# choice: 2 is the fewest seeds that show a spread, 5 the most the default benchmark's budget allows.
+FIRST_LOOK, MAX_SEEDS = 2, 5
+
+
+def looks(first: int = FIRST_LOOK, cap: int = MAX_SEEDS) -> int:
+    """How many times the sequential rule may look at one comparison."""
+    return cap - first + 1
+
+
+def sequential_confidence(first: int = FIRST_LOOK, cap: int = MAX_SEEDS, confidence: float = CONFIDENCE) -> float:
+    """The level of each look's interval under the sequential rule (Bonferroni over its looks)."""
+    return 1 - (1 - confidence) / looks(first, cap)
 
 # Number of classes of the registered datasets whose size the run spec does not state.
 DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "tinyimagenet": 200}
@@ -145,14 +164,17 @@ def _t_rows(diffs: np.ndarray, confidence: float = CONFIDENCE) -> tuple[np.ndarr
     return mean - half, mean + half
 
 
-def seed_t_interval(before: Sequence[float] | np.ndarray, after: Sequence[float] | np.ndarray) -> tuple[float, float]:
+def seed_t_interval(before: Sequence[float] | np.ndarray, after: Sequence[float] | np.ndarray, *,
+                    confidence: float = CONFIDENCE) -> tuple[float, float]:
     """The 95% interval of the mean of after - before over seeds paired by position (seed i of one recipe
     with seed i of the other): Student's t with n - 1 degrees of freedom, mean +- t(0.975, n-1) s / sqrt(n)
     ("Student" 1908, Biometrika 6:1-25; the paired t interval of any text, e.g. Altman 1991, Practical
     Statistics for Medical Research, sec. 9.6). It assumes the per-seed differences are roughly normal: a
     recipe that collapses in some seeds breaks that (benchmarks/results/coverage.md), which is why the
-    tables report collapses next to it. Fewer than 2 pairs: (nan, nan); all differences equal: the
-    zero-width interval at that difference; unequal lengths: ValueError."""
+    tables report collapses next to it. It leaves out the error of a test split all seeds share: the tables
+    use it only where no per-image results exist (`seeds_and_images_interval` otherwise). Fewer than 2 pairs
+    or all differences equal (no spread to estimate: a zero-width interval would claim certainty): (nan, nan);
+    unequal lengths: ValueError."""
     b = np.asarray(before, dtype=float).ravel()
     a = np.asarray(after, dtype=float).ravel()
     if len(a) != len(b):
@@ -161,9 +183,67 @@ def seed_t_interval(before: Sequence[float] | np.ndarray, after: Sequence[float]
         return math.nan, math.nan
     d = a - b
     if np.all(d == d[0]):
-        return float(d[0]), float(d[0])
-    lo, hi = _t_rows(d)
+        return math.nan, math.nan
+    lo, hi = _t_rows(d, confidence)
     return float(lo), float(hi)
+
+
+def seeds_and_images_interval(before: np.ndarray, after: np.ndarray, *,
+                              confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """(lo, hi, degrees of freedom of the seeds' term): the interval of mean(after) - mean(before) (proportions)
+    for k seeds a side paired by seed, all scored on the same n test images. `before`, `after`: per-image
+    correctness, shape (k, n), row s = seed s. It carries both noises, each with its own uncertainty:
+
+        half-width = sqrt( (t(k-1) * s_seeds / sqrt(k))^2 + (t(n-1) * SE_images)^2 )
+
+    - s_seeds: the SD of the k per-seed differences (what another seed would change; it holds each seed's own
+      image-by-seed noise too), with Student's t on k - 1 degrees of freedom: with 2 seeds, t = 12.7 at 95%;
+    - SE_images: the error of the test sample every seed shares (t over seeds cannot see it): the variance of
+      the seed-averaged difference over images, less the seed-by-image part already in s_seeds (the residual
+      mean square of the seeds x images layout / kn), with Agresti & Min's (2005, Statistics in Medicine
+      24:729-740) half an image added to each cell of the 2x2 table; that adjustment's own share is its floor,
+      so two recipes that agree on every image still get an interval.
+    The two are combined by square-and-add (the MOVER of Zou & Donner 2008, Statistics in Medicine 27:1693-1702;
+    Newcombe's interval is one), which keeps each term's own t. A Satterthwaite t on the summed variance was
+    tried first and undercovers with 2 seeds (87-91% at a seed SD of 3-10 points): one degree of freedom cannot
+    say the seeds' spread is small. Checked by simulating a shared test split with per-image difficulty
+    (benchmarks/coverage.py, table (d)). k = 1 gives no spread: use `paired_image_interval` (images only,
+    labelled so). No pooling across seeds, no zero-width interval."""
+    b = np.atleast_2d(np.asarray(before, dtype=float))
+    a = np.atleast_2d(np.asarray(after, dtype=float))
+    if a.shape != b.shape:
+        raise ValueError(f"seeds_and_images_interval: {b.shape} (seeds, images) before, {a.shape} after; "
+                         "pair them by seed, on the same images")
+    k, n = a.shape
+    if k < 2 or n < 2:
+        return math.nan, math.nan, math.nan
+    lo, hi, df = _seeds_and_images_rows(b[None], a[None], confidence)
+    return float(lo[0]), float(hi[0]), float(df[0])
+
+
+def _seeds_and_images_rows(before: np.ndarray, after: np.ndarray,
+                           confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`seeds_and_images_interval` over a leading axis of draws: arrays of shape (draws, k, n)."""
+    k, n = after.shape[-2:]
+    diff = after - before  # D[s, i]
+    per_seed = diff.mean(axis=-1)  # (draws, k)
+    d = diff.mean(axis=-2)  # (draws, n): the seed-averaged difference of each image
+    centre = d.mean(axis=-1)
+    # Two-way layout without replication (seeds x images): the residual mean square is the seed-by-image noise.
+    resid = diff - per_seed[..., None] - d[..., None, :] + centre[..., None, None]
+    ms_e = (resid ** 2).sum(axis=(-2, -1)) / ((k - 1) * (n - 1))
+    # The seeds' term: their spread as it is (it holds each seed's own image noise), over k - 1 degrees of freedom.
+    seed_var = per_seed.var(axis=-1, ddof=1) / k
+    # The test sample's term: what all seeds share, the images' spread less the seed-by-image noise the seeds'
+    # term already holds. Agresti-Min: the n images plus pseudo-images (+1 and -1 with weight 1/2, 0 with
+    # weight 1), n + 2 in all; the pseudo-images' own share is the floor, so it is never zero.
+    m = d.sum(axis=-1) / (n + 2)
+    ss = ((d - m[..., None]) ** 2).sum(axis=-1) + 0.5 * (1 - m) ** 2 + 0.5 * (1 + m) ** 2 + m ** 2
+    floor = 1.0 / ((n + 1) * (n + 2))
+    image_var = np.maximum(ss / (n + 1) / (n + 2) - ms_e / (k * n), floor)
+    q = 0.5 + confidence / 2
+    half = np.sqrt(stdtrit(k - 1, q) ** 2 * seed_var + stdtrit(n - 1, q) ** 2 * image_var)
+    return np.maximum(centre - half, -1.0), np.minimum(centre + half, 1.0), np.full_like(centre, k - 1.0)
 
 
 def paired_bootstrap(before: list[float], after: list[float], *, resamples: int = BOOTSTRAP_RESAMPLES,
