@@ -145,3 +145,19 @@ def test_compare_ids_checked(written):
     rep.check_runs_exist(store, [1, 2])
     with pytest.raises(UserError, match=r"--compare: got 99\. No such run id; this database has runs 1\.\.7"):
         rep.check_runs_exist(store, [1, 99])
+
+
+def test_report_title_names_the_tables_accuracy_column(written, db_url, tmp_path):
+    """`harness report` heads the latest benchmark's table with the accuracy its column holds (test; val
+    where the data has none), not "val acc %" over a "test acc %" column."""
+    from click.testing import CliRunner
+
+    from harness.cli import main
+
+    _, exp = written
+    r = CliRunner().invoke(main, ["report", "--db", db_url, "--out", str(tmp_path / "pages")])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.startswith(f"latest benchmark (experiment {exp}), "))
+    title = lines[at].split("), ", 1)[1].rstrip(":")
+    assert title.startswith("test acc %") and title in lines[at + 1]  # the header line below it holds the column
