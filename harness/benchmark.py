@@ -211,6 +211,14 @@ def budget_lines(grid: Grid) -> list[str]:
     return out
 
 
+def family_lines(grid: Grid) -> list[str]:
+    """For each timm model run by name: the recipe family it got and why (its runs' params.tags say the same)."""
+    out = []
+    for r in {r.model: r for r in grid.runs if "family" in r.tags}.values():
+        out.append(f"{r.model}: family {r.tags['family']} (its fitted recipe and doctor rules): {r.tags['family_why']}")
+    return out
+
+
 def resolved_yaml(spec: BenchmarkSpec, grid: Grid) -> str:
     """The experiment's spec as stored: the grid after overrides, with the scale and runs resolved."""
     doc = spec.model_dump(mode="json")
@@ -278,7 +286,7 @@ class Benchmark:
         check_weights(self.grid.runs)  # a foreign file, or timm's weights out of reach: exit 2 before any row
 
     def describe(self) -> list[str]:
-        return ([self.grid.note] if self.grid.note else []) + budget_lines(self.grid)
+        return ([self.grid.note] if self.grid.note else []) + family_lines(self.grid) + budget_lines(self.grid)
 
     def trials(self, where: Where) -> Trials:
         from harness.engine import Trials

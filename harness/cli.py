@@ -63,6 +63,18 @@ def exit_if_interrupted(status: str) -> None:
         sys.exit(EXIT_INTERRUPTED)
 
 
+def where_keywords(where) -> dict[str, Any]:
+    """The shared flags (one `experiment.Where`) as the Python API's keywords."""
+    return {"db": where.db, "out": where.out, "address": where.address, "storage_path": where.storage_path,
+            "pages_every": where.pages_every_s}
+
+
+family_option = click.option(
+    "--family", multiple=True, metavar="[MODEL=]FAMILY",
+    help="the recipe family (vit | swin | resnet | efficientnet) of a timm model harness cannot tell from its "
+         "architecture (repeatable; FAMILY alone when one model runs; docs/models.md)")
+
+
 @click.group(cls=HarnessGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--plugin", "plugin_refs", multiple=True, metavar="MODULE|FILE.py",
               help="import a plugin that registers models, datasets or recipes (repeatable); installed "
@@ -99,38 +111,30 @@ def main(plugin_refs: tuple[str, ...]) -> None:
 @click.option("--resume", type=click.Path(path_type=Path), default=None, help="continue from a checkpoint (its config is used)")
 @click.option("--threads", type=THREADS, default=None, help="torch CPU threads")
 @tracker_options("dashboards/tensorboard")
+@family_option
 def train(model: str, recipe: str, data_opts: dict,
           epochs: int | None, batch_size: int | None, seed: int, sets: tuple[str, ...], db: str, device: str, compile_: bool,
           pretrained: bool,
           pretrained_file: Path | None, checkpoint_dir: Path | None, checkpoint_every: int, max_hours: float | None,
-          resume: Path | None, threads: int | None, tensorboard: bool, mlflow: str | None) -> None:
+          resume: Path | None, threads: int | None, tensorboard: bool, mlflow: str | None, family: tuple[str, ...]) -> None:
     """Train one model with one recipe; every epoch goes to the results database."""
-    from harness.process import resolve_device
-    from harness.runner import resumed_spec, run_and_record
-    from harness.specs import resolve_run
-    from harness.store import check_url
+    from harness import api
 
-    check_url(db)
-    if resume is not None:
-        spec = resumed_spec(resume, epochs)
-    elif model is None:
-        raise UserError("--model", None, "Name a model (see `harness models`), or pass --resume CHECKPOINT.")
-    else:
-        data = make_data_spec(**data_opts)
-        spec = resolve_run(model=model, recipe=recipe, data=data, overrides=parse_sets(sets), batch_size=batch_size,
-                           epochs=10 if epochs is None else epochs, seed=seed,
-                           device=device, compile=compile_, pretrained=pretrained, pretrained_file=pretrained_file,
-                           checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, max_hours=max_hours,
-                           threads=threads)
-    resolve_device(spec.device)
-    run_and_record(spec, db=db, resume=resume, echo=echo, mlflow=mlflow,
-                   tensorboard=Path("dashboards") / "tensorboard" if tensorboard else None)
+    api.train(model, recipe=recipe, **{("data" if k == "data_name" else k): v for k, v in data_opts.items()},
+              epochs=epochs, batch_size=batch_size, seed=seed, sets=parse_sets(sets), family=family or None, db=db,
+              device=device, compile=compile_, pretrained=pretrained, pretrained_file=pretrained_file,
+              checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, max_hours=max_hours, resume=resume,
+              threads=threads, echo=echo,
+              mlflow=mlflow, tensorboard=Path("dashboards") / "tensorboard" if tensorboard else None)
 
 
 @main.command()
-@click.option("--image-size", type=int, default=32, show_default=True, help="size the params/GFLOPs are counted at")
+@click.option("--image-size", type=int, default=32, show_default=True,
+              help="size the params/GFLOPs are counted at (32: a shipped table, instant; another size: counted on "
+                   "torch's meta device, a few seconds)")
 def models(image_size: int) -> None:
-    """The model registry: name, family, parameters, forward GFLOPs at --image-size."""
+    """The model registry: name, family, parameters, forward GFLOPs at --image-size; any other timm name
+    also runs (docs/models.md)."""
     from harness.models import describe_registry
 
     for line in describe_registry(image_size, width=TERMINAL_WIDTH):
@@ -190,22 +194,22 @@ def recipes_show(name: str, model: str | None, data_opts: dict, epochs: int, bat
 @click.option("--resume", is_flag=True, help="continue the interrupted benchmark of this grid's name: finished runs "
               "are kept, interrupted ones continue from their checkpoints, missing ones start")
 @pretrained_options
+@family_option
 def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs: int | None, seeds: int | str | None,
               batch_size: int | None, data_name: str | None, image_size: int | None, scale: str | None, concurrency: int | None,
               sets: tuple[str, ...], lrs: str | None, where, resume: bool, pretrained: bool,
-              pretrained_files: tuple[str, ...]) -> None:
+              pretrained_files: tuple[str, ...], family: tuple[str, ...]) -> None:
     """Models x recipes x seeds through Ray Tune, then the before/after table and dashboards.
 
     GRID is a benchmark YAML (default benchmarks/naive_vs_recipe.yaml); flags override its fields.
     """
-    from harness.benchmark import load_grid, run_benchmark
+    from harness import api
 
-    spec = load_grid(grid, models=models, recipes=recipes, epochs=epochs, seeds=seeds, data=data_name,
-                     image_size=image_size, scale=scale, concurrency=concurrency, batch_size=batch_size,
-                     sets=parse_sets(sets), lrs=lrs,
-                     pretrained=parse_pretrained(pretrained, pretrained_files,
-                                                 models=models.split(",") if models else None))
-    exit_if_interrupted(run_benchmark(spec, where.check(), echo=echo, resume=resume).status)
+    result = api.benchmark(grid, models=models, recipes=recipes, epochs=epochs, seeds=seeds, batch_size=batch_size,
+                           data=data_name, image_size=image_size, scale=scale, concurrency=concurrency,
+                           sets=parse_sets(sets), lrs=lrs, family=family or None, resume=resume, pretrained=pretrained,
+                           pretrained_files=pretrained_files, echo=echo, **where_keywords(where))
+    exit_if_interrupted(result.status)
 
 
 @main.command()
@@ -225,19 +229,23 @@ def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs
                storage_layout="<path>/ablate-<random>, named in the experiment's row")
 @click.option("--resume", is_flag=True, help="continue the interrupted ablation of this model (the same flags)")
 @pretrained_options
+@family_option
 def ablate(model: str, recipe: str, mode: str, steps: str | None, seeds: int, epochs: int, batch_size: int,
            data_opts: dict, scale: str, concurrency: int, where, resume: bool, pretrained: bool,
-           pretrained_files: tuple[str, ...]) -> None:
+           pretrained_files: tuple[str, ...], family: tuple[str, ...]) -> None:
     """Naive -> a model's fitted recipe one ingredient at a time: which one matters, at this budget."""
     import torch
 
     from harness.ablate import resolve_ablation, run_ablation
+    from harness.api import parse_families
+    from harness.models import declared_families
 
     data = make_data_spec(**data_opts)
-    ab = resolve_ablation(model, recipe=recipe, steps=steps, mode=mode, seeds=seeds, epochs=epochs, batch_size=batch_size,
-                          data=data, scale=scale, cuda=torch.cuda.is_available(),
-                          pretrained=parse_pretrained(pretrained, pretrained_files, models=[model]))
-    exit_if_interrupted(run_ablation(ab, where.check(), concurrency=concurrency, echo=echo, resume=resume).status)
+    with declared_families(parse_families(family or None, models=[model])):
+        ab = resolve_ablation(model, recipe=recipe, steps=steps, mode=mode, seeds=seeds, epochs=epochs, batch_size=batch_size,
+                              data=data, scale=scale, cuda=torch.cuda.is_available(),
+                              pretrained=parse_pretrained(pretrained, pretrained_files, models=[model]))
+        exit_if_interrupted(run_ablation(ab, where.check(), concurrency=concurrency, echo=echo, resume=resume).status)
 
 
 @main.command()
@@ -314,21 +322,20 @@ def export(run_id: int, out: Path, db: str, storage_path: Path, force: bool) -> 
 @click.option("--max-failures", type=RETRIES, default=1, show_default=True, help="retries of a crashing trial, from its last checkpoint")
 @click.option("--top", type=ROWS, default=10, show_default=True, help="trials shown in the final table")
 @pretrained_options
+@click.option("--family", default=None, metavar="FAMILY",
+              help="the recipe family of the study's model when harness cannot tell it (a timm name; docs/models.md)")
 def sweep(study: Path, validate: bool, resume: bool, where, max_failures: int, top: int, pretrained: bool,
-          pretrained_files: tuple[str, ...]) -> None:
+          pretrained_files: tuple[str, ...], family: str | None) -> None:
     """Run an Optuna study through Ray Tune with ASHA; every trial and epoch goes to the database."""
-    if validate:  # no torch, timm or Ray: the study file alone, in about a second
-        from harness.study import check_study
+    from harness import api
 
-        for line in check_study(study, on_cluster=where.address is not None):
+    if validate:  # no torch, timm or Ray: the study file alone, in about a second
+        for line in api.sweep(study, validate=True, family=family, address=where.address):
             echo(line)
         return
-    from harness.study import load_study
-    from harness.sweep import run_sweep
-
-    study_models = [load_study(study).model] if pretrained_files else None
-    exit_if_interrupted(run_sweep(study, where.check(), resume=resume, max_failures=max_failures, echo=echo,
-                                  top=top, pretrained=parse_pretrained(pretrained, pretrained_files, models=study_models)).status)
+    result = api.sweep(study, resume=resume, family=family, max_failures=max_failures, top=top, pretrained=pretrained,
+                       pretrained_files=pretrained_files, echo=echo, **where_keywords(where))
+    exit_if_interrupted(result.status)
 
 
 @main.command()
@@ -346,9 +353,10 @@ def sweep(study: Path, validate: bool, resume: bool, where, max_failures: int, t
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON (progress goes to stderr)")
 @db_option
 @out_option("dashboards/doctor", what="the lr range test's Plotly HTML")
+@family_option
 def doctor(model: str, recipe: str, data_opts: dict,
            sets: tuple[str, ...], scale: str, device: str, seed: int, threads: int | None, overfit_steps: int,
-           lr_steps: int, as_json: bool, db: str, out: Path) -> None:
+           lr_steps: int, as_json: bool, db: str, out: Path, family: tuple[str, ...]) -> None:
     """The ViT tuning checklist's pre-training checks (shapes, gradients, overfit 32 images, lr range
     test) and the recipe lint of the ViT/Swin failure write-up's debugging checklist. Exit 0: no FAIL;
     1: a check FAILed; 2: bad input."""
@@ -356,13 +364,16 @@ def doctor(model: str, recipe: str, data_opts: dict,
     import time
 
     from harness import doctor as doc
+    from harness.api import parse_families
     from harness.files import check_out_dir
+    from harness.models import ModelName
     from harness.store import check_url, shown_url
 
     t0, cpu0 = time.monotonic(), time.process_time()
     check_url(db)  # everything is validated before anything runs or is written
     check_out_dir(out, what="the HTML", default="dashboards/doctor")
     log = (lambda s: echo(s, err=True)) if as_json else echo  # with --json, stdout holds the JSON alone
+    model = ModelName(model, parse_families(family or None, models=[model]).get(model))  # the family travels with the name
     done = doc.checkup(model, recipe, make_data_spec(**data_opts), overrides=parse_sets(sets), scale=scale, device=device,
                        seed=seed, threads=threads, overfit_steps=overfit_steps, lr_steps=lr_steps, db=db, out=out, log=log)
     if as_json:

@@ -11,9 +11,10 @@ its family and size rule told from its timm module (`families.py`), or from the 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -186,6 +187,28 @@ class ModelName(str):
         return (ModelName, (str(self), self.family))
 
 
+# Families given on the command line or to the Python API (--family MODEL=FAMILY), for the command that
+# runs now: `declared_families` sets them and takes them back when the command ends.
+_DECLARED: dict[str, str] = {}
+
+
+@contextlib.contextmanager
+def declared_families(families: dict[str, str]) -> Iterator[None]:
+    """Within the block, `get_model_entry` (and a grid's or study's model field) gives each named model the
+    family given for it; outside it, none (a notebook's next call starts clean)."""
+    saved = dict(_DECLARED)
+    _DECLARED.update(families)
+    try:
+        yield
+    finally:
+        _DECLARED.clear()
+        _DECLARED.update(saved)
+
+
+def declared_family(name: str) -> str | None:
+    return getattr(name, "family", None) or _DECLARED.get(str(name))
+
+
 def family_fix(name: str, field: str) -> str:
     """How to say a model's family, in the words of the place it was named."""
     return (f"say it: --family {name}=FAMILY on the command line, or model: {{name: {name}, family: FAMILY}} in a grid "
@@ -196,7 +219,7 @@ def get_model_entry(name: str, field: str | None = None) -> ModelEntry:
     """The registry's entry, or a by-name timm model's (`families.py`). With a `field` (where the name was
     given: validation), a model whose family cannot be told and was not given is refused, naming the fix;
     without one (building a model whose recipe was resolved already), its family is "" and it still builds."""
-    declared = getattr(name, "family", None)
+    declared = declared_family(name)
     if declared is not None and declared not in FAMILIES:
         raise UserError("--family" if field is None or field.startswith("--") else f"{field}.family", declared,
                         f"Unknown family. {close_matches(declared, FAMILIES)}")

@@ -126,7 +126,8 @@ def run_doctor(*, model: str, recipe: Recipe, data_spec: Any, device: torch.devi
 
     start()
     patch = entry.size_kwargs(size).get("patch_size")
-    results.append(check_shapes(fresh(), family=entry.family, image_size=size, num_classes=ds.num_classes, patch_size=patch))
+    # Shapes follow the architecture's size rule, not its recipe family: a ConvNeXt (Swin's recipe) has a CNN's stages.
+    results.append(check_shapes(fresh(), family=entry.shape_rule, image_size=size, num_classes=ds.num_classes, patch_size=patch))
     done("shapes", results[-1].status)
 
     start()
