@@ -4,6 +4,7 @@ interrupted database handled, Optuna figures for sweeps, and the pages rendered 
 from __future__ import annotations
 
 import base64
+import html
 import json
 import os
 import re
@@ -166,6 +167,31 @@ def test_every_page_is_valid_html_with_its_figures_data(bench_db, pages):
     # Runs that do not say where they ran (dbfill records none): no node column, no "ran on" line.
     assert "<th>node</th>" not in (out / f"experiment-{exp}.html").read_text()
     assert "ran on" not in (out / "run-1.html").read_text()
+
+
+def test_legend_under_the_table_and_the_index_in_test_accuracy(bench_db, pages):
+    """Every column of the before/after table has its line in the short legend under the table (the full
+    text behind a toggle), and the index reports what the tables report: test accuracy, not best val."""
+    from harness import tables as rep
+    from harness.dashboards.legend import BEFORE_AFTER, note
+
+    db, exp = bench_db
+    out, _ = pages
+    store = Store(db, create=False)
+    shown = rep.format_before_after(rep.before_after(store, exp))
+    runs = store.read_sql("SELECT experiment_id, test_acc FROM runs ORDER BY id")
+    store.close()
+    missing = [c for c in shown.columns if note(BEFORE_AFTER, c) is None]
+    assert not missing, f"add a line for {missing} to harness/dashboards/legend.py BEFORE_AFTER"
+    text = (out / f"before_after-{exp}.html").read_text(encoding="utf-8")
+    legend = text[text.index("class='legend'"):]
+    assert text.index("<table") < text.index("class='legend'")  # under the table
+    assert legend.count("<li>") == len(shown.columns) and "<details><summary>" in legend
+    assert html.escape(rep.TABLE_LEGEND, quote=True) in legend.split("<details>", 1)[1]  # the full text, behind it
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert "<th>best test acc %</th>" in index and "best val %" not in index
+    points = next(t for t in plot_data(parse(out / "index.html")) if t.get("type") == "scatter")
+    assert sorted(points["x"]) == pytest.approx(sorted(100 * runs["test_acc"]))
 
 
 def test_hostile_strings_escaped_everywhere(bench_db, pages):
