@@ -279,7 +279,7 @@ def test_two_sweeps_of_one_name_started_together(tmp_path):
     db = f"sqlite:///{tmp_path / 'r.db'}"
     study = tmp_path / "s.yaml"
     study.write_text(yaml.safe_dump({
-        "name": "twin", "model": "resnet_test", "recipe": "naive", "trials": 2, "concurrency": 1,
+        "name": "twin", "model": "resnet_test", "recipe": "naive", "trials": 1, "concurrency": 1,
         "data": {"name": "synthetic", "image_size": 16, "num_classes": 4, "train_size": 64},
         "search": {"lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}, "fixed": {"batch_size": 16},
         "sampler": {"type": "random", "seed": 0}, "scheduler": {"type": "none", "max_epochs": 1},
@@ -306,7 +306,7 @@ def test_two_sweeps_of_one_name_started_together(tmp_path):
     assert "Another harness driver is running this sweep" in loser or "already in" in loser, loser
     (exp,) = rows(db, "SELECT id, status FROM experiments WHERE kind = 'sweep'")
     assert exp["status"] == "completed"
-    assert [r["status"] for r in rows(db, "SELECT status FROM runs WHERE experiment_id = :e", e=exp["id"])] == ["completed"] * 2
+    assert [r["status"] for r in rows(db, "SELECT status FROM runs WHERE experiment_id = :e", e=exp["id"])] == ["completed"]
     states = rows(db, "SELECT t.state FROM trials t JOIN studies s ON s.study_id = t.study_id WHERE s.study_name = 'twin'")
-    assert [s["state"] for s in states] == ["COMPLETE", "COMPLETE"]
+    assert [s["state"] for s in states] == ["COMPLETE"]
     assert len(rows(db, "SELECT * FROM studies")) == 1
