@@ -87,9 +87,9 @@ def _families(family: Any, models: list[str] | None) -> Iterator[None]:
 
 
 def _where(db: str, out: Path | str | None, address: str | None, storage_path: Path | str,
-           pages_every: float) -> Where:
+           pages_every: float, tensorboard: bool = True, mlflow: str | None = None) -> Where:
     return Where(db=db, out=None if out is None else Path(out), address=address, storage_path=Path(storage_path),
-                 pages_every_s=pages_every).check()
+                 pages_every_s=pages_every, tensorboard=tensorboard, mlflow=mlflow).check()
 
 
 def benchmark(grid: Path | str | None = None, *, models: str | list[str] | None = None,
@@ -98,6 +98,7 @@ def benchmark(grid: Path | str | None = None, *, models: str | list[str] | None 
               scale: str | None = None, concurrency: int | None = None, sets: dict[str, Any] | None = None,
               lrs: str | None = None, family: Any = None, db: str = DEFAULT_DB, out: Path | str | None = "dashboards",
               address: str | None = None, storage_path: Path | str = DEFAULT_STORAGE, pages_every: float = PAGES_EVERY_S,
+              tensorboard: bool = True, mlflow: str | None = None,
               resume: bool = False, pretrained: bool = False, pretrained_files: tuple[str, ...] = (),
               echo: Callable[[str], None] = _quiet) -> Result:
     """`harness benchmark`: models x recipes x seeds, then the before/after table (`result.table`; with an
@@ -114,7 +115,7 @@ def benchmark(grid: Path | str | None = None, *, models: str | list[str] | None 
                          pretrained=parse_pretrained(pretrained, tuple(pretrained_files), models=names))
         if family is not None and names is None:  # the grid file's models: a --family names one of them
             parse_families(family, models=[str(m) for m in spec.models])
-        where = _where(db, out, address, storage_path, pages_every)
+        where = _where(db, out, address, storage_path, pages_every, tensorboard, mlflow)
         outcome = run_benchmark(spec, where, echo=echo, resume=resume)
     return Result(outcome.experiment_id, outcome.status, db, benchmark_tables(db, outcome.experiment_id))
 
@@ -140,6 +141,7 @@ def benchmark_tables(db: str, experiment_id: int) -> dict[str, pd.DataFrame]:
 def sweep(study: Path | str, *, validate: bool = False, resume: bool = False, family: str | None = None,
           db: str = DEFAULT_DB, out: Path | str | None = "dashboards", address: str | None = None,
           storage_path: Path | str = DEFAULT_STORAGE, pages_every: float = PAGES_EVERY_S, max_failures: int = 1,
+          tensorboard: bool = True, mlflow: str | None = None,
           top: int = 10, pretrained: bool = False, pretrained_files: tuple[str, ...] = (),
           echo: Callable[[str], None] = _quiet) -> Result | list[str]:
     """`harness sweep STUDY`: the Optuna study through Ray Tune; `result.table` holds every trial, best first
@@ -156,7 +158,7 @@ def sweep(study: Path | str, *, validate: bool = False, resume: bool = False, fa
     with _families(family, None):
         model = study_mod.load_study(Path(study)).model if family is not None or pretrained_files else None
         with _families(family, [str(model)] if model is not None else None):
-            where = _where(db, out, address, storage_path, pages_every)
+            where = _where(db, out, address, storage_path, pages_every, tensorboard, mlflow)
             result = run_sweep(Path(study), where, resume=resume, max_failures=max_failures, echo=echo, top=top,
                                pretrained=parse_pretrained(pretrained, tuple(pretrained_files),
                                                            models=[str(model)] if model is not None else None))

@@ -66,7 +66,7 @@ def exit_if_interrupted(status: str) -> None:
 def where_keywords(where) -> dict[str, Any]:
     """The shared flags (one `experiment.Where`) as the Python API's keywords."""
     return {"db": where.db, "out": where.out, "address": where.address, "storage_path": where.storage_path,
-            "pages_every": where.pages_every_s}
+            "pages_every": where.pages_every_s, "tensorboard": where.tensorboard, "mlflow": where.mlflow}
 
 
 family_option = click.option(
