@@ -121,14 +121,15 @@ def test_benchmark_logs_every_run_under_one_parent(ray_local, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"name": "tb", "models": ["resnet_test"], "recipes": ["naive", "fitted"], "epochs": 2,
-                                    "data": {"name": "synthetic", "image_size": 16, "num_classes": 4, "train_size": 64},
+                                    "seeds": 1, "data": {"name": "synthetic", "image_size": 16, "num_classes": 4, "train_size": 64},
                                     "set": {"batch_size": 16}}))
     db, uri = f"sqlite:///{tmp_path / 'results.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
     r = CliRunner().invoke(main, ["benchmark", str(grid), "--db", db, "--out", str(tmp_path / "dash"), "--mlflow", uri])
     assert r.exit_code == 0, r.output
     runs = rows(db, "select * from runs order by id")
     (exp,) = rows(db, "select * from experiments")
-    folders = sorted((tmp_path / "dash" / "tensorboard" / f"{exp['id']}-benchmark-tb").iterdir())
+    folders = sorted((tmp_path / "dash" / "tensorboard" / f"{exp['id']}-benchmark-tb").iterdir(),
+                     key=lambda f: int(f.name.split("-")[1]))  # run-<id>-<model>-<recipe>
     assert [f.name.split("-")[1] for f in folders] == [str(run["id"]) for run in runs]
     for run, folder in zip(runs, folders):
         got = scalars(folder)
@@ -136,7 +137,8 @@ def test_benchmark_logs_every_run_under_one_parent(ray_local, tmp_path, monkeypa
     df = runs_of(uri)
     parents = df[df["tags.mlflow.parentRunId"].isna()]
     assert len(parents) == 1 and parents.iloc[0]["tags.harness.experiment_id"] == str(exp["id"])
-    children = df[df["tags.mlflow.parentRunId"] == parents.iloc[0]["run_id"]].sort_values("tags.harness.run_id")
+    children = df[df["tags.mlflow.parentRunId"] == parents.iloc[0]["run_id"]]
+    children = children.sort_values("tags.harness.run_id", key=lambda ids: ids.astype(int))
     assert list(children["tags.harness.run_id"]) == [str(run["id"]) for run in runs]
     assert list(children["metrics.test_acc"]) == pytest.approx([run["test_acc"] for run in runs])
     assert set(children["status"]) == {"FINISHED"} and set(df["status"]) == {"FINISHED"}
