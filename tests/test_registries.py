@@ -221,3 +221,20 @@ def test_randaugment_format_agrees_with_timm(text):
         assert not ours
         return
     assert ours == timm_ok, (text, ours, timm_ok)
+
+
+def test_listings_build_nothing_and_import_no_torch_or_pandas():
+    """`harness models` and `harness recipes` read shipped counts and lay tables out by hand: instant listings."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from harness.cli import main\n"
+            "for args in (['models'], ['recipes']):\n"
+            "    try: main(args)\n"
+            "    except SystemExit as e: assert not e.code, e.code\n"
+            "heavy = [m for m in ('torch', 'timm', 'pandas') if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "vit_base" in done.stdout and "85.2M" in done.stdout  # the shipped count, not a build
+    assert "lr_base_batch" in done.stdout and "swin_ft" in done.stdout  # every recipe's fields
