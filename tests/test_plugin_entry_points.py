@@ -96,10 +96,10 @@ def test_entry_points_load_as_packaging_defines_them_and_train(installed, db_url
     assert json.loads(run["params"])["plugins"] == ["ep_demo_pkg.nets:register", "ep_demo_pkg.recipes"]
 
 
-def test_resume_reloads_entry_point_plugins_from_the_record_alone(installed, db_url, tmp_path):
-    """What a Ray worker and `train --resume` do: a fresh interpreter where the package is importable but
-    the distribution is not installed (no entry point to find) loads the recorded `module:attr` and
-    module, so the model exists and the run continues."""
+def test_resume_loads_entry_point_plugins_given_again_where_none_is_installed(installed, db_url, tmp_path):
+    """A fresh interpreter where the package is importable but the distribution is not installed (no entry
+    point to find): `train --resume` refuses the recorded `module:attr` and module (a checkpoint's plugins
+    never load from the file alone), and loads them when given again with --plugin, so the run continues."""
     site, code = installed
     r = CliRunner().invoke(main, ["train", "--model", "ep_net", *TINY, "--recipe", "ep_recipe", "--db", db_url,
                                   "--checkpoint-dir", str(tmp_path / "ck")])
@@ -108,9 +108,12 @@ def test_resume_reloads_entry_point_plugins_from_the_record_alone(installed, db_
     out = subprocess.run([sys.executable, "-c", "import importlib.metadata as m, sys; "
                           "sys.exit(len(m.entry_points(group='harness.plugins')))"], env=env, timeout=60)
     assert out.returncode == 0  # no harness.plugins entry point is visible there
-    out = subprocess.run([sys.executable, "-m", "harness.cli", "train", "--resume", str(tmp_path / "ck" / "last.pt"),
-                          "--epochs", "2", "--db", db_url], capture_output=True, text=True, cwd=tmp_path, env=env,
-                         timeout=300)
+    resume = ["train", "--resume", str(tmp_path / "ck" / "last.pt"), "--epochs", "2", "--db", db_url]
+    out = subprocess.run([sys.executable, "-m", "harness.cli", *resume], capture_output=True, text=True, cwd=tmp_path,
+                         env=env, timeout=300)
+    assert out.returncode == 2 and "--plugin ep_demo_pkg.nets:register --plugin ep_demo_pkg.recipes" in out.stderr, out.stderr
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "--plugin", "ep_demo_pkg.nets:register", "--plugin",
+                          "ep_demo_pkg.recipes", *resume], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "epoch   2/2" in out.stdout
     got = rows(db_url, "select model, recipe, status from runs order by id")

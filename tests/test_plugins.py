@@ -59,7 +59,8 @@ def write_plugin(tmp_path):
 
 def test_plugin_model_dataset_recipe_train_and_resume(tmp_path, db_url):
     """A model, a dataset and a recipe from a plugin file train through `harness --plugin FILE train`;
-    the checkpoint remembers the plugin, so `train --resume` in a fresh process needs no flag."""
+    the checkpoint remembers the plugin, and `train --resume` in a fresh process loads it when given again
+    (a checkpoint's plugins never load from the file alone: tests/test_safety.py)."""
     plugin = write_plugin(tmp_path)
     res = CliRunner().invoke(main, ["--plugin", str(plugin), "train", "--model", "tinynet", "--recipe", "naive_fast",
                                     "--data", "stripes", "--image-size", "8", "--epochs", "2", "--threads", "1",
@@ -67,8 +68,9 @@ def test_plugin_model_dataset_recipe_train_and_resume(tmp_path, db_url):
     assert res.exit_code == 0, res.output
     assert "epoch   2/2" in res.output
     # A fresh interpreter that never heard of the plugin resumes (and extends) the run from its checkpoint.
-    out = subprocess.run([sys.executable, "-m", "harness.cli", "train", "--resume", str(tmp_path / "ck" / "last.pt"),
-                          "--epochs", "3", "--db", db_url], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "--plugin", str(plugin), "train", "--resume",
+                          str(tmp_path / "ck" / "last.pt"), "--epochs", "3", "--db", db_url], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     # It resumed: only epoch 3 trained in the new process (a restart from epoch 1 also prints "epoch   3/3").
     assert f"resumed from {tmp_path / 'ck' / 'last.pt'} at epoch 2" in out.stdout, out.stdout
