@@ -9,6 +9,7 @@ whether the full models or their same-family CPU stand-ins run (every label says
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -345,8 +346,8 @@ def finish(where: Where, experiment_id: int, *, echo: Callable[[str], None] = pr
 
 def hand_back(store: Any, experiment_id: int, runs: Any, summary: Any, out: Path, *,
               echo: Callable[[str], None] = print) -> list[str]:
-    """Per model of an lr grid: the recommended recipe (`sensitivity.recommend`: the recipe and lr of the
-    highest validation median) written as `out/recipes/recommended-<experiment>-<model>.yaml`, a file
+    """Per model of an lr grid: the recommended recipe (`sensitivity.recommend`, by its stated
+    rule, `sensitivity.RECOMMEND_RULE`) written as `out/recipes/recommended-<experiment>-<model>.yaml`, a file
     `harness train --recipe FILE` runs, with how it was chosen and its test accuracy in its header. Returns
     the lines that name each file, with the same recipe as timm train.py flags."""
     from harness import sensitivity as sens
@@ -363,21 +364,31 @@ def hand_back(store: Any, experiment_id: int, runs: Any, summary: Any, out: Path
         recipe = Recipe.model_validate(params["recipe"])
         model = str(stored.iloc[0]["model"])  # what ran and was measured (a CPU stand-in says so in the header)
         path = out / "recipes" / f"recommended-{experiment_id}-{model}.yaml"
+        lr = float(best["safe_lr"])
+        tied = f" (tied on validation with {', '.join(best['tied'])}: the wider window chose)" if best["tied"] else ""
+        away = ("no lr of its grid collapsed" if math.isinf(best["safe_from_bad"]) else
+                f"{best['safe_from_bad']:.2g} decades from the nearest lr where a seed collapsed or diverged")
+        edge = (f" The best lr ({best['best_lr']:.3g}) is at the grid's edge: the best may lie beyond it; add "
+                f"{best['add_lrs']} to the grid." if best["best_at_edge"] else "")
         write_recipe_file(recipe, path, comment=[
             f"The recipe harness recommends for {best['model']} on {params['data']['name']} "
             f"({params['data']['image_size']} px, {params['epochs']} epochs at batch {recipe.batch_size}): "
-            f"{best['recipe']} at lr {best['best_lr']:.3g} (peak, at this batch).",
-            f"Chosen on validation: the highest median final val acc ({best['best_val']:.1f}%) over {best['seeds']} "
-            f"seed(s) of the {int(best['lrs'])} lrs of experiment {experiment_id}; test acc there, reported and not "
-            f"used to choose: median {best['best_test']:.1f}%.",
-            f"Its own (fitted) lr was {best['own_lr']:.3g}: the chosen one is {best['best_lr'] / best['own_lr']:.3g}x it."
-            + (" The best lr is at the grid's edge: the best may lie beyond it." if best["best_at_edge"] else ""),
+            f"{best['recipe']} at lr {lr:.3g} (peak, at this batch){tied}.",
+            f"The rule that chose it: {sens.RECOMMEND_RULE}.",
+            f"Here: the best lr on validation was {best['best_lr']:.3g} ({best['best_val']:.1f}% median over "
+            f"{best['seeds']} seed(s)); the window {best['window_lo']:.3g}-{best['window_hi']:.3g}; {lr:.3g} "
+            f"(val {best['safe_val']:.1f}%) is {away}. Test acc there, reported and not used to choose: median "
+            f"{best['safe_test']:.1f}% (experiment {experiment_id}).{edge}",
+            f"Its own (fitted) lr was {best['own_lr']:.3g}: the chosen one is {lr / best['own_lr']:.3g}x it.",
             f"Train with it: harness train --model {model} --recipe {path} --data {params['data']['name']} "
             f"--image-size {params['data']['image_size']} --epochs {params['epochs']} (the budget it was fitted to)",
         ])
         flags = timm_train_flags(recipe, epochs=int(params["epochs"]))
-        lines.append(f"recommended recipe for {best['model']}: {path}  ({best['recipe']} at lr {best['best_lr']:.3g}, "
-                     f"val {best['best_val']:.1f}%, test {best['best_test']:.1f}%)")
+        lines.append(f"recommended recipe for {best['model']}: {path}  ({best['recipe']} at lr {lr:.3g}, "
+                     f"val {best['safe_val']:.1f}%, test {best['safe_test']:.1f}%; {away}){tied}")
+        if best["best_at_edge"]:
+            lines.append(f"  the best lr ({best['best_lr']:.3g}) is at the grid's edge: add {best['add_lrs']} "
+                         "(e.g. --lrs with them) to see past it")
         lines.append(f"  as timm train.py flags: {flags}")
         # Of the chosen point's seeds, the run with the highest final val acc: validation chooses here too.
         chosen = rep.read_runs(store, run_ids=list(best["run_ids"])).sort_values("final_val_acc", ascending=False)

@@ -13,14 +13,14 @@ Validation chooses, test reports (DESIGN.md "Evidence"; Cawley & Talbot, JMLR 20
   one-sided exact binomial test, `report.beats_chance`) or diverged (NaN/Inf loss); the *danger zone*
   where some seed collapsed or diverged and another trained clear of chance (Schmidt et al. 2021, app. C);
 - per recipe: the best lr (the highest validation median; ties: the lower lr) and the test accuracy
-  there; the *window*, the lrs the data cannot tell from the best by the one-standard-error rule (Hastie,
-  Tibshirani & Friedman, ESL 2nd ed., sec. 7.10: within one SE of the best, the SE from the seeds and the
-  validation images); the *LR sensitivity* of Wortsman et al. (ICLR 2024, sec. 2.2) on the final test
-  loss: the mean over one lr range shared by every recipe of the model of min(loss, ln k) - the best
-  loss, a diverged run counted at ln k (the loss of a uniform guess: their "initial loss"); beside it,
-  labelled, the same on accuracy over the recipe's own grid;
-- per model: the recommended recipe, the (recipe, lr) of the highest validation median, written as a
-  file `harness train --recipe FILE` runs (`recommend`).
+  there, and at the grid's edge the lrs to add; the *window*, the lrs whose paired difference from the best
+  (by seed, on validation) is within one standard error of that difference (the one-standard-error rule:
+  Hastie, Tibshirani & Friedman, ESL 2nd ed., sec. 7.10); the lr of the window farthest from any collapse;
+  the *LR sensitivity* of Wortsman et al. (ICLR 2024, sec. 2.2) on the final test loss, only where the
+  recipes share one absolute grid of two decades or more (`_shared_sensitivity`); beside it, named for what
+  it is, the mean accuracy shortfall from the best over the recipe's own grid;
+- per model: the recommended recipe and lr by `RECOMMEND_RULE`, written as a file `harness train --recipe
+  FILE` runs (`recommend`, `benchmark.hand_back`).
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ UNFINISHED = rep.UNFINISHED  # runs without a final accuracy that says something
 
 CURVE_COLUMNS = ["model", "ran", "stands_for", "recipe", "lr", "lr_point", "lr_mult", "seeds", "val_median", "median",
                  "min", "max", "mean", "loss", "collapsed", "diverged", "danger"]
-SUMMARY_COLUMNS = ["model", "recipe", "seeds", "lrs", "own_lr", "best_lr", "best_val", "best_test", "se", "window_lo",
+SUMMARY_COLUMNS = ["model", "recipe", "seeds", "lrs", "own_lr", "best_lr", "best_val", "best_test", "window_lo",
                    "window_hi", "window_decades", "window_gaps", "loss_sensitivity", "shared_lo", "shared_hi",
                    "shared_lrs", "acc_sensitivity", "own_lr_vs_best", "own_lr_where", "naive_lr_where", "best_at_edge",
-                   "danger_lrs", "collapsed", "diverged"]
+                   "add_lrs", "safe_lr", "safe_val", "safe_test", "safe_from_bad", "danger_lrs", "collapsed", "diverged"]
 
 
 def lr_runs(store: Store, experiment_id: int) -> pd.DataFrame:
@@ -125,29 +125,59 @@ def _where(lr: float, lo: float, hi: float, grid_lo: float, grid_hi: float) -> s
     return "below the window" if lr < lo else "above the window"
 
 
-def _standard_error(best: pd.DataFrame) -> float:
-    """The SE (points) of the best lr's validation accuracy: the seeds' spread over their number, plus the
-    binomial variance of the validation images (one seed: that alone), so the window reflects both."""
-    val = best["val"].dropna() / 100.0
-    p, n_val = float(val.median()), best["n_val"].dropna()
-    images = p * (1 - p) / float(n_val.median()) if len(n_val) else 0.0
-    seeds = float(val.var(ddof=1)) / len(val) if len(val) > 1 else 0.0
-    return 100.0 * math.sqrt(seeds + images)
+def _paired_se(r: pd.DataFrame, lr: float, best_lr: float) -> tuple[float, float]:
+    """(mean, SE) in points of best - this lr on validation, paired by seed (the same seed's two runs): the
+    seeds' spread of the per-seed differences over their number, plus the binomial variance of each lr's
+    validation accuracy over its images (both scored on the same images; counted as if independent, which
+    errs wide). One seed: the images alone."""
+    a = r[np.isclose(r["lr"], lr)].dropna(subset=["val"]).drop_duplicates("seed").set_index("seed")["val"] / 100.0
+    b = r[np.isclose(r["lr"], best_lr)].dropna(subset=["val"]).drop_duplicates("seed").set_index("seed")["val"] / 100.0
+    seeds = [s for s in a.index if s in b.index]
+    if not seeds:
+        return math.nan, math.nan
+    d = b.loc[seeds] - a.loc[seeds]
+    n_val = r["n_val"].dropna()
+    n = float(n_val.median()) if len(n_val) else math.nan
+    pa, pb = float(a.loc[seeds].mean()), float(b.loc[seeds].mean())
+    images = (pa * (1 - pa) + pb * (1 - pb)) / n / len(seeds) if n == n else 0.0
+    spread = float(d.var(ddof=1)) / len(seeds) if len(seeds) > 1 else 0.0
+    return 100.0 * float(d.mean()), 100.0 * math.sqrt(spread + images)
+
+
+def _distance_to_bad(lr: float, bad: list[float]) -> float:
+    """Decades from `lr` to the nearest lr where a seed collapsed or diverged (inf when none did)."""
+    return min((abs(math.log10(lr / b)) for b in bad), default=math.inf)
+
+
+def _beyond_edge(g: pd.DataFrame, best_lr: float) -> list[float]:
+    """Two more points past the grid's edge where the best sits, at the grid's own step."""
+    lrs = sorted(float(x) for x in g["lr"])
+    step = float(np.median(np.diff(np.log10(lrs)))) if len(lrs) > 1 else 0.5
+    sign = 1 if math.isclose(best_lr, lrs[-1], rel_tol=0.01) else -1
+    return [float(f"{best_lr * 10 ** (sign * step * i):.3g}") for i in (1, 2)]
+
+
+# Harness choice: Wortsman et al. compare settings over one absolute lr range of three decades (3e-4 to 3e-1 for
+# their models); a range under two decades says more about where its ends sit than about sensitivity.
+MIN_SHARED_DECADES = 2.0
 
 
 def _shared_sensitivity(points: pd.DataFrame) -> dict[str, tuple[float, float, float, int]]:
-    """Per recipe of one model: (loss sensitivity, shared lo, shared hi, lrs used) over the one lr range
-    every recipe of the model ran (Wortsman et al. compare settings over a shared range): the mean over the
-    recipe's grid points in it of min(loss, ln k) - their best loss (losses are clipped in `lr_runs`).
-    NaN where the range holds fewer than two of the recipe's lrs (use an absolute axis: --lrs 1e-4,3e-4,...)."""
+    """Per recipe of one model: (LR sensitivity, range lo, range hi, lrs used) by Wortsman et al.'s definition
+    (ICLR 2024, sec. 2.2): over one absolute lr range that every recipe of the model ran at the same points, the
+    mean of min(loss(lr), l0) - l*, with l* the recipe's loss at its best lr in that range and l0 the loss a run
+    starts from, where a diverged run is counted (`lr_runs` clips losses at ln k and puts a diverged run there).
+    NaN where the recipes do not share one grid (a multiplier axis: each recipe's lrs are its own) or the grid
+    spans under MIN_SHARED_DECADES decades: no number is given the paper's name that is not its quantity."""
     by = {r: g.sort_values("lr") for r, g in points.groupby("recipe", sort=False)}
-    lo = max(float(g["lr"].min()) for g in by.values())
-    hi = min(float(g["lr"].max()) for g in by.values())
+    grids = {tuple(f"{x:.6g}" for x in g["lr"]) for g in by.values()}
+    lrs = [float(x) for x in next(iter(by.values()))["lr"]]
+    shared = len(grids) == 1 and len(lrs) >= 2 and math.log10(max(lrs) / min(lrs)) >= MIN_SHARED_DECADES - 1e-9
     out = {}
     for recipe, g in by.items():
-        inside = g[(g["lr"] >= lo * 0.99) & (g["lr"] <= hi * 1.01)]["loss"].dropna()
-        value = float((inside - inside.min()).mean()) if len(inside) >= 2 else math.nan
-        out[recipe] = (value, lo, hi, len(inside))
+        loss = g["loss"].dropna()
+        value = float((loss - loss.min()).mean()) if shared and len(loss) >= 2 else math.nan
+        out[recipe] = (value, min(lrs), max(lrs), len(loss) if shared else 0)
     return out
 
 
@@ -160,9 +190,17 @@ def summarize(points: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         r = runs[(runs["model_label"] == label) & (runs["recipe"] == recipe)]
         chance = 100.0 * float(r["chance"].astype(float).median())
         best = g.loc[g["val_median"].idxmax()]  # the first of equals: the lower lr
-        se = _standard_error(r[np.isclose(r["lr"], best["lr"])])
-        inside = g[g["val_median"] >= best["val_median"] - se]
+        # The window: the one-standard-error rule (Hastie et al., ESL sec. 7.10) on each lr's paired difference
+        # from the best (best - lr, by seed, on validation), within one SE of that difference.
+        paired = {float(lr): _paired_se(r, float(lr), float(best["lr"])) for lr in g["lr"]}
+        inside = g[[float(lr) == float(best["lr"]) or (paired[float(lr)][0] <= paired[float(lr)][1])
+                    for lr in g["lr"]]]
         lo, hi = float(inside["lr"].min()), float(inside["lr"].max())
+        # The lr to hand back: of the window's lrs, the farthest (in decades) from any lr where a seed collapsed
+        # or diverged; among equals, the higher validation median.
+        bad = [float(x) for x in g.loc[(g["collapsed"] > 0) | (g["diverged"] > 0), "lr"]]
+        safe = max(inside.itertuples(), key=lambda p: (_distance_to_bad(float(p.lr), bad), p.val_median))
+        at_edge = len(g) > 1 and float(best["lr"]) in (g["lr"].min(), g["lr"].max())
         between = g[(g["lr"] >= lo) & (g["lr"] <= hi)]
         own = float(r["own_lr"].median())
         floor = g["median"].clip(lower=chance) if not math.isnan(chance) else g["median"]
@@ -170,7 +208,7 @@ def summarize(points: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         rows.append({
             "model": label, "recipe": recipe, "seeds": int(g["seeds"].max()), "lrs": len(g), "own_lr": own,
             "best_lr": float(best["lr"]), "best_val": float(best["val_median"]), "best_test": float(best["median"]),
-            "se": se, "window_lo": lo, "window_hi": hi, "window_decades": math.log10(hi / lo),
+            "window_lo": lo, "window_hi": hi, "window_decades": math.log10(hi / lo),
             "window_gaps": ", ".join(f"{v:.3g}" for v in between.loc[~between.index.isin(inside.index), "lr"]),
             "loss_sensitivity": loss_sens, "shared_lo": shared_lo, "shared_hi": shared_hi, "shared_lrs": shared_n,
             # On accuracy over the recipe's own grid (test medians against their best); one lr is no curve.
@@ -178,7 +216,10 @@ def summarize(points: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
             "own_lr_vs_best": own / float(best["lr"]),
             "own_lr_where": _where(own, lo, hi, g["lr"].min(), g["lr"].max()),
             "naive_lr_where": _where(NAIVE_LR, lo, hi, g["lr"].min(), g["lr"].max()),
-            "best_at_edge": len(g) > 1 and float(best["lr"]) in (g["lr"].min(), g["lr"].max()),
+            "best_at_edge": at_edge, "add_lrs": ", ".join(f"{x:.3g}" for x in _beyond_edge(g, float(best["lr"])))
+            if at_edge else "",
+            "safe_lr": float(safe.lr), "safe_val": float(safe.val_median), "safe_test": float(safe.median),
+            "safe_from_bad": _distance_to_bad(float(safe.lr), bad),
             "danger_lrs": ", ".join(f"{v:.3g}" for v in g.loc[g["danger"], "lr"]),
             "collapsed": f"{int(g['collapsed'].sum())}/{int(g['seeds'].sum())}",
             "diverged": f"{int(g['diverged'].sum())}/{int(g['seeds'].sum())}",
@@ -193,16 +234,28 @@ def sensitivity(store: Store, experiment_id: int) -> tuple[pd.DataFrame, pd.Data
     return runs, points, summarize(points, runs) if not points.empty else pd.DataFrame(columns=SUMMARY_COLUMNS)
 
 
+RECOMMEND_RULE = (
+    "validation chooses: the recipe with the highest best-lr validation median (recipes within half a validation "
+    "image of it are tied, and the tie goes to the wider window); then, of that recipe's window (the lrs within one "
+    "standard error of the best by their paired difference: the one-standard-error rule, Hastie et al., ESL sec. "
+    "7.10), the lr farthest from any lr where a seed collapsed or diverged (Schmidt et al. 2021's danger zone), "
+    "the higher validation median among equals")
+
+
 def recommend(runs: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
-    """Per model: the summary row of the recipe whose best lr has the highest validation median (chosen on
-    validation only; its test accuracy is reported beside it, not used), with `run_ids`, the finished runs
-    of that recipe at that lr (their stored recipe is the one to hand back)."""
+    """Per model, by `RECOMMEND_RULE` (validation only; test is reported beside it, not used): the chosen
+    recipe's summary row with `lr` (its safe lr: `safe_lr`), `tied` (the recipes tied with it), and `run_ids`,
+    the finished runs of that recipe at that lr (their stored recipe is the one to hand back)."""
     rows = []
     for _, g in summary.groupby("model", sort=False):
-        best = g.loc[g["best_val"].idxmax()]
-        mine = runs[(runs["model_label"] == best["model"]) & (runs["recipe"] == best["recipe"])
-                    & np.isclose(runs["lr"], best["best_lr"]) & runs["val"].notna()]
-        rows.append({**best.to_dict(), "run_ids": mine["run_id"].astype(int).tolist()})
+        top = g["best_val"].max()
+        r = runs[runs["model_label"] == g["model"].iloc[0]]
+        n_val = float(r["n_val"].dropna().median()) if r["n_val"].notna().any() else math.inf
+        tied = g[g["best_val"] >= top - 50.0 / n_val]  # half an image, in points
+        best = tied.loc[tied["window_decades"].idxmax()]
+        mine = r[(r["recipe"] == best["recipe"]) & np.isclose(r["lr"], best["safe_lr"]) & r["val"].notna()]
+        rows.append({**best.to_dict(), "tied": [x for x in tied["recipe"] if x != best["recipe"]],
+                     "run_ids": mine["run_id"].astype(int).tolist()})
     return pd.DataFrame(rows)
 
 
@@ -232,12 +285,15 @@ def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
 
     return pd.DataFrame([{
         "model": s["model"], "recipe": s["recipe"], "seeds x lrs": f"{s['seeds']} x {s['lrs']}",
-        "best lr on val (val %)": f"{s['best_lr']:.3g} ({s['best_val']:.1f})" + (" at edge" if s["best_at_edge"] else ""),
+        "best lr on val (val %)": f"{s['best_lr']:.3g} ({s['best_val']:.1f})" + (
+            f" at the edge: add {s['add_lrs']}" if s["best_at_edge"] else ""),
         "test % there": f"{s['best_test']:.1f}",
-        "window (1 SE)": window(s),
-        "LR sens. (loss)": ("-" if pd.isna(s["loss_sensitivity"]) else
-                            f"{s['loss_sensitivity']:.3f} over {s['shared_lo']:.3g}–{s['shared_hi']:.3g}"),
-        "LR sens. (acc pts)": "-" if pd.isna(s["acc_sensitivity"]) else f"{s['acc_sensitivity']:.1f}",
+        "window (1 SE, paired)": window(s),
+        "recommended lr": (f"{s['safe_lr']:.3g}" + ("" if math.isinf(s["safe_from_bad"]) else
+                                                    f" ({s['safe_from_bad']:.2g} dec from a collapse)")),
+        "LR sensitivity (Wortsman, test loss)": ("-" if pd.isna(s["loss_sensitivity"]) else
+                                                 f"{s['loss_sensitivity']:.3f} over {s['shared_lo']:.3g}–{s['shared_hi']:.3g}"),
+        "mean shortfall from best (acc pts, own grid)": "-" if pd.isna(s["acc_sensitivity"]) else f"{s['acc_sensitivity']:.1f}",
         "own lr": f"{s['own_lr']:.3g}: {_ratio(s['own_lr_vs_best'])}, {s['own_lr_where']}",
         f"naive lr {NAIVE_LR:g}": s["naive_lr_where"],
         "collapsed, diverged": f"{s['collapsed']}, {s['diverged']}",
@@ -253,16 +309,21 @@ LEGEND = (
     "or unfinished run is left out: an error says nothing about the lr). Danger zone: an lr where a seed collapsed or "
     f"diverged while another trained clear of chance (a tenth of the way from chance to 100% or more; Schmidt et al. "
     "2021, app. C): one run there says nothing. Best lr: the highest validation median (ties: the lower lr), its test "
-    "median beside it. Window: the lrs whose validation median is within one standard error of the best's (the "
-    "one-standard-error rule, Hastie et al., ESL sec. 7.10; SE² = the seeds' variance / seeds + p(1−p) / validation "
-    "images), a range and its width in decades ('not' lists lrs inside the range that fall below). LR sensitivity "
-    "(Wortsman et al., ICLR 2024, sec. 2.2) on the final test loss: over one lr range shared by every recipe of the "
-    "model, the mean of min(loss, ln k) − the best loss, ln k being the loss of a uniform guess (a diverged run "
-    "counts there); '-' where the shared range holds under two of a recipe's lrs (use an absolute axis, "
-    "--lrs 1e-4,3e-4,...). Beside it, on accuracy: the mean over the recipe's own grid of best − max(test median, "
-    "chance), in points. Read both with the curve: a recipe that never trains has none. Own lr: the recipe's fitted "
-    f"lr, against the best; naive lr: Adam {NAIVE_LR:g}, the CNN tutorials' setting. A best at the grid's edge means "
-    "the window may extend past the grid.")
+    "median beside it; at the grid's edge, the lrs to add. Window: the lrs whose paired difference from the best "
+    "(best − lr on validation, seed by seed) is within one standard error of that difference (the one-standard-error "
+    "rule, Hastie et al., ESL sec. 7.10; SE² = the per-seed differences' variance / seeds + each lr's binomial "
+    "variance over the validation images / seeds), a range and its width in decades ('not' lists lrs inside the range "
+    "that fall out). Recommended lr: of the window, the lr farthest (in decades) from any lr where a seed collapsed or "
+    "diverged, the higher validation median among equals; the recipe handed back is the one with the highest best "
+    "validation median, recipes within half a validation image of it tied and the tie given to the wider window. "
+    "LR sensitivity (Wortsman et al., ICLR 2024, sec. 2.2) on the final test loss: over one absolute lr range every "
+    f"recipe of the model ran at the same points, spanning at least {MIN_SHARED_DECADES:g} decades, the mean of "
+    "min(loss, l0) − l*, l* the recipe's loss at its best lr there, a diverged run counted at l0; l0 is ln k, the loss "
+    "of a uniform guess (the paper uses the loss measured at initialisation, which harness does not record); '-' "
+    "without such a range (a multiplier axis: use --lrs 1e-4,3e-4,...). Mean shortfall from best: over the recipe's "
+    "own grid, best − max(test median, chance), in points; not Wortsman's quantity. Read both with the curve: a recipe "
+    f"that never trains has none. Own lr: the recipe's fitted lr, against the best; naive lr: Adam {NAIVE_LR:g}, the "
+    "CNN tutorials' setting.")
 
 
 def save_sensitivity(store: Store, experiment_id: int, out: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

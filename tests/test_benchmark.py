@@ -22,9 +22,15 @@ def test_default_grid_is_all_models_naive_vs_fitted_on_cpu_stand_ins():
     spec = load_grid(None)
     assert default_grid().name == "naive_vs_recipe.yaml"
     grid = resolve_grid(spec, cuda=False)
-    assert grid.scale == "tiny"
-    assert [(r.model, r.stands_for, r.recipe.name) for r in grid.runs] == [
+    assert grid.scale == "tiny" and spec.seeds == "auto"
+    first = [r for r in grid.runs if r.seed == 0]
+    assert [(r.model, r.stands_for, r.recipe.name) for r in first] == [
         (CPU_VARIANT[m], m, rec) for m in ALL for rec in ("naive", family_recipe_name(MODELS[m].family))]
+    # --seeds auto: every seed up to the cap is in the grid, tagged; the looks start each model with seeds 0 and 1.
+    assert len(grid.runs) == 4 * 2 * 5 and all(r.tags["seed_rule"] == "auto" for r in grid.runs)
+    assert len(grid.seed_groups) == 4 and all(len(g) == 5 and all(len(s) == 2 for s in g) for g in grid.seed_groups)
+    g0 = grid.seed_groups[0]
+    assert {(grid.runs[i].model, grid.runs[i].seed) for i in g0[1]} == {(CPU_VARIANT[ALL[0]], 1)}
     assert all(r.epochs == spec.epochs and r.data == spec.data and r.threads == 1 for r in grid.runs)
     assert grid.note.startswith("CPU: running resnet18 for resnet50, efficientnet_b0 for efficientnet_b3, "
                                 "vit_tiny for vit_base, swin_nano for swin_tiny; use --scale full")
@@ -117,7 +123,7 @@ def test_benchmark_end_to_end_through_ray(ray_local, tmp_path, monkeypatch):
     grid.write_text(yaml.safe_dump({"name": "e2e", "models": ["resnet50"], "recipes": ["naive", "fitted"], "epochs": 2,
                                     "scale": "tiny", "data": {"name": "synthetic", "image_size": 16, "num_classes": 4,
                                                               "train_size": 64}, "set": {"batch_size": 16},
-                                    "lrs": ["x1", "x3"]}))
+                                    "lrs": ["x1", "x3"], "seeds": 1}))
     db = f"sqlite:///{tmp_path / 'results.db'}"
     r = CliRunner().invoke(main, ["benchmark", str(grid), "--db", db, "--out", str(tmp_path / "dash")])
     assert r.exit_code == 0, r.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -79,9 +80,15 @@ def test_sensitivity_table_matches_hand_computation(grid_db):
     naive, vit = s.loc["naive"], s.loc["vit (fitted)"]
     # Best on the validation median; the test median there is reported beside it.
     assert (naive["best_lr"], naive["best_val"], naive["best_test"]) == (1e-4, 70, 60)
-    # One-SE window: SE^2 = var(.70,.72,.68)/3 + .7 x .3/200 -> SE 3.44 points: 66.6 admits no other lr.
-    assert naive["se"] == pytest.approx(100 * math.sqrt(0.0004 / 3 + 0.21 / 200))
+    # One-SE window on the paired difference, best - lr by seed: 1e-3 (val 65, 10, 11) is 5, 62, 57 points below,
+    # mean 41.3 against SE^2 = var(5, 62, 57)/3 + (.7 x .3 + .287 x .713)/200/3 -> SE 18.4: outside; 1e-2 too.
+    mean, se = sens._paired_se(runs[(runs["recipe"] == "naive")], 1e-3, 1e-4)
+    d = np.array([5, 62, 57]) / 100
+    assert mean == pytest.approx(41.333, abs=1e-3)
+    assert se == pytest.approx(100 * math.sqrt(d.var(ddof=1) / 3 + (0.7 * 0.3 + 0.28667 * 0.71333) / 200 / 3), rel=1e-3)
     assert (naive["window_lo"], naive["window_hi"], naive["window_decades"]) == (1e-4, 1e-4, 0) and naive["best_at_edge"]
+    # At the grid's low edge: the two lrs below it at the grid's step (a decade) are the ones to add.
+    assert naive["add_lrs"] == "1e-05, 1e-06" and naive["safe_lr"] == 1e-4 and naive["safe_from_bad"] == pytest.approx(1)
     # Wortsman on test loss over the shared range (both grids: 1e-4..1e-2), losses clipped at ln 10, medians:
     # naive 1.2, ln 10, ln 10 (the diverged run at ln 10); best 1.2.
     assert naive["loss_sensitivity"] == pytest.approx((0 + (LN10 - 1.2) + (LN10 - 1.2)) / 3)
@@ -91,15 +98,16 @@ def test_sensitivity_table_matches_hand_computation(grid_db):
     assert math.isclose(naive["own_lr_vs_best"], 10) and (naive["collapsed"], naive["diverged"]) == ("4/9", "1/9")
 
     assert (vit["best_lr"], vit["best_val"], vit["best_test"]) == (1e-3, 82, 82)  # not 1e-2, test's favourite
-    assert vit["se"] == pytest.approx(100 * math.sqrt(0.0004 / 3 + 0.82 * 0.18 / 200))  # 2.95: 78 is outside
-    assert (vit["window_lo"], vit["window_hi"]) == (1e-3, 1e-3) and not vit["best_at_edge"]
+    # 1e-2 (val 78, 11, 79) is 2, 73, 3 below 1e-3 by seed: mean 26 > its SE 23.6; 1e-4: 20 > 2.8.
+    assert (vit["window_lo"], vit["window_hi"]) == (1e-3, 1e-3) and not vit["best_at_edge"] and vit["add_lrs"] == ""
+    assert vit["safe_lr"] == 1e-3 and vit["safe_from_bad"] == pytest.approx(1)  # 1e-2 had a collapsed seed
     # vit losses: 1.14, 0.54, 0.45 (medians of 3 x error); best 0.45.
     assert vit["loss_sensitivity"] == pytest.approx(((1.14 - 0.45) + (0.54 - 0.45) + 0) / 3)
     assert vit["acc_sensitivity"] == pytest.approx(((85 - 62) + (85 - 82) + 0) / 3)
     assert (vit["own_lr_where"], vit["naive_lr_where"], vit["danger_lrs"]) == ("in the window", "in the window", "0.01")
 
     text = rep.to_text(sens.format_summary(summary))
-    assert "0.0001 (70.0) at edge" in text and "0.001 only" in text
+    assert "0.0001 (70.0) at the edge: add 1e-05, 1e-06" in text and "0.001 only" in text
     assert "0.001: 10x above the best, above the window" in text and "0.735 over 0.0001–0.01" in text
 
 
@@ -136,7 +144,7 @@ def test_before_after_chosen_on_val_reported_on_test(grid_db):
 
 
 def test_lr_axis_resolves_each_recipe_around_its_own_lr():
-    spec = load_grid(None, models="vit_base", lrs="x10,x0.1,x1")
+    spec = load_grid(None, models="vit_base", lrs="x10,x0.1,x1", seeds=1)
     grid = resolve_grid(spec, cuda=False)
     assert [p.label for p in spec.lrs] == ["x0.1", "x1", "x10"]  # parsed once into typed points, sorted
     assert spec.model_dump(mode="json")["lrs"] == ["x0.1", "x1", "x10"]  # stored as written back

@@ -16,14 +16,16 @@ BEFORE_AFTER = {
     "model": "what ran; on CPU the stand-in and the model it stands for",
     "recipes": "before → after: the baseline recipe and the one compared with it",
     "lr": "with an lr axis: each recipe at its own lr, or at its best lr in the grid (chosen on validation)",
-    "seeds": "runs on each side",
+    "seeds": "seeds paired on each side and why: fixed (--seeds N), decided or cap (--seeds auto: 2, then more "
+             "while the verdict is undecided, up to 5); k → m when the sides differ",
     "batch, updates": "batch size and optimizer updates per run",
     "test acc %": "the final weights on the held-out test split; one seed: [95% interval over its images], "
                   "several: mean ± std",
     "test acc % (val where flagged)": "as test acc %; on validation where the data has no test split (the flags say so)",
     "collapsed": "runs that ended at chance, diverged or failed, as k/n",
-    "Δ [95% CI]": "after − before in points, with a paired 95% interval",
-    "interval": "how that interval was made: over the seeds, or over the test images for one seed",
+    "Δ [CI]": "after − before in points, with a paired interval carrying the seeds and the shared test images "
+              "(95%; 98.75% at each look of --seeds auto)",
+    "interval": "how that interval was made: over seeds and test images together, or the test images for one seed",
     "verdict": "better / worse when the interval excludes 0, else no detectable difference",
     "best val acc %": "the best epoch on validation: optimistic, shown but never judged",
     "epochs to 90% of best": "the first epoch at 90% of the run's best validation accuracy",
@@ -49,11 +51,15 @@ SENSITIVITY = {
     "model": "what ran",
     "recipe": "the recipe whose whole schedule the lr axis scales",
     "seeds x lrs": "runs per lr, lrs in the grid",
-    "best lr on val (val %)": "the lr with the highest validation median (what chooses)",
+    "best lr on val (val %)": "the lr with the highest validation median (what chooses); at the grid's edge, the "
+                              "lrs to add",
     "test % there": "the test median at that lr (what reports)",
-    "window (1 SE)": "the lrs within one standard error of the best, and its width in decades",
-    "LR sens. (loss)": "mean excess test loss over the lr range every recipe shares (lower: less sensitive)",
-    "LR sens. (acc pts)": "the same in accuracy points",
+    "window (1 SE, paired)": "the lrs whose paired difference from the best is within one standard error, and its "
+                             "width in decades",
+    "recommended lr": "of the window, the lr farthest from any lr where a seed collapsed or diverged",
+    "LR sensitivity (Wortsman, test loss)": "mean excess test loss over one shared absolute lr range of at least two "
+                                            "decades (lower: less sensitive); '-' without one",
+    "mean shortfall from best (acc pts, own grid)": "best − test median, averaged over the recipe's own grid",
     "own lr": "the recipe's own lr against the best",
     "naive lr": "where the naive recipe's lr falls on this recipe's curve",
     "collapsed, diverged": "runs at chance, runs with NaN/Inf loss",

@@ -212,8 +212,8 @@ def compare(before: pd.DataFrame, after: pd.DataFrame, correct: dict[int, np.nda
 def group_decided(db: str, experiment_id: int, trial_ids: list[str]) -> bool:
     """One look of `--seeds auto` (the engine's `SequentialSeeds` asks it when a model's launched runs have all
     finished): whether every comparison of the model's recipes against its baseline has an interval, at the
-    sequential level, that excludes 0. Reads the finished runs by their Ray trial ids; nothing to compare
-    (one recipe) is decided."""
+    sequential level, that excludes 0, over two or more seeds. Reads the finished runs by their Ray trial ids;
+    nothing to compare (one recipe) is decided."""
     from harness.tables.read import open_reader
 
     store = open_reader(db)
@@ -229,9 +229,10 @@ def group_decided(db: str, experiment_id: int, trial_ids: list[str]) -> bool:
     recipes = list(dict.fromkeys(summary["recipe"]))
     baseline = "naive" if "naive" in recipes else recipes[0]
     base = summary[summary["recipe"] == baseline]
-    return all(compare(base, summary[summary["recipe"] == other], correct,
-                       confidence=sequential_confidence())["verdict"] in ("better", "worse")
-               for other in recipes if other != baseline)
+    looks = (compare(base, summary[summary["recipe"] == other], correct, confidence=sequential_confidence())
+             for other in recipes if other != baseline)
+    # One seed is never a decision under the rule: its interval leaves the seed's variance out.
+    return all(c["paired_seeds"] >= 2 and c["verdict"] in ("better", "worse") for c in looks)
 
 
 def splits_of(labels: pd.Series) -> str:
