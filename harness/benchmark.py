@@ -323,10 +323,10 @@ def finish(where: Where, experiment_id: int, *, echo: Callable[[str], None] = pr
         store.close()
     split = rep.splits_of(table["split"]) or "test"
     echo("")
-    echo(f"before/after ({split} acc %, the final weights on the held-out {split} split; one seed: [95% interval over "
-         "its images], several: mean ± std; Δ in points with a paired interval that carries the seeds and the test "
-         "images; the legend is in the .md):")
-    echo(rep.to_text(rep.format_before_after(table), columns=rep.TERMINAL_COLUMNS))
+    echo(f"before/after ({split} acc %, the final weights on the held-out {split} split; several seeds: mean±std; "
+         "Δ in points with a paired interval that carries the seeds and the test images; seeds: how many and why; "
+         "the intervals of each side, the medians and the legend are in the .md):")
+    echo(rep.to_text(rep.format_before_after(table, terminal=True), columns=rep.TERMINAL_COLUMNS))
     if not points.empty:
         echo("")
         echo("lr sensitivity (the best lr and its window chosen on validation; test acc % over seeds: median [min–max]; "

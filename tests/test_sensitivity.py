@@ -136,11 +136,11 @@ def test_before_after_chosen_on_val_reported_on_test(grid_db):
     assert "each at its own (x1)" in shown and "each at its best on val: 0.0001 → 0.001" in shown
     assert "2/3 → 0/3" in shown and "median 11.0 [10.0–75.0]" in shown
     # On a 100-column terminal: the terminal's columns, laid out to fit, cells folded, nothing cut off.
-    narrow = rep.to_text(rep.format_before_after(table), width=100, columns=rep.TERMINAL_COLUMNS)
+    narrow = rep.to_text(rep.format_before_after(table, terminal=True), width=100, columns=rep.TERMINAL_COLUMNS)
     assert max(len(line) for line in narrow.splitlines()) <= 100
     assert "verdict" in narrow and "batch, updates" not in narrow and "flags" not in narrow
-    for word in "median 11.0 [10.0–75.0] 2/3 → 0/3 better".split():  # folded onto lines, never cut
-        assert word in narrow
+    for word in "32.0±37.2 82.0±2.0 +22.0 better collapsed own (x1) 0.0001→0.001".split():  # their own columns, never cut
+        assert word in narrow, "\n" + narrow
 
 
 def test_lr_axis_resolves_each_recipe_around_its_own_lr():

@@ -71,7 +71,7 @@ def before_after_rows(lr_axis: bool) -> pd.DataFrame:
                        verdict="worse (one seed)", before_epochs_to_90=3.0, after_epochs_to_90=7.0, before_gap=0.4,
                        after_gap=2.1, flags="")
             rows.append(row)
-    return rep.format_before_after(pd.DataFrame(rows, columns=rep.TABLE_COLUMNS))
+    return rep.format_before_after(pd.DataFrame(rows, columns=rep.TABLE_COLUMNS), terminal=True)
 
 
 @pytest.mark.parametrize("lr_axis", [False, True])

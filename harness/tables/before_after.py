@@ -375,9 +375,17 @@ def _acc(r: pd.Series, side: str) -> str:
     return format_acc(*(r.get(f"{side}_acc_{k}", math.nan) for k in ("mean", "std", "lo", "hi", "median", "min", "max")))
 
 
-def format_before_after(table: pd.DataFrame) -> pd.DataFrame:
+def _short_acc(r: pd.Series, side: str) -> str:
+    """A terminal cell: one run's accuracy, or the seeds' mean ± std, with no spaces to break at."""
+    mean, std = r.get(f"{side}_acc_mean", math.nan), r.get(f"{side}_acc_std", math.nan)
+    return "-" if pd.isna(mean) else f"{mean:.1f}" if pd.isna(std) else f"{mean:.1f}±{std:.1f}"
+
+
+def format_before_after(table: pd.DataFrame, *, terminal: bool = False) -> pd.DataFrame:
     """The table as people read it: 'naive → vit', 'a ± s → b ± s', signed differences. With several
-    seeds it adds the collapses (k/n), with an lr axis the lrs compared (each recipe's own, or its best)."""
+    seeds it adds the collapses (k/n), with an lr axis the lrs compared (each recipe's own, or its best).
+    `terminal`: the columns a terminal shows (TERMINAL_COLUMNS), compact enough to read at 100 columns:
+    before and after in their own columns, mean ± std (the intervals and medians are in the .md)."""
     seeds = bool(((table["before_runs"] > 1) | (table["after_runs"] > 1)).any()) if len(table) else False
     axis = bool((table["lrs"] == "best").any()) if "lrs" in table and len(table) else False
     split = splits_of(table["split"]) if len(table) else "test"
@@ -408,6 +416,15 @@ def format_before_after(table: pd.DataFrame) -> pd.DataFrame:
             "final train–val gap (pts)": arrow(_num(r["before_gap"], "{:+.1f}"), _num(r["after_gap"], "{:+.1f}")),
             "flags": r["flags"] or "",
         }
+        if terminal:
+            row = {k: row[k] for k in ("model", "recipes", "lr", "seeds") if k in row}
+            if axis:  # short: which lrs (the .md says how they were chosen)
+                row["lr"] = ("own (x1)" if r["lrs"] == "own" else
+                             f"best on val: {_num(r['before_lr'], '{:.2g}')}→{_num(r['after_lr'], '{:.2g}')}")
+            row |= {"before %": _short_acc(r, "before"), "after %": _short_acc(r, "after"),
+                    "Δ [CI]": (_num(r["delta"], "{:+.1f}") + (f" [{r['delta_lo']:+.1f},{r['delta_hi']:+.1f}]"
+                                                              if pd.notna(r["delta_lo"]) else "")),
+                    "verdict": r["verdict"] or ""}
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -445,8 +462,7 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 
 # The columns a terminal shows of the before/after table (the .md/.csv beside it hold every column).
-TERMINAL_COLUMNS = ("model", "recipes", "lr", "seeds", "test acc %", "test acc % (val where flagged)", "collapsed",
-                    "Δ [CI]", "verdict")
+TERMINAL_COLUMNS = ("model", "recipes", "lr", "seeds", "before %", "after %", "Δ [CI]", "verdict")
 
 
 def save_before_after(store: Store, experiment_id: int, out: Path) -> tuple[Path, Path, pd.DataFrame]:
