@@ -318,7 +318,8 @@ def finish(where: Where, experiment_id: int, *, echo: Callable[[str], None] = pr
     try:
         table = rep.before_after(store, experiment_id)
         runs, points, summary = sens.sensitivity(store, experiment_id)
-        recipes = hand_back(store, experiment_id, runs, summary, Path(where.out or "."), echo=echo) if not points.empty else []
+        out = Path(where.out) if where.out is not None else None  # no folder: the recommendation printed, no file
+        recipes = hand_back(store, experiment_id, runs, summary, out, echo=echo) if not points.empty else []
     finally:
         store.close()
     split = rep.splits_of(table["split"]) or "test"
@@ -344,7 +345,7 @@ def finish(where: Where, experiment_id: int, *, echo: Callable[[str], None] = pr
     return lines
 
 
-def hand_back(store: Any, experiment_id: int, runs: Any, summary: Any, out: Path, *,
+def hand_back(store: Any, experiment_id: int, runs: Any, summary: Any, out: Path | None, *,
               echo: Callable[[str], None] = print) -> list[str]:
     """Per model of an lr grid: the recommended recipe (`sensitivity.recommend`, by its stated
     rule, `sensitivity.RECOMMEND_RULE`) written as `out/recipes/recommended-<experiment>-<model>.yaml`, a file
@@ -363,14 +364,14 @@ def hand_back(store: Any, experiment_id: int, runs: Any, summary: Any, out: Path
         params = stored.iloc[0]["params"]
         recipe = Recipe.model_validate(params["recipe"])
         model = str(stored.iloc[0]["model"])  # what ran and was measured (a CPU stand-in says so in the header)
-        path = out / "recipes" / f"recommended-{experiment_id}-{model}.yaml"
+        path = out / "recipes" / f"recommended-{experiment_id}-{model}.yaml" if out is not None else None
         lr = float(best["safe_lr"])
         tied = f" (tied on validation with {', '.join(best['tied'])}: the wider window chose)" if best["tied"] else ""
         away = ("no lr of its grid collapsed" if math.isinf(best["safe_from_bad"]) else
                 f"{best['safe_from_bad']:.2g} decades from the nearest lr where a seed collapsed or diverged")
         edge = (f" The best lr ({best['best_lr']:.3g}) is at the grid's edge: the best may lie beyond it; add "
                 f"{best['add_lrs']} to the grid." if best["best_at_edge"] else "")
-        write_recipe_file(recipe, path, comment=[
+        comment = [
             f"The recipe harness recommends for {best['model']} on {params['data']['name']} "
             f"({params['data']['image_size']} px, {params['epochs']} epochs at batch {recipe.batch_size}): "
             f"{best['recipe']} at lr {lr:.3g} (peak, at this batch){tied}.",
@@ -382,9 +383,12 @@ def hand_back(store: Any, experiment_id: int, runs: Any, summary: Any, out: Path
             f"Its own (fitted) lr was {best['own_lr']:.3g}: the chosen one is {lr / best['own_lr']:.3g}x it.",
             f"Train with it: harness train --model {model} --recipe {path} --data {params['data']['name']} "
             f"--image-size {params['data']['image_size']} --epochs {params['epochs']} (the budget it was fitted to)",
-        ])
+        ]
+        if path is not None:
+            write_recipe_file(recipe, path, comment=comment)
         flags = timm_train_flags(recipe, epochs=int(params["epochs"]))
-        lines.append(f"recommended recipe for {best['model']}: {path}  ({best['recipe']} at lr {lr:.3g}, "
+        lines.append(f"recommended recipe for {best['model']}: {path or '(no output folder: not written)'}  "
+                     f"({best['recipe']} at lr {lr:.3g}, "
                      f"val {best['safe_val']:.1f}%, test {best['safe_test']:.1f}%; {away}){tied}")
         if best["best_at_edge"]:
             lines.append(f"  the best lr ({best['best_lr']:.3g}) is at the grid's edge: add {best['add_lrs']} "

@@ -305,3 +305,19 @@ def fault_plugin(tmp_path):
     # Later tests' specs would still name this test's file, which pytest deletes once the test passes.
     for key in made:
         plugins._LOADED.pop(key, None)
+
+
+# --- the working tree stays clean: no test writes its outputs into the repository -----------------------
+
+REPO = Path(__file__).resolve().parent.parent
+STRAY = ("recipes", "dashboards", "ray_results", "results.db")  # what a command writes into its current folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_outputs_in_the_repository():
+    """A test that runs a command with the repository as its folder leaves its outputs there (three recommended
+    recipe files were once committed that way): fail the session if one appears that was not there before."""
+    before = {name for name in STRAY if (REPO / name).exists()}
+    yield
+    new = [name for name in STRAY if (REPO / name).exists() and name not in before]
+    assert not new, f"tests wrote {new} into the repository {REPO}; run commands in tmp_path (monkeypatch.chdir)"
