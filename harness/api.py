@@ -106,9 +106,10 @@ def benchmark(grid: Path | str | None = None, *, models: str | list[str] | None 
     from harness.benchmark import load_grid, run_benchmark, split_names
     from harness.options import parse_pretrained
 
-    names = split_names(models if isinstance(models, str) or models is None else ",".join(models))
+    models = models if isinstance(models, str) or models is None else ",".join(models)
+    names = split_names(models)
     with _families(family, names):
-        spec = load_grid(None if grid is None else Path(grid), models=",".join(names) if names else None,
+        spec = load_grid(None if grid is None else Path(grid), models=models,  # as given: load_grid refuses an empty list
                          recipes=recipes if isinstance(recipes, str) or recipes is None else ",".join(recipes),
                          epochs=epochs, seeds=seeds, data=data, image_size=image_size, scale=scale,
                          concurrency=concurrency, batch_size=batch_size, sets=sets or {}, lrs=lrs,
