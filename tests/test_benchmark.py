@@ -52,7 +52,7 @@ def test_cuda_runs_the_full_models_and_flags_override_the_file():
 
 def test_grid_file_and_set_overrides(tmp_path):
     f = tmp_path / "g.yaml"
-    f.write_text(yaml.safe_dump({"name": "mine", "models": "resnet18,vit_tiny", "recipes": ["naive", "vit"], "epochs": 1,
+    f.write_text(yaml.safe_dump({"name": "mine", "models": "resnet18,vit_tiny", "recipes": ["naive", "vit"], "epochs": 1, "seeds": 1,
                                  "data": {"name": "synthetic", "image_size": 16, "num_classes": 4}, "set": {"batch_size": 8}}))
     spec = load_grid(f, sets={"lr": 0.01})
     runs = resolve_grid(spec, cuda=False).runs
