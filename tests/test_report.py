@@ -163,3 +163,21 @@ def test_report_title_names_the_tables_accuracy_column(written, db_url, tmp_path
     at = next(i for i, ln in enumerate(lines) if ln.startswith(f"latest benchmark (experiment {exp}), "))
     title = lines[at].split("), ", 1)[1].rstrip(":")
     assert title.startswith("test acc %") and title in lines[at + 1]  # the header line below it holds the column
+
+
+def test_a_timm_model_by_name_says_its_family_and_why(db_url):
+    """A model run by its timm name records the recipe family it got and why; the table shows both."""
+    store = Store(db_url)
+    exp = store.create_experiment(kind="benchmark", name="by name")
+    why = "ConvNeXt was published with Swin-T's recipe"
+    for recipe in ("naive", "swin (fitted)"):
+        rid = store.create_run(exp, model="convnext_tiny", recipe=recipe, seed=0, params={
+            "data": {"name": "digits"}, "recipe": {"batch_size": 64}, "epochs": 1, "train_images": 100,
+            "tags": {"family": "swin", "family_why": why}})
+        store.log_epoch(rid, 1, {"train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0, "val_acc": 0.5, "lr": 1e-3})
+        store.finish_run(rid, status="completed")
+    row = rep.before_after(store, exp).iloc[0]
+    assert row["model"] == "convnext_tiny (family swin)" and row["family"] == f"swin: {why}"
+    shown = rep.format_before_after(rep.before_after(store, exp))
+    assert shown.loc[0, "family (by name: why)"] == f"swin: {why}"
+    store.close()

@@ -117,7 +117,7 @@ def _above_chance(acc: float, n: float, chance: float) -> bool:
 # --- the before/after table ---------------------------------------------------------------------
 
 TABLE_COLUMNS = [
-    "model", "ran", "stands_for", "before_recipe", "after_recipe", "lrs", "chosen_on", "before_lr", "after_lr",
+    "model", "ran", "stands_for", "family", "before_recipe", "after_recipe", "lrs", "chosen_on", "before_lr", "after_lr",
     "before_runs", "after_runs", "batch", "updates", "split", "n_images", "before_best_mean", "before_best_std",
     "after_best_mean", "after_best_std", "delta_best", "before_acc_mean", "before_acc_std", "before_acc_lo",
     "before_acc_hi", "before_acc_median", "before_acc_min", "before_acc_max", "before_collapsed",
@@ -333,8 +333,13 @@ def before_after(store: Store, experiment_id: int) -> pd.DataFrame:
     rows = []
     # Models in the order their first run was created (the grid's order).
     for (model, stands_for), group in summary.groupby(["model", summary["stands_for"].fillna("")], sort=False):
-        label = {"model": stand_in_label(model, stands_for or None, short=True), "ran": model,
-                 "stands_for": stands_for or None}
+        # A timm model run by name records the recipe family it got and why (models.family_why): the table says it.
+        tags = runs.loc[runs["id"].isin(group["run_id"]), "params"].map(
+            lambda p: (p.get("tags") or {}) if isinstance(p, dict) else {})
+        fam = next((t for t in tags if "family" in t), None)
+        label = {"model": stand_in_label(model, stands_for or None, short=True) + (f" (family {fam['family']})" if fam else ""),
+                 "ran": model, "stands_for": stands_for or None,
+                 "family": f"{fam['family']}: {fam.get('family_why', '')}" if fam else ""}
         recipes = list(dict.fromkeys(group["recipe"]))
         baseline = "naive" if "naive" in recipes else recipes[0]
         others = [r for r in recipes if r != baseline] or [None]
@@ -389,6 +394,7 @@ def format_before_after(table: pd.DataFrame, *, terminal: bool = False) -> pd.Da
     seeds = bool(((table["before_runs"] > 1) | (table["after_runs"] > 1)).any()) if len(table) else False
     axis = bool((table["lrs"] == "best").any()) if "lrs" in table and len(table) else False
     split = splits_of(table["split"]) if len(table) else "test"
+    by_name = "family" in table and bool(table["family"].fillna("").astype(bool).any())
     rows = []
     for _, r in table.iterrows():
         arrow = lambda a, b: f"{a} → {b}"  # noqa: E731
@@ -406,6 +412,8 @@ def format_before_after(table: pd.DataFrame, *, terminal: bool = False) -> pd.Da
         }
         if seeds:
             row["collapsed"] = arrow(f"{r['before_collapsed']}/{r['before_runs']}", f"{r['after_collapsed']}/{r['after_runs']}")
+        if by_name:
+            row["family (by name: why)"] = r.get("family") or ""
         row |= {
             "Δ [CI]": (_num(r["delta"], "{:+.1f}") + (f" [{r['delta_lo']:+.1f}, {r['delta_hi']:+.1f}]"
                                                           if pd.notna(r["delta_lo"]) else "")),
