@@ -324,13 +324,12 @@ def zero_gpu_grid(db: str, storage: str) -> None:
     """One CPU stand-in trial granted no GPU, through the engine (in a spawned process: a clean driver)."""
     from harness import data as data_mod
     from harness.engine import Experiment, Trials, run_trials
-    from harness.experiment import Where
     from harness.specs import ResourcesSpec, resolve_run
 
     data = data_mod.DataSpec(name="synthetic", image_size=32, train_size=512)
     spec = resolve_run(model="resnet18", recipe="fitted", data=data, epochs=1, eval_samples=0)
     run_trials(Trials.grid([spec], concurrency=1, resources=ResourcesSpec(cpu=1, gpu=0)),
-               where=Where(db=db, out=None, storage_path=Path(storage)), experiment=Experiment("benchmark", "gpu_check_zero_gpu"))
+               db=db, storage_path=Path(storage), experiment=Experiment("benchmark", "gpu_check_zero_gpu"))
 
 
 def run_zero_gpu(tmp: Path, log: Callable[[str], None], *, dry_run: bool) -> Check:

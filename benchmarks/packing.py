@@ -111,7 +111,6 @@ def pack_with_ray(args: argparse.Namespace, mode: str, tmp: Path, log: Callable[
 
     from harness import tables as report
     from harness.engine import Experiment, Trials, run_trials
-    from harness.experiment import Where
     from harness.specs import ResourcesSpec
 
     cpus = max(1, (os.cpu_count() or args.trials) // args.trials)
@@ -119,7 +118,7 @@ def pack_with_ray(args: argparse.Namespace, mode: str, tmp: Path, log: Callable[
     gpu = gpu if gpu_per_trial is None else gpu_per_trial
     db = f"sqlite:///{tmp / f'{mode}.db'}"
     trials = Trials.grid(packing_specs(args, device), concurrency=concurrency, resources=ResourcesSpec(cpu=cpus, gpu=gpu))
-    exp = run_trials(trials, where=Where(db=db, out=None, storage_path=tmp / "ray"),
+    exp = run_trials(trials, db=db, storage_path=tmp / "ray",
                      experiment=Experiment("benchmark", f"packing-{mode}"), echo=log).experiment_id
     store = report.open_reader(db)
     try:

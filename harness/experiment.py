@@ -10,8 +10,8 @@ the same kind and name is refused, naming who holds it.
 A command supplies only what is its own, as a `Command`: its name and spec, its trials (an
 `engine.Trials`), what `--resume` accepts, and its tables. `run_experiment` does the rest for all
 three alike. `Where` (the shared flags, resolved once at the edge and checked by `Where.check`) goes
-through whole, down to the engine. Whether the process then exits 0 or 130 (interrupted, resumable)
-is decided only by `cli.py`.
+to the command whole and to the engine as the plain values it needs (the engine imports nothing above
+it). Whether the process then exits 0 or 130 (interrupted, resumable) is decided only by `cli.py`.
 """
 
 from __future__ import annotations
@@ -72,6 +72,13 @@ class Where:
         from harness.dashboards import LivePages
 
         return LivePages(self.db, Path(self.out), every_s=self.pages_every_s)
+
+    def open_trackers(self, *, experiment_id: int, kind: str, name: str):
+        """The experiment's trackers (TensorBoard under `out`, MLflow at `mlflow`), opened by the engine
+        once the experiment's row exists."""
+        from harness.trackers import for_where
+
+        return for_where(self, experiment_id=experiment_id, kind=kind, name=name)
 
     def write_pages(self) -> Path | None:
         """The final pages (no live banner), rewritten where what they show changed; the index's path."""
@@ -143,8 +150,10 @@ def _run_locked(command: Command, where: Where, *, resume: bool, echo: Callable[
         command.check_new(where)
     for line in command.describe():
         echo(line)
-    outcome = engine.run_trials(command.trials(where), where=where, echo=echo, experiment=engine.Experiment(
-        command.kind, command.name, command.description, command.spec_yaml(), id=exp_id))
+    outcome = engine.run_trials(command.trials(where), experiment=engine.Experiment(
+        command.kind, command.name, command.description, command.spec_yaml(), id=exp_id),
+        db=where.db, storage_path=where.storage_path, address=where.address, pages=where.live_pages(),
+        trackers=where.open_trackers, echo=echo)
     files = command.report(where, outcome, echo)
     index = where.write_pages()
     echo("")

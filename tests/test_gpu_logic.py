@@ -121,7 +121,7 @@ def _run_trials_echo(monkeypatch, tmp_path: Path, resources: ResourcesSpec, *, g
     said: list[str] = []
     with pytest.raises(Stop):
         engine.run_trials(engine.Trials(lambda c: None, total=1, concurrency=1, resources=resources, resources_field=field),
-                          where=experiment.Where(db=f"sqlite:///{tmp_path / 'r.db'}"),
+                          db=f"sqlite:///{tmp_path / 'r.db'}", storage_path=tmp_path / "ray",
                           experiment=engine.Experiment("sweep", "s", "", ""), echo=said.append)
     return said
 
@@ -197,7 +197,7 @@ def test_run_trials_resolves_auto_and_checks_the_ray_it_started(monkeypatch, tmp
     db = tmp_path / "r.db"
     with pytest.raises(UserError, match=r"resources\.gpu: got 0\.5\. torch sees 1 GPU here but the Ray started"):
         engine.run_trials(engine.Trials(lambda c: None, total=2, concurrency=2, resources=ResourcesSpec(cpu=1)),
-                          where=experiment.Where(db=f"sqlite:///{db}"),
+                          db=f"sqlite:///{db}", storage_path=tmp_path / "ray",
                           experiment=engine.Experiment("sweep", "s", "", ""), echo=lambda s: None)
     assert not db.exists()
 

@@ -34,7 +34,7 @@ def test_run_grid_records_every_run_and_epoch(ray_local, tiny_spec, db_url, tmp_
     specs = [tiny_spec(recipe="naive", epochs=2), tiny_spec(recipe="cnn", epochs=3)]
     lines: list[str] = []
     outcome = run_trials(Trials.grid(specs, concurrency=2, resources=ResourcesSpec(cpu=1)),
-                         where=Where(db=db_url, out=None, storage_path=tmp_path / "ray"),
+                         db=db_url, storage_path=tmp_path / "ray",
                          experiment=Experiment("benchmark", "grid"), echo=lines.append)
     exp = outcome.experiment_id
     # Rows appear in the order the trials start (a race between the two), so sort by recipe.
@@ -78,14 +78,10 @@ def test_recording_never_waits_for_the_live_pages(ray_local, tiny_spec, db_url, 
 
     pages = StuckPages(db_url, tmp_path / "pages", every_s=0.05)
 
-    class StuckWhere(Where):  # the pages `where.out` would get, stuck
-        def live_pages(self):
-            return pages
-
     try:
         outcome = run_trials(Trials.grid([tiny_spec(recipe="naive", epochs=3), tiny_spec(recipe="cnn", epochs=3)],
                                          concurrency=2, resources=ResourcesSpec(cpu=1)),
-                             where=StuckWhere(db=db_url, storage_path=tmp_path / "ray"),
+                             db=db_url, storage_path=tmp_path / "ray", pages=pages,
                              experiment=Experiment("benchmark", "stuck pages"), echo=lambda s: None)
         assert entered.is_set()  # the writer did start, and was stuck while the trials ran
         assert pages.rewrites == 0 and pages._thread.is_alive()  # still stuck after stop() gave up waiting

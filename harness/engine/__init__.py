@@ -3,7 +3,7 @@ package that imports Ray.
 
 Its rooms, and which way the arrows run (each imports only those to its right):
 
-    run.py       run_trials(Trials, where=...): the Tuner, clean stops, reconciling the database with Tune
+    run.py       run_trials(Trials, db=, storage_path=, ...): the Tuner, clean stops, reconciling the database with Tune
       -> recorder.py  the driver-side writer (a Tune Callback): runs and epochs through store.py
       -> search.py    Optuna search, ResumableASHA, the TuneConfig
       -> trial.py     the trainable (train.fit in a Ray worker), the device Ray granted, where it runs

@@ -3,7 +3,9 @@
 `run_trials` is where `harness sweep`, `harness benchmark` and `harness ablate` end
 (`experiment.run_experiment` calls it): given their `Trials` (a way to make each trial's `RunSpec`
 from its Ray config, and either a fixed number of runs (a grid: config `{"run": i}`, `Trials.grid`)
-or an Optuna study to sample from (`search.Search`)) and the command's `Where`, it starts
+or an Optuna study to sample from (`search.Search`)) and where they run and are recorded (the database
+URL, Ray's address and storage folder, the live pages and trackers: plain values, so the engine imports
+nothing above it), it starts
 Ray (`cluster.ray_session`), creates or reopens the `experiments` row, builds the Tuner (or restores
 it from the experiment folder), and runs it with the `Recorder` as its callback and the live pages
 (if any) on a thread of their own. Ctrl-C and SIGTERM stop Tune gracefully; what finished is then
@@ -20,12 +22,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import ray
 from ray import tune
 
-from harness import trackers
 from harness.engine.cluster import (
     check_ray_sees_the_gpus,
     check_resources,
@@ -44,9 +45,7 @@ from harness.errors import UserError
 from harness.progress import LiveView
 from harness.specs import ResourcesSpec, RunSpec
 from harness.store import Store
-
-if TYPE_CHECKING:
-    from harness.experiment import Where
+from harness.trackers import Trackers
 
 
 class PageListener(Protocol):
@@ -104,18 +103,22 @@ class Trials:
                    max_failures=max_failures, looks=looks)
 
 
-def run_trials(trials: Trials, *, where: Where, experiment: Experiment, echo: Callable[[str], None] = print) -> Outcome:
-    """Run the trials through Ray Tune, recording each in `where.db`; returns how the experiment ended.
+def run_trials(trials: Trials, *, experiment: Experiment, db: str, storage_path: Path | str, address: str | None = None,
+               pages: PageListener | None = None, trackers: Callable[..., Trackers] | None = None,
+               echo: Callable[[str], None] = print) -> Outcome:
+    """Run the trials through Ray Tune, recording each in `db`; returns how the experiment ended.
 
-    Ray's experiment folder under `where.storage_path` is the experiment's own: `<kind>-<random>` (a
+    Ray's experiment folder under `storage_path` is the experiment's own: `<kind>-<random>` (a
     sweep's `<study>-<random>`), kept in its row (`state.new_ray_folder`) and marked as its
     (`state.claim`). With `experiment.id` set the Tuner is restored from that folder: finished trials
     stay finished, unfinished ones continue from their last checkpoint, and only the missing samples
-    are created. The live pages (`where.live_pages()`) run beside the trials, on their own thread.
+    are created. `address`: a Ray cluster to attach to (None: start Ray here). The live `pages` (if any)
+run beside the trials, on their own thread. `trackers(experiment_id=, kind=, name=)` opens the
+experiment's trackers once its row exists (`experiment.Where.open_trackers`; None: none).
     `resources.gpu: auto` is resolved here, where the cards are counted (`share_cards`); the headline
     sees the result. Bad input -> UserError before anything is written.
     """
-    db, address, search, total, concurrency = where.db, where.address, trials.search, trials.total, trials.concurrency
+    search, total, concurrency = trials.search, trials.total, trials.concurrency
     resources, resources_field = trials.resources, trials.resources_field
     ray_name = search.study.name if search is not None else None
     checked_here = address is None and not ray.is_initialized()
@@ -136,7 +139,7 @@ def run_trials(trials: Trials, *, where: Where, experiment: Experiment, echo: Ca
                                     where="the Ray cluster")
         if idle:
             echo(idle)
-        storage = Path(where.storage_path).resolve()
+        storage = Path(storage_path).resolve()
         check_shared_storage(storage)
         cluster = describe_cluster()
         store = Store(db)
@@ -157,7 +160,7 @@ def run_trials(trials: Trials, *, where: Where, experiment: Experiment, echo: Ca
                             metric=search.study.metric if search else "val_acc", mode=search.study.mode if search else "max",
                             total=total, view=view,
                             stopper="ASHA" if search is not None and search.study.scheduler.type == "asha" else "none",
-                            trackers=trackers.for_where(where, experiment_id=exp, kind=experiment.kind, name=experiment.name))
+                            trackers=trackers(experiment_id=exp, kind=experiment.kind, name=experiment.name) if trackers else None)
         trainable = tune.with_resources(tune.with_parameters(_trainable, make_spec=trials.make_spec),
                                         {"cpu": resources.cpu, "gpu": resources.gpu})
         try:
@@ -180,7 +183,6 @@ def run_trials(trials: Trials, *, where: Where, experiment: Experiment, echo: Ca
                 echo(trials.headline(cluster, resources) if trials.headline else
                      f"harness {experiment.kind} {experiment.name}: {total} runs, {concurrency} at a time, "
                      f"{resources.cpu:g} CPU + {resources.gpu:g} GPU each ({cluster})")
-            pages = where.live_pages()
             if pages is not None:
                 pages.start(exp)
             try:
