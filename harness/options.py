@@ -47,6 +47,11 @@ class SeedsOrAuto(AtLeast):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
         if isinstance(value, str) and value.strip().lower() == "auto":
             return "auto"
+        try:
+            int(value)
+        except (TypeError, ValueError):
+            flag = param.opts[0] if param is not None else "value"
+            raise UserError(flag, value, f"Write a number of seeds or auto, e.g. {flag} 3 or {flag} auto.") from None
         return super().convert(value, param, ctx)
 
 
