@@ -102,7 +102,8 @@ def main(plugin_refs: tuple[str, ...]) -> None:
 @db_option
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model")
-@click.option("--pretrained", is_flag=True, help="start from timm's hub weights (needs internet)")
+@click.option("--pretrained", is_flag=True, help="start from timm's own weights, read from the local Hugging Face cache "
+              "(not downloaded: refused when they are not there)")
 @click.option("--pretrained-file", type=click.Path(path_type=Path), default=None, help="start from local weights")
 @click.option("--checkpoint-dir", type=click.Path(path_type=Path), default=None,
               help="default: checkpoints/run-<id>/")

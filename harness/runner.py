@@ -15,7 +15,7 @@ import yaml
 
 from harness import plugins
 from harness.errors import UserError
-from harness.models import check_pretrained_file, get_model_entry
+from harness.models import check_weights, get_model_entry
 from harness.process import resolve_device
 from harness.progress import LiveView
 from harness.specs import RunSpec
@@ -164,8 +164,8 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
     kind = "train"
     plugins.load(spec.plugins)  # those loaded here when the spec was made (a resumed one: given again, resumed_spec)
     entry = get_model_entry(spec.model)
-    if spec.pretrained_file is not None and resume is None:  # a bad weights file is refused before a row exists
-        check_pretrained_file(spec.model, spec.pretrained_file, image_size=spec.data.image_size)
+    if resume is None:  # a bad weights file, or timm's weights not in the local cache (never fetched here), refused before a row
+        check_weights([spec])
     if resume is not None:  # as is a checkpoint the run could not continue from
         check_resumable(resume, spec)
     device = describe_device(spec)

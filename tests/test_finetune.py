@@ -116,3 +116,7 @@ def test_hub_weights_offline_exit_2_with_where_timm_looked(tmp_path, monkeypatch
                                   "--epochs", "1", "--pretrained", "--db", f"sqlite:///{db}", "--out", str(tmp_path / "d")])
     assert r.exit_code == 2 and "not in the local Hugging Face cache (looked for" in r.output, r.output
     assert "--pretrained-file PATH" in r.output and not db.exists()
+    r = CliRunner().invoke(main, ["train", "--model", "vit_test", "--data", "synthetic", "--image-size", "16",  # one run: the same refusal
+                                  "--epochs", "1", "--pretrained", "--db", f"sqlite:///{db}"])
+    assert r.exit_code == 2 and "not in the local Hugging Face cache (looked for" in r.output, r.output
+    assert not db.exists()
