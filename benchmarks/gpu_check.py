@@ -69,7 +69,7 @@ THROUGHPUT_MODELS = ("vit_base", "resnet50", "swin_tiny", "efficientnet_b3")
 # whether it held; the default 20 x 5 spent 3.3x the time for no digit the 5% bounds read.
 THROUGHPUT_STEPS, THROUGHPUT_REPEATS = 10, 3
 # The sweep step's study asks for gpu: auto, as the shipped studies do: on a GPU machine harness then
-# shares the cards (specs.share_cards): 2 trials at a time get half a card each on one card, a card each
+# shares the cards (resources.share_cards): 2 trials at a time get half a card each on one card, a card each
 # on two or more, so "both on one card while another idles" is a failure on a multi-GPU node. A study that
 # asks for gpu: 0.5 itself would stack on card 0 there: Ray places fractions first-fit.
 FRACTION = 0.5  # the share each of 2 concurrent trials gets on a one-card machine

@@ -161,7 +161,7 @@ def run_ablation(ab: Ablation, where: Where, *, concurrency: int = 2, echo: Call
 class Ladder:
     """`harness ablate` as an `experiment.Command`: the ladder's runs and its table.
     The trials ask for `gpu: auto`, as the benchmark's do: on a GPU machine they share its cards
-    (`specs.share_cards`), so the full models `resolve_ablation` chose there train on the GPU."""
+    (`resources.share_cards`), so the full models `resolve_ablation` chose there train on the GPU."""
 
     ab: Ablation
     concurrency: int

@@ -229,55 +229,7 @@ class ResourcesSpec(Strict):
     cpu: float = Field(1, gt=0, description="CPU cores per trial")
     gpu: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
         "auto", description="GPUs per trial: auto (the machine's cards shared among the concurrent trials, 0 without "
-                            "a GPU: engine.share_cards), a number, or a fraction to pack small trials on one card")
-
-
-def share_cards(resources: ResourcesSpec, *, gpus: float, concurrency: int) -> ResourcesSpec:
-    """`resources` with `gpu: auto` resolved for a machine (or cluster) of `gpus` cards: 0 without one;
-    else 1/k of a card per trial, k = ceil(concurrency / gpus) trials per card, so `concurrency` trials
-    run at once spread over the cards. Not gpus/concurrency: Ray places a fractional GPU on the first card
-    with room, so 4 trials of 0.25 on 4 cards would all land on card 0, and 6 trials of 4/6 on 4 cards
-    would run 4 at a time (no card holds two). A number (0 included) is kept as asked."""
-    if resources.gpu != "auto":
-        return resources
-    if gpus <= 0:
-        return resources.model_copy(update={"gpu": 0.0})
-    per_card = math.ceil(max(1, concurrency) / max(1, int(gpus)))
-    # Floored, not rounded: 7 x round(1/7, 3) = 1.001 GPUs, and the 7th trial would wait.
-    return resources.model_copy(update={"gpu": math.floor(1000 / per_card) / 1000})
-
-
-def local_gpus() -> int:
-    """The CUDA cards torch sees on this machine (0 without CUDA)."""
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def check_local_resources(resources: ResourcesSpec, *, field: str, concurrency: int = 1) -> ResourcesSpec:
-    """`resources` with `gpu: auto` resolved for this machine (`share_cards`); refused when this machine
-    cannot give them (Ray would leave the trial PENDING forever). torch is imported only to count GPUs
-    when some may be asked for."""
-    import os
-
-    cpus = os.cpu_count() or 1
-    gpus = local_gpus() if resources.gpu == "auto" or resources.gpu > 0 else 0
-    resources = share_cards(resources, gpus=gpus, concurrency=concurrency)
-    _check_resources(resources, cpus, gpus, "this machine", field)
-    return resources
-
-
-def _check_resources(resources: ResourcesSpec, cpus: float, gpus: float, where: str, field: str) -> str:
-    if resources.cpu > cpus:
-        raise UserError(f"{field}.cpu", resources.cpu, f"{where} has {cpus:g} CPU cores; ask for at most {cpus:g} per trial "
-                        "(trials run side by side up to `concurrency`).")
-    if resources.gpu > 0 and gpus == 0:
-        raise UserError(f"{field}.gpu", resources.gpu, f"{where} has no GPU; set resources.gpu: auto (0 here, "
-                        "the cards shared where there are some) or 0, or run on a GPU machine / pass --address of a cluster with GPUs.")
-    if resources.gpu > gpus:
-        raise UserError(f"{field}.gpu", resources.gpu, f"{where} has {gpus:g} GPUs; ask for at most {gpus:g} per trial "
-                        "(fractions such as 0.25 pack several trials on one card).")
-    return f"{where}: {cpus:g} CPUs, {gpus:g} GPUs"
+                            "a GPU: resources.share_cards), a number, or a fraction to pack small trials on one card")
 
 
 class StudySpec(Strict):

@@ -109,7 +109,7 @@ def check_study(path: Path, *, on_cluster: bool = False) -> list[str]:
     """`harness sweep --validate`: the study file alone (names, bounds, and, on this machine, whether a
     trial fits it), in about a second: no torch, timm, Ray or database. UserError when it is wrong;
     otherwise its warnings and one line saying what it would run."""
-    from harness.specs import check_local_resources
+    from harness.resources import check_local_resources
 
     s = validate_study(path)
     lines = [f"warning: {w}" for w in study_warnings(s, path)]
@@ -124,8 +124,8 @@ def check_study(path: Path, *, on_cluster: bool = False) -> list[str]:
 
 def gpu_shares(resources, concurrency: int, *, here: float) -> str:
     """What each trial asks Ray for, here and on 1- and 8-GPU machines: `gpu: auto` resolves per
-    machine (`specs.share_cards`), a number is asked for as written."""
-    from harness.specs import share_cards
+    machine (`resources.share_cards`), a number is asked for as written."""
+    from harness.resources import share_cards
 
     def on(gpus: int) -> str:
         g = share_cards(resources, gpus=gpus, concurrency=concurrency).gpu

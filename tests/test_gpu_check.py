@@ -227,7 +227,8 @@ def test_the_sweep_step_runs_a_shipped_study_at_gpu_auto(gc):
     """The sweep step's study is the shipped vit_lr, shortened, at gpu: auto: 2 at a time get half a card each
     on one card, a card each on more (share_cards spreads them; an explicit gpu: 0.5 would stack both on card 0
     of a multi-GPU node)."""
-    from harness.specs import StudySpec, parse_spec, share_cards
+    from harness.resources import share_cards
+    from harness.specs import StudySpec, parse_spec
 
     study = parse_spec(StudySpec, gc.sweep_study(), "sweep step")
     assert (study.trials, study.scheduler.max_epochs, study.concurrency) == (gc.SWEEP_TRIALS, gc.SWEEP_EPOCHS, 2)

@@ -23,7 +23,8 @@ from harness import engine, experiment, train
 from harness.datasets import DataSpec
 from harness.errors import UserError
 from harness.evaluate import evaluate
-from harness.specs import ResourcesSpec, resolve_run, share_cards
+from harness.resources import share_cards
+from harness.specs import ResourcesSpec, resolve_run
 
 
 class Stop(Exception):

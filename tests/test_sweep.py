@@ -418,7 +418,7 @@ def test_resume_of_unknown_study_refused(tmp_path):
 @pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("studies/*.yaml")), ids=lambda p: p.name)
 def test_shipped_studies_validate(path):
     """Each shipped study is valid, runs on this CPU machine as shipped, and says how to scale it up."""
-    from harness.specs import check_local_resources
+    from harness.resources import check_local_resources
     from harness.study import validate_study
 
     study = validate_study(path)

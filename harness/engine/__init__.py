@@ -31,7 +31,7 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 from harness.engine.cluster import (  # noqa: E402
                                     CONNECT_TIMEOUT_S,
-                                    check_resources,
+                                    check_cluster_resources,
                                     check_shared_storage,
                                     describe_cluster,
                                     gpu_idle_warning,
@@ -45,6 +45,6 @@ from harness.engine.trial import OPTUNA_KEY, GridSpecs, SpecMaker, _trainable, d
 __all__ = ["ASHA_STATE", "CONNECT_TIMEOUT_S", "FINAL", "OPTUNA_KEY", "STATE_BACKUP", "Experiment",
            "GridSpecs", "Outcome", "PageListener", "Recorder", "ResumableASHA", "Search",
            "SeedLooks", "SequentialSeeds", "SpecMaker", "Trials", "_HarnessOptunaSearch",
-           "_live_recorder", "_trainable", "backup_state", "can_restore", "check_resources", "check_shared_storage",
+           "_live_recorder", "_trainable", "backup_state", "can_restore", "check_cluster_resources", "check_shared_storage",
            "describe_cluster", "device_for_grant", "gpu_idle_warning", "repair_state", "resumable",
            "run_trials", "trial_name", "where_am_i"]

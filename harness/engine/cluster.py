@@ -1,7 +1,7 @@
 """Ray itself: starting or attaching to it, and what a cluster is asked before any trial runs.
 
 `ray_session` starts a Ray of this run's own (or attaches to `--address`, probed over TCP first so a
-wrong address is an error in seconds, not a hang); `check_resources` refuses a trial no node can hold
+wrong address is an error in seconds, not a hang); `check_cluster_resources` refuses a trial no node can hold
 (Ray would leave it PENDING forever); `check_shared_storage` refuses a `--storage-path` some node
 cannot see.
 """
@@ -20,7 +20,8 @@ from pathlib import Path
 import ray
 
 from harness.errors import UserError
-from harness.specs import ResourcesSpec, _check_resources, check_local_resources, local_gpus, share_cards  # noqa: F401
+from harness.resources import check_fits, share_cards
+from harness.specs import ResourcesSpec
 
 CONNECT_TIMEOUT_S = 5  # a cluster address that does not answer in this long is reported, not waited for
 STORAGE_PROBE_S = 30  # how long every node gets to say whether it sees --storage-path
@@ -29,20 +30,15 @@ STORAGE_PROBE_S = 30  # how long every node gets to say whether it sees --storag
 EXPERIMENT_STATE_PERIOD_S = "1"
 
 
-def check_resources(resources: ResourcesSpec, *, field: str, address: str | None, concurrency: int = 1) -> ResourcesSpec:
-    """Per-trial resources with `gpu: auto` resolved (`share_cards`), refused when no node can give them
-    (Ray would leave the trial PENDING forever).
-
-    Without a Ray cluster this checks this machine (its cards counted by torch); with `address` (or a
-    Ray already started in this process) the cluster: auto shares all its cards, and the largest node
-    must hold one trial.
-    """
-    if address is None and not ray.is_initialized():
-        return check_local_resources(resources, field=field, concurrency=concurrency)
+def check_cluster_resources(resources: ResourcesSpec, *, field: str, concurrency: int = 1) -> ResourcesSpec:
+    """Per-trial resources on the Ray cluster this process is attached to, with `gpu: auto` resolved
+    (`resources.share_cards` over all its cards), refused when its largest node cannot hold one trial
+    (Ray would leave it PENDING forever). This machine alone is checked before Ray starts, by
+    `resources.check_local_resources`."""
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     resources = share_cards(resources, gpus=sum(n.get("GPU", 0) for n in nodes), concurrency=concurrency)
-    _check_resources(resources, max((n.get("CPU", 0) for n in nodes), default=0),
-                     max((n.get("GPU", 0) for n in nodes), default=0), "the largest node of the Ray cluster", field)
+    check_fits(resources, cpus=max((n.get("CPU", 0) for n in nodes), default=0),
+               gpus=max((n.get("GPU", 0) for n in nodes), default=0), where="the largest node of the Ray cluster", field=field)
     return resources
 
 

@@ -28,12 +28,11 @@ import ray
 from ray import tune
 
 from harness.engine.cluster import (
+    check_cluster_resources,
     check_ray_sees_the_gpus,
-    check_resources,
     check_shared_storage,
     describe_cluster,
     gpu_idle_warning,
-    local_gpus,
     quiet_tune,
     ray_session,
 )
@@ -43,6 +42,7 @@ from harness.engine.state import check_claim, claim, forget_state_dir, new_ray_f
 from harness.engine.trial import GridSpecs, SpecMaker, _trainable
 from harness.errors import UserError
 from harness.progress import LiveView
+from harness.resources import check_local_resources, local_gpus
 from harness.specs import ResourcesSpec, RunSpec
 from harness.store import Store
 from harness.trackers import Trackers
@@ -123,8 +123,8 @@ experiment's trackers once its row exists (`experiment.Where.open_trackers`; Non
     ray_name = search.study.name if search is not None else None
     checked_here = address is None and not ray.is_initialized()
     if checked_here:  # before starting Ray: a trial bigger than the machine would stay PENDING forever
-        torch_gpus = local_gpus()
-        resources = check_resources(resources, field=resources_field, address=None, concurrency=concurrency)
+        torch_gpus = local_gpus()  # counted once: the share, the warning and the check of Ray's count
+        resources = check_local_resources(resources, field=resources_field, concurrency=concurrency, gpus=torch_gpus)
         idle = gpu_idle_warning(resources, torch_gpus, field=resources_field)
     quiet_tune()
     with ray_session(address):
@@ -134,7 +134,7 @@ experiment's trackers once its row exists (`experiment.Where.open_trackers`; Non
             if agree:
                 echo(agree)
         else:  # the cluster's largest node
-            resources = check_resources(resources, field=resources_field, address=address, concurrency=concurrency)
+            resources = check_cluster_resources(resources, field=resources_field, concurrency=concurrency)
             idle = gpu_idle_warning(resources, ray.cluster_resources().get("GPU", 0), field=resources_field,
                                     where="the Ray cluster")
         if idle:
