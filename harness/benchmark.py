@@ -22,8 +22,8 @@ from harness.errors import UserError
 from harness.experiment import Where, run_experiment
 from harness.models import ALL, MODELS, check_weights, get_model_entry, resolve_scale
 from harness.recipe_file import is_recipe_file, load_recipe_file
-from harness.recipes import parse_ref
-from harness.specs import BenchmarkSpec, LrPoint, RunSpec, parse_lrs, parse_spec, pretrained_fields, read_yaml, resolve_run
+from harness.recipes import parse_lrs, parse_ref
+from harness.specs import BenchmarkSpec, RunSpec, parse_spec, pretrained_fields, read_yaml, resolve_run
 
 if TYPE_CHECKING:
     from harness.engine import Trials
@@ -152,12 +152,11 @@ def resolve_grid(spec: BenchmarkSpec, *, cuda: bool) -> Grid:
                 for seed in range(n_seeds):
                     run = resolve_run(model=ran, recipe=recipe, data=spec.data, overrides=spec.set, epochs=spec.epochs,
                                       batch_size=spec.batch_size, recipe_field="recipes", n_train=n_train, seed=seed,
-                                      stands_for=stands_for,
+                                      stands_for=stands_for, lr_point=point, tags=tags,
                                       **pretrained_fields(spec.pretrained, ran, stands_for, "pretrained"),
                                       # one torch thread per CPU a trial holds: concurrent trials do not oversubscribe
                                       threads=max(1, int(spec.resources.cpu)) if not cuda else None)
-                    run = run.model_copy(update={"tags": {**run.tags, **tags}}) if tags else run
-                    runs.append(at_lr(run, point) if point is not None else run)
+                    runs.append(run)
     swapped = [f"{ran} for {sf}" for ran, sf in pairs if sf]
     note = None
     if swapped:
@@ -170,18 +169,6 @@ def resolve_grid(spec: BenchmarkSpec, *, cuda: bool) -> Grid:
         groups = tuple(tuple(tuple(i for i, r in enumerate(runs) if r.model == ran and r.seed == seed)
                              for seed in range(n_seeds)) for ran in by_model)
     return Grid(runs, spec.scale if spec.scale != "auto" else ("full" if cuda else "tiny"), note, groups)
-
-
-def at_lr(run: RunSpec, point: LrPoint) -> RunSpec:
-    """`run` at one point of the lr axis: its whole lr schedule (peak, cosine floor, warmup start)
-    multiplied by one factor, so the schedule keeps the recipe's shape at every point (a floor left
-    at the recipe's value would sit above a lowered peak). The run records where it sits."""
-    r = run.recipe
-    own = r.scaled_lr()
-    f = point.factor(own)
-    recipe = r.model_copy(update={"lr": r.lr * f, "min_lr": r.min_lr * f, "warmup_lr": r.warmup_lr * f})
-    return run.model_copy(update={"recipe": recipe, "tags": {**run.tags, "lr_point": point.label, "lr_mult": f,
-                                                             "lr": recipe.scaled_lr(), "own_lr": own}})
 
 
 def budget_lines(grid: Grid) -> list[str]:

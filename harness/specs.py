@@ -7,7 +7,6 @@ the path of the field (`search.lr.low`), the value received and the fix, as a `U
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -36,7 +35,19 @@ from harness.recipe_file import (  # noqa: F401 (MAX_YAML_BYTES re-exported)
     path_name_ok,
     read_yaml,
 )
-from harness.recipes import TUNABLE, Budget, Recipe, get_recipe, named_recipe, parse_ref, resolve_recipe, with_overrides
+from harness.recipes import (
+    TUNABLE,
+    Budget,
+    LrPoint,
+    Recipe,
+    at_lr,
+    get_recipe,
+    named_recipe,
+    parse_lrs,
+    parse_ref,
+    resolve_recipe,
+    with_overrides,
+)
 
 
 class Strict(BaseModel):
@@ -109,11 +120,12 @@ class RunSpec(Strict):
 
 def resolve_run(*, model: str, recipe: str, data: DataSpec, overrides: dict[str, Any] | None = None,
                 batch_size: int | None = None, recipe_field: str = "--recipe", n_train: int | None = None,
-                **fields: Any) -> RunSpec:
+                lr_point: LrPoint | None = None, **fields: Any) -> RunSpec:
     """Check names and values, fit the recipe to the run (unless `NAME@published`), apply the
     overrides, return the typed spec. `batch_size` None = the recipe's own. Raises UserError.
     `n_train`: the data's training images when the caller counted them once for many runs (a grid over
-    an image folder would otherwise list it once per run).
+    an image folder would otherwise list it once per run). `lr_point`: a point of a grid's lr axis, applied
+to the fitted recipe (`recipes.at_lr`: the whole schedule moved) and recorded in the run's tags.
 
     A recipe FILE (`recipe_file.is_recipe_file`: a benchmark's or sweep's recommended recipe) is used
     as written, already fitted: no refit; `batch_size` replaces its batch (its own `lr_rule` and
@@ -141,6 +153,9 @@ def resolve_run(*, model: str, recipe: str, data: DataSpec, overrides: dict[str,
         budget = Budget(epochs, n, batch_size or base.batch_size)
         resolved = resolve_recipe(recipe, family=entry.family, pretrained=pretrained, budget=budget,
                                   overrides=overrides, field=recipe_field)
+    if lr_point is not None:
+        resolved, sits = at_lr(resolved, lr_point)
+        fields["tags"] = {**fields.get("tags", {}), **sits}
     weights = weights_tag(model, pretrained=bool(fields.get("pretrained")), pretrained_file=fields.get("pretrained_file"))
     if weights is not None:  # which weights the run started from, in its row (params.tags)
         fields["tags"] = {**fields.get("tags", {}), "weights": weights}
@@ -270,59 +285,6 @@ class StudySpec(Strict):
         budget = Budget(self.scheduler.max_epochs, train_images(self.data), batch if isinstance(batch, int) else base.batch_size)
         return resolve_recipe(self.recipe, family=family, pretrained=pretrained, budget=budget, overrides=self.fixed,
                               field="recipe", set_field="fixed")
-
-
-# --- the learning-rate axis of a grid -------------------------------------------------------------
-
-# `lrs: default`: two decades in half-decade steps around each recipe's own (fitted) lr. Relative, not
-# absolute: the recipes' optimizers live on different scales (Adam 1e-3, LAMB 1.4e-3 and RMSprop 4e-3
-# at batch 64, SGD ~0.1), so one absolute grid would sit off-centre for some of them; x1 is the point
-# the source prescribes, and the window says whether it trains. Half-decade steps are the spacing of
-# Wortsman et al.'s grids (ICLR 2024, sec. 2.2: 3e-4, 1e-3, 3e-3, ...); a best at either end of the
-# grid is flagged, so a window cut off by the grid is never mistaken for the whole.
-DEFAULT_LRS = ("x0.1", "x0.3", "x1", "x3", "x10")
-LR_FIX = "Write multipliers of each recipe's own lr (x0.1,x1,x10), absolute lrs at the run's batch (1e-4,3e-4) or default."
-
-
-@dataclass(frozen=True)
-class LrPoint:
-    """One point of an lr axis: a multiplier of the recipe's own lr (`mult`) or an absolute lr (`lr`)."""
-
-    label: str  # as written back: 'x0.3' or '0.0003'
-    mult: float | None = None
-    lr: float | None = None
-
-    def factor(self, own_lr: float) -> float:
-        """What the recipe's own lr (at the run's batch) is multiplied by at this point."""
-        return self.mult if self.mult is not None else self.lr / own_lr  # type: ignore[operator]
-
-
-def parse_lrs(value: Any, field: str) -> tuple[LrPoint, ...]:
-    """`--lrs` / `lrs:` -> the axis. Refuses a zero, negative, non-number or repeated value, and a mix
-    of multipliers and absolute lrs (one axis, one kind), naming the value and the fix."""
-    items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [value]
-    items = [str(v).strip() for v in items if str(v).strip()]
-    if items == ["default"]:
-        items = list(DEFAULT_LRS)
-    if not items:
-        raise UserError(field, value, f"Give at least one lr. {LR_FIX}")
-    points: list[LrPoint] = []
-    for item in items:
-        relative = item.lower().startswith("x")
-        try:
-            number = float(item[1:] if relative else item)
-        except ValueError:
-            raise UserError(field, item, f"Not a learning rate. {LR_FIX}") from None
-        if not math.isfinite(number) or number <= 0:
-            raise UserError(field, item, f"A learning rate (or multiplier) must be a positive number. {LR_FIX}")
-        point = LrPoint(f"x{number:.12g}", mult=number) if relative else LrPoint(f"{number:.12g}", lr=number)
-        if point.label in {p.label for p in points}:
-            raise UserError(field, item, f"{point.label} is listed twice; list each lr once.")
-        points.append(point)
-    if len({p.mult is None for p in points}) > 1:
-        raise UserError(field, ",".join(items), "Multipliers and absolute lrs are mixed; use one kind per axis "
-                        "(x0.1,x1,x10 around each recipe's own lr, or 1e-4,3e-4,1e-3 for every recipe).")
-    return tuple(sorted(points, key=lambda p: p.mult if p.mult is not None else p.lr))  # type: ignore[arg-type,return-value]
 
 
 class BenchmarkSpec(Strict):

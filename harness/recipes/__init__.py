@@ -11,7 +11,7 @@ actually used. `build.py` turns a recipe into timm objects.
 A reference names a recipe and a form: 'vit' (fitted), 'vit@published', or the form alone,
 'fitted' / 'published', for each model family's own recipe ('tuned' is accepted for 'fitted').
 
-    recipe.py  <-  catalogue.py  <-  fitting.py        build.py (recipe.py only)
+    recipe.py  <-  catalogue.py  <-  fitting.py        build.py, lr_axis.py (recipe.py only)
 """
 
 from harness.recipes.build import build_loss, build_mixup, build_optimizer, build_scheduler
@@ -29,6 +29,7 @@ from harness.recipes.fitting import (
     resolve_recipe,
     with_overrides,
 )
+from harness.recipes.lr_axis import DEFAULT_LRS, LrPoint, at_lr, parse_lrs
 from harness.recipes.recipe import (
     COMMON_OPTIMIZERS,
     IDENTITY,
@@ -40,7 +41,8 @@ from harness.recipes.recipe import (
     randaugment_magnitude,
 )
 
-__all__ = ["ALIASES", "COMMON_OPTIMIZERS", "FAMILY_RECIPES", "FIT_RULES", "FORMS", "IDENTITY", "IMAGENET_1K_TRAIN",
+__all__ = ["ALIASES", "COMMON_OPTIMIZERS", "DEFAULT_LRS", "LrPoint", "at_lr", "parse_lrs",
+           "FAMILY_RECIPES", "FIT_RULES", "FORMS", "IDENTITY", "IMAGENET_1K_TRAIN",
            "INGREDIENTS", "LR_RULES", "RANDAUGMENT_FORMAT", "RECIPES", "SECOND_MOMENT_DECAY", "TUNABLE", "WARMUP_CAP",
            "Budget", "Recipe", "build_loss", "build_mixup", "build_optimizer", "build_scheduler", "family_recipe_name",
            "fit_recipe", "get_recipe", "named_recipe", "parse_ref", "published_table", "randaugment_magnitude",
