@@ -79,7 +79,7 @@ def _grid(single: bool) -> dict:
     """The 2 x 2 layout of the curves (axis domains, panel titles), made once by make_subplots."""
     fig = make_subplots(rows=2, cols=2, horizontal_spacing=0.08, vertical_spacing=0.14, subplot_titles=(
         "loss" if single else "loss (train dotted, val solid)", "accuracy % (★ best epoch)",
-        "learning rate (| warmup end)", "train − val accuracy gap (points)"))
+        "learning rate (| warmup end)", "train − val gap (points)"))
     return fig.to_plotly_json()["layout"]
 
 
