@@ -322,12 +322,6 @@ def build_model(name: str, *, num_classes: int, image_size: int, drop_path_rate:
     return model
 
 
-def check_pretrained_file(name: str, path: Path, *, image_size: int) -> None:
-    """Refuse (UserError) a weights file the run could not start from: missing, unreadable, or not this
-    model's architecture. Called before a run is recorded, so a bad file leaves no database row."""
-    build_model(name, num_classes=2, image_size=image_size, pretrained_file=path)
-
-
 def hub_weights_cached(name: str) -> tuple[bool, str]:
     """Whether timm's own weights for registry model `name` are in the local Hugging Face cache (harness
     never downloads at run time: a trial would wait on the network, and these machines have none), and the
