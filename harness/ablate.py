@@ -14,6 +14,7 @@ and the waterfall are computed from those rows only (`ablation_table`), like the
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import yaml
 from harness import tables as rep
 from harness.datasets import DataSpec, check_spec, train_images
 from harness.errors import UserError, close_matches
-from harness.experiment import Where, run_experiment
+from harness.experiment import Reported, Where, run_experiment
 from harness.models import check_weights, get_model_entry, resolve_scale, stand_in_label, weights_tag
 from harness.recipes import INGREDIENTS, Budget, Recipe, resolve_recipe
 from harness.specs import RunSpec, pretrained_fields
@@ -53,6 +54,7 @@ class Ablation:
     mode: str
     rungs: tuple[Rung, ...]
     runs: tuple[RunSpec, ...]
+    flags: str  # the flags that make this ladder again (`harness ablate FLAGS`): a resume rebuilds it from them
 
     def describe(self) -> list[str]:
         first = self.runs[0]
@@ -139,6 +141,12 @@ def resolve_ablation(model: str, *, recipe: str = "fitted", steps: str | None = 
         raise UserError("--recipe", recipe, "This recipe equals naive at this budget: nothing to ablate.")
     order = parse_steps(steps, available, end)
     rungs = ladder(start, end, order, mode)
+    given = [("--model", model), ("--recipe", recipe), ("--mode", mode), ("--steps", ",".join(order)), ("--seeds", seeds),
+             ("--epochs", epochs), ("--batch-size", batch_size), ("--data", data.name), ("--image-size", data.image_size),
+             ("--data-root", data.root), ("--train-size", data.train_size), ("--scale", None if scale == "auto" else scale)]
+    if isinstance(pretrained, dict):
+        given += [("--pretrained-file", f"{m}={p}") for m, p in pretrained.items()]
+    flags = " ".join(f"{k} {shlex.quote(str(v))}" for k, v in given if v is not None) + (" --pretrained" if pretrained == "timm" else "")
     runs = tuple(
         RunSpec(model=ran, recipe=r.recipe, data=data, epochs=epochs, seed=seed, stands_for=model if ran != model else None,
                 train_images=budget.train_images, threads=threads if not cuda else None, **weights,
@@ -146,7 +154,7 @@ def resolve_ablation(model: str, *, recipe: str = "fitted", steps: str | None = 
                       **({"weights": tag} if (tag := weights_tag(ran, pretrained=bool(weights.get("pretrained")),
                                                                   pretrained_file=weights.get("pretrained_file"))) else {})})
         for r in rungs for seed in range(seeds))
-    return Ablation(ran, model if ran != model else None, start, end, tuple(order), mode, tuple(rungs), runs)
+    return Ablation(ran, model if ran != model else None, start, end, tuple(order), mode, tuple(rungs), runs, flags)
 
 
 def run_ablation(ab: Ablation, where: Where, *, concurrency: int = 2, echo: Callable[[str], None] = print,
@@ -154,7 +162,7 @@ def run_ablation(ab: Ablation, where: Where, *, concurrency: int = 2, echo: Call
     """Run the ladder as an `ablate` experiment (`experiment.run_experiment`; with `resume`: continue
     the interrupted one of this model, which must be the same ladder), then its table, waterfall and
     the pages. Returns the engine's Outcome (status "interrupted": the CLI exits 130)."""
-    return run_experiment(Ladder(ab, concurrency), where, resume=resume, echo=echo)
+    return run_experiment(Ladder(ab, concurrency), where, resume=resume, echo=echo).outcome
 
 
 @dataclass(frozen=True)
@@ -177,7 +185,7 @@ class Ladder:
 
     @property
     def again(self) -> str:
-        return f"harness ablate --model {self.ab.stands_for or self.ab.model}"
+        return f"harness ablate {self.ab.flags}"
 
     def stored(self) -> dict[str, Any]:
         ab = self.ab
@@ -211,7 +219,7 @@ class Ladder:
 
         return Trials.grid(self.ab.runs, concurrency=self.concurrency, resources=ResourcesSpec(cpu=1))
 
-    def report(self, where: Where, outcome: Any, echo: Callable[[str], None]) -> list[str]:
+    def report(self, where: Where, outcome: Any, echo: Callable[[str], None]) -> Reported:
         exp = outcome.experiment_id
         store = rep.open_reader(where.db)
         try:
@@ -221,8 +229,5 @@ class Ladder:
         echo("")
         echo(rep.to_text(rep.format_ablation(table)))
         if where.out is None:
-            return []
-        return [f"table: {Path(where.out) / f'ablate-{exp}.md'} and .csv, waterfall {Path(where.out) / f'ablate-{exp}.html'}"]
-
-    def continue_with(self, where: Where) -> str:
-        return f"{self.again} ... --resume (the same flags)"
+            return Reported([])
+        return Reported([f"table: {Path(where.out) / f'ablate-{exp}.md'} and .csv, waterfall {Path(where.out) / f'ablate-{exp}.html'}"])

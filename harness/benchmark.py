@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from harness.errors import UserError
-from harness.experiment import Where, run_experiment
+from harness.experiment import Reported, Where, hand_back_recipe, recommended_path, run_experiment
 from harness.models import ALL, MODELS, check_weights, get_model_entry, resolve_scale
 from harness.recipe_file import is_recipe_file, load_recipe_file
 from harness.recipes import parse_lrs, parse_ref
@@ -228,7 +228,7 @@ def run_benchmark(spec: BenchmarkSpec, where: Where, *, echo: Callable[[str], No
         import torch
 
         cuda = torch.cuda.is_available()
-    return run_experiment(Benchmark(spec, cuda), where, resume=resume, echo=echo)
+    return run_experiment(Benchmark(spec, cuda), where, resume=resume, echo=echo).outcome
 
 
 @dataclass(frozen=True)
@@ -288,11 +288,8 @@ class Benchmark:
             looks = SeedLooks(self.grid.seed_groups, first=FIRST_LOOK, judge=group_decided)
         return Trials.grid(self.grid.runs, concurrency=self.spec.concurrency, resources=self.spec.resources, looks=looks)
 
-    def report(self, where: Where, outcome: Any, echo: Callable[[str], None]) -> list[str]:
-        return finish(where, outcome.experiment_id, echo=echo)
-
-    def continue_with(self, where: Where) -> str:
-        return f"harness benchmark --resume --db {where.shown_db} --storage-path {where.storage_path}"
+    def report(self, where: Where, outcome: Any, echo: Callable[[str], None]) -> Reported:
+        return Reported(finish(where, outcome.experiment_id, echo=echo))
 
 
 def finish(where: Where, experiment_id: int, *, echo: Callable[[str], None] = print) -> list[str]:
@@ -340,7 +337,6 @@ def hand_back(store: Any, experiment_id: int, runs: Any, summary: Any, out: Path
     the lines that name each file, with the same recipe as timm train.py flags."""
     from harness import sensitivity as sens
     from harness import tables as rep
-    from harness.recipe_file import timm_train_flags, write_recipe_file
     from harness.recipes import Recipe
 
     lines = []
@@ -351,7 +347,7 @@ def hand_back(store: Any, experiment_id: int, runs: Any, summary: Any, out: Path
         params = stored.iloc[0]["params"]
         recipe = Recipe.model_validate(params["recipe"])
         model = str(stored.iloc[0]["model"])  # what ran and was measured (a CPU stand-in says so in the header)
-        path = out / "recipes" / f"recommended-{experiment_id}-{model}.yaml" if out is not None else None
+        path = recommended_path(out, experiment_id, model)
         lr = float(best["safe_lr"])
         tied = f" (tied on validation with {', '.join(best['tied'])}: the wider window chose)" if best["tied"] else ""
         away = ("no lr of its grid collapsed" if math.isinf(best["safe_from_bad"]) else
@@ -371,16 +367,15 @@ def hand_back(store: Any, experiment_id: int, runs: Any, summary: Any, out: Path
             f"Train with it: harness train --model {model} --recipe {path} --data {params['data']['name']} "
             f"--image-size {params['data']['image_size']} --epochs {params['epochs']} (the budget it was fitted to)",
         ]
-        if path is not None:
-            write_recipe_file(recipe, path, comment=comment)
-        flags = timm_train_flags(recipe, epochs=int(params["epochs"]))
-        lines.append(f"recommended recipe for {best['model']}: {path or '(no output folder: not written)'}  "
-                     f"({best['recipe']} at lr {lr:.3g}, "
-                     f"val {best['safe_val']:.1f}%, test {best['safe_test']:.1f}%; {away}){tied}")
+        named, flags = hand_back_recipe(recipe, path, comment=comment, epochs=int(params["epochs"]),
+                                 title=f"recommended recipe for {best['model']}",
+                                 about=f"  ({best['recipe']} at lr {lr:.3g}, val {best['safe_val']:.1f}%, "
+                                       f"test {best['safe_test']:.1f}%; {away}){tied}")
+        lines.append(named)
         if best["best_at_edge"]:
             lines.append(f"  the best lr ({best['best_lr']:.3g}) is at the grid's edge: add {best['add_lrs']} "
                          "(e.g. --lrs with them) to see past it")
-        lines.append(f"  as timm train.py flags: {flags}")
+        lines.append(flags)
         # Of the chosen point's seeds, the run with the highest final val acc: validation chooses here too.
         chosen = rep.read_runs(store, run_ids=list(best["run_ids"])).sort_values("final_val_acc", ascending=False)
         lines.append(f"  its trained model: harness export {int(chosen.iloc[0]['id'])} --out {model}.pth "

@@ -19,12 +19,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from harness import DEFAULT_DB
 
 if TYPE_CHECKING:
     from harness.engine import Outcome, Trials
+    from harness.recipes import Recipe
 
 DEFAULT_STORAGE = Path("ray_results")  # Ray's experiment folders (state and trial checkpoints)
 PAGES_EVERY_S = 30.0  # live pages are rewritten this often while trials run (one full grid epoch on CPU)
@@ -89,13 +90,28 @@ class Where:
         return write_dashboards(self.db, Path(self.out))
 
 
+class Reported(NamedTuple):
+    """What a command's `report` gives back: the lines naming its files, and what `run_experiment`
+    returns to the command's caller (a sweep's `SweepResult`; None for the grids)."""
+
+    lines: list[str]
+    result: Any = None
+
+
+class Ran(NamedTuple):
+    """How an experiment ended (the engine's `Outcome`) and what its command's `report` returned."""
+
+    outcome: Outcome
+    result: Any = None
+
+
 class Command(Protocol):
     """What one command brings to `run_experiment`; everything else is the skeleton's."""
 
     kind: str  # benchmark | ablate | sweep: the experiment row's kind
     name: str  # the experiment's name: what --resume looks up
     description: str
-    again: str  # the command line that starts it anew (named in --resume's refusals)
+    again: str  # the command line that starts it anew (named in --resume's refusals; + --resume continues it)
 
     def spec_yaml(self) -> str:
         """The experiment's spec as stored in its row (what --resume compares with)."""
@@ -113,22 +129,45 @@ class Command(Protocol):
     def trials(self, where: Where) -> Trials:
         """The trials, for the engine (a sweep's Optuna search keeps its study in `where.db`)."""
 
-    def report(self, where: Where, outcome: Outcome, echo: Callable[[str], None]) -> list[str]:
+    def report(self, where: Where, outcome: Outcome, echo: Callable[[str], None]) -> Reported:
         """After the trials: print the command's tables (read from the database) and write their files;
-        return the lines that name those files."""
+        return the lines that name those files, and what the command's caller gets back."""
 
-    def continue_with(self, where: Where) -> str:
-        """The command line that continues it after an interruption."""
+
+def continue_with(command: Command, where: Where) -> str:
+    """The command line that continues `command` after an interruption: the same for every command."""
+    return f"{command.again} --resume --db {where.shown_db} --storage-path {where.storage_path}"
+
+
+def recommended_path(out: Path | None, experiment_id: int, what: str) -> Path | None:
+    """Where a command hands back the recipe it recommends for `what` (a model, a study): a file in
+    `out/recipes/`; None without an output folder (the recommendation is printed, no file written)."""
+    return Path(out) / "recipes" / f"recommended-{experiment_id}-{what}.yaml" if out is not None else None
+
+
+def hand_back_recipe(recipe: Recipe, path: Path | None, *, comment: list[str], epochs: int, title: str = "recommended recipe",
+              about: str = "") -> tuple[str, str]:
+    """A recommended recipe handed back, by benchmark and sweep alike: written to `path` (`recommended_path`;
+    None: nothing written) with `comment` (what chose it, by which rule, its test accuracy) in its header,
+    as a file `harness train --recipe FILE` runs and a study's `recipe:` accepts. Returns the line that
+    names the file (`about`: what it is, after the path) and the same recipe as timm train.py flags."""
+    from harness.recipe_file import timm_train_flags, write_recipe_file
+
+    if path is not None:
+        write_recipe_file(recipe, path, comment=comment)
+    return (f"{title}: {path or '(no output folder: not written)'}{about}",
+            f"  as timm train.py flags: {timm_train_flags(recipe, epochs=epochs)}")
 
 
 def run_experiment(command: Command, where: Where, *, resume: bool = False,
                    echo: Callable[[str], None] = print, ray_name: str | None = None,
-                   resume_field: str = "--resume") -> Outcome:
+                   resume_field: str = "--resume") -> Ran:
     """Run `command` as one experiment in `where` (checked by the caller: `Where.check`). With `resume`,
     continue the interrupted experiment of its kind and name (`engine.resumable` finds it and its Ray
     folder, `command.resumed` decides what runs). `ray_name`: the folder name of experiments recorded
-    before folders were per experiment (a sweep's was its study's name). Returns the engine's Outcome;
-    status "interrupted" means resumable, and the closing lines say how."""
+    before folders were per experiment (a sweep's was its study's name). Returns the engine's Outcome
+    (status "interrupted" means resumable, and the closing lines say how) with what `command.report`
+    handed back."""
     from harness.locks import experiment_lock
 
     # One driver per experiment, from the name/--resume check to the closing lines (harness/locks.py).
@@ -138,7 +177,7 @@ def run_experiment(command: Command, where: Where, *, resume: bool = False,
 
 
 def _run_locked(command: Command, where: Where, *, resume: bool, echo: Callable[[str], None], ray_name: str | None,
-                resume_field: str) -> Outcome:
+                resume_field: str) -> Ran:
     from harness import engine
 
     exp_id = None
@@ -154,7 +193,7 @@ def _run_locked(command: Command, where: Where, *, resume: bool, echo: Callable[
         command.kind, command.name, command.description, command.spec_yaml(), id=exp_id),
         db=where.db, storage_path=where.storage_path, address=where.address, pages=where.live_pages(),
         trackers=where.open_trackers, echo=echo)
-    files = command.report(where, outcome, echo)
+    files, result = command.report(where, outcome, echo)
     index = where.write_pages()
     echo("")
     for line in files:
@@ -164,5 +203,5 @@ def _run_locked(command: Command, where: Where, *, resume: bool, echo: Callable[
     echo(f"results: experiment {outcome.experiment_id} ({command.kind} {command.name}, {outcome.status}) in "
          f"{where.shown_db}; Ray files and trial checkpoints in {outcome.exp_dir}")
     if outcome.status == "interrupted":
-        echo(f"continue with: {command.continue_with(where)} (experiment {outcome.experiment_id} keeps what finished)")
-    return outcome
+        echo(f"continue with: {continue_with(command, where)} (experiment {outcome.experiment_id} keeps what finished)")
+    return Ran(outcome, result)

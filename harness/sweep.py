@@ -11,7 +11,7 @@ Ray lives in harness/engine/, Optuna in study.py.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,7 @@ from harness import models
 from harness import study as study_mod
 from harness import tables as rep
 from harness.errors import UserError
-from harness.experiment import Where, run_experiment
+from harness.experiment import Reported, Where, hand_back_recipe, recommended_path, run_experiment
 from harness.recipes import with_overrides
 from harness.specs import RunSpec, StudySpec, parse_spec, pretrained_fields
 from harness.store import Store, stored_experiment
@@ -70,23 +70,20 @@ def run_sweep(study_path: Path, where: Where, *, resume: bool = False, max_failu
     if pretrained is not None:
         study = parse_spec(StudySpec, {**study.model_dump(mode="json"), "pretrained": pretrained}, str(study_path))
     sweep = Sweep(study, study_path, max_failures=max_failures, top=top)
-    outcome = run_experiment(sweep, where, resume=resume, echo=echo, ray_name=study.name,
-                             resume_field=f"{study_path}: name")
-    result = sweep.result or SweepResult(outcome.experiment_id, outcome.status, outcome.exp_dir)  # None: report never ran
-    result.status, result.storage = outcome.status, outcome.exp_dir
-    return result
+    outcome, result = run_experiment(sweep, where, resume=resume, echo=echo, ray_name=study.name,
+                                     resume_field=f"{study_path}: name")
+    return replace(result, status=outcome.status, storage=outcome.exp_dir)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sweep:
     """`harness sweep` as an `experiment.Command`: Optuna-sampled trials of the study's base run, and
-    the top-trials table with the best trial's recipe handed back. `result` is set by `report`."""
+    the top-trials table with the best trial's recipe handed back (`report` returns the `SweepResult`)."""
 
     study: StudySpec
     path: Path
     max_failures: int = 1
     top: int = 10
-    result: SweepResult | None = None
     kind = "sweep"
 
     @property
@@ -111,8 +108,7 @@ class Sweep:
             changed = [k for k in StudySpec.model_fields if getattr(stored, k) != getattr(self.study, k)]
             echo(f"note: {self.path} differs from the stored study in {', '.join(changed)}; "
                  "--resume continues the study as it was started.")
-        self.study = stored  # this object, so that run_sweep reads the result `report` sets on it
-        return self
+        return replace(self, study=stored)
 
     def check_new(self, where: Where) -> None:
         """A study name is its identity in Optuna's tables too: a taken one is refused; then the weights."""
@@ -146,25 +142,22 @@ class Sweep:
                       search=Search(study, where.db), max_failures=self.max_failures,
                       resources_field=f"{self.path}: resources", headline=headline)
 
-    def report(self, where: Where, outcome: Any, echo: Callable[[str], None]) -> list[str]:
+    def report(self, where: Where, outcome: Any, echo: Callable[[str], None]) -> Reported:
         # Optuna trials of unfinished Ray trials stay RUNNING while the sweep can be resumed;
         # anything else RUNNING (an orphan of a killed driver, a NaN the searcher could not tell) fails.
         study = self.study
         study_mod.settle(where.db, study.name, keep=outcome.known if outcome.status == "interrupted" else set())
         store = rep.open_reader(where.db)
         try:
-            self.result = summarize(store, outcome.experiment_id, study, echo=echo, top=self.top,
-                                    out=Path(where.out) if where.out is not None else None)
+            result = summarize(store, outcome.experiment_id, study, echo=echo, top=self.top,
+                               out=Path(where.out) if where.out is not None else None)
         finally:
             store.close()
         lines = [f"optuna: study '{study.name}' in {where.shown_db}, beside harness's tables (`optuna-dashboard {where.shown_db}`)"]
-        if self.result.best is not None:
-            lines.append(f"the best trial's model: harness export {self.result.best['run']} --out {study.name}.pth --db "
+        if result.best is not None:
+            lines.append(f"the best trial's model: harness export {result.best['run']} --out {study.name}.pth --db "
                          f"{where.shown_db} --storage-path {where.storage_path} (weights, recipe and model card)")
-        return lines
-
-    def continue_with(self, where: Where) -> str:
-        return f"harness sweep {self.path} --resume --db {where.shown_db} --storage-path {where.storage_path}"
+        return Reported(lines, result)
 
 
 def _base_run(study: StudySpec) -> RunSpec:
@@ -232,21 +225,18 @@ def summarize(store: Store, exp: int, study: StudySpec, *, echo: Callable[[str],
 def _hand_back(store: Store, exp: int, run_id: int, study: StudySpec, out: Path, *, echo: Callable[[str], None]) -> Path:
     """The best trial's whole recipe (as it trained: fitted, with the sampled values) as a file that
     `harness train --recipe FILE` and a study's `recipe:` accept, and the same as timm train.py flags."""
-    from harness.recipe_file import timm_train_flags, write_recipe_file
     from harness.recipes import Recipe
 
     row = rep.read_runs(store, run_ids=[run_id]).iloc[0]
     recipe = Recipe.model_validate(row["params"]["recipe"])
-    path = out / "recipes" / f"recommended-{exp}-{study.name}.yaml"
+    path = recommended_path(out, exp, study.name)
     test = f"{row['test_acc']:.4f}" if pd.notna(row["test_acc"]) else "none (no test split)"
-    write_recipe_file(recipe, path, comment=[
+    for line in hand_back_recipe(recipe, path, epochs=int(row["params"]["epochs"]), comment=[
         f"The best trial of sweep {study.name} (experiment {exp}, run {run_id}) for {study.model} on {study.data.name} "
         f"({study.data.image_size} px, up to {study.scheduler.max_epochs} epochs at batch {recipe.batch_size}).",
         f"Chosen on {study.metric} ({study.mode}) among {study.trials} trials; its test acc, reported and not used "
         f"to choose: {test}.",
         f"Train with it: harness train --model {study.model} --recipe {path}",
-    ])
-    flags = timm_train_flags(recipe, epochs=int(row["params"]["epochs"]))
-    echo(f"recommended recipe: {path}")
-    echo(f"  as timm train.py flags: {flags}")
+    ]):
+        echo(line)
     return path
