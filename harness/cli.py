@@ -21,12 +21,19 @@ from harness.options import (
     BATCH,
     EPOCHS,
     EVERY_N,
+    HOURS,
+    LR_STEPS,
+    OVERFIT_STEPS,
+    PIXELS,
     RETRIES,
     ROWS,
+    RUN_ID,
     SECONDS,
     SEEDS,
     SEEDS_OR_AUTO,
     THREADS,
+    WHOLE,
+    OneOf,
     data_options,
     db_option,
     make_data_spec,
@@ -97,7 +104,7 @@ def main(plugin_refs: tuple[str, ...]) -> None:
 @click.option("--epochs", type=EPOCHS, default=None, help="[default: 10; with --resume: the checkpoint's; another N "
               "stretches its lr schedule to N epochs]")
 @click.option("--batch-size", type=BATCH, default=None, help="images per step [default: the recipe's]")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=WHOLE, default=0, show_default=True)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a recipe field (repeatable)")
 @db_option
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
@@ -108,7 +115,7 @@ def main(plugin_refs: tuple[str, ...]) -> None:
 @click.option("--checkpoint-dir", type=click.Path(path_type=Path), default=None,
               help="default: checkpoints/run-<id>/")
 @click.option("--checkpoint-every", type=EVERY_N, default=0, show_default=True, help="keep epoch_N.pt every N epochs; 0 = only last/best")
-@click.option("--max-hours", type=float, default=None, help="stop with a checkpoint after this much wall time")
+@click.option("--max-hours", type=HOURS, default=None, help="stop with a checkpoint after this much wall time")
 @click.option("--resume", type=click.Path(path_type=Path), default=None, help="continue from a checkpoint (its config is used)")
 @click.option("--threads", type=THREADS, default=None, help="torch CPU threads")
 @tracker_options("dashboards/tensorboard")
@@ -130,7 +137,7 @@ def train(model: str, recipe: str, data_opts: dict,
 
 
 @main.command()
-@click.option("--image-size", type=int, default=32, show_default=True,
+@click.option("--image-size", type=PIXELS, default=32, show_default=True,
               help="size the params/GFLOPs are counted at (32: a shipped table, instant; another size: counted on "
                    "torch's meta device, a few seconds)")
 def models(image_size: int) -> None:
@@ -182,8 +189,8 @@ def recipes_show(name: str, model: str | None, data_opts: dict, epochs: int, bat
 @click.option("--batch-size", type=BATCH, default=None,
               help="one batch size for every recipe (the same updates per run) [default: the grid file's, 64]")
 @click.option("--data", "data_name", default=None, help="dataset name [default: the grid file's, digits]")
-@click.option("--image-size", type=int, default=None, help="pixels per side [default: the grid file's]")
-@click.option("--scale", type=click.Choice(["auto", "tiny", "full"]), default=None,
+@click.option("--image-size", type=PIXELS, default=None, help="pixels per side [default: the grid file's]")
+@click.option("--scale", type=OneOf(["auto", "tiny", "full"]), default=None,
               help="auto: full models on CUDA, same-family CPU stand-ins otherwise [default: the grid file's, auto]")
 @click.option("--concurrency", type=AT_ONCE, default=None, help="trials at once [default: the grid file's]")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a recipe field in every run (repeatable)")
@@ -216,14 +223,14 @@ def benchmark(grid: Path | None, models: str | None, recipes: str | None, epochs
 @main.command()
 @click.option("--model", required=True, help="the model whose recipe is taken apart (see `harness models`)")
 @click.option("--recipe", default="fitted", show_default=True, help="the end of the ladder, fitted to the run")
-@click.option("--mode", type=click.Choice(["add", "drop", "both"]), default="add", show_default=True,
+@click.option("--mode", type=OneOf(["add", "drop", "both"]), default="add", show_default=True,
               help="add: naive + one ingredient per rung; drop: full recipe minus one; both")
 @click.option("--steps", default=None, help="ingredients in order, comma-separated [default: every one the recipe changes]")
 @click.option("--seeds", type=SEEDS, default=1, show_default=True, help="seeds per rung (>= 2: paired bootstrap intervals)")
 @click.option("--epochs", type=EPOCHS, default=6, show_default=True, help="the budget every rung trains for")
 @click.option("--batch-size", type=BATCH, default=64, show_default=True, help="one batch size on every rung")
 @data_options(image_size=16)
-@click.option("--scale", type=click.Choice(["auto", "tiny", "full"]), default="auto", show_default=True,
+@click.option("--scale", type=OneOf(["auto", "tiny", "full"]), default="auto", show_default=True,
               help="auto: the full model on CUDA, its same-family CPU stand-in otherwise")
 @click.option("--concurrency", type=AT_ONCE, default=2, show_default=True, help="runs at once")
 @where_options(out_what="the waterfall, the table and the dashboards",
@@ -252,7 +259,7 @@ def ablate(model: str, recipe: str, mode: str, steps: str | None, seeds: int, ep
 @main.command()
 @db_option
 @out_option(what="the HTML pages")
-@click.option("--compare", type=int, multiple=True, metavar="RUN_ID",
+@click.option("--compare", type=RUN_ID, multiple=True, metavar="RUN_ID",
               help="also overlay these runs in compare.html (repeatable; `--compare 3 --compare 7` or `--compare 3 7`)")
 @click.option("--watch", is_flag=True,
               help="while an experiment in the database runs (another process writing it), rewrite the pages every "
@@ -261,7 +268,7 @@ def ablate(model: str, recipe: str, mode: str, steps: str | None, seeds: int, ep
 @click.option("--every", type=SECONDS, default=int(PAGES_EVERY_S), show_default=True, help="seconds between rewrites with --watch")
 @click.option("--all", "all_", is_flag=True, help="rewrite every page, changed or not (default: only the pages "
               "whose rows changed since they were written, and the index)")
-@click.argument("more_ids", nargs=-1, type=int, metavar="[RUN_ID]...")
+@click.argument("more_ids", nargs=-1, type=RUN_ID, metavar="[RUN_ID]...")
 def report(db: str, out: Path, compare: tuple[int, ...], watch: bool, every: int, all_: bool,
            more_ids: tuple[int, ...]) -> None:
     """Dashboards (Plotly HTML, offline) and before/after tables from the results database."""
@@ -296,7 +303,7 @@ def report(db: str, out: Path, compare: tuple[int, ...], watch: bool, every: int
 
 
 @main.command()
-@click.argument("run_id", type=click.IntRange(min=1))
+@click.argument("run_id", type=RUN_ID)
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="the weights file to write (e.g. model.pth); its .recipe.yaml and .md model card go beside it")
 @db_option
@@ -344,13 +351,13 @@ def sweep(study: Path, validate: bool, resume: bool, where, max_failures: int, t
 @click.option("--recipe", default="fitted", show_default=True, help="registry name, or 'fitted' for the model family's own")
 @data_options()
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a recipe field (repeatable)")
-@click.option("--scale", type=click.Choice(["auto", "tiny", "full"]), default="auto", show_default=True,
+@click.option("--scale", type=OneOf(["auto", "tiny", "full"]), default="auto", show_default=True,
               help="auto: the CPU stand-in on a CPU, the named model on a GPU; tiny: always the stand-in; full: the named model")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=WHOLE, default=0, show_default=True)
 @click.option("--threads", type=THREADS, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
-@click.option("--overfit-steps", type=click.IntRange(1, 10000), default=200, show_default=True, help="step budget of the overfit test")
-@click.option("--lr-steps", type=click.IntRange(10, 10000), default=100, show_default=True, help="steps of the lr range test")
+@click.option("--overfit-steps", type=OVERFIT_STEPS, default=200, show_default=True, help="step budget of the overfit test")
+@click.option("--lr-steps", type=LR_STEPS, default=100, show_default=True, help="steps of the lr range test")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON (progress goes to stderr)")
 @db_option
 @out_option("dashboards/doctor", what="the lr range test's Plotly HTML")

@@ -1,7 +1,7 @@
 """The command line's shared parts: the options several commands take (declared once, with their
 bounds), and turning them into typed specs. `cli.py` holds the commands.
 
-Bounds live with the option (`AtLeast`, click's Choice and FloatRange), as a spec's live with its
+Bounds live with the option (`AtLeast`, `OneOf`), as a spec's live with its
 field (pydantic `ge=`): a value out of bounds is refused before the command body runs.
 """
 
@@ -19,24 +19,56 @@ from harness.errors import UserError
 from harness.experiment import DEFAULT_STORAGE, PAGES_EVERY_S, Where
 
 
+def _flag(param: click.Parameter | None) -> str:
+    """How a refusal names the parameter: an option by its flag, an argument by its metavar (RUN_ID)."""
+    if param is None:
+        return "value"
+    return param.opts[0] if isinstance(param, click.Option) else param.human_readable_name
+
+
 class AtLeast(click.ParamType):
-    """An int option's bound, declared with the option (as `ge=` is with a spec's field): a value below it
-    is refused in harness's words, the flag, the value and the fix, exit 2."""
+    """An int option's bounds, declared with the option (as `ge=` is with a spec's field): a value outside
+    them is refused in harness's words, the flag, the value and the fix, exit 2. `least` may name a
+    `specs` type instead of a number (`"Epochs"`): the bound is then that type's `ge=`, read when a value
+    is checked, so an option and the spec field it fills declare one bound (and --help imports no pydantic)."""
 
     name = "integer"
 
-    def __init__(self, least: int, unit: str, example: int) -> None:
-        self.least, self.unit, self.example = least, unit, example
+    def __init__(self, least: float | str | None, unit: str, example: float, *, most: float | None = None,
+                 kind: type = int) -> None:
+        self._least, self.unit, self.example, self.most, self.kind = least, unit, example, most, kind
+        self.name = "integer" if kind is int else "number"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        flag = param.opts[0] if param is not None else "value"
+    @property
+    def least(self) -> float | None:
+        if not isinstance(self._least, str):
+            return self._least
+        from harness import specs
+
+        return specs.least(getattr(specs, self._least))
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        flag = _flag(param)
         try:
-            number = int(value)
+            number = self.kind(value)
         except (TypeError, ValueError):
-            raise UserError(flag, value, f"Not a whole number; e.g. {flag} {self.example}.") from None
-        if number < self.least:
+            what = "a whole number" if self.kind is int else "a number"
+            raise UserError(flag, value, f"Not {what}; e.g. {flag} {self.example}.") from None
+        if self.least is not None and number < self.least:
             raise UserError(flag, number, f"Use at least {self.least} {self.unit}, e.g. {flag} {self.example}.")
+        if self.most is not None and number > self.most:
+            raise UserError(flag, number, f"Use at most {self.most} {self.unit}, e.g. {flag} {self.example}.")
         return number
+
+
+class OneOf(click.Choice):
+    """click's Choice, refused in harness's words (the flag, the value, the names it takes), exit 2."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            raise UserError(_flag(param), value, f"Use one of {', '.join(map(str, self.choices))}.") from None
 
 
 class SeedsOrAuto(AtLeast):
@@ -50,15 +82,19 @@ class SeedsOrAuto(AtLeast):
         try:
             int(value)
         except (TypeError, ValueError):
-            flag = param.opts[0] if param is not None else "value"
+            flag = _flag(param)
             raise UserError(flag, value, f"Write a number of seeds or auto, e.g. {flag} 3 or {flag} auto.") from None
         return super().convert(value, param, ctx)
 
 
-EPOCHS, SEEDS, BATCH = AtLeast(1, "epoch", 10), AtLeast(1, "seed", 3), AtLeast(1, "image per step", 64)
+EPOCHS, SEEDS, BATCH = AtLeast("Epochs", "epoch", 10), AtLeast(1, "seed", 3), AtLeast(1, "image per step", 64)
 SEEDS_OR_AUTO = SeedsOrAuto(1, "seed (or auto)", 3)
 AT_ONCE, THREADS, SECONDS = AtLeast(1, "trial at a time", 2), AtLeast(1, "thread", 1), AtLeast(1, "second", 30)
 RETRIES, EVERY_N, ROWS = AtLeast(0, "retries", 1), AtLeast(0, "epochs (0 = never)", 5), AtLeast(1, "row", 10)
+RUN_ID = AtLeast(1, "(run ids count from 1; `harness report` lists them)", 3)
+WHOLE, PIXELS = AtLeast(None, "", 0), AtLeast(None, "pixels", 32)  # bounded by the spec they fill (DataSpec)
+HOURS = AtLeast(None, "hours", 2, kind=float)
+OVERFIT_STEPS, LR_STEPS = AtLeast(1, "steps", 200, most=10000), AtLeast(10, "steps", 100, most=10000)
 
 
 def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
@@ -89,10 +125,10 @@ def data_options(image_size: int = 32):
             click.option("--data-root", type=click.Path(path_type=Path), default=None,
                          help="folder of the dataset (cifar*, tinyimagenet, imagefolder)"),
             click.option("--download", is_flag=True, help="cifar*: download into --data-root (needs internet)"),
-            click.option("--image-size", type=int, default=image_size, show_default=True, help="pixels per side"),
-            click.option("--train-size", type=int, default=None,
+            click.option("--image-size", type=PIXELS, default=image_size, show_default=True, help="pixels per side"),
+            click.option("--train-size", type=WHOLE, default=None,
                          help="train on this many images, drawn class-balanced (synthetic: how many to generate)"),
-            click.option("--workers", type=int, default=None,
+            click.option("--workers", type=WHOLE, default=None,
                          help="folder sets: image-decoding loader workers [default: half the cores, at most 8]"),
         )):
             command = option(command)
@@ -126,7 +162,7 @@ def where_options(*, out_what: str, storage_layout: str):
                          "printed it, or auto) [default: start Ray here]"),
             click.option("--storage-path", type=click.Path(path_type=Path), default=DEFAULT_STORAGE, show_default=True,
                          help=f"where Ray keeps trial checkpoints and its state ({storage_layout}); shared storage on a cluster"),
-            click.option("--pages-every", type=click.FloatRange(min=1), default=PAGES_EVERY_S, show_default=True,
+            click.option("--pages-every", type=AtLeast(1, "second", 30, kind=float), default=PAGES_EVERY_S, show_default=True,
                          help="seconds between rewrites of the live pages while it runs"),
             tracker_options("<--out>/tensorboard"),
         )):

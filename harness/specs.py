@@ -79,13 +79,23 @@ def _model_dump(v: Any) -> Any:
 ModelRef = Annotated[str, PlainValidator(_model_ref), PlainSerializer(_model_dump)]
 
 
+# A run's epochs, bounded once: RunSpec's and a grid's field, and the --epochs options (`options.EPOCHS`
+# reads the bound from here, `least`).
+Epochs = Annotated[int, Field(ge=1, description="epochs every run trains")]
+
+
+def least(bounded: Any) -> int:
+    """The `ge=` bound of an `Annotated[int, Field(ge=...)]` type."""
+    return next(m.ge for f in bounded.__metadata__ for m in getattr(f, "metadata", ()) if hasattr(m, "ge"))
+
+
 class RunSpec(Strict):
     """Everything one training run needs; `fit()` takes nothing else."""
 
     model: str
     recipe: Recipe
     data: DataSpec = DataSpec()
-    epochs: int = Field(10, ge=1)
+    epochs: Epochs = 10
     seed: int = 0
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU, where bf16 is slower)")
@@ -140,8 +150,8 @@ to the fitted recipe (`recipes.at_lr`: the whole schedule moved) and recorded in
     check_spec(data)
     entry.size_kwargs(data.image_size)
     epochs = fields.get("epochs", RunSpec.model_fields["epochs"].default)
-    if not isinstance(epochs, int) or epochs < 1:
-        raise UserError("--epochs", epochs, "Train at least 1 epoch, e.g. --epochs 10.")
+    if not isinstance(epochs, int) or epochs < least(Epochs):  # before a recipe is fitted to a budget of `epochs`
+        raise UserError("--epochs", epochs, f"Train at least {least(Epochs)} epoch, e.g. --epochs 10.")
     n = n_train if n_train is not None else train_images(data)
     if from_file:
         if batch_size is not None:
@@ -295,7 +305,7 @@ class BenchmarkSpec(Strict):
     recipes: list[str] = Field(["naive", "fitted"], min_length=1, description=(
         "recipe names (fitted to the run; NAME@published for the source's values); 'fitted' (or 'tuned') = each "
         "model's own recipe fitted, 'published' = it as published"))
-    epochs: int = Field(10, ge=1)
+    epochs: Epochs = 10
     batch_size: int | None = Field(64, ge=1, description="one batch size for every recipe, so every run gets the same "
                                    "updates; null = each recipe's own")
     seeds: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", description=(

@@ -145,6 +145,13 @@ CLI_CALLS = [
     (["sweep", "study.yaml", "--resume", "--db", "sqlite:///results.db"], "name", "No sweep of that name"),
     (["sweep", "study.yaml", "--max-failures", "-1", "--db", "sqlite:///results.db"], "--max-failures", "0"),
     (["sweep", "study.yaml", "--db", "sqlite:///adir"], "--db", "folder"),
+    # every option's error in harness's words (issue 36), not click's
+    (["doctor", "--model", "resnet18", "--overfit-steps", "0"], "--overfit-steps", "Use at least 1 steps"),
+    (["doctor", "--model", "resnet18", "--lr-steps", "20000"], "--lr-steps", "Use at most 10000 steps"),
+    (["export", "0", "--out", "m.pth"], "RUN_ID", "run ids count from 1"),
+    (["export", "one", "--out", "m.pth"], "RUN_ID", "Not a whole number"),
+    (["ablate", "--model", "resnet18", "--mode", "sideways"], "--mode", "Use one of add, drop, both"),
+    (["train", "--model", "resnet18", "--seed", "x"], "--seed", "Not a whole number"),
 ]
 
 
