@@ -139,3 +139,30 @@ def test_ladder_is_pure_data():
     ab = resolve_ablation("swin_tiny", mode="drop", steps="clip")
     rungs = ladder(ab.start, ab.end, ["clip"], "drop")
     assert [r.recipe.grad_clip for r in rungs] == [5.0, 0.0]
+
+
+def test_continue_with_rebuilds_the_same_ladder(monkeypatch):
+    """Issue 36: an interrupted ablation's 'continue with' line carries the ladder's flags (ablate resumes
+    from its flags, not its row): parsed back through the CLI, they resolve to the same stored ladder."""
+    import shlex
+
+    from harness import ablate
+    from harness.datasets import DataSpec
+    from harness.experiment import Where, continue_with
+
+    ab = resolve_ablation("vit_base", steps="lr,warmup", seeds=2, epochs=3, batch_size=32,
+                          data=DataSpec(name="synthetic", image_size=16, train_size=64))
+    line = continue_with(ablate.Ladder(ab, 2), Where(db="sqlite:///r.db", storage_path="ray"))
+    assert line.endswith("--resume --db sqlite:///r.db --storage-path ray"), line
+    got = {}
+    from types import SimpleNamespace
+
+    def run_ablation(again, where, **kw):
+        got["ab"] = again
+        return SimpleNamespace(status="completed")
+
+    monkeypatch.setattr(ablate, "run_ablation", run_ablation)
+    args = shlex.split(line)[1:]  # without "harness"
+    res = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert ablate.Ladder(got["ab"], 2).stored() == ablate.Ladder(ab, 2).stored()
