@@ -85,12 +85,30 @@ step() {
     record "$name" SKIP 0 "no time left: $((have / 10)).$((have % 10)) s of its slot remain, under the $((FLOOR[$name] / 1000)).$((FLOOR[$name] % 1000 / 100)) s it starts with (--budget $BUDGET)"
     return 99
   fi
-  GPU_CHECK_SECONDS=${left%.*} timeout --kill-after=3 "$left" "$@" 2>&1 | tee "$WORK/$name.log"
-  local rc=${PIPESTATUS[0]}
+  # tee through a process substitution, not a pipe: a pipeline would wait for every process holding the
+  # pipe, a daemon the step left behind included, past the slot's end.
+  GPU_CHECK_STEP="$WORK:$name" GPU_CHECK_SECONDS=${left%.*} timeout --kill-after=3 "$left" "$@" \
+    > >(tee "$WORK/$name.log") 2>&1
+  local rc=$? tee_pid=${!:-} reaped
+  reaped=$(reap "$WORK:$name")
+  [ -z "$tee_pid" ] || wait "$tee_pid" 2>/dev/null
   if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-    record "$name" FAIL $((SECONDS - t)) "timed out at the end of its slot, after ${left%.*} s (what it measured: $name.log and its tables)"
+    record "$name" FAIL $((SECONDS - t)) "timed out at the end of its slot, after ${left%.*} s (what it measured: $name.log and its tables)$reaped"
+  elif [ -n "$reaped" ]; then
+    echo "gpu_check: $name exited$reaped" | tee -a "$WORK/$name.log"
   fi
   return "$rc"
+}
+
+# A step stopped at its slot's end can leave Ray's daemons and trial workers running (they start in sessions
+# of their own, out of timeout's reach) and training on: they would eat the CPUs of every later step. They
+# inherit the step's GPU_CHECK_STEP marker, so this ends them, and only them (never a broad `ray stop`).
+reap() {
+  local pids
+  pids=($(grep -lszxF "GPU_CHECK_STEP=$1" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3))
+  [ ${#pids[@]} -eq 0 ] && return
+  kill -9 "${pids[@]}" 2>/dev/null
+  echo "; ended ${#pids[@]} process(es) it left running"
 }
 
 have_whl() { [ -d .whl ] && compgen -G ".whl/*.whl" >/dev/null; }

@@ -164,7 +164,8 @@ case "$1" in
   *) work=$(echo "$@" | sed 's/.*--out \\([^ ]*\\).*/\\1/')
      if [ "$2" = --report ]; then echo "# stub" > "$work/gpu_check-stub.md"
        echo "stub summary $(wc -l < "$work/steps.tsv") lines"; ! grep -q FAIL "$work/steps.tsv"
-     elif [ "$3" = throughput ]; then echo "row 1" > "$work/throughput.md"; sleep 30
+     elif [ "$3" = throughput ]; then echo "row 1" > "$work/throughput.md"
+       setsid sleep 60 & echo $! > "$STUB_PIDFILE"; sleep 30  # a daemon, as Ray's are, then too long
      else printf '%s\\tPASS\\t0\\tstub\\n' "$3" >> "$work/steps.tsv"; fi ;;
 esac
 """
@@ -183,7 +184,7 @@ def test_a_step_that_outlasts_its_slot_is_stopped_and_the_next_skipped_for_time(
     out = tmp_path / "out"
     done = subprocess.run(["bash", str(tmp_path / "repo" / "benchmarks" / "gpu_check.sh"), "--dry-run", "--budget", "12",
                            "--python", str(stub)], capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "OUT": str(out)})
+                          env={"PATH": "/usr/bin:/bin", "OUT": str(out), "STUB_PIDFILE": str(tmp_path / "daemon.pid")})
     assert done.returncode == 1, done  # the timed-out step is a failure
     steps = {line.split("\t")[0]: line.split("\t") for line in (out / "steps.tsv").read_text().splitlines()}
     assert steps["throughput"][1] == "FAIL" and "timed out at the end of its slot" in steps["throughput"][3]
@@ -195,6 +196,9 @@ def test_a_step_that_outlasts_its_slot_is_stopped_and_the_next_skipped_for_time(
     assert {"throughput.md", "throughput.log", "versions.tsv"} <= names and "steps.tsv" not in names
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("stub summary") and "s wall of a 12 s budget" in last
+    assert "ended 1 process(es) it left running" in steps["throughput"][3]  # the daemon, and nothing else
+    stat = Path(f"/proc/{(tmp_path / 'daemon.pid').read_text().strip()}/stat")
+    assert not stat.exists() or stat.read_text().split(") ")[1][0] == "Z"  # gone, or dead and not yet reaped
 
 
 def test_budget_must_be_whole_seconds(tmp_path):
