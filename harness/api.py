@@ -117,7 +117,7 @@ def benchmark(grid: Path | str | None = None, *, models: str | list[str] | None 
         if family is not None and names is None:  # the grid file's models: a --family names one of them
             parse_families(family, models=[str(m) for m in spec.models])
         where = _where(db, out, address, storage_path, pages_every, tensorboard, mlflow)
-        outcome = run_benchmark(spec, where, echo=echo, resume=resume)
+        outcome = run_benchmark(spec, where, echo=echo, resume=resume, grid_file=None if grid is None else Path(grid))
     return Result(outcome.experiment_id, outcome.status, db, benchmark_tables(db, outcome.experiment_id))
 
 

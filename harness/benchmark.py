@@ -217,18 +217,19 @@ def resolved_yaml(spec: BenchmarkSpec, grid: Grid) -> str:
 
 
 def run_benchmark(spec: BenchmarkSpec, where: Where, *, echo: Callable[[str], None] = print, cuda: bool | None = None,
-                  resume: bool = False):
+                  resume: bool = False, grid_file: Path | None = None):
     """Run the grid as one experiment (`experiment.run_experiment`: through Ray Tune, with live pages),
     then print the before/after table (and, with an lr axis, the sensitivity tables) and write them with
     the pages into `where.out`. Returns the engine's Outcome (status "interrupted": the CLI exits 130).
     With `resume`, the interrupted benchmark of this name continues as it was started: finished runs are
     kept, interrupted ones continue from their checkpoints, missing ones start. `where` is checked by the
-    caller (`Where.check`)."""
+    caller (`Where.check`). `grid_file`: the grid file it came from (None: the default grid), named again in
+    its continue-with line (--resume finds the experiment by the grid's name)."""
     if cuda is None:
         import torch
 
         cuda = torch.cuda.is_available()
-    return run_experiment(Benchmark(spec, cuda), where, resume=resume, echo=echo).outcome
+    return run_experiment(Benchmark(spec, cuda, grid_file), where, resume=resume, echo=echo).outcome
 
 
 @dataclass(frozen=True)
@@ -237,8 +238,15 @@ class Benchmark:
 
     spec: BenchmarkSpec
     cuda: bool
+    grid_file: Path | None = None  # the grid file given (None: the default grid)
     kind = "benchmark"
-    again = "harness benchmark"
+
+    @property
+    def again(self) -> str:
+        """The command line that starts it anew: with its grid file, whose name --resume looks up."""
+        import shlex
+
+        return "harness benchmark" + (f" {shlex.quote(str(self.grid_file))}" if self.grid_file is not None else "")
 
     @cached_property
     def grid(self) -> Grid:
@@ -264,7 +272,7 @@ class Benchmark:
         spec = parse_spec(BenchmarkSpec, stored, f"{where.shown_db} benchmark {self.spec.name}")
         if spec != self.spec.model_copy(update={"scale": spec.scale}):
             echo(f"note: the grid given differs from benchmark {spec.name} as it was started; --resume continues it as started.")
-        started = Benchmark(spec, self.cuda)
+        started = Benchmark(spec, self.cuda, self.grid_file)
         if yaml.safe_load(started.spec_yaml()).get("runs") != stored_runs:
             raise UserError("--resume", spec.name, "The grid resolves to other runs than when it was started (the data, "
                             "the device or the harness changed); run it without --resume.")

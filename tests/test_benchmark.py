@@ -188,3 +188,16 @@ def test_a_grid_counts_its_training_images_once(monkeypatch):
         entry, train_images=lambda spec: calls.append(spec) or entry.train_images(spec)))
     grid = resolve_grid(load_grid(None, models="vit_base,resnet50", recipes="naive,fitted", lrs="x1,x3", seeds=2), cuda=False)
     assert len(grid.runs) == 16 and len(calls) == 1
+
+
+def test_continue_with_names_the_grid_file(tmp_path):
+    """--resume finds an experiment by its grid's name: the continue-with line of a benchmark started from a grid
+    file names that file (without it, the default grid's name would be looked up)."""
+    from harness.benchmark import Benchmark
+    from harness.experiment import Where, continue_with
+
+    spec = load_grid(None, seeds=1)
+    where = Where(db=f"sqlite:///{tmp_path / 'r.db'}", storage_path=tmp_path / "ray")
+    grid = tmp_path / "my grid.yaml"
+    assert continue_with(Benchmark(spec, False, grid), where).startswith(f"harness benchmark '{grid}' --resume --db ")
+    assert continue_with(Benchmark(spec, False), where).startswith("harness benchmark --resume --db ")
