@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness import DEFAULT_DB
 from harness.errors import UserError
-from harness.experiment import DEFAULT_STORAGE, PAGES_EVERY_S, Where
+from harness.experiment import DEFAULT_DB, DEFAULT_STORAGE, PAGES_EVERY_S, Where
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -124,8 +123,8 @@ def benchmark(grid: Path | str | None = None, *, models: str | list[str] | None 
 def benchmark_tables(db: str, experiment_id: int) -> dict[str, pd.DataFrame]:
     """A benchmark's tables as the command prints them, read from the database: the before/after table and,
     with an lr axis, the sensitivity summary and the curve's points."""
-    from harness import sensitivity as sens
-    from harness import tables as rep
+    import harness.sensitivity as sens
+    import harness.tables as rep
 
     store = rep.open_reader(db)
     try:
@@ -148,7 +147,7 @@ def sweep(study: Path | str, *, validate: bool = False, resume: bool = False, fa
     """`harness sweep STUDY`: the Optuna study through Ray Tune; `result.table` holds every trial, best first
     (`result.files["recipe"]`: the best trial's recipe file). `validate=True` checks the study file only
     (no torch, no Ray) and returns its lines."""
-    from harness import study as study_mod
+    import harness.study as study_mod
 
     if validate:
         with _families(family, None):
@@ -177,7 +176,7 @@ def train(model: str | None = None, *, recipe: str = "fitted", data: str = "digi
           threads: int | None = None, echo: Callable[[str], None] = _quiet, **record: Any) -> Result:
     """`harness train`: one model, one recipe, in this process; `result.table` holds its epochs
     (`result["run"]`: its row). `record` goes to the recorder as given (e.g. the trackers' options)."""
-    from harness import tables as rep
+    import harness.tables as rep
     from harness.options import make_data_spec
     from harness.process import resolve_device
     from harness.runner import resumed_spec, run_and_record
@@ -217,7 +216,7 @@ def train(model: str | None = None, *, recipe: str = "fitted", data: str = "digi
 
 def _last_experiment(db: str) -> int:
     """The highest experiment id in `db` now (0 for a new database)."""
-    from harness import tables as rep
+    import harness.tables as rep
 
     try:
         store = rep.open_reader(db)

@@ -143,7 +143,7 @@ def train(model: str, recipe: str, data_opts: dict,
 def models(image_size: int) -> None:
     """The model registry: name, family, parameters, forward GFLOPs at --image-size; any other timm name
     also runs (docs/models.md)."""
-    from harness.models import describe_registry
+    from harness.model_listing import describe_registry
 
     for line in describe_registry(image_size, width=TERMINAL_WIDTH):
         echo(line)

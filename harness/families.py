@@ -9,7 +9,7 @@ mapping, each row with why; docs/models.md explains it. A module not in it canno
 says the family (`--family`, or `model: {name: ..., family: ...}` in a grid or study).
 
 The timm names, their modules and input sizes, and the registry's parameter and GFLOP counts are read
-from `model_facts.json`, shipped beside this file and written by `python -m harness.families` (which
+from `model_facts.json`, shipped beside this file and written by `python -m harness.model_listing` (which
 imports timm and counts on the meta device): validation and `harness models` need neither torch nor
 timm (importing them takes ~10 s). tests/test_models_by_name.py checks the file against the installed
 timm.
@@ -99,63 +99,3 @@ def patch_of(name: str, default: int = 16) -> int:
 
 def registry_counts(name: str) -> dict | None:
     return facts()["registry"].get(name)
-
-
-# --- writing the table (imports timm and torch) ----------------------------------------------------
-
-def count_on_meta(name: str, image_size: int) -> tuple[int, float]:
-    """(parameters, forward GFLOPs for one image) of registry model `name` at `image_size`, built on torch's
-    meta device: shapes only, no weights initialised, no arithmetic (vit_base in under a second instead of
-    ten). The counts equal a real build's (the test builds the tiny ones to check)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from harness.models import build_model, count_params
-
-    with torch.device("meta"):
-        model = build_model(name, num_classes=10, image_size=image_size)
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(torch.zeros(1, 3, image_size, image_size, device="meta"))
-    return count_params(model), counter.get_total_flops() / 1e9
-
-
-def write_facts(path: Path = FACTS_FILE) -> dict:
-    """Regenerate the shipped table from the installed timm (run after upgrading timm)."""
-    import timm
-    from timm.models import get_pretrained_cfg, model_entrypoint
-
-    from harness.errors import UserError
-    from harness.models import MODELS
-
-    models = {}
-    for n in timm.list_models():
-        cfg = get_pretrained_cfg(n)
-        side = cfg.input_size[-1] if cfg is not None and getattr(cfg, "input_size", None) else 224
-        models[n] = [model_entrypoint(n).__module__.rsplit(".", 1)[-1], int(side)]
-    doc = {"timm": timm.__version__, "image_size": FACTS_IMAGE_SIZE, "registry": {}, "models": models}
-    path.write_text(json.dumps(doc))  # the names first: building a registry model looks its module up here
-    facts.cache_clear()
-    registry = {}
-    for name, entry in MODELS.items():
-        if entry.factory is not None:  # a plugin's model is not shipped
-            continue
-        try:
-            params, gflops = count_on_meta(name, FACTS_IMAGE_SIZE)
-        except UserError:
-            continue
-        registry[name] = {"params": params, "gflops": round(gflops, 6)}
-    doc["registry"] = registry
-    # One model per line: an upgrade of timm reads as a diff of the names it added or moved.
-    lines = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(models.items())]
-    path.write_text(f'{{"timm": {json.dumps(doc["timm"])}, "image_size": {FACTS_IMAGE_SIZE},\n'
-                    f'"registry": {json.dumps(registry, sort_keys=True)},\n"models": {{\n' + ",\n".join(lines) + "\n}}\n")
-    facts.cache_clear()
-    return doc
-
-
-if __name__ == "__main__":
-    written = write_facts()
-    print(f"{FACTS_FILE}: {len(written['models'])} timm models (timm {written['timm']}), "
-          f"{len(written['registry'])} registry counts at {FACTS_IMAGE_SIZE} px")

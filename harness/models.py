@@ -503,35 +503,3 @@ def forward_gflops(model: torch.nn.Module, image_size: int, in_chans: int = 3) -
         model(torch.zeros(1, in_chans, image_size, image_size, device=next(model.parameters()).device))
     model.train(was_training)
     return counter.get_total_flops() / 1e9
-
-
-def describe_registry(image_size: int, *, width: int) -> list[str]:
-    """`harness models`: one row per model (name, family, parameters, forward GFLOPs at `image_size`),
-    then what each is built as and what it is for, wrapped at `width` columns. The counts at the default
-    size are the shipped table's (`families.py`: no torch, no timm, no build); at another size they are
-    counted on torch's meta device (no weights made; the import of torch and timm is most of the time)."""
-    import textwrap
-
-    from harness.families import FACTS_IMAGE_SIZE, count_on_meta, registry_counts
-
-    rows, notes = [], []
-    for name, entry in MODELS.items():
-        try:
-            shape = entry.describe(image_size)
-            counts = registry_counts(name) if image_size == FACTS_IMAGE_SIZE and entry.factory is None else None
-            if counts is not None:
-                params, gflops = counts["params"], counts["gflops"]
-            else:
-                params, gflops = count_on_meta(name, image_size)
-            params, gflops = f"{params / 1e6:.1f}M", f"{gflops:.3f}"
-        except UserError as e:
-            params, gflops, shape = "-", "-", f"not at {image_size} px: {e.fix}"
-        rows.append((name, entry.family, params, gflops))
-        note = f"CPU stand-in for {full}" if (full := stands_for(name)) else entry.description
-        notes.append(textwrap.fill(f"{name}: {shape}; {note}", width=width, subsequent_indent="    "))
-    header = ("name", "family", "params", f"GFLOPs@{image_size}")
-    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
-    table = [" ".join(str(v).rjust(w) for v, w in zip(r, widths)) for r in (header, *rows)]
-    return [*table, "", *notes, "",
-            textwrap.fill("Any other name in timm.list_models() also runs as named (e.g. --models convnext_tiny); its "
-                          "recipe family is told from its timm module (docs/models.md), or given with --family.", width=width)]

@@ -25,7 +25,7 @@ def test_the_shipped_table_is_the_installed_timms():
     from timm.models import model_entrypoint
 
     table = facts()
-    assert table["timm"] == timm.__version__, "run `python -m harness.families` after upgrading timm"
+    assert table["timm"] == timm.__version__, "run `python -m harness.model_listing` after upgrading timm"
     assert set(table["models"]) == set(timm.list_models())
     for name, (module, _) in table["models"].items():
         assert model_entrypoint(name).__module__ == f"timm.models.{module}", name
