@@ -1,5 +1,5 @@
 """Tables over the results database (pandas): the statistics (`stats.py`), reading the database
-(`read.py`) and the tables built from it (`before_after.py`): the before/after table of a benchmark,
+(`read.py`) and the tables built from it (`before_after.py`, read by people through `text.py`): the before/after table of a benchmark,
 the ablation ladder's (`ablation.py`), and the per-run summaries the pages draw. Every public name is
 here: `from harness import tables as rep`, then `rep.before_after(...)`. (Named `report` until
 2026-12-06; `harness report` is the command that writes the pages.)"""
@@ -17,20 +17,14 @@ from harness.tables.ablation import (  # noqa: F401
 from harness.tables.before_after import (  # noqa: F401
     RUN_SUMMARY_COLUMNS,
     TABLE_COLUMNS,
-    TABLE_LEGEND,
-    TERMINAL_COLUMNS,
     UNFINISHED,
     before_after,
     best_lr,
     check_runs_exist,
     compare,
-    format_acc,
-    format_before_after,
     latest_benchmark,
     run_summary,
-    save_before_after,
     splits_of,
-    to_markdown,
 )
 from harness.tables.read import (  # noqa: F401
     RUN_STAMP_COLUMNS,
@@ -65,6 +59,14 @@ from harness.tables.stats import (  # noqa: F401
     seed_t_interval,
     verdict,
     wilson,
+)
+from harness.tables.text import (  # noqa: F401
+    TABLE_LEGEND,
+    TERMINAL_COLUMNS,
+    format_acc,
+    format_before_after,
+    save_before_after,
+    to_markdown,
 )
 
 __all__ = ["ABLATION_COLUMNS", "ABLATION_LEGEND", "ABLATION_VERDICT", "COLLAPSE_ALPHA", "CONFIDENCE",

@@ -10,8 +10,9 @@ import pandas as pd
 
 from harness.files import write_text_atomic
 from harness.store import Store
-from harness.tables.before_after import compare, format_acc, run_summary, to_markdown
+from harness.tables.before_after import compare, run_summary
 from harness.tables.read import read_epochs, read_runs, read_test_correct
+from harness.tables.text import format_acc, to_markdown
 
 ABLATION_VERDICT = {"better": "helps", "worse": "hurts", "no detectable difference": "no detectable difference", "": ""}
 
