@@ -27,6 +27,10 @@ class _Entry:
     train`, monkeypatching its attributes all reach the module) that is also the API function when called.
     The API's names are the commands' and so the modules' names; this keeps both meanings working."""
 
+    # No instance __dict__: `entry.__dict__` is the module's (through __getattr__), so pytest's monkeypatch,
+    # which restores what it finds there, puts a patched function back instead of deleting it.
+    __slots__ = ("_name",)
+
     def __init__(self, name: str) -> None:
         object.__setattr__(self, "_name", name)
 

@@ -225,7 +225,11 @@ def optuna_storage(db: str) -> optuna.storages.RDBStorage:
               {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}})
     try:
         return optuna.storages.RDBStorage(db, engine_kwargs=kwargs)
-    except sa.exc.IntegrityError:  # two sweeps creating Optuna's tables at once: the other one's are there now
+    except (sa.exc.IntegrityError, sa.exc.OperationalError) as e:
+        # Two sweeps creating Optuna's tables at once (a duplicate version row, or "table ... already exists"):
+        # the other one's are there now. Any other error is not this race.
+        if isinstance(e, sa.exc.OperationalError) and "already exists" not in str(e):
+            raise
         return optuna.storages.RDBStorage(db, engine_kwargs=kwargs)
 
 

@@ -53,6 +53,15 @@ def test_the_api_names_are_also_the_modules():
     assert load_grid is harness.benchmark.load_grid
     assert callable(harness.benchmark) and harness.benchmark.load_grid.__module__ == "harness.benchmark"
     assert harness.sweep.__doc__.startswith("`harness sweep STUDY`")
+    # pytest's monkeypatch restores what it found in the target's __dict__: the module's, not the entry's own
+    # (an entry with a __dict__ of its own had the patched function deleted on undo, and fit() then failed).
+    import harness.train as module
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(train, "fit", lambda *a, **k: None)
+    assert module.fit is not fit
+    mp.undo()
+    assert module.fit is fit
 
 
 def test_bad_input_raises_before_anything_is_written(tmp_path):

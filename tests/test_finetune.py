@@ -54,7 +54,7 @@ def test_a_benchmark_fine_tunes_from_the_file(ray_local, tmp_path, weights):
     digest, the fitted recipe is vit_ft, and at an lr of 1e-30 all along (nothing moves) the first epoch's val loss is
     the file's own: the trial trained from the file, not from a fresh init."""
     grid = tmp_path / "ft.yaml"
-    grid.write_text(yaml.safe_dump({"name": "ft", "models": ["vit_test"], "recipes": ["naive", "tuned"], "epochs": 1,
+    grid.write_text(yaml.safe_dump({"name": "ft", "models": ["vit_test"], "recipes": ["naive", "tuned"], "epochs": 1, "seeds": 1,
                                     "batch_size": 16, "data": DATA, "concurrency": 2,
                                     "set": {"lr": 1e-30, "warmup_lr": 1e-30, "min_lr": 1e-30}}))
     db = f"sqlite:///{tmp_path / 'r.db'}"

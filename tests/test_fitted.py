@@ -192,7 +192,7 @@ def test_a_grid_compares_recipes_at_one_batch_size():
 
 
 def test_published_and_fitted_side_by_side():
-    spec = load_grid(None, models="vit_base", recipes="naive,published,fitted")
+    spec = load_grid(None, models="vit_base", recipes="naive,published,fitted", seeds=1)
     runs = resolve_grid(spec, cuda=False).runs
     assert [r.recipe.label() for r in runs] == ["naive", "vit (published)", "vit (fitted)"]
     with pytest.raises(Exception, match="listed twice"):
@@ -201,7 +201,7 @@ def test_published_and_fitted_side_by_side():
 
 def test_tuned_is_the_older_word_for_fitted():
     """Grids and files written before the rename still run the same recipe; tables say 'fitted'."""
-    old, new = (resolve_grid(load_grid(None, models="vit_base", recipes=r), cuda=False).runs for r in ("tuned", "fitted"))
+    old, new = (resolve_grid(load_grid(None, models="vit_base", recipes=r, seeds=1), cuda=False).runs for r in ("tuned", "fitted"))
     assert [r.recipe for r in old] == [r.recipe for r in new]
     assert [r.recipe.label() for r in old] == ["vit (fitted)"]
 

@@ -57,10 +57,15 @@ def write_plugin(tmp_path):
     return path
 
 
-def test_plugin_model_dataset_recipe_train_and_resume(tmp_path, db_url):
+def test_plugin_model_dataset_recipe_train_and_resume(tmp_path, db_url, monkeypatch):
     """A model, a dataset and a recipe from a plugin file train through `harness --plugin FILE train`;
     the checkpoint remembers the plugin, and `train --resume` in a fresh process loads it when given again
     (a checkpoint's plugins never load from the file alone: tests/test_safety.py)."""
+    from harness import plugins
+
+    # A user's `harness train` process has loaded only its own plugins; this test process has loaded other
+    # tests' too, which the checkpoint would then name (and the resume, given only this one, would refuse).
+    monkeypatch.setattr(plugins, "_LOADED", {})
     plugin = write_plugin(tmp_path)
     res = CliRunner().invoke(main, ["--plugin", str(plugin), "train", "--model", "tinynet", "--recipe", "naive_fast",
                                     "--data", "stripes", "--image-size", "8", "--epochs", "2", "--threads", "1",
