@@ -134,7 +134,7 @@ def test_a_by_name_run_records_its_family_and_why():
 
 
 @pytest.mark.parametrize("args,field,says", [
-    (["--models", "convnxt_tiny"], "--models", "'convnext_tiny'?"),  # among the close matches (a plugin's may join them)
+    (["--models", "convnxt_tiny"], "--models", "or 'convnext_tiny'"),  # among the close matches (a plugin's may join them)
     (["--models", "maxvit_tiny_tf_224"], "--models", "--family maxvit_tiny_tf_224=FAMILY"),
     (["--models", "maxvit_tiny_tf_224", "--family", "vitt"], "--family", "Did you mean 'vit'"),
     (["--models", "convnext_tiny,resnet18", "--family", "vit"], "--family", "--family MODEL=FAMILY"),
