@@ -100,7 +100,7 @@ class RunSpec(Strict):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU, where bf16 is slower)")
     compile: bool = Field(False, description="torch.compile the model (once per run; reused every epoch)")
-    channels_last: bool | None = Field(None, description="None = on for CNNs on CUDA")
+    channels_last: bool | None = Field(None, description="None = where faster: CNNs on CUDA, efficientnet on the CPU")
     pretrained: bool = False
     pretrained_file: Path | None = None
     checkpoint_dir: Path | None = Field(None, description="None = no checkpoints")

@@ -440,11 +440,14 @@ class Store:
         with self.engine.begin() as c:
             c.execute(runs.update().where(runs.c.id == run_id).values(status="running", error=None, finished_at=None))
 
-    def settle_trial(self, experiment_id: int, trial_id: str, status: str, *, unless: tuple[str, ...]) -> None:
-        """The run of a Ray trial gets `status` unless it already holds one of `unless` (its final status)."""
+    def settle_trial(self, experiment_id: int, trial_id: str, status: str, *, unless: tuple[str, ...],
+                     error: str | None = None) -> None:
+        """The run of a Ray trial gets `status` (and `error`, when given) unless it already holds one of
+        `unless` (its final status)."""
+        values: dict[str, Any] = {"status": status, "finished_at": now(), **({"error": error} if error else {})}
         with self.engine.begin() as c:
             c.execute(runs.update().where(runs.c.experiment_id == experiment_id, runs.c.trial_id == trial_id,
-                                          runs.c.status.notin_(unless)).values(status=status, finished_at=now()))
+                                          runs.c.status.notin_(unless)).values(**values))
 
     def mark_unfinished(self, experiment_id: int, status: str = "interrupted") -> int:
         """Runs still 'running' when their experiment ends get `status` (e.g. after Ctrl-C)."""

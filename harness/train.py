@@ -30,7 +30,7 @@ from harness import plugins
 from harness.errors import UserError
 from harness.evaluate import evaluate, evaluate_classes, score_test
 from harness.models import build_model, get_model_entry
-from harness.process import compile_model, free_device_memory, prepare_process, set_backend_flags
+from harness.process import compile_model, free_device_memory, nhwc_by_default, prepare_process, set_backend_flags
 from harness.recipes import build_loss, build_mixup, build_optimizer, build_scheduler
 from harness.specs import RunSpec
 
@@ -133,9 +133,8 @@ class Training:
 
     @property
     def eval_channels_last(self) -> bool:
-        """Evaluation batches in the training memory format: on CUDA only (the CPU path, and so its
-        numbers, stay as they were; a CPU run with channels_last forced evaluates NCHW as before)."""
-        return self.channels_last and self.device.type == "cuda"
+        """Evaluation batches in the training memory format (process.nhwc_by_default: on the CPU too)."""
+        return self.channels_last
 
 
 @dataclass
@@ -158,8 +157,8 @@ def build_training(spec: RunSpec, ds: data_mod.Dataset, device: torch.device, *,
                         drop_path_rate=recipe.drop_path_rate, drop_rate=recipe.drop_rate,
                         pretrained=spec.pretrained, pretrained_file=spec.pretrained_file, log=log).to(device)
     cuda = device.type == "cuda"
-    channels_last = spec.channels_last if spec.channels_last is not None else (cuda and entry.family in ("resnet", "efficientnet"))
-    if channels_last:  # NHWC: what cuDNN's tensor-core convolutions want; no effect on transformers
+    channels_last = spec.channels_last if spec.channels_last is not None else nhwc_by_default(entry.family, cuda)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     set_backend_flags(cuda)
     batch_size = min(recipe.batch_size, len(ds.train))

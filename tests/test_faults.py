@@ -132,11 +132,12 @@ def assert_resumed_study(db_url: str, db_file: Path, name: str, trials: int, epo
     """What issue 7 asks of every resumed sweep; and the numbers: every epoch of every trial is what the
     same trial trained here from scratch, never stopped, records (tests/conftest.py: uninterrupted_metrics;
     `plugin`'s sleep is switched off for that)."""
-    got = rows(db_url, "SELECT r.id, r.status, r.epochs_done, r.trial_id, r.optuna_trial FROM runs r "
+    got = rows(db_url, "SELECT r.id, r.status, r.epochs_done, r.trial_id, r.optuna_trial, r.error FROM runs r "
                        "JOIN experiments e ON e.id = r.experiment_id WHERE e.name = :n ORDER BY r.id", n=name)
     assert len(got) == trials, got  # exactly `trials`, no duplicates
     assert len({r["trial_id"] for r in got}) == trials and len({r["optuna_trial"] for r in got}) == trials
-    assert all(r["status"] == "completed" and r["epochs_done"] == STUDY["scheduler"]["max_epochs"] for r in got), got
+    assert all(r["status"] == "completed" and r["epochs_done"] == STUDY["scheduler"]["max_epochs"] for r in got), \
+        (got, resume_out)
     for r in got:
         epochs = [e["epoch"] for e in rows(db_url, "SELECT epoch FROM epochs WHERE run_id = :r ORDER BY epoch", r=r["id"])]
         assert epochs == list(range(1, r["epochs_done"] + 1)), (r, epochs)

@@ -7,7 +7,7 @@
   Ray just started must count the GPUs torch counts;
 - a trial granted a card that CUDA cannot use fails with the reason;
 - fit() makes cuda:N the current device before building anything;
-- evaluation feeds channels_last batches when training does, on CUDA only.
+- channels_last where it is faster (CNNs on CUDA, efficientnet on the CPU), evaluation as training.
 No training runs: every test stops at the decision it checks (well under a second each).
 """
 
@@ -267,13 +267,38 @@ def test_fit_gives_plain_cuda_the_current_cards_index(monkeypatch):
     assert _fit_until_data(monkeypatch, "cuda") == [("set_device", card), ("load", card)]
 
 
-# --- evaluation in the training memory format, on CUDA only --------------------------------------
+# --- channels_last where it is faster; evaluation in the training memory format ------------------
 
-def test_eval_channels_last_on_cuda_only():
+def test_channels_last_by_default_where_it_is_faster():
+    from harness.process import nhwc_by_default
+
+    assert nhwc_by_default("resnet", cuda=True) and nhwc_by_default("efficientnet", cuda=True)
+    assert nhwc_by_default("efficientnet", cuda=False)  # oneDNN's NHWC depthwise kernels
+    assert not nhwc_by_default("resnet", cuda=False)  # no faster on the CPU
+    assert not nhwc_by_default("vit", cuda=True) and not nhwc_by_default("swin", cuda=False)
     flag = train.Training.eval_channels_last.fget
-    assert flag(SimpleNamespace(channels_last=True, device=torch.device("cuda:0")))
-    assert not flag(SimpleNamespace(channels_last=True, device=torch.device("cpu")))  # CPU path unchanged
-    assert not flag(SimpleNamespace(channels_last=False, device=torch.device("cuda:0")))
+    for device in ("cpu", "cuda:0"):
+        assert flag(SimpleNamespace(channels_last=True, device=torch.device(device)))
+        assert not flag(SimpleNamespace(channels_last=False, device=torch.device(device)))
+
+
+def test_an_efficientnet_trains_nhwc_on_the_cpu():
+    """build_training's default, end to end: the model's weights and the batches it trains on are NHWC;
+    a resnet on the CPU stays NCHW."""
+    from harness.data import load
+    from harness.specs import resolve_run
+
+    for model, nhwc in (("efficientnet_b0", True), ("resnet_test", False)):
+        spec = resolve_run(model=model, recipe="naive", data=DataSpec(image_size=16, train_size=64), epochs=1,
+                           batch_size=32)
+        ds = load(spec.data, torch.device("cpu"))
+        t = train.build_training(spec, ds, torch.device("cpu"))
+        conv = next(m for m in t.model.modules() if isinstance(m, torch.nn.Conv2d))
+        seen: list[bool] = []
+        conv.register_forward_pre_hook(lambda m, a, seen=seen: seen.append(a[0].is_contiguous(memory_format=torch.channels_last)))
+        train.train_epoch(t, ds.train, torch.Generator().manual_seed(0), 0)
+        assert t.channels_last == nhwc and conv.weight.is_contiguous(memory_format=torch.channels_last) == nhwc
+        assert seen and all(s == nhwc for s in seen), (model, seen)
 
 
 @pytest.mark.parametrize("channels_last", [True, False])

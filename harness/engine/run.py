@@ -36,7 +36,7 @@ from harness.engine.cluster import (
     quiet_tune,
     ray_session,
 )
-from harness.engine.recorder import _LIVE, FINAL, Recorder, final_status, recorder_key
+from harness.engine.recorder import _LIVE, FINAL, Recorder, error_text, final_status, recorder_key
 from harness.engine.search import Search, SeedLooks, seeds_finished, tune_config
 from harness.engine.state import check_claim, claim, forget_state_dir, new_ray_folder, ray_folder, remember_state_dir, repair_state
 from harness.engine.trial import GridSpecs, SpecMaker, _trainable
@@ -228,8 +228,10 @@ def _reconcile(store: Store, exp: int, recorder: Recorder, exp_dir: Path, echo: 
     for t in saved:  # finished in Tune, not in the database (a driver killed between the two)
         if t.trial_id in unfinished_ids or t.trial_id in recorder.finished:
             continue
-        status = "failed" if t.status == "ERROR" else final_status((t.last_result or {}).get("status"))
-        store.settle_trial(exp, t.trial_id, status, unless=FINAL)
+        if t.status == "ERROR":  # with Ray's reason: a failed row always says why
+            store.settle_trial(exp, t.trial_id, "failed", unless=FINAL, error=error_text(t) or None)
+        else:
+            store.settle_trial(exp, t.trial_id, final_status((t.last_result or {}).get("status")), unless=FINAL)
     unfinished = store.mark_unfinished(exp, "interrupted")
     n_rows = sum(store.status_counts(exp).values())
     looks = seeds_finished(exp_dir)  # --seeds auto: done when its looks are over, not when the cap ran
