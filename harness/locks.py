@@ -60,10 +60,15 @@ def _me(kind: str, name: str) -> dict[str, Any]:
             "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
 
 
-def _refuse(field: str, kind: str, name: str, who: str) -> UserError:
-    return UserError(field, name, f"Another harness driver is running this {kind} ({who}); two drivers on one "
-                     "experiment would restore the same trials and mark each other's as failed. Wait for it to end "
-                     "(or stop it: Ctrl-C), then --resume; or give this one a new name.")
+EXPERIMENT_WHY = ("two drivers on one experiment would restore the same trials and mark each other's as failed. "
+                  "Wait for it to end (or stop it: Ctrl-C), then --resume; or give this one a new name.")
+CHECKPOINT_WHY = ("two runs writing one checkpoint folder would overwrite each other's last.pt and best.pt. Wait for "
+                  "it to end (or stop it: Ctrl-C), then resume from the folder it leaves; or give this run another "
+                  "--checkpoint-dir.")
+
+
+def _refuse(field: str, kind: str, name: str, who: str, why: str = EXPERIMENT_WHY) -> UserError:
+    return UserError(field, name, f"Another harness driver is running this {kind} ({who}); {why}")
 
 
 def _holder_text(info: dict[str, Any] | None) -> str:
@@ -72,7 +77,7 @@ def _holder_text(info: dict[str, Any] | None) -> str:
     return f"pid {info.get('pid')} on {info.get('host')}, since {info.get('since')}"
 
 
-def _open_locked(path: Path, kind: str, name: str, field: str) -> int:
+def _open_locked(path: Path, kind: str, name: str, field: str, why: str = EXPERIMENT_WHY) -> int:
     """A descriptor of `path` holding its flock; UserError naming the holder when another has it."""
     import fcntl
 
@@ -86,7 +91,7 @@ def _open_locked(path: Path, kind: str, name: str, field: str) -> int:
             except ValueError:
                 info = None
             os.close(fd)
-            raise _refuse(field, kind, name, _holder_text(info)) from None
+            raise _refuse(field, kind, name, _holder_text(info), why) from None
         try:  # the file a holder removed as it ended is no lock: take the one at the path now
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 return fd
@@ -96,8 +101,8 @@ def _open_locked(path: Path, kind: str, name: str, field: str) -> int:
 
 
 @contextmanager
-def _flock(path: Path, kind: str, name: str, field: str) -> Iterator[None]:
-    fd = _open_locked(path, kind, name, field)
+def _flock(path: Path, kind: str, name: str, field: str, why: str = EXPERIMENT_WHY) -> Iterator[None]:
+    fd = _open_locked(path, kind, name, field, why)
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(_me(kind, name)).encode(), 0)
@@ -170,3 +175,24 @@ def experiment_lock(db: str, *, kind: str, name: str, field: str = "name") -> It
             yield
     else:  # sqlite:// in memory: this process's own
         yield
+
+
+@contextmanager
+def checkpoint_lock(folder: Path, field: str = "--resume") -> Iterator[None]:
+    """One `harness train` writing checkpoint folder `folder` at a time (a resumed run's, or one given
+    with --checkpoint-dir): two `train --resume` of one last.pt would each continue the run from it and
+    overwrite each other's checkpoints. An flock on a file in the folder, as `experiment_lock` beside a
+    SQLite database (a killed holder's lock is the kernel's to drop); a folder made here for the lock and
+    refused is removed again."""
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with _flock(folder / ".harness-train.lock", "train", str(folder), field, CHECKPOINT_WHY):
+            yield
+    except UserError:
+        if made:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise

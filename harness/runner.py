@@ -8,6 +8,7 @@ whose driver writes the same rows.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import yaml
 
 from harness import plugins
 from harness.errors import UserError
+from harness.locks import checkpoint_lock
 from harness.models import check_weights, get_model_entry
 from harness.process import resolve_device
 from harness.progress import LiveView
@@ -55,8 +57,8 @@ def where_it_runs(device: str = "cpu", *, gpu_ids: list | None = None, node_id: 
 
 
 def resumed_spec(checkpoint: Path, epochs: int | None = None) -> RunSpec:
-    """The spec a `harness train --resume CHECKPOINT` continues: the checkpoint holds the resolved spec, so
-    resuming needs no other flag. `epochs` other than its own stretches the lr schedule to that many
+    """The spec a `harness train --resume CHECKPOINT` continues, writing in CHECKPOINT's folder: the
+    checkpoint holds the resolved spec, so resuming needs no other flag. `epochs` other than its own stretches the lr schedule to that many
     (train.restore); fewer than the epochs done is refused.
 
     The plugins the checkpoint names are not loaded from it (a checkpoint travels; what it names would
@@ -77,6 +79,9 @@ def resumed_spec(checkpoint: Path, epochs: int | None = None) -> RunSpec:
                         f"checkpoint: {', '.join(missing)}. If you trust that code, give it again: "
                         f"`harness {given} train --resume {checkpoint}` (or install it as a harness.plugins entry point).")
     config["plugins"] = list(plugins.active())
+    # The run continues in the folder it resumes from: the one the checkpoint names may be another
+    # machine's path, or the original of a copy (which the resume would then overwrite).
+    config["checkpoint_dir"] = str(Path(checkpoint).parent)
     return parse_spec(RunSpec, {**config, "epochs": config["epochs"] if epochs is None else epochs}, "--resume")
 
 
@@ -161,9 +166,8 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
     one run). Ctrl-C leaves the run `interrupted`, with what it recorded, and re-raises. Every epoch also
     goes to the trackers (harness/trackers.py): TensorBoard scalars under `tensorboard` (the tensorboard/
     folder; None: none) and an MLflow run at the tracking URI `mlflow` (None: none)."""
-    kind = "train"
     plugins.load(spec.plugins)  # those loaded here when the spec was made (a resumed one: given again, resumed_spec)
-    entry = get_model_entry(spec.model)
+    get_model_entry(spec.model)  # an unknown name refused before anything is written
     if resume is None:  # a bad weights file, or timm's weights not in the local cache (never fetched here), refused before a row
         check_weights([spec])
     if resume is not None:  # as is a checkpoint the run could not continue from
@@ -172,6 +176,18 @@ def run_and_record(spec: RunSpec, *, db: str, resume: Path | None = None,
     where = where_it_runs(spec.device)
     if mlflow is not None:  # MLflow installed, its server answering: refused before a row exists
         check_mlflow(mlflow)
+    with ExitStack() as held:
+        if spec.checkpoint_dir is not None:  # a resumed run's folder, or one given: one writer at a time, before a row
+            held.enter_context(checkpoint_lock(spec.checkpoint_dir))
+        return _record(spec, db=db, resume=resume, echo=echo, tensorboard=tensorboard, mlflow=mlflow,
+                       device=device, where=where)
+
+
+def _record(spec: RunSpec, *, db: str, resume: Path | None, echo: Callable[[str], None], tensorboard: Path | None,
+            mlflow: str | None, device: str, where: dict) -> RunResult:
+    """run_and_record's rows, once every check has passed."""
+    kind = "train"
+    entry = get_model_entry(spec.model)
     store = Store(db)
     exp = store.create_experiment(kind=kind, name=f"{spec.model}/{spec.recipe.name}", device=device,
                                   spec=yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))

@@ -216,6 +216,34 @@ def take_after_kill(db: str, holder: subprocess.Popen) -> float:
     return took
 
 
+HOLD_FOLDER = ("import sys, time\nfrom pathlib import Path\nfrom harness.locks import checkpoint_lock\n"
+               "with checkpoint_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(600)\n")
+
+
+def test_a_second_resume_of_one_checkpoint_is_refused_and_its_files_stay(ck, tmp_path):
+    """Two `train --resume` of one last.pt at once: the one that finds the folder's lock held (a process
+    holding it stands in for the first) is refused naming the holder's pid, before anything is written;
+    last.pt and best.pt are byte for byte as they were. Once the holder is gone (kill -9), the resume
+    trains, in the folder it resumed from, and leaves no lock file."""
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    before = {p.name: p.read_bytes() for p in ck.iterdir()}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_FOLDER, str(ck)], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        refused(run("train", "--resume", ck / "last.pt", "--epochs", 2, "--db", db),
+                "--resume", f"pid {holder.pid}", "overwrite each other's last.pt", "--checkpoint-dir")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (tmp_path / "r.db").exists()
+    assert {p.name: p.read_bytes() for p in ck.iterdir() if p.name in before} == before
+    r = run("train", "--resume", ck / "last.pt", "--epochs", 2, "--db", db)
+    assert r.exit_code == 0, r.output
+    assert torch.load(ck / "last.pt", map_location="cpu", weights_only=True)["epoch"] == 2
+    assert sorted(p.name for p in ck.iterdir()) == ["best.pt", "last.pt"]
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_second_driver_is_refused_with_the_holder_and_a_killed_holders_lock_is_taken(backend, tmp_path, request):
     """Two holders of one experiment's lock: the second is refused naming host, pid and since when; another
