@@ -3,7 +3,7 @@
 `write_atomic` is the one way harness writes a file a reader may open at the same moment (a
 checkpoint a resume loads, a page a browser shows, a table a test reads): into a temp file in the
 same folder, fsync, then `os.replace`, so a reader sees the old file or the new one, never half
-of one. A process killed mid-write leaves only a `.NAME.tmp-PID-THREAD` file (`train.clean_stale_temps`
+of one. A process killed mid-write leaves only a `.NAME.tmp-PID-THREAD` file (`clean_stale_temps`
 removes those).
 """
 
@@ -60,3 +60,24 @@ def check_out_dir(path: Path, *, flag: str = "--out", what: str = "the dashboard
     """Refuse an output folder that is an existing file, before anything runs or is written."""
     if path.exists() and not path.is_dir():
         raise UserError(flag, str(path), f"That path is a file; name a folder for {what}, e.g. {default}.")
+
+
+def clean_stale_temps(folder: Path) -> None:
+    """Remove temp files left by a process killed mid-save (the real files are intact): those whose writer
+    (the pid in `.NAME.tmp-PID-THREAD`, files.atomic_path) is gone. A live writer's save in flight is
+    never touched: a reader (a resume's checks, export) may look at a folder while a run writes it."""
+    for p in folder.glob(".*.tmp-*"):
+        pid = p.name.rsplit(".tmp-", 1)[-1].split("-", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        p.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True

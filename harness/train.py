@@ -29,6 +29,7 @@ from harness import data as data_mod
 from harness import plugins
 from harness.errors import UserError
 from harness.evaluate import evaluate, evaluate_classes, score_test
+from harness.files import clean_stale_temps, write_atomic
 from harness.models import build_model, get_model_entry
 from harness.process import compile_model, free_device_memory, nhwc_by_default, prepare_process, set_backend_flags
 from harness.recipes import build_loss, build_mixup, build_optimizer, build_scheduler
@@ -68,16 +69,8 @@ class RunResult:
 
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save is not atomic: through `files.write_atomic` (temp file, fsync, os.replace)."""
-    from harness.files import write_atomic
-
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda f: torch.save(obj, f))
-
-
-def clean_stale_temps(folder: Path) -> None:
-    """Remove temp files left by a process killed mid-save (the real files are intact)."""
-    for p in folder.glob(".*.tmp-*"):
-        p.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path, field_name: str = "--resume") -> dict[str, Any]:

@@ -75,3 +75,19 @@ def test_truncated_checkpoint_is_refused_with_clear_error(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match="corrupt, truncated or tampered"):
         load_checkpoint(path)
+
+
+def test_a_live_writers_save_in_flight_is_left_alone(tmp_path):
+    """A reader (a resume's checks, export) loading last.pt while another process saves into the same
+    folder must not delete that save's temp file: only a dead writer's (its pid gone) is stale."""
+    from harness.train import save_atomic
+
+    path = tmp_path / "last.pt"
+    save_atomic({"model": {"w": torch.ones(3)}, "epoch": 1}, path)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f".last.pt.tmp-{int(gone.stdout)}-1"
+    live = tmp_path / f".best.pt.tmp-{os.getpid()}-1"  # this process stands in for a writer mid-save
+    for p in (dead, live):
+        p.write_bytes(b"half a save")
+    assert load_checkpoint(path)["epoch"] == 1
+    assert not dead.exists() and live.read_bytes() == b"half a save"
