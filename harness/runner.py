@@ -58,8 +58,8 @@ def where_it_runs(device: str = "cpu", *, gpu_ids: list | None = None, node_id: 
 
 def resumed_spec(checkpoint: Path, epochs: int | None = None) -> RunSpec:
     """The spec a `harness train --resume CHECKPOINT` continues, writing in CHECKPOINT's folder: the
-    checkpoint holds the resolved spec, so resuming needs no other flag. `epochs` other than its own stretches the lr schedule to that many
-    (train.restore); fewer than the epochs done is refused.
+    checkpoint holds the resolved spec, so resuming needs no other flag. `epochs` other than its own
+    stretches the lr schedule to that many (train.restore); fewer than the epochs done is refused.
 
     The plugins the checkpoint names are not loaded from it (a checkpoint travels; what it names would
     run as code): each must have been given again (`--plugin`, or an installed entry point), or the
