@@ -219,6 +219,53 @@ def test_state_cut_off_by_a_kill_is_repaired_from_its_last_whole_copy(tmp_path):
     assert len(notes) == 1
 
 
+def test_a_checkpoint_tune_deleted_before_saving_its_state_is_given_back(tmp_path):
+    """Tune deletes a trial's older checkpoint the moment it registers a newer one (num_to_keep=1) and saves
+    its state only later: a kill in between leaves a state naming a deleted checkpoint, and Tune's restore
+    then fails on every retry (CI, 2026-12-07: the kill -9 test's trial ended `failed`). Made here with
+    Tune's own checkpoint manager and state encoder: the registered successor takes the deleted one's
+    name (not a later folder no driver registered); a trial with nothing left starts over; finished
+    trials are not touched."""
+    from ray.train import Checkpoint, CheckpointConfig
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune.utils.serialization import TuneFunctionEncoder
+
+    from harness.engine.state import repair_checkpoints
+
+    exp_dir = tmp_path / "sweep-x"
+
+    def checkpoint(trial: str, i: int, epoch: int) -> _TrainingResult:
+        folder = exp_dir / trial / f"checkpoint_{i:06d}"
+        folder.mkdir(parents=True)
+        (folder / "last.pt").write_text(f"epoch {epoch}")
+        return _TrainingResult(checkpoint=Checkpoint.from_directory(str(folder)), metrics={"epoch": epoch})
+
+    trial_data = []
+    for trial, status in (("trial_0", "TERMINATED"), ("trial_1", "RUNNING"), ("trial_2", "RUNNING")):
+        manager = _CheckpointManager(CheckpointConfig(num_to_keep=1))
+        manager.register_checkpoint(checkpoint(trial, 0, epoch=1))
+        # The state as Tune saved it: naming checkpoint_000000.
+        trial_data.append([json.dumps({"status": status}), json.dumps({"checkpoint_manager": manager}, cls=TuneFunctionEncoder)])
+        if trial != "trial_2":
+            manager.register_checkpoint(checkpoint(trial, 1, epoch=2))  # Tune deletes checkpoint_000000 here
+            checkpoint(trial, 2, epoch=3)  # persisted by the worker, never registered: the driver was killed
+    shutil.rmtree(exp_dir / "trial_2" / "checkpoint_000000")  # nothing left of this one
+    (exp_dir / "experiment_state-2026-12-07_23-57-03.json").write_text(json.dumps({"trial_data": trial_data}))
+    assert not (exp_dir / "trial_1" / "checkpoint_000000").exists()
+
+    notes: list[str] = []
+    repair_checkpoints(exp_dir, notes.append)
+    t1 = exp_dir / "trial_1"
+    assert sorted(p.name for p in t1.glob("checkpoint_*")) == ["checkpoint_000000", "checkpoint_000002"]
+    assert (t1 / "checkpoint_000000" / "last.pt").read_text() == "epoch 2"  # the registered one, not epoch 3
+    assert (exp_dir / "trial_2" / "checkpoint_000000").is_dir() and not any((exp_dir / "trial_2" / "checkpoint_000000").iterdir())
+    assert not (exp_dir / "trial_0" / "checkpoint_000000").exists()  # finished: Tune does not restore it
+    assert len(notes) == 2 and "checkpoint_000001" in notes[0] and "starts over" in notes[1]
+    repair_checkpoints(exp_dir, notes.append)  # nothing more to mend
+    assert len(notes) == 2
+
+
 def test_working_copies_of_killed_trials_are_reaped(tmp_path):
     """A trial killed with -9 leaves its working copy behind; the next trial on that machine removes the
     ones whose worker is gone and never one whose worker lives."""

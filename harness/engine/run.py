@@ -38,7 +38,16 @@ from harness.engine.cluster import (
 )
 from harness.engine.recorder import _LIVE, FINAL, Recorder, error_text, final_status, recorder_key
 from harness.engine.search import Search, SeedLooks, seeds_finished, tune_config
-from harness.engine.state import check_claim, claim, forget_state_dir, new_ray_folder, ray_folder, remember_state_dir, repair_state
+from harness.engine.state import (
+    check_claim,
+    claim,
+    forget_state_dir,
+    new_ray_folder,
+    ray_folder,
+    remember_state_dir,
+    repair_checkpoints,
+    repair_state,
+)
 from harness.engine.trial import GridSpecs, SpecMaker, _trainable
 from harness.errors import UserError
 from harness.progress import LiveView
@@ -167,6 +176,7 @@ experiment's trackers once its row exists (`experiment.Where.open_trackers`; Non
             recorder.exp_dir = exp_dir
             if restore:
                 repair_state(exp_dir, echo)
+                repair_checkpoints(exp_dir, echo)
                 tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=False)
                 done = sum(n for s, n in store.status_counts(exp).items() if s in FINAL)
                 echo(f"harness {experiment.kind} {experiment.name}: resuming ({done} of {total} trials finished)")

@@ -151,3 +151,49 @@ def repair_state(exp_dir: Path, echo: Callable[[str], None]) -> None:
                                 "killed while writing it) and no whole copy was kept; run without --resume "
                                 "(what finished stays in the database).")
 
+
+def repair_checkpoints(exp_dir: Path, echo: Callable[[str], None]) -> None:
+    """Before a restore: give every unfinished trial the checkpoint Tune's saved state names.
+
+    Tune deletes a trial's older checkpoint the moment it registers a newer one (`num_to_keep=1`) but saves
+    its experiment state only at its next step, so a driver killed in between leaves a state that names a
+    deleted checkpoint; Tune's restore of that trial then fails ("does not exist on storage anymore") on
+    every retry, and the trial ends `failed` (seen in CI, 2026-12-07). The checkpoint Tune registered in its
+    place is the first one after it still on disk (registering it is what deleted the named one; any later
+    folder is one a worker wrote but the driver never registered, so its epochs may not be recorded): that
+    one is moved to the name the state holds. The trainable reads its epoch from last.pt and continues from
+    there. With none, an empty folder: the trial starts over.
+
+    The state's checkpoint record is a cloudpickle inside Tune's JSON, read here exactly as `Tuner.restore`
+    reads it a moment later (the same trust: the experiment's own folder)."""
+    from ray.tune.utils.serialization import TuneFunctionDecoder
+
+    states = sorted(exp_dir.glob("experiment_state-*.json"))
+    if not states:
+        return
+    try:
+        trial_data = json.loads(states[-1].read_text()).get("trial_data", [])
+    except (OSError, ValueError):
+        return  # repair_state has refused a cut-off state already; nothing here to mend
+    for trial_json, meta_json in trial_data:
+        if json.loads(trial_json).get("status") in ("TERMINATED", "ERROR"):
+            continue  # not restored
+        try:
+            meta = json.loads(meta_json, cls=TuneFunctionDecoder, allow_cloudpickle=True)
+            latest = meta["checkpoint_manager"].latest_checkpoint_result
+            named = Path(latest.checkpoint.path) if latest is not None and latest.checkpoint is not None else None
+        except Exception:  # noqa: BLE001 - another Ray's layout: leave the restore to Tune as it is
+            continue
+        if named is None:
+            continue
+        named = exp_dir / named.parent.name / named.name  # the state's paths are where the storage was then
+        if named.exists():
+            continue
+        newer = sorted(p for p in named.parent.glob("checkpoint_*") if p.name > named.name)
+        if newer:
+            newer[0].rename(named)
+            echo(f"note: {named.parent.name}: Tune's saved state names {named.name}, which Tune had already "
+                 f"replaced by {newer[0].name} when the driver was killed; continuing from {newer[0].name}")
+        else:
+            named.mkdir(parents=True)
+            echo(f"note: {named.parent.name}: its checkpoint {named.name} is gone; the trial starts over")
