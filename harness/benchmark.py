@@ -293,7 +293,8 @@ class Benchmark:
             from harness.tables.before_after import group_decided
             from harness.tables.stats import FIRST_LOOK
 
-            looks = SeedLooks(self.grid.seed_groups, first=FIRST_LOOK, judge=group_decided)
+            labels = tuple(self.grid.runs[seeds[0][0]].label() for seeds in self.grid.seed_groups)
+            looks = SeedLooks(self.grid.seed_groups, first=FIRST_LOOK, judge=group_decided, labels=labels)
         return Trials.grid(self.grid.runs, concurrency=self.spec.concurrency, resources=self.spec.resources, looks=looks)
 
     def report(self, where: Where, outcome: Any, echo: Callable[[str], None]) -> Reported:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from harness.engine.search import SEEDS_STATE, SeedLooks, SequentialSeeds, seeds_finished
+from harness.engine.state import looks_said
 from harness.evaluate import pack_correct
 from harness.store import Store
 from harness.tables import stats
@@ -43,16 +44,23 @@ def test_seeds_added_only_where_undecided(tmp_path):
         looks_seen.append(len(trial_ids))
         model = int(trial_ids and searcher.trial_run[trial_ids[0]] >= 10)
         return model == 0  # model 0 is decided at its first look; model 1 never is
-    looks = SeedLooks(GROUPS, first=2, judge=judge)
+    looks = SeedLooks(GROUPS, first=2, judge=judge, labels=("A", "B"))
     searcher = SequentialSeeds(looks, db="sqlite://", experiment_id=1, state_path=tmp_path / SEEDS_STATE)
     order = drive(searcher)
     # Model 0: seeds 0 and 1 only. Model 1: all five seeds, one at a time after its first look.
     assert sorted(i for i in order if i < 10) == [0, 1, 5, 6]
     assert sorted(i for i in order if i >= 10) == list(range(10, 20))
     assert order.index(12) > order.index(11) and order.index(13) > order.index(12)  # seed 2 after the first look
-    assert sorted(looks_seen) == [4, 4, 6, 8]  # model 0 once; model 1 at 2, 3 and 4 seeds (5: the cap closes it)
+    assert sorted(looks_seen) == [4, 4, 6, 8, 10]  # model 0 once; model 1 at 2-5 seeds (at the cap: decided, or not)
     assert seeds_finished(tmp_path) == (True, 14)
     assert json.loads((tmp_path / SEEDS_STATE).read_text())["seeds"] == [2, 5]
+    # A line per look, for the terminal (the recorder prints each once, as `look: ...`).
+    assert looks_said(tmp_path) == [
+        "A: decided at 2 seeds (every interval clear of 0): no more seeds",
+        "B: undecided at 2 seeds: one more seed for each of its recipes",
+        "B: undecided at 3 seeds: one more seed for each of its recipes",
+        "B: undecided at 4 seeds: one more seed for each of its recipes",
+        "B: still undecided at 5 seeds, the cap: no more seeds"]
 
 
 def never(db, experiment_id, trial_ids) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 
 from ray import tune
 
-from harness.engine.state import backup_state
+from harness.engine.state import backup_state, looks_said
 from harness.engine.trial import OPTUNA_KEY, WHERE, SpecMaker, trial_name
 from harness.errors import UserError
 from harness.progress import LiveView
@@ -78,6 +78,7 @@ class Recorder(tune.Callback):
         for line in self.trackers.lines():
             self.echo(line)
         self.exp_dir: Path | None = None
+        self.looks_shown = 0  # --seeds auto: the searcher's look lines printed so far (run.py: those of before a resume)
         self.backup_at = 0.0
         self.run_ids: dict[str, int] = {}
         self.last: dict[str, dict[str, Any]] = {}  # last result per trial seen in this session
@@ -174,6 +175,17 @@ class Recorder(tune.Callback):
                 self.best = (value, self._name(trial))
         best = f"  best so far {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
         self.echo(f"{self._name(trial)} {what}: {shown}{best}  {self._counts()}")
+        self._say_looks()
+
+    def _say_looks(self) -> None:
+        """--seeds auto: the look lines the searcher wrote since the last call (Tune calls the searcher's
+        on_trial_complete just before this callback's), so a user sees why a seed starts or a model stops."""
+        if self.exp_dir is None:
+            return
+        said = looks_said(self.exp_dir)
+        for line in said[self.looks_shown:]:
+            self.echo(f"look: {line}")
+        self.looks_shown = max(self.looks_shown, len(said))
 
     @staticmethod
     def _drop_optimizer(trial: Any) -> None:

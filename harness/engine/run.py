@@ -42,6 +42,7 @@ from harness.engine.state import (
     check_claim,
     claim,
     forget_state_dir,
+    looks_said,
     new_ray_folder,
     ray_folder,
     remember_state_dir,
@@ -174,6 +175,7 @@ experiment's trackers once its row exists (`experiment.Where.open_trackers`; Non
                                         {"cpu": resources.cpu, "gpu": resources.gpu})
         try:
             recorder.exp_dir = exp_dir
+            recorder.looks_shown = len(looks_said(exp_dir))  # a resume prints only its own looks
             if restore:
                 repair_state(exp_dir, echo)
                 repair_checkpoints(exp_dir, echo)

@@ -20,13 +20,12 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from harness.engine.state import state_dir
+from harness.engine.state import LOOKS_SAID, SEEDS_STATE, state_dir
 from harness.engine.trial import OPTUNA_KEY, trial_name
 from harness.files import atomic_path
 from harness.specs import StudySpec
 
 ASHA_STATE = "asha-state.pkl"  # beside Tune's own files in the experiment folder
-SEEDS_STATE = "seeds-state.json"  # --seeds auto: whether the looks are over (read by run._reconcile)
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +144,7 @@ class SeedLooks:
     groups: tuple[tuple[tuple[int, ...], ...], ...]
     first: int
     judge: Callable[[str, int, list[str]], bool]
+    labels: tuple[str, ...] = ()  # each group's name in the terminal's look lines (its model)
 
 
 class SequentialSeeds(Searcher):
@@ -165,6 +165,7 @@ class SequentialSeeds(Searcher):
         self.trial_run: dict[str, int] = {}  # Ray trial id -> grid run index
         self.done: set[int] = set()
         self.closed: set[int] = set()
+        self.said: list[str] = []  # one line per look, for the terminal (the recorder prints them: LOOKS_SAID)
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # the grid needs no metric: the looks read the database
@@ -192,11 +193,17 @@ class SequentialSeeds(Searcher):
         if g in self.closed or not all(j in self.done for j in launched):
             return
         ids = [t for t, j in self.trial_run.items() if j in set(launched)]
-        if self.seeds[g] >= len(seeds) or self.looks.judge(self.db, self.experiment_id, ids):
+        k, label = self.seeds[g], (self.looks.labels[g] if g < len(self.looks.labels) else f"group {g + 1}")
+        if self.looks.judge(self.db, self.experiment_id, ids):
             self.closed.add(g)
+            self.said.append(f"{label}: decided at {k} seeds (every interval clear of 0): no more seeds")
+        elif k >= len(seeds):
+            self.closed.add(g)
+            self.said.append(f"{label}: still undecided at {k} seeds, the cap: no more seeds")
         else:
-            self.queue += list(seeds[self.seeds[g]])
+            self.queue += list(seeds[k])
             self.seeds[g] += 1
+            self.said.append(f"{label}: undecided at {k} seeds: one more seed for each of its recipes")
         self._save()
 
     def _save(self) -> None:
@@ -207,7 +214,7 @@ class SequentialSeeds(Searcher):
         try:
             with atomic_path(path) as tmp:
                 Path(tmp).write_text(json.dumps({"finished": self.finished, "launched": len(self.trial_run),
-                                                 "seeds": self.seeds}))
+                                                 "seeds": self.seeds, LOOKS_SAID: self.said}))
         except OSError as e:
             log.warning("seed looks' state not saved to %s: %s", path, e)
 
@@ -221,7 +228,7 @@ class SequentialSeeds(Searcher):
         import pickle
 
         with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+            self.__dict__.update({"said": [], **pickle.load(f)})  # a state saved before looks were said
 
 
 def seeds_finished(exp_dir: Path) -> tuple[bool, int] | None:

@@ -21,6 +21,8 @@ from harness.errors import UserError
 from harness.files import copy_atomic
 from harness.store import shown_url, stored_experiment
 
+SEEDS_STATE = "seeds-state.json"  # --seeds auto: whether the looks are over (read by run._reconcile), what they said
+LOOKS_SAID = "said"  # in the sequential seeds' state file: a line per look, printed by the recorder
 STATE_BACKUP = ".harness-last-good"  # in the experiment folder: Tune's state files as last seen whole
 CLAIM = ".harness-experiment.json"  # in the experiment folder: the database and experiment it belongs to
 _STATE_FILES = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl", "tuner.pkl")
@@ -197,3 +199,11 @@ def repair_checkpoints(exp_dir: Path, echo: Callable[[str], None]) -> None:
         else:
             named.mkdir(parents=True)
             echo(f"note: {named.parent.name}: its checkpoint {named.name} is gone; the trial starts over")
+
+
+def looks_said(exp_dir: Path) -> list[str]:
+    """The sequential seeds' look lines so far (`search.SequentialSeeds`); [] for any other experiment."""
+    try:
+        return list(json.loads((Path(exp_dir) / SEEDS_STATE).read_text()).get(LOOKS_SAID, []))
+    except (OSError, ValueError):
+        return []
