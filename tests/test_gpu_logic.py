@@ -8,7 +8,8 @@
 - a trial granted a card that CUDA cannot use fails with the reason;
 - fit() makes cuda:N the current device before building anything;
 - channels_last where it is faster (CNNs on CUDA, efficientnet on the CPU), evaluation as training.
-No training runs: every test stops at the decision it checks (well under a second each).
+No training runs but one epoch of 64 images in the NHWC test: every other test stops at the decision it
+checks (well under a second each).
 """
 
 from __future__ import annotations
