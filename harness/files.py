@@ -68,16 +68,17 @@ def clean_stale_temps(folder: Path) -> None:
     never touched: a reader (a resume's checks, export) may look at a folder while a run writes it."""
     for p in folder.glob(".*.tmp-*"):
         pid = p.name.rsplit(".tmp-", 1)[-1].split("-", 1)[0]
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and pid_alive(int(pid)):
             continue
         p.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (another user's counts: it cannot be signalled, but lives)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's live process
+    except PermissionError:
         return True
     return True

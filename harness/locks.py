@@ -31,7 +31,7 @@ import os
 import socket
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -191,8 +191,6 @@ def checkpoint_lock(folder: Path, field: str = "--resume") -> Iterator[None]:
             yield
     except UserError:
         if made:
-            try:
+            with suppress(OSError):  # no longer empty: someone else's now
                 folder.rmdir()
-            except OSError:
-                pass
         raise

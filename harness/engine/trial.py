@@ -22,6 +22,7 @@ from ray import tune
 
 from harness.data import gpu_trial_workers
 from harness.errors import UserError
+from harness.files import pid_alive
 from harness.specs import RunSpec
 from harness.train import EpochReport, fit, keep_weights_only
 
@@ -132,15 +133,9 @@ def reap_orphans(tmpdir: Path) -> list[Path]:
     gone = []
     for d in tmpdir.glob(f"{TRIAL_PREFIX}*-*"):
         pid = d.name[len(TRIAL_PREFIX):].split("-", 1)[0]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(d, ignore_errors=True)
             gone.append(d)
-        except PermissionError:  # alive, another user's
-            pass
     return gone
 
 
